@@ -1,0 +1,34 @@
+"""Errors the queue itself records on a job; their dotted paths end up in
+``TaskResult.errors``, so they must stay importable under these names."""
+
+
+class JobError(Exception):
+    """Base class for failures that come from the queue, not from the task."""
+
+
+class TaskNotFound(JobError):
+    """The job's task path does not import. Never retried: a retry cannot fix it."""
+
+
+class NotATask(JobError):
+    """The job's path names something that is not a declared task (say ``os.system``).
+
+    Never run and never retried: whoever can write a row must not be able to run
+    arbitrary code.
+    """
+
+
+class JobTimeout(JobError, TimeoutError):
+    """An attempt ran longer than its task's ``timeout``."""
+
+
+class WorkerLost(JobError):
+    """The worker running the attempt stopped heartbeating (killed, host lost)."""
+
+
+class ResultNotSerialisable(JobError, TypeError):
+    """The task returned something that JSON cannot hold."""
+
+
+# Failures that a retry cannot mend: the job ends FAILED at once.
+PERMANENT = (TaskNotFound, NotATask)

@@ -1,0 +1,137 @@
+"""Run one claimed attempt: resolve the task, call it, describe the outcome.
+
+Runs in a worker's job thread. It records nothing itself: the outcome goes back to
+the worker's main thread, which applies the retry policy and writes it (batched
+with other outcomes and the next claim, in one transaction).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from .backends import to_json
+from .exceptions import JobTimeout, NotATask, ResultNotSerialisable, TaskNotFound
+from .framework import Task, TaskContext, TaskResultStatus, task_finished, task_started
+from .models import Job, error_entry
+
+logger = logging.getLogger(__name__)
+
+_resolved: dict[str, Task] = {}
+
+
+def resolve_task(path: str) -> Task:
+    """The task object a job names, or TaskNotFound / NotATask.
+
+    Only objects declared with ``@task`` run: a row naming ``os.system`` fails here
+    without calling anything. Successes are cached; code does not change under a
+    running worker.
+    """
+    task = _resolved.get(path)
+    if task is not None:
+        return task
+    try:
+        obj = import_string(path)
+    except Exception as exc:  # ImportError, or the module itself raising on import
+        raise TaskNotFound(f"task {path!r} does not import: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(obj, Task):
+        raise NotATask(f"{path!r} is a {type(obj).__name__}, not a task declared with @task; refusing to run it")
+    _resolved[path] = obj
+    return obj
+
+
+@dataclass
+class Outcome:
+    """What one attempt came to; the worker decides retry and writes it."""
+
+    job: Job
+    succeeded: bool
+    duration: float
+    return_value: Any = None
+    error: dict | None = None
+    permanent: bool = False  # a failure no retry can mend
+    custom_delay: float | None = None  # what the task's backoff callable returned
+    custom_given: bool = False  # whether it had one that answered
+
+
+def failure(job: Job, exc: BaseException, *, worker_id: str, duration: float = 0.0, permanent: bool = False,
+            traceback: str | None = None) -> Outcome:
+    error = error_entry(exc, attempt=job.attempts, worker_id=worker_id, when=timezone.now(), traceback=traceback)
+    return Outcome(job=job, succeeded=False, duration=duration, error=error, permanent=permanent)
+
+
+def reset_connections() -> None:
+    """Give the next job clean connection state, without paying for a new connection.
+
+    A job that died mid-transaction or left autocommit off must not leak that into
+    the next one; a broken connection is closed and reopened on first use.
+    """
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None and not conn.in_atomic_block and not conn.get_autocommit():
+            conn.rollback()
+            conn.set_autocommit(True)
+        conn.close_if_unusable_or_obsolete()
+
+
+def _call(task: Task, result, job: Job):
+    args = [TaskContext(task_result=result), *job.args] if task.takes_context else list(job.args)
+    timeout = getattr(task, "timeout", None)
+    if timeout and asyncio.iscoroutinefunction(task.func):
+        # A coroutine can really be cancelled, so the async path enforces its own timeout.
+        async def bounded():
+            return await asyncio.wait_for(task.func(*args, **job.kwargs), timeout)
+
+        try:
+            return asyncio.run(bounded())
+        except asyncio.TimeoutError:
+            raise JobTimeout(f"attempt timed out after {timeout:g}s") from None
+    return task.call(*args, **job.kwargs)
+
+
+def run_attempt(job: Job, task: Task, *, backend, worker_id: str) -> Outcome:
+    """Call the task for this attempt. Never raises: every failure is an Outcome."""
+    started = time.monotonic()
+    reset_connections()
+    result = backend.to_task_result(job, task)
+    task_started.send(sender=type(backend), task_result=result)
+    try:
+        raw_value = _call(task, result, job)
+    except BaseException as exc:  # a job's SystemExit must not stop the worker either
+        outcome = failure(job, exc, worker_id=worker_id, duration=time.monotonic() - started)
+        _ask_backoff(task, exc, result, outcome)
+    else:
+        try:
+            value = to_json(raw_value, f"return value of {job.task_path}")
+        except TypeError as exc:
+            outcome = failure(job, ResultNotSerialisable(str(exc)), worker_id=worker_id,
+                              duration=time.monotonic() - started)
+        else:
+            outcome = Outcome(job=job, succeeded=True, duration=time.monotonic() - started, return_value=value)
+    finally:
+        reset_connections()
+    status = TaskResultStatus.SUCCESSFUL if outcome.succeeded else TaskResultStatus.FAILED
+    object.__setattr__(result, "status", status)
+    task_finished.send(sender=type(backend), task_result=result)
+    return outcome
+
+
+def _ask_backoff(task: Task, exc: BaseException, result, outcome: Outcome) -> None:
+    """Ask the task's own ``backoff(exception, task_result)`` for the next delay."""
+    backoff = getattr(task, "backoff", None)
+    if backoff is None:
+        return
+    try:
+        delay = backoff(exc, result)
+        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))):
+            raise TypeError(f"backoff returned {delay!r}; expected seconds or None")
+    except Exception:
+        logger.exception("backoff of task=%s raised; using the default retry policy", task.module_path)
+        return
+    outcome.custom_delay, outcome.custom_given = delay, True

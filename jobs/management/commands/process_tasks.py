@@ -1,0 +1,81 @@
+"""``manage.py process_tasks``: parse arguments, set up logging and signals, run a Worker."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+from django.core.management.base import BaseCommand, CommandError
+
+from jobs.framework import DEFAULT_TASK_BACKEND_ALIAS, task_backends
+from jobs.worker import Worker
+
+VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
+
+
+class Command(BaseCommand):
+    help = "Run a worker: claim due jobs from the database and run them (and the scheduler, unless told not to)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--queue", action="append", dest="queues", metavar="NAME",
+                            help="Only claim jobs of this queue (repeatable). Default: every queue.")
+        parser.add_argument("--concurrency", type=int, default=1, metavar="N",
+                            help="Jobs run at once in this process, one thread each (default 1).")
+        parser.add_argument("--burst", action="store_true",
+                            help="Run every job due now, then exit 0. Jobs due later are left. No scheduler.")
+        parser.add_argument("--duration", type=float, default=0, metavar="SECONDS",
+                            help="Stop claiming after this long, let running jobs finish, exit 0. 0: run forever.")
+        parser.add_argument("--sleep", type=float, default=None, metavar="SECONDS",
+                            help="Idle poll interval (default: OPTIONS['poll_interval']).")
+        parser.add_argument("--no-scheduler", action="store_true", help="Do not run the scheduler in this worker.")
+        parser.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS, help="TASKS alias (default 'default').")
+
+    def handle(self, *args, **options):
+        self._configure_logging(options["verbosity"])
+        alias = options["backend"]
+        try:
+            backend = task_backends[alias]
+        except Exception as exc:
+            raise CommandError(f"TASKS has no usable backend {alias!r}: {exc}") from exc
+        if not hasattr(backend, "jobs_options"):
+            raise CommandError(f"TASKS[{alias!r}] is {type(backend).__name__}, not jobs.backends.DatabaseBackend")
+        if options["concurrency"] < 1:
+            raise CommandError("--concurrency must be at least 1")
+        if options["duration"] < 0:
+            raise CommandError("--duration must be >= 0 (0 means run forever)")
+        if options["sleep"] is not None and options["sleep"] <= 0:
+            raise CommandError("--sleep must be > 0")
+        unknown = sorted(set(options["queues"] or []) - backend.queues) if backend.queues else []
+        if unknown:
+            raise CommandError(f"--queue {unknown[0]!r} is not in TASKS[{alias!r}]['QUEUES'] "
+                               f"({', '.join(sorted(backend.queues))})")
+        worker = Worker(backend_alias=alias, queues=options["queues"], concurrency=options["concurrency"],
+                        burst=options["burst"], duration=options["duration"], poll_interval=options["sleep"],
+                        run_loops=not options["no_scheduler"])
+        self._install_signal_handlers(worker)
+        return_code = worker.run()
+        if return_code:
+            raise SystemExit(return_code)
+
+    def _configure_logging(self, verbosity: int) -> None:
+        level = VERBOSITY_LEVELS.get(verbosity, logging.DEBUG)
+        for name in ("jobs", "scheduler"):
+            logger = logging.getLogger(name)
+            logger.setLevel(level)
+            if not logger.handlers and not logging.getLogger().handlers:
+                handler = logging.StreamHandler()
+                handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+                logger.addHandler(handler)
+
+    def _install_signal_handlers(self, worker: Worker) -> None:
+        """First SIGTERM/SIGINT: stop gracefully. Second: exit at once."""
+        grace = worker.options.shutdown_grace
+
+        def handle(signum, frame):
+            if worker.stopping.is_set() and worker.stop_deadline is not None:
+                os._exit(128 + signum)
+            worker.request_stop(grace=grace, reason=signal.Signals(signum).name)
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)

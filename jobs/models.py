@@ -1,0 +1,282 @@
+"""The job table, its state filters, the claim query and the named state changes.
+
+A job is one launch of a task: one row, from READY through RUNNING to SUCCESSFUL or
+FAILED (or CANCELLED), keeping its id across retries and requeues. Every change of
+``status`` goes through a method here that writes only the columns it changes, and
+every change made on behalf of a running attempt is *fenced*: it matches the
+attempt number and the worker that holds it, so a worker that was presumed lost and
+wakes up later cannot overwrite an attempt another worker has taken over.
+"""
+
+from __future__ import annotations
+
+import traceback as traceback_module
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+
+from django.db import connections, models, router, transaction
+from django.db.models import F, Q
+from django.db.models.expressions import Col
+from django.utils import timezone
+
+from .framework import TaskResultStatus
+
+
+class JobStatus(models.TextChoices):
+    READY = TaskResultStatus.READY.value, "Ready"
+    RUNNING = TaskResultStatus.RUNNING.value, "Running"
+    SUCCESSFUL = TaskResultStatus.SUCCESSFUL.value, "Successful"
+    FAILED = TaskResultStatus.FAILED.value, "Failed"
+    # Never ran and never will: cancelled from the admin. Shown to Django's API as FAILED.
+    CANCELLED = "CANCELLED", "Cancelled"
+
+
+FINISHED_STATUSES = (JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.CANCELLED)
+
+# Columns a claim hands back: what a worker needs to run the job and record it.
+CLAIM_FIELDS = (
+    "id", "task_path", "backend", "queue_name", "priority", "args", "kwargs", "status", "run_after",
+    "enqueued_at", "started_at", "last_attempted_at", "attempts", "max_attempts", "worker_id",
+    "heartbeat_at", "errors", "worker_ids", "meta",
+)
+
+
+def error_entry(exc: BaseException, *, attempt: int, worker_id: str, when: datetime,
+                traceback: str | None = None) -> dict:
+    """One failed attempt as stored in ``Job.errors``: class path, message, traceback."""
+    cls = type(exc)
+    return {
+        "attempt": attempt,
+        "exception_class_path": f"{cls.__module__}.{cls.__qualname__}",
+        "message": str(exc),
+        "traceback": traceback if traceback is not None else "".join(traceback_module.format_exception(exc)),
+        "worker_id": worker_id,
+        "at": when.isoformat(),
+    }
+
+
+class JobQuerySet(models.QuerySet):
+    def ready(self):
+        return self.filter(status=JobStatus.READY)
+
+    def due(self, now: datetime):
+        return self.ready().filter(run_after__lte=now)
+
+    def running(self):
+        return self.filter(status=JobStatus.RUNNING)
+
+    def finished(self):
+        return self.filter(status__in=FINISHED_STATUSES)
+
+    def stale(self, cutoff: datetime):
+        """RUNNING jobs whose worker has not heartbeaten since ``cutoff``."""
+        return self.running().filter(heartbeat_at__lt=cutoff)
+
+    # -- the claim: the only place that takes READY jobs -------------------------------
+
+    def claim(self, *, worker_id: str, limit: int, now: datetime, queues: Sequence[str] | None = None) -> list[Job]:
+        """Take up to ``limit`` due jobs for ``worker_id``, marking them RUNNING.
+
+        One statement, one short transaction (or part of the caller's): the rows are
+        chosen by priority, then ``run_after``, then enqueue order, locked with
+        ``FOR UPDATE SKIP LOCKED`` on PostgreSQL so concurrent workers take disjoint
+        rows without waiting, and updated with ``RETURNING`` so no second round
+        trip is needed. On SQLite the single UPDATE runs under the database's write
+        lock, which makes it just as exclusive across processes.
+        """
+        if limit <= 0:
+            return []
+        connection = connections[router.db_for_write(Job)]
+        if connection.vendor in ("postgresql", "sqlite"):
+            jobs = _claim_returning(connection, worker_id=worker_id, limit=limit, now=now, queues=queues)
+        else:
+            jobs = _claim_select_then_update(self, worker_id=worker_id, limit=limit, now=now, queues=queues)
+        jobs.sort(key=lambda job: (-job.priority, job.run_after, job.id))
+        return jobs
+
+    # -- changes made from outside a running attempt -----------------------------------
+
+    def requeue(self, now: datetime | None = None) -> int:
+        """Put finished jobs back to READY, due now, as the same jobs (same ids).
+
+        Attempts start again from zero; earlier errors stay in the job's history.
+        RUNNING and READY jobs are left alone: a running attempt is the worker's.
+        """
+        now = now or timezone.now()
+        return self.filter(status__in=FINISHED_STATUSES).update(
+            status=JobStatus.READY, run_after=now, attempts=0, finished_at=None, worker_id="",
+            heartbeat_at=None, return_value=None,
+        )
+
+
+class Job(models.Model):
+    task_path = models.CharField(max_length=255, help_text="Dotted path of the task object.")
+    backend = models.CharField(max_length=64, default="default")
+    queue_name = models.CharField(max_length=64, default="default")
+    priority = models.SmallIntegerField(default=0, help_text="-100..100; higher runs first.")
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.READY)
+    run_after = models.DateTimeField(help_text="Earliest time the next attempt may start.")
+    enqueued_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True, help_text="Start of the first attempt.")
+    last_attempted_at = models.DateTimeField(null=True, blank=True, help_text="Start of the latest attempt.")
+    finished_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0, help_text="Attempts started (the current one included).")
+    max_attempts = models.PositiveIntegerField(default=3)
+    worker_id = models.CharField(max_length=128, blank=True, default="", help_text="Worker holding or last holding the job.")
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last sign of life of the holding worker.")
+    worker_ids = models.JSONField(default=list, blank=True, help_text="Worker of each finished attempt.")
+    return_value = models.JSONField(null=True, blank=True)
+    errors = models.JSONField(default=list, blank=True, help_text="One entry per failed attempt, oldest first.")
+    meta = models.JSONField(default=dict, blank=True, help_text="Where the job came from (schedule, import, ...).")
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            # The claim reads only due READY rows in claim order; finished rows, however
+            # many millions, are not in this index at all.
+            models.Index(F("priority").desc(), "run_after", "id", name="jobs_job_claim_idx",
+                         condition=Q(status="READY")),
+            # The stale sweep reads only RUNNING rows.
+            models.Index(fields=["heartbeat_at"], name="jobs_job_running_idx", condition=Q(status="RUNNING")),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_path} #{self.pk} ({self.status})"
+
+    @property
+    def task_name(self) -> str:
+        return self.task_path.rsplit(".", 1)[-1]
+
+    # -- named state changes for a running attempt, all fenced -------------------------
+
+    def _attempt(self):
+        """This job's current attempt, as long as ``self.worker_id`` still holds it."""
+        return Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING, attempts=self.attempts,
+                                  worker_id=self.worker_id)
+
+    def mark_successful(self, return_value, *, now: datetime) -> bool:
+        """Record success; False if this attempt is no longer ours to record."""
+        return bool(self._attempt().update(
+            status=JobStatus.SUCCESSFUL, return_value=return_value, finished_at=now, heartbeat_at=None,
+            worker_ids=[*self.worker_ids, self.worker_id],
+        ))
+
+    def mark_failed(self, error: dict, *, now: datetime, retry_at: datetime | None) -> bool:
+        """Record a failed attempt: back to READY at ``retry_at``, or FAILED for good."""
+        changes = dict(errors=[*self.errors, error], heartbeat_at=None, worker_ids=[*self.worker_ids, self.worker_id])
+        if retry_at is None:
+            changes.update(status=JobStatus.FAILED, finished_at=now)
+        else:
+            changes.update(status=JobStatus.READY, run_after=retry_at)
+        return bool(self._attempt().update(**changes))
+
+    def mark_handed_back(self) -> bool:
+        """Give an unfinished attempt back on shutdown; it does not count as an attempt."""
+        return bool(self._attempt().update(status=JobStatus.READY, attempts=F("attempts") - 1, heartbeat_at=None))
+
+    def mark_lost(self, error: dict, *, cutoff: datetime, now: datetime, retry_at: datetime | None) -> bool:
+        """Take back an attempt whose worker stopped heartbeating, as a failed attempt.
+
+        Fenced on the heartbeat too: if the worker beat again since we looked, it is alive.
+        """
+        changes = dict(errors=[*self.errors, error], heartbeat_at=None, worker_ids=[*self.worker_ids, self.worker_id])
+        if retry_at is None:
+            changes.update(status=JobStatus.FAILED, finished_at=now)
+        else:
+            changes.update(status=JobStatus.READY, run_after=retry_at)
+        return bool(self._attempt().filter(heartbeat_at__lt=cutoff).update(**changes))
+
+
+class WorkerProcess(models.Model):
+    """One row per live worker process, for liveness and the admin's overview.
+
+    The identity is a random id, not the PID: PIDs mean nothing across hosts.
+    """
+
+    worker_id = models.CharField(max_length=128, primary_key=True)
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    queues = models.JSONField(default=list, blank=True, help_text="Empty: every queue.")
+    concurrency = models.PositiveIntegerField(default=1)
+    started_at = models.DateTimeField()
+    heartbeat_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["started_at"]
+
+    def __str__(self) -> str:
+        return self.worker_id
+
+    def is_alive(self, now: datetime, stale_after: float) -> bool:
+        return self.heartbeat_at >= now - timedelta(seconds=stale_after)
+
+
+# -- claim implementations (private to JobQuerySet.claim) ---------------------------------
+
+def _claim_returning(connection, *, worker_id: str, limit: int, now: datetime, queues) -> list[Job]:
+    meta = Job._meta
+    qn = connection.ops.quote_name
+    table = qn(meta.db_table)
+    col = {name: qn(meta.get_field(name).column) for name in CLAIM_FIELDS}
+    dt = meta.get_field("run_after")
+    now_db = dt.get_db_prep_value(now, connection)
+    queue_sql, queue_params = "", []
+    if queues:
+        queue_sql = f" AND {col['queue_name']} IN ({', '.join(['%s'] * len(queues))})"
+        queue_params = list(queues)
+    lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+    sql = (
+        f"UPDATE {table} SET {col['status']} = %s, {col['attempts']} = {col['attempts']} + 1, "
+        f"{col['worker_id']} = %s, {col['heartbeat_at']} = %s, {col['last_attempted_at']} = %s, "
+        f"{col['started_at']} = COALESCE({col['started_at']}, %s) "
+        f"WHERE {col['id']} IN (SELECT {col['id']} FROM {table} "
+        f"WHERE {col['status']} = %s AND {col['run_after']} <= %s{queue_sql} "
+        f"ORDER BY {col['priority']} DESC, {col['run_after']}, {col['id']} LIMIT %s{lock}) "
+        f"RETURNING {', '.join(col[name] for name in CLAIM_FIELDS)}"
+    )
+    params = [JobStatus.RUNNING.value, worker_id, now_db, now_db, now_db, JobStatus.READY.value, now_db,
+              *queue_params, limit]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return _rows_to_jobs(connection, rows)
+
+
+def _rows_to_jobs(connection, rows: Iterable[tuple]) -> list[Job]:
+    """Turn raw rows into Job instances with Django's own per-backend converters."""
+    meta = Job._meta
+    converters = []
+    for name in CLAIM_FIELDS:
+        expression = Col(meta.db_table, meta.get_field(name))
+        converters.append(connection.ops.get_db_converters(expression) + expression.get_db_converters(connection))
+    jobs = []
+    for row in rows:
+        values = []
+        for value, fns, name in zip(row, converters, CLAIM_FIELDS):
+            expression = Col(meta.db_table, meta.get_field(name))
+            for fn in fns:
+                value = fn(value, expression, connection)
+            values.append(value)
+        jobs.append(Job.from_db(connection.alias, list(CLAIM_FIELDS), values))
+    return jobs
+
+
+def _claim_select_then_update(queryset: JobQuerySet, *, worker_id: str, limit: int, now: datetime, queues) -> list[Job]:
+    """For databases without UPDATE ... RETURNING (MySQL 8, MariaDB): lock, then update."""
+    candidates = queryset.due(now)
+    if queues:
+        candidates = candidates.filter(queue_name__in=list(queues))
+    with transaction.atomic(using=queryset.db):
+        ids = list(candidates.order_by("-priority", "run_after", "id")
+                   .select_for_update(skip_locked=True).values_list("id", flat=True)[:limit])
+        if not ids:
+            return []
+        Job.objects.filter(id__in=ids).update(
+            status=JobStatus.RUNNING, attempts=F("attempts") + 1, worker_id=worker_id, heartbeat_at=now,
+            last_attempted_at=now, started_at=models.functions.Coalesce("started_at", now),
+        )
+        return list(Job.objects.filter(id__in=ids).only(*CLAIM_FIELDS))

@@ -1,0 +1,46 @@
+"""Retry policy, pure: given an attempt's outcome, decide when (or whether) to run again.
+
+The worker only persists the decision. Nothing here touches the database or the
+clock; ``rand`` is a parameter so tests can pin the jitter.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .conf import MAX_RETRY_DELAY
+
+
+@dataclass(frozen=True)
+class RetryDecision:
+    retry: bool
+    delay: float = 0.0  # seconds until the next attempt, when retry is True
+    reason: str = ""
+
+
+def backoff_delay(base: float, attempt: int, rand: float | None = None) -> float:
+    """Delay before attempt ``attempt + 1``: ``base * 2**(attempt-1)``, ±25 % jitter, capped.
+
+    Jitter keeps a burst of jobs that failed together (a mail server went down) from
+    retrying together; the cap keeps a job with many attempts from sleeping for days.
+    """
+    rand = random.random() if rand is None else rand
+    nominal = base * 2 ** max(attempt - 1, 0)
+    return min(nominal * (0.75 + 0.5 * rand), MAX_RETRY_DELAY)
+
+
+def decide(*, attempt: int, max_attempts: int, base: float, custom_delay=None, custom_given: bool = False,
+           rand: float | None = None) -> RetryDecision:
+    """Whether a failed attempt number ``attempt`` is retried, and after how long.
+
+    ``custom_delay`` is what a task's own ``backoff`` callable returned (when
+    ``custom_given``): a number of seconds, or None meaning do not retry.
+    """
+    if attempt >= max_attempts:
+        return RetryDecision(False, reason=f"attempt {attempt} of {max_attempts}: no attempts left")
+    if custom_given:
+        if custom_delay is None:
+            return RetryDecision(False, reason="the task's backoff said not to retry")
+        return RetryDecision(True, min(max(float(custom_delay), 0.0), MAX_RETRY_DELAY))
+    return RetryDecision(True, backoff_delay(base, attempt, rand))

@@ -1,0 +1,133 @@
+"""Settings of the host project.
+
+Everything a deployment changes comes from the environment: ``DATABASE_URL``
+(absent: a SQLite file next to this repository), ``DJANGO_SECRET_KEY``,
+``DJANGO_DEBUG`` and ``DJANGO_ALLOWED_HOSTS``. A settings module that does
+``from queue_project.settings import *`` can override any of it.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+import django
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = os.environ.get("DJANGO_DEBUG", "1").lower() in {"1", "true", "yes", "on"}
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
+    SECRET_KEY = "insecure-local-development-key-do-not-use-in-production"
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h.strip()]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "jobs",
+    "example",
+]
+if django.VERSION < (6, 0):
+    # Django 5.2 LTS: the tasks framework comes from the django-tasks backport.
+    INSTALLED_APPS.insert(0, "django_tasks")
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "queue_project.urls"
+WSGI_APPLICATION = "queue_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# SQLite is opened so that the web server and several worker processes can share
+# one file: WAL lets readers run beside the one writer, the busy timeout makes a
+# writer wait for the lock instead of failing, and IMMEDIATE transactions take the
+# write lock when a transaction starts, so two writers never deadlock on upgrade.
+SQLITE_OPTIONS = {
+    "timeout": 20,
+    "transaction_mode": "IMMEDIATE",
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=20000;",
+}
+
+
+def database_from_url(url: str) -> dict:
+    """dj-database-url, plus the SQLite options above and kept-open connections."""
+    config = dj_database_url.parse(url, conn_max_age=600, conn_health_checks=True)
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        config["OPTIONS"] = {**SQLITE_OPTIONS, **config.get("OPTIONS", {})}
+        config["CONN_MAX_AGE"] = None
+    return config
+
+
+DATABASES = {"default": database_from_url(os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = os.environ.get("DJANGO_TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+TASKS = {
+    "default": {
+        "BACKEND": "jobs.backends.DatabaseBackend",
+        "QUEUES": ["default", "emails", "reports"],
+        "OPTIONS": {
+            "max_attempts": 3,
+            "retry_backoff": 5,
+            "stale_after": 30,
+            "poll_interval": 1,
+        },
+    }
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "jobs": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "scheduler": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # The tasks framework logs every start and finish too; the worker's own lines say more.
+        "django.tasks": {"level": "WARNING"},
+        "django_tasks": {"level": "WARNING"},
+    },
+}
