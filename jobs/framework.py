@@ -13,6 +13,7 @@ try:  # Django 6.x
         TaskContext,
         TaskResult,
         TaskResultStatus,
+        default_task_backend,
         task,
         task_backends,
     )
@@ -29,6 +30,7 @@ except ImportError:  # Django 5.2 + backport
         TaskContext,
         TaskResult,
         TaskResultStatus,
+        default_task_backend,
         task,
         task_backends,
     )
@@ -52,6 +54,7 @@ __all__ = [
     "TaskResult",
     "TaskResultDoesNotExist",
     "TaskResultStatus",
+    "default_task_backend",
     "task",
     "task_backends",
     "task_enqueued",

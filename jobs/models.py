@@ -217,6 +217,11 @@ class WorkerProcess(models.Model):
 
 # -- claim implementations (private to JobQuerySet.claim) ---------------------------------
 
+def _claimed_fields() -> list[str]:
+    """CLAIM_FIELDS in the model's field order, which ``Model.from_db`` expects."""
+    return [f.name for f in Job._meta.concrete_fields if f.name in CLAIM_FIELDS]
+
+
 def _claim_returning(connection, *, worker_id: str, limit: int, now: datetime, queues) -> list[Job]:
     meta = Job._meta
     qn = connection.ops.quote_name
@@ -236,7 +241,7 @@ def _claim_returning(connection, *, worker_id: str, limit: int, now: datetime, q
         f"WHERE {col['id']} IN (SELECT {col['id']} FROM {table} "
         f"WHERE {col['status']} = %s AND {col['run_after']} <= %s{queue_sql} "
         f"ORDER BY {col['priority']} DESC, {col['run_after']}, {col['id']} LIMIT %s{lock}) "
-        f"RETURNING {', '.join(col[name] for name in CLAIM_FIELDS)}"
+        f"RETURNING {', '.join(col[name] for name in _claimed_fields())}"
     )
     params = [JobStatus.RUNNING.value, worker_id, now_db, now_db, now_db, JobStatus.READY.value, now_db,
               *queue_params, limit]
@@ -248,20 +253,17 @@ def _claim_returning(connection, *, worker_id: str, limit: int, now: datetime, q
 
 def _rows_to_jobs(connection, rows: Iterable[tuple]) -> list[Job]:
     """Turn raw rows into Job instances with Django's own per-backend converters."""
-    meta = Job._meta
-    converters = []
-    for name in CLAIM_FIELDS:
-        expression = Col(meta.db_table, meta.get_field(name))
-        converters.append(connection.ops.get_db_converters(expression) + expression.get_db_converters(connection))
+    names = _claimed_fields()
+    expressions = [Col(Job._meta.db_table, Job._meta.get_field(name)) for name in names]
+    converters = [connection.ops.get_db_converters(e) + e.get_db_converters(connection) for e in expressions]
     jobs = []
     for row in rows:
         values = []
-        for value, fns, name in zip(row, converters, CLAIM_FIELDS):
-            expression = Col(meta.db_table, meta.get_field(name))
+        for value, fns, expression in zip(row, converters, expressions):
             for fn in fns:
                 value = fn(value, expression, connection)
             values.append(value)
-        jobs.append(Job.from_db(connection.alias, list(CLAIM_FIELDS), values))
+        jobs.append(Job.from_db(connection.alias, names, values))
     return jobs
 
 

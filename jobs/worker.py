@@ -82,7 +82,11 @@ class Slot:
                 if item is None:
                     break
                 job, task = item
-                outcome = run_attempt(job, task, backend=self.worker.backend, worker_id=self.worker.id)
+                try:
+                    outcome = run_attempt(job, task, backend=self.worker.backend, worker_id=self.worker.id)
+                except Exception as exc:  # a bug of ours, not the job's: fail the attempt, keep the slot
+                    logger.exception("job could not be run id=%s task=%s", job.pk, job.task_path)
+                    outcome = failure(job, exc, worker_id=self.worker.id)
                 if self.abandoned:
                     break
                 self.worker.outcomes.put((self, outcome))

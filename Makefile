@@ -1,0 +1,72 @@
+# make run   - set up and start the admin (http://127.0.0.1:$(PORT)/admin/) plus one worker
+# make test  - set up and run the whole suite (SQLite, then PostgreSQL when its binaries exist)
+# make lint  - ruff
+# make bench - the benchmark against the peer queues
+
+PORT ?= 8000
+VENV ?= .venv
+
+# The newest Python 3.12+ on PATH, then in pyenv; else python3 (3.11 gets Django 5.2 + backport).
+ifndef PYTHON
+PYTHON := $(shell \
+	for v in 3.14 3.13 3.12; do \
+		p=$$(command -v python$$v 2>/dev/null) && "$$p" -c1 2>/dev/null && { echo "$$p"; exit 0; }; \
+	done; \
+	root=$$(pyenv root 2>/dev/null || echo "$$HOME/.pyenv"); \
+	for p in $$(ls -d "$$root"/versions/3.1[2-9]*/bin/python 2>/dev/null | sort -V -r); do \
+		"$$p" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo "$$p"; exit 0; }; \
+	done; \
+	command -v python3)
+endif
+
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-sqlite test-postgres lint bench venv clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@if [ -x "$(PY)" ] && [ "$$($(PY) -c 'import sys; print(sys.base_prefix)')" != "$$($(PYTHON) -c 'import sys; print(sys.base_prefix)')" ]; then \
+		echo "Python changed: recreating $(VENV)"; rm -rf "$(VENV)"; fi
+	@echo "Using $(PYTHON) ($$($(PYTHON) --version))"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py ensure_admin
+	$(PY) manage.py enqueue_examples
+	@echo "Admin: http://127.0.0.1:$(PORT)/admin/  (Ctrl-C stops the web server and the worker)"
+	@$(PY) manage.py process_tasks --concurrency 2 & \
+	$(PY) manage.py runserver --noreload 127.0.0.1:$(PORT); \
+	wait
+
+test: $(STAMP)
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory test-sqlite && $(MAKE) --no-print-directory test-postgres; \
+	rc=$$?; echo "make test: $$(( $$(date +%s) - start ))s, exit $$rc"; exit $$rc
+
+test-sqlite: $(STAMP)
+	$(PY) -m pytest -m "not postgres_only" $(PYTEST_ARGS)
+
+# PostgreSQL binaries missing: skipped with a message, unless REQUIRE_POSTGRES=1 makes it an error.
+test-postgres: $(STAMP)
+	@if $(PY) -m tests.pgserver --available; then \
+		$(PY) -m pytest --ds=tests.settings_postgres -m "not sqlite_only" $(PYTEST_ARGS); \
+	elif [ "$(REQUIRE_POSTGRES)" = "1" ]; then \
+		echo "ERROR: REQUIRE_POSTGRES=1 but no PostgreSQL server binaries (initdb, pg_ctl) were found" >&2; exit 1; \
+	else \
+		echo "SKIPPED: the PostgreSQL suite (no server binaries found; install Debian's postgresql)"; \
+	fi
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

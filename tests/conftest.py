@@ -1,0 +1,106 @@
+"""Shared fixtures: real worker processes, an in-process worker, waiting on conditions."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_for(condition, timeout: float = 30.0, interval: float = 0.02, message: str = "condition"):
+    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def on_postgres():
+    return connection.vendor == "postgresql"
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for a child process that must use this test run's database."""
+    env = dict(os.environ)
+    env["DJANGO_SETTINGS_MODULE"] = os.environ.get("DJANGO_SETTINGS_MODULE", "tests.settings")
+    env["JOBS_TEST_DB_NAME"] = str(connection.settings_dict["NAME"])
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class WorkerProcesses:
+    """Start real ``manage.py process_tasks`` processes; kill leftovers at teardown."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+        log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "w+")
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "manage.py"), "process_tasks", "--no-scheduler", *args],
+            cwd=REPO, env=env or subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
+        )
+        proc.log = log  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def output(proc: subprocess.Popen) -> str:
+        proc.log.flush()
+        proc.log.seek(0)
+        return proc.log.read()
+
+    def wait_for_output(self, proc, text: str, timeout: float = 30.0) -> str:
+        return wait_for(lambda: text in self.output(proc) and self.output(proc), timeout,
+                        message=f"{text!r} in worker output")
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+            proc.log.close()
+
+
+@pytest.fixture
+def workers(tmp_path, transactional_db):
+    manager = WorkerProcesses(tmp_path)
+    yield manager
+    manager.stop_all()
+
+
+@pytest.fixture
+def run_worker(transactional_db):
+    """Run an in-process worker in burst mode (every due job, then return)."""
+    from jobs.worker import Worker
+
+    def run(**kwargs) -> Worker:
+        kwargs.setdefault("burst", True)
+        worker = Worker(**kwargs)
+        assert worker.run() == 0
+        return worker
+
+    return run
+
+
+@pytest.fixture
+def record_dir(tmp_path) -> Path:
+    """A folder where test tasks write one file line per run (readable across processes)."""
+    path = tmp_path / "runs"
+    path.mkdir()
+    return path

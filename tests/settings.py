@@ -1,0 +1,36 @@
+"""Settings for the test suite on SQLite (the embedded default).
+
+Worker subprocesses started by the tests import these settings too; they find the
+test database through ``JOBS_TEST_DB_NAME``, which the tests set for them.
+"""
+
+import os
+import tempfile
+
+from queue_project.settings import *  # noqa: F403
+from queue_project.settings import database_from_url
+
+_db_name = os.environ.get("JOBS_TEST_DB_NAME")
+if _db_name:  # a worker subprocess: use the test database itself
+    DATABASES = {"default": database_from_url(f"sqlite:///{_db_name}")}
+else:
+    _tmp = os.environ.setdefault("JOBS_TEST_TMP", tempfile.mkdtemp(prefix="jobs-tests-"))
+    DATABASES = {"default": database_from_url(f"sqlite:///{_tmp}/db.sqlite3")}
+    DATABASES["default"]["TEST"] = {"NAME": f"{_tmp}/test.sqlite3"}
+
+TASKS = {
+    "default": {
+        "BACKEND": "jobs.backends.DatabaseBackend",
+        "QUEUES": ["default", "emails", "reports", "other"],
+        "OPTIONS": {
+            "max_attempts": 3,
+            "retry_backoff": 0.05,
+            "stale_after": 3,
+            "poll_interval": 0.05,
+            "shutdown_grace": 5,
+        },
+    }
+}
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests
+LOGGING = {**LOGGING, "loggers": {**LOGGING["loggers"]}}  # noqa: F405

@@ -1,0 +1,116 @@
+"""Tasks the tests enqueue. Runs are recorded in files so that counts hold across processes."""
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from jobs import task
+from jobs.framework import task as django_task
+
+
+def _record(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{line}\n".encode())
+    finally:
+        os.close(fd)
+
+
+@django_task
+def add(a, b):
+    return a + b
+
+
+@django_task
+def noop():
+    return None
+
+
+@django_task(takes_context=True)
+def record(context, path, token):
+    """Append ``token`` to the file ``path``: one line per run."""
+    _record(path, f"{token} attempt={context.attempt}")
+    return token
+
+
+@task(takes_context=True)
+def fail_times(context, times):
+    """Fail the first ``times`` attempts, then succeed with the attempt number."""
+    if context.attempt <= times:
+        raise ValueError(f"failing on purpose, attempt {context.attempt}")
+    return context.attempt
+
+
+@django_task
+def always_fails():
+    raise RuntimeError("this task always fails")
+
+
+@task(max_attempts=5)
+def always_fails_five():
+    raise RuntimeError("five times")
+
+
+@task(max_attempts=5, backoff=lambda exc, result: None if isinstance(exc, KeyError) else 0.01)
+def custom_backoff(kind):
+    if kind == "key":
+        raise KeyError("not retried")
+    raise ValueError("retried quickly")
+
+
+@task(timeout=0.5, max_attempts=1)
+def sleeps(seconds):
+    time.sleep(seconds)
+    return "woke"
+
+
+@task(timeout=0.3, max_attempts=1)
+async def async_sleeps(seconds):
+    await asyncio.sleep(seconds)
+    return "woke"
+
+
+@django_task
+async def async_add(a, b):
+    await asyncio.sleep(0.01)
+    return a + b
+
+
+@django_task
+def slow_then_record(path, token, seconds):
+    """Mark the start, sleep, then mark the end: lets tests act while the job runs."""
+    _record(path, f"start {token} pid={os.getpid()}")
+    time.sleep(seconds)
+    _record(path, f"end {token}")
+    return token
+
+
+@django_task
+def returns_object():
+    return object()
+
+
+@django_task
+def exits():
+    raise SystemExit(3)
+
+
+@django_task
+def uses_database(fail):
+    """Leaves a transaction open and broken if ``fail``: the next job must not notice."""
+    from django.db import connection, transaction
+
+    from jobs.models import Job
+
+    if fail:
+        transaction.set_autocommit(False)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        raise RuntimeError("left a transaction open")
+    return Job.objects.count()
+
+
+def plain_function():
+    """Not a task: a job naming it must not run it."""
+    Path(os.environ.get("JOBS_TEST_MARKER", "/tmp/jobs-plain-function-ran")).write_text("ran")

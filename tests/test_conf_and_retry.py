@@ -1,0 +1,104 @@
+"""OPTIONS parsing, the system check that reports it, and the pure retry policy."""
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+
+from jobs.conf import MAX_RETRY_DELAY, JobsOptions, OptionsError, parse_options
+from jobs.retry import backoff_delay, decide
+
+
+def test_defaults():
+    assert parse_options({}) == JobsOptions()
+    assert parse_options(None).max_attempts == 3
+
+
+@pytest.mark.parametrize("raw", [
+    {"max_attempts": 5, "retry_backoff": 0.5, "stale_after": 3, "poll_interval": 2},
+    {"retry_backoff": 1, "stale_after": 60.5, "poll_interval": 0.01},
+])
+def test_valid_options_accept_int_and_float(raw):
+    options = parse_options(raw)
+    for key, value in raw.items():
+        assert getattr(options, key) == value
+
+
+@pytest.mark.parametrize("raw,key,words", [
+    ({"max_attempts": 0}, "max_attempts", ">= 1"),
+    ({"max_attempts": 2.5}, "max_attempts", "integer"),
+    ({"max_attempts": True}, "max_attempts", "integer"),
+    ({"max_attempts": "3"}, "max_attempts", "integer"),
+    ({"retry_backoff": 0}, "retry_backoff", "> 0"),
+    ({"retry_backoff": -1}, "retry_backoff", "> 0"),
+    ({"stale_after": 2}, "stale_after", ">= 3"),
+    ({"poll_interval": "1"}, "poll_interval", "number"),
+    ({"poll_interval": 0}, "poll_interval", "> 0"),
+    ({"max_attempt": 3}, "max_attempt", "unknown key"),
+])
+def test_bad_options_name_the_key(raw, key, words):
+    with pytest.raises(OptionsError) as info:
+        parse_options(raw)
+    assert info.value.key == key
+    assert key in str(info.value) and words in str(info.value)
+
+
+def bad_tasks(**options):
+    return {"default": {"BACKEND": "jobs.backends.DatabaseBackend", "QUEUES": ["default"], "OPTIONS": options}}
+
+
+@pytest.mark.parametrize("options,key", [
+    ({"max_attempts": -1}, "max_attempts"),
+    ({"stale_after": "30"}, "stale_after"),
+    ({"colour": "blue"}, "colour"),
+])
+@pytest.mark.django_db
+def test_manage_py_check_reports_bad_options_by_key(options, key):
+    with override_settings(TASKS=bad_tasks(**options)):
+        with pytest.raises(SystemCheckError) as info:
+            call_command("check")
+    message = str(info.value)
+    assert "jobs.E001" in message and repr(key) in message
+
+
+@pytest.mark.django_db
+def test_manage_py_check_passes_with_good_options():
+    with override_settings(TASKS=bad_tasks(max_attempts=2)):
+        call_command("check")
+
+
+@pytest.mark.parametrize("attempt,max_attempts,retry,delay_range", [
+    (1, 3, True, (0.75, 1.25)),
+    (2, 3, True, (1.5, 2.5)),
+    (3, 3, False, None),
+    (5, 3, False, None),
+    (1, 1, False, None),
+])
+def test_decide_default_policy(attempt, max_attempts, retry, delay_range):
+    decision = decide(attempt=attempt, max_attempts=max_attempts, base=1.0)
+    assert decision.retry is retry
+    if retry:
+        assert delay_range[0] <= decision.delay <= delay_range[1]
+    else:
+        assert "no attempts left" in decision.reason
+
+
+@pytest.mark.parametrize("rand,expected", [(0.0, 7.5), (0.5, 10.0), (1.0, 12.5)])
+def test_backoff_jitter_is_quarter_either_side(rand, expected):
+    assert backoff_delay(10, 1, rand=rand) == pytest.approx(expected)
+
+
+def test_backoff_doubles_and_caps():
+    assert backoff_delay(1, 4, rand=0.5) == pytest.approx(8)
+    assert backoff_delay(1, 40, rand=1.0) == MAX_RETRY_DELAY
+
+
+@pytest.mark.parametrize("custom,retry,delay", [(None, False, 0.0), (2, True, 2.0), (-5, True, 0.0),
+                                               (10**9, True, MAX_RETRY_DELAY)])
+def test_decide_with_task_backoff(custom, retry, delay):
+    decision = decide(attempt=1, max_attempts=3, base=1.0, custom_delay=custom, custom_given=True)
+    assert decision.retry is retry and decision.delay == delay
+
+
+def test_task_backoff_cannot_exceed_max_attempts():
+    assert decide(attempt=3, max_attempts=3, base=1, custom_delay=1, custom_given=True).retry is False
