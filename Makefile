@@ -50,12 +50,12 @@ test: $(STAMP)
 	rc=$$?; echo "make test: $$(( $$(date +%s) - start ))s, exit $$rc"; exit $$rc
 
 test-sqlite: $(STAMP)
-	$(PY) -m pytest -m "not postgres_only" $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 # PostgreSQL binaries missing: skipped with a message, unless REQUIRE_POSTGRES=1 makes it an error.
 test-postgres: $(STAMP)
 	@if $(PY) -m tests.pgserver --available; then \
-		$(PY) -m pytest --ds=tests.settings_postgres -m "not sqlite_only" $(PYTEST_ARGS); \
+		$(PY) -m pytest --ds=tests.settings_postgres $(PYTEST_ARGS); \
 	elif [ "$(REQUIRE_POSTGRES)" = "1" ]; then \
 		echo "ERROR: REQUIRE_POSTGRES=1 but no PostgreSQL server binaries (initdb, pg_ctl) were found" >&2; exit 1; \
 	else \

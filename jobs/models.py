@@ -222,13 +222,16 @@ def _claimed_fields() -> list[str]:
     return [f.name for f in Job._meta.concrete_fields if f.name in CLAIM_FIELDS]
 
 
-def _claim_returning(connection, *, worker_id: str, limit: int, now: datetime, queues) -> list[Job]:
+def claim_sql(connection, *, worker_id: str, limit: int, now: datetime, queues) -> tuple[str, list]:
+    """The claim statement for PostgreSQL and SQLite: UPDATE ... WHERE id IN (SELECT ...) RETURNING.
+
+    Exposed so that tests can EXPLAIN exactly what the workers run.
+    """
     meta = Job._meta
     qn = connection.ops.quote_name
     table = qn(meta.db_table)
     col = {name: qn(meta.get_field(name).column) for name in CLAIM_FIELDS}
-    dt = meta.get_field("run_after")
-    now_db = dt.get_db_prep_value(now, connection)
+    now_db = meta.get_field("run_after").get_db_prep_value(now, connection)
     queue_sql, queue_params = "", []
     if queues:
         queue_sql = f" AND {col['queue_name']} IN ({', '.join(['%s'] * len(queues))})"
@@ -245,6 +248,11 @@ def _claim_returning(connection, *, worker_id: str, limit: int, now: datetime, q
     )
     params = [JobStatus.RUNNING.value, worker_id, now_db, now_db, now_db, JobStatus.READY.value, now_db,
               *queue_params, limit]
+    return sql, params
+
+
+def _claim_returning(connection, *, worker_id: str, limit: int, now: datetime, queues) -> list[Job]:
+    sql, params = claim_sql(connection, worker_id=worker_id, limit=limit, now=now, queues=queues)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()

@@ -114,3 +114,12 @@ def uses_database(fail):
 def plain_function():
     """Not a task: a job naming it must not run it."""
     Path(os.environ.get("JOBS_TEST_MARKER", "/tmp/jobs-plain-function-ran")).write_text("ran")
+
+
+@task(takes_context=True)
+def slow_first_attempt(context, path, seconds):
+    """Sleep long on attempt 1 only (the one the tests kill), then succeed at once."""
+    _record(path, f"start attempt={context.attempt} pid={os.getpid()}")
+    if context.attempt == 1:
+        time.sleep(seconds)
+    return context.attempt

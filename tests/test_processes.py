@@ -1,0 +1,129 @@
+"""Real worker processes: many at once, killed, terminated, and a database that restarts."""
+
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from django.db import connection, transaction
+
+from jobs.models import Job, JobStatus
+from tests import tasks
+from tests.conftest import wait_for
+
+
+def status_counts() -> dict:
+    return dict(Counter(Job.objects.values_list("status", flat=True)))
+
+
+def test_several_workers_run_every_job_exactly_once(workers, record_dir):
+    path = str(record_dir / "runs")
+    total = 1500
+    with transaction.atomic():
+        ids = [tasks.record.enqueue(path, f"job-{i}").id for i in range(total)]
+    procs = [workers.start("--burst"), workers.start("--burst", "--concurrency", "3"), workers.start("--burst")]
+    for proc in procs:
+        assert proc.wait(180) == 0, workers.output(proc)
+    lines = Path(path).read_text().splitlines()
+    counts = Counter(line.split()[0] for line in lines)
+    assert len(counts) == total, "some jobs never ran"
+    assert max(counts.values()) == 1, f"ran twice: {[t for t, n in counts.items() if n > 1][:5]}"
+    assert status_counts() == {JobStatus.SUCCESSFUL: total}
+    assert len(ids) == total
+    # Every worker took part (no single process ran everything while the others idled).
+    started = [workers.output(p).count("job started") for p in procs]
+    assert all(n > 0 for n in started), started
+
+
+def test_a_job_of_a_killed_worker_is_taken_back_and_retried(workers, record_dir):
+    path = record_dir / "runs"
+    result = tasks.slow_first_attempt.enqueue(str(path), 120)
+    doomed = workers.start()
+    wait_for(lambda: path.exists() and "attempt=1" in path.read_text(), message="attempt 1 to start")
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(10)
+    assert Job.objects.get().status == JobStatus.RUNNING  # nobody told the database
+    rescuer = workers.start()
+    job = wait_for(lambda: Job.objects.filter(status=JobStatus.SUCCESSFUL).first(), timeout=60,
+                   message="the job to be rescued (stale_after is 3 s in tests)")
+    assert job.attempts == 2 and job.return_value == 2
+    assert [e["exception_class_path"] for e in job.errors] == ["jobs.exceptions.WorkerLost"]
+    assert "was lost" in job.errors[0]["message"]
+    assert str(job.pk) == result.id
+    assert "job taken back" in workers.output(rescuer)
+
+
+def test_sigterm_lets_the_running_job_finish(workers, record_dir):
+    path = record_dir / "runs"
+    tasks.slow_then_record.enqueue(str(path), "t", 1.0)
+    proc = workers.start()
+    wait_for(lambda: path.exists() and "start t" in path.read_text(), message="the job to start")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0, workers.output(proc)
+    assert "end t" in path.read_text()
+    assert Job.objects.get().status == JobStatus.SUCCESSFUL
+
+
+def test_sigterm_hands_back_a_job_that_outlives_the_grace_period(workers, record_dir):
+    path = record_dir / "runs"
+    tasks.slow_then_record.enqueue(str(path), "long", 600)
+    proc = workers.start()
+    wait_for(lambda: path.exists() and "start long" in path.read_text(), message="the job to start")
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, workers.output(proc)
+    assert time.monotonic() - sent < 15  # grace is 5 s in tests
+    job = Job.objects.get()
+    assert job.status == JobStatus.READY and job.attempts == 0 and job.errors == []
+    assert "job handed back" in workers.output(proc)
+
+
+def test_a_second_signal_exits_at_once(workers, record_dir):
+    path = record_dir / "runs"
+    tasks.slow_then_record.enqueue(str(path), "long", 600)
+    proc = workers.start()
+    wait_for(lambda: path.exists() and "start long" in path.read_text(), message="the job to start")
+    proc.send_signal(signal.SIGTERM)
+    workers.wait_for_output(proc, "worker stopping")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(5) == 128 + signal.SIGINT
+    # Left RUNNING: its heartbeat stops, and any other worker will take it back.
+    assert Job.objects.get().status == JobStatus.RUNNING
+
+
+def test_an_idle_worker_stops_promptly_on_sigterm(workers):
+    proc = workers.start("--sleep", "30")
+    workers.wait_for_output(proc, "worker started")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+
+
+def test_duration_stops_claiming_then_exits(workers):
+    proc = workers.start("--duration", "1")
+    assert proc.wait(20) == 0
+    assert "duration 1s reached" in workers.output(proc)
+
+
+def test_bad_queue_option_is_a_clear_error(workers):
+    proc = workers.start("--queue", "nope")
+    assert proc.wait(30) != 0
+    assert "--queue 'nope' is not in" in workers.output(proc)
+
+
+@pytest.mark.postgres_only
+def test_worker_survives_a_postgres_restart(workers):
+    from tests import settings_postgres
+
+    proc = workers.start()
+    first = tasks.add.enqueue(1, 1)
+    wait_for(lambda: Job.objects.filter(pk=int(first.id), status=JobStatus.SUCCESSFUL).exists(),
+             message="the first job")
+    settings_postgres._server.restart()
+    connection.close()  # our own connection died with the server too
+    workers.wait_for_output(proc, "database error")
+    second = tasks.add.enqueue(2, 2)
+    job = wait_for(lambda: Job.objects.filter(pk=int(second.id), status=JobStatus.SUCCESSFUL).first(),
+                   timeout=60, message="a job enqueued after the restart")
+    assert job.return_value == 4
+    assert proc.poll() is None, "the worker died"
