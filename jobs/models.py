@@ -36,7 +36,7 @@ FINISHED_STATUSES = (JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.CANCELLED
 # Columns a claim hands back: what a worker needs to run the job and record it.
 CLAIM_FIELDS = (
     "id", "task_path", "backend", "queue_name", "priority", "args", "kwargs", "status", "run_after",
-    "enqueued_at", "started_at", "last_attempted_at", "attempts", "max_attempts", "worker_id",
+    "enqueued_at", "started_at", "last_attempted_at", "finished_at", "attempts", "max_attempts", "worker_id",
     "heartbeat_at", "errors", "worker_ids", "meta",
 )
 

@@ -27,6 +27,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from datetime import datetime, timedelta
 from queue import Empty, SimpleQueue
 
@@ -43,6 +44,13 @@ from .models import Job, JobStatus, WorkerProcess, error_entry
 logger = logging.getLogger(__name__)
 
 _WAKE = object()  # put on the outcome queue to wake the main loop (signals, stop)
+
+# Prefetch: hold at most this much expected run time of claimed jobs beyond the free
+# slots, and at most this many jobs.
+PREFETCH_SECONDS = 0.02
+MAX_PREFETCH = 50
+# An outcome is written together with others, but waits at most this long (seconds).
+FLUSH_AFTER = 0.005
 
 
 def make_worker_id() -> str:
@@ -132,6 +140,9 @@ class Worker:
         self.stop_deadline: float | None = None  # when unfinished jobs are handed back
         self.slots: list[Slot] = []
         self.pending: list[Outcome] = []  # outcomes not yet written
+        self.pending_since = 0.0  # when the oldest of them arrived
+        self.buffer: deque[Job] = deque()  # claimed (RUNNING for us) but not yet started
+        self.avg_duration: float | None = None  # moving average of recent attempts, seconds
         self.loop_threads: list[threading.Thread] = []
         self.db_alias = router.db_for_write(Job)
         self._db_backoff = 0.0
@@ -183,29 +194,71 @@ class Worker:
         if time.monotonic() >= self._next_beat:
             if self._with_db(self._heartbeat_and_sweep):
                 self._next_beat = time.monotonic() + self.options.heartbeat_interval
-        free = [] if self.stopping.is_set() else [s for s in self.slots if not s.busy]
-        claimed = self._with_db(lambda: self._record_and_claim(len(free)))
-        if claimed is None:  # database trouble: _with_db already backed off
+        self._dispatch_buffered()
+        want = self._claim_size()
+        if want or self._flush_due():
+            claimed = self._with_db(lambda: self._record_and_claim(want))
+            if claimed is None:  # database trouble: _with_db already backed off
+                return
+            self.buffer.extend(claimed)
+            self._dispatch_buffered()
+            if self.burst and not claimed and not self.buffer and not self._busy() and not self.pending:
+                self.request_stop(reason="burst: no due jobs left")
+                return
+            if want and len(claimed) == want:
+                return  # a full batch: more may be due, go round at once
+        if self.buffer and any(not s.busy for s in self.slots) and not self.stopping.is_set():
             return
-        for slot, job in zip(free, claimed):
-            self._dispatch(slot, job)
-        busy = any(s.busy for s in self.slots)
-        if self.burst and not claimed and not busy and not self.pending:
-            self.request_stop(reason="burst: no due jobs left")
-            return
-        if free and len(claimed) == len(free):
-            return  # every free slot got a job: more may be due, claim again at once
-        self._collect(block_for=self._wait_time(idle=not claimed))
+        self._collect(block_for=self._wait_time())
 
-    def _wait_time(self, idle: bool) -> float:
+    def _busy(self) -> bool:
+        return any(s.busy for s in self.slots)
+
+    def _prefetch(self) -> int:
+        """Jobs to hold beyond the free slots: as many as fit in PREFETCH_SECONDS of run time.
+
+        Fast jobs then come many to a claim and many outcomes to a commit; slow jobs
+        come one per free slot, so a worker never sits on work another worker could run.
+        """
+        if self.avg_duration is None:
+            return 0
+        return min(MAX_PREFETCH, int(PREFETCH_SECONDS * self.concurrency / max(self.avg_duration, 1e-5)))
+
+    def _claim_size(self) -> int:
+        if self.stopping.is_set():
+            return 0
+        free = sum(not s.busy for s in self.slots)
+        if len(self.buffer) >= free:
+            return 0  # enough in hand for every slot that will free up next
+        return free + self._prefetch() - len(self.buffer)
+
+    def _flush_due(self) -> bool:
+        """Outcomes are written together, but none waits more than FLUSH_AFTER seconds."""
+        if not self.pending:
+            return False
+        return (not self.buffer or self.stopping.is_set()
+                or time.monotonic() - self.pending_since >= FLUSH_AFTER)
+
+    def _wait_time(self) -> float:
         now = time.monotonic()
         waits = [max(self._next_beat - now, 0)]
         waits += [max(s.deadline - now, 0) for s in self.slots if s.busy and s.deadline is not None]
         if self.stop_deadline is not None:
             waits.append(max(self.stop_deadline - now, 0))
-        if not self.stopping.is_set() and (idle or not all(s.busy for s in self.slots)):
+        if self.pending:
+            waits.append(max(self.pending_since + FLUSH_AFTER - now, 0))
+        if not self.stopping.is_set() and not all(s.busy for s in self.slots):
             waits.append(self.poll_interval)
-        return min(waits) if waits else self.poll_interval
+        return min(waits)
+
+    def _dispatch_buffered(self) -> None:
+        if self.stopping.is_set():
+            return
+        for slot in self.slots:
+            if not self.buffer:
+                return
+            if not slot.busy:
+                self._dispatch(slot, self.buffer.popleft())
 
     def _collect(self, block_for: float) -> None:
         """Move handed-back outcomes to ``pending``; wait up to ``block_for`` for the first."""
@@ -218,11 +271,19 @@ class Worker:
                 slot, outcome = item
                 if slot.job is outcome.job and not slot.abandoned:
                     slot.job, slot.deadline = None, None
-                    self.pending.append(outcome)
+                    self._add_pending(outcome)
             try:
                 item = self.outcomes.get_nowait()
             except Empty:
                 return
+
+    def _add_pending(self, outcome: Outcome) -> None:
+        if not self.pending:
+            self.pending_since = time.monotonic()
+        self.pending.append(outcome)
+        if outcome.succeeded or outcome.duration:
+            previous = self.avg_duration if self.avg_duration is not None else outcome.duration
+            self.avg_duration = 0.8 * previous + 0.2 * outcome.duration
 
     def _dispatch(self, slot: Slot, job: Job) -> None:
         logger.info("job started id=%s task=%s attempt=%d/%d queue=%s worker=%s", job.pk, job.task_path,
@@ -230,7 +291,7 @@ class Worker:
         try:
             task = resolve_task(job.task_path)
         except PERMANENT as exc:
-            self.pending.append(failure(job, exc, worker_id=self.id, permanent=True))
+            self._add_pending(failure(job, exc, worker_id=self.id, permanent=True))
             return
         slot.start(job, task)
 
@@ -241,8 +302,8 @@ class Worker:
                 job = slot.job
                 exc = JobTimeout(f"attempt {job.attempts} timed out after {slot.timeout:g}s; "
                                  "the worker stopped waiting for it")
-                self.pending.append(failure(job, exc, worker_id=self.id, duration=slot.timeout,
-                                            traceback=f"{exc}\n"))
+                self._add_pending(failure(job, exc, worker_id=self.id, duration=slot.timeout,
+                                          traceback=f"{exc}\n"))
                 slot.abandon()
                 self.slots[index] = Slot(self, slot.index)
 
@@ -381,7 +442,8 @@ class Worker:
         for _ in range(5):
             if self._with_db(lambda: self._record_and_claim(0)) is not None:
                 break
-        unfinished = [s.job for s in self.slots if s.busy]
+        unfinished = [s.job for s in self.slots if s.busy] + list(self.buffer)
+        self.buffer.clear()
         for slot in self.slots:
             slot.abandoned = bool(slot.job)
             slot.stop()

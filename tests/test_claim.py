@@ -67,11 +67,10 @@ def test_skip_locked_from_a_second_connection(transactional_db):
 @pytest.mark.postgres_only
 def test_claim_uses_the_partial_index_among_many_finished_rows(transactional_db):
     now = timezone.now()
-    Job.objects.bulk_create(
-        [Job(task_path="tests.tasks.add", status=JobStatus.SUCCESSFUL, run_after=now, enqueued_at=now,
-             finished_at=now) for _ in range(20000)], batch_size=5000)
-    for i in range(5):
-        tasks.add.enqueue(i, i)
+    finished = [Job(task_path="tests.tasks.add", status=JobStatus.SUCCESSFUL, run_after=now, enqueued_at=now,
+                    finished_at=now) for _ in range(20000)]
+    backlog = [Job(task_path="tests.tasks.add", run_after=now, enqueued_at=now) for _ in range(2000)]
+    Job.objects.bulk_create(finished + backlog, batch_size=5000)
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE jobs_job")
         sql, params = claim_sql(connection, worker_id="w", limit=4, now=now + timedelta(seconds=1), queues=None)
