@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import signal
+import sys
+import threading
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -12,6 +15,58 @@ from jobs.framework import DEFAULT_TASK_BACKEND_ALIAS, task_backends
 from jobs.worker import Worker
 
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
+
+
+class _LogWriter(io.TextIOBase):
+    """A stand-in for sys.stdout/sys.stderr that logs each complete line (``--log-std``).
+
+    Each job thread has its own line buffer, so lines of jobs running at once do not
+    mix. A handler that itself writes to the replaced stream (say, Python's
+    last-resort handler) would loop: while a line is being logged, writes go to the
+    real stream.
+    """
+
+    def __init__(self, logger: logging.Logger, level: int, original):
+        super().__init__()
+        self._logger, self._level, self._original = logger, level, original
+        self._local = threading.local()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if getattr(self._local, "busy", False):
+            return self._original.write(text)
+        *lines, self._local.buffer = (getattr(self._local, "buffer", "") + text).split("\n")
+        for line in lines:
+            self._emit(line)
+        return len(text)
+
+    def flush(self) -> None:
+        line = getattr(self._local, "buffer", "")
+        if line and not getattr(self._local, "busy", False):
+            self._local.buffer = ""
+            self._emit(line)
+
+    def _emit(self, line: str) -> None:
+        self._local.busy = True
+        try:
+            self._logger.log(self._level, "%s", line)
+        finally:
+            self._local.busy = False
+
+    @property
+    def encoding(self):
+        return getattr(self._original, "encoding", "utf-8")
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _redirect_std_to_logging() -> None:
+    logger = logging.getLogger("jobs.output")
+    sys.stdout = _LogWriter(logger, logging.INFO, sys.stdout)
+    sys.stderr = _LogWriter(logger, logging.ERROR, sys.stderr)
 
 
 class Command(BaseCommand):
@@ -30,9 +85,20 @@ class Command(BaseCommand):
                             help="Idle poll interval (default: OPTIONS['poll_interval']).")
         parser.add_argument("--no-scheduler", action="store_true", help="Do not run the scheduler in this worker.")
         parser.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS, help="TASKS alias (default 'default').")
+        # Kept from django-background-tasks, so that existing unit files and crontabs keep working.
+        parser.add_argument("--log-std", action="store_true",
+                            help="Send what jobs print to stdout/stderr to the logger 'jobs.output' (INFO/ERROR).")
+        parser.add_argument("--dev", action="store_true",
+                            help="Not supported (django-background-tasks' auto-reload): a message says what to use.")
 
     def handle(self, *args, **options):
         self._configure_logging(options["verbosity"])
+        if options["dev"]:
+            self.stderr.write("process_tasks: --dev (auto-reload on code changes) is not supported and is ignored; "
+                              "restart the worker after changing code, or run it under a file watcher, e.g. "
+                              "watchmedo auto-restart --recursive --pattern='*.py' -- python manage.py process_tasks")
+        if options["log_std"]:
+            _redirect_std_to_logging()
         alias = options["backend"]
         try:
             backend = task_backends[alias]
