@@ -11,11 +11,13 @@ import json
 from functools import cached_property
 
 from django.core import checks
+from django.db import connections
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from .conf import JobsOptions, OptionsError, parse_options
 from .decorators import JobTask
+from .wakeup import notify_enqueued
 from .framework import (
     BaseTaskBackend,
     InvalidTask,
@@ -101,6 +103,8 @@ class DatabaseBackend(BaseTaskBackend):
             args=json_args, kwargs=json_kwargs, run_after=task.run_after or now, enqueued_at=now,
             max_attempts=self.max_attempts_for(task),
         )
+        if task.run_after is None or task.run_after <= now:
+            notify_enqueued(connections[job._state.db], task.queue_name)
         result = self.to_task_result(job, task)
         task_enqueued.send(type(self), task_result=result)
         return result

@@ -40,6 +40,7 @@ from .execution import Outcome, failure, resolve_task, run_attempt
 from .framework import task_backends
 from .loops import worker_loops
 from .models import Job, JobStatus, WorkerProcess, error_entry
+from .wakeup import start_waker
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,11 @@ class Worker:
         self.stopping.set()
         self.outcomes.put(_WAKE)  # SimpleQueue.put is reentrant: safe from a signal handler
 
+    def wake(self) -> None:
+        """New work may be due: end the idle wait now (called from the waker thread)."""
+        if not self._busy():
+            self.outcomes.put(_WAKE)
+
     def run(self) -> int:
         started = time.monotonic()
         self.slots = [Slot(self, i) for i in range(self.concurrency)]
@@ -169,6 +175,7 @@ class Worker:
         logger.info("worker started worker=%s queues=%s concurrency=%d burst=%s", self.id,
                     ",".join(self.queues or ["*"]), self.concurrency, self.burst)
         self._start_loops()
+        self._waker = start_waker(connections[self.db_alias], wake=self.wake, stop=self.stopping, queues=self.queues)
         try:
             while not self._finished():
                 if self.duration and time.monotonic() - started >= self.duration and not self.stopping.is_set():

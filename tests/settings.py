@@ -4,6 +4,7 @@ Worker subprocesses started by the tests import these settings too; they find th
 test database through ``JOBS_TEST_DB_NAME``, which the tests set for them.
 """
 
+import json
 import os
 import tempfile
 
@@ -31,6 +32,9 @@ TASKS = {
         },
     }
 }
+
+# Worker subprocesses of some tests need other OPTIONS (say, a long stale_after).
+TASKS["default"]["OPTIONS"].update(json.loads(os.environ.get("JOBS_TEST_OPTIONS", "{}")))
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests
 LOGGING = {**LOGGING, "loggers": {**LOGGING["loggers"]}}  # noqa: F405

@@ -10,7 +10,7 @@ from django.db import connection, transaction
 
 from jobs.models import Job, JobStatus
 from tests import tasks
-from tests.conftest import wait_for
+from tests.conftest import subprocess_env, wait_for
 
 
 def status_counts() -> dict:
@@ -127,3 +127,24 @@ def test_worker_survives_a_postgres_restart(workers):
                    timeout=60, message="a job enqueued after the restart")
     assert job.return_value == 4
     assert proc.poll() is None, "the worker died"
+
+
+def test_an_idle_worker_wakes_on_enqueue_long_before_its_poll(workers):
+    """LISTEN/NOTIFY on PostgreSQL, the data_version probe on SQLite: no waiting for the 60 s poll."""
+    env = subprocess_env(JOBS_TEST_OPTIONS='{"stale_after": 90}')  # heartbeats 30 s apart: no early wake
+    proc = workers.start("--sleep", "60", env=env)
+    workers.wait_for_output(proc, "worker started")
+    for attempt in range(3):
+        result = tasks.add.enqueue(attempt, 1)
+        job = wait_for(lambda: Job.objects.filter(pk=int(result.id), status=JobStatus.SUCCESSFUL).first(),
+                       timeout=10, message="the idle worker to wake up")
+        assert job.return_value == attempt + 1
+
+
+def test_batched_outcomes_are_all_written(workers):
+    with transaction.atomic():
+        ids = [int(tasks.add.enqueue(i, i).id) for i in range(500)]
+    proc = workers.start("--burst")
+    assert proc.wait(120) == 0, workers.output(proc)
+    values = dict(Job.objects.filter(status=JobStatus.SUCCESSFUL).values_list("id", "return_value"))
+    assert values == {pk: 2 * i for i, pk in enumerate(ids)}

@@ -1,0 +1,87 @@
+"""Waking an idle worker the moment a job is enqueued, instead of at its next poll.
+
+PostgreSQL: enqueue runs ``pg_notify`` in the enqueueing transaction (delivered on
+commit, dropped on rollback) and each worker LISTENs on its own connection.
+SQLite: a probe reads ``PRAGMA data_version`` every few milliseconds on its own
+connection; the number changes whenever another connection commits, which costs
+no disk read. Either way polling stays as the fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "jobs_enqueued"
+SQLITE_PROBE_INTERVAL = 0.01  # seconds between data_version reads on SQLite
+
+# Keys of Django's OPTIONS for PostgreSQL that are not libpq connection parameters.
+_DJANGO_ONLY_OPTIONS = {"isolation_level", "server_side_binding", "pool", "assume_role", "cursor_factory",
+                        "context", "prepare_threshold"}
+
+
+def notify_enqueued(connection, queue_name: str) -> None:
+    """Tell listening workers that ``queue_name`` has a new job (on commit)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, queue_name])
+
+
+def start_waker(connection, *, wake: Callable[[], None], stop: threading.Event,
+                queues: Sequence[str] | None) -> threading.Thread | None:
+    """A daemon thread that calls ``wake()`` when new work may be there; None if unsupported."""
+    if connection.vendor == "postgresql":
+        target = _listen_postgres
+    elif connection.vendor == "sqlite":
+        target = _probe_sqlite
+    else:
+        return None
+    thread = threading.Thread(target=target, args=(connection.settings_dict, wake, stop, queues),
+                              name="jobs-waker", daemon=True)
+    thread.start()
+    return thread
+
+
+def _listen_postgres(settings: dict, wake, stop: threading.Event, queues) -> None:
+    import psycopg
+
+    params = {"dbname": settings["NAME"], "user": settings.get("USER") or None,
+              "password": settings.get("PASSWORD") or None, "host": settings.get("HOST") or None,
+              "port": settings.get("PORT") or None}
+    params.update({k: v for k, v in settings.get("OPTIONS", {}).items() if k not in _DJANGO_ONLY_OPTIONS})
+    wanted = set(queues) if queues else None
+    backoff = 0.0
+    while not stop.is_set():
+        try:
+            with psycopg.connect(**{k: v for k, v in params.items() if v is not None}, autocommit=True) as conn:
+                conn.execute(f"LISTEN {CHANNEL}")
+                backoff = 0.0
+                wake()  # anything enqueued while we were not listening
+                while not stop.is_set():
+                    for notify in conn.notifies(timeout=0.5):
+                        if wanted is None or notify.payload in wanted:
+                            wake()
+        except psycopg.Error as exc:
+            backoff = min(max(backoff * 2, 0.2), 10.0)
+            logger.warning("listen connection lost, retry_in=%.1fs error=%s", backoff, str(exc).strip()[:200])
+            stop.wait(backoff)
+
+
+def _probe_sqlite(settings: dict, wake, stop: threading.Event, queues) -> None:
+    conn = sqlite3.connect(settings["NAME"], timeout=5, check_same_thread=False)
+    try:
+        last = None
+        while not stop.wait(SQLITE_PROBE_INTERVAL):
+            try:
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+            except sqlite3.Error:
+                continue
+            if last is not None and version != last:
+                wake()
+            last = version
+    finally:
+        conn.close()
