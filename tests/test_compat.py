@@ -355,9 +355,13 @@ def test_process_tasks_dev_says_what_to_use_instead(workers):
     assert "--dev (auto-reload on code changes) is not supported" in out and "watchmedo" in out
 
 
-def test_process_tasks_accepts_the_old_unit_file_options(transactional_db, tmp_path):
+def test_process_tasks_accepts_the_old_unit_file_options(transactional_db, log):
     """``--duration``, ``--sleep``, ``--queue``, ``--log-std`` together, as in a unit file."""
+    t.cleanup(str(log), "emails queue")
+    t.notify(str(log), "default queue")
     cmd = [sys.executable, str(REPO / "manage.py"), "process_tasks", "--duration", "1", "--sleep", "0.2",
            "--queue", "emails", "--log-std", "--no-scheduler"]
-    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(cmd, check=False, cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 0, proc.stderr
+    assert [r["task"] for r in runs(log)] == ["cleanup"]

@@ -1,0 +1,300 @@
+"""``manage.py import_background_tasks``: django-background-tasks' pending tasks become jobs.
+
+Reads its tables with plain SQL, so the package need not be installed any more.
+Each pending row of ``background_task`` (name, ``[args, kwargs]`` JSON, ``run_at``,
+priority, queue, attempts, last error, verbose name, creator, repeat) becomes one
+READY job, in batches of one transaction each. The row's id is kept in
+``Job.meta["background_task"]["source_id"]`` and rows already imported are
+skipped, so running the command twice imports nothing twice. The source rows are
+left in place.
+
+A row is left out, and reported, when its task name is not registered (no
+``@background`` task of that name in an installed app's ``tasks`` module, and no
+task at that dotted path), its parameters do not parse, its queue is not in
+``TASKS["QUEUES"]``, it is locked by a worker that may still be running it, or it
+already failed for good. Fix the cause and run the command again: it picks up
+where it left off.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django.utils.module_loading import import_string
+
+from jobs import compat
+from jobs.backends import DatabaseBackend
+from jobs.framework import (
+    DEFAULT_TASK_BACKEND_ALIAS,
+    DEFAULT_TASK_QUEUE_NAME,
+    Task,
+    task_backends,
+)
+
+TABLE = "background_task"
+COMPLETED_TABLE = "background_task_completedtask"
+COLUMNS = ("id", "task_name", "task_params", "task_hash", "verbose_name", "priority", "run_at", "repeat",
+           "repeat_until", "queue", "attempts", "failed_at", "last_error", "locked_by", "locked_at",
+           "creator_content_type_id", "creator_object_id")
+# Serialises concurrent imports on PostgreSQL (a transaction-level advisory lock).
+ADVISORY_LOCK_KEY = 0x6A6F6273_62677431  # "jobsbgt1"
+
+
+@dataclass
+class Report:
+    pending: int = 0
+    imported: int = 0
+    already: int = 0
+    unregistered: Counter = field(default_factory=Counter)
+    bad_queue: Counter = field(default_factory=Counter)
+    unreadable: list = field(default_factory=list)
+    locked: list = field(default_factory=list)
+    failed: int = 0
+    repeat_dropped: Counter = field(default_factory=Counter)
+
+    @property
+    def left(self) -> int:
+        return (sum(self.unregistered.values()) + sum(self.bad_queue.values()) + len(self.unreadable)
+                + len(self.locked) + self.failed)
+
+
+def aware(value) -> datetime | None:
+    """A datetime read with plain SQL (a string or naive on SQLite) as an aware one."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if timezone.is_aware(value):
+        return value
+    # Django stores UTC when USE_TZ is on, local time otherwise.
+    return value.replace(tzinfo=UTC) if settings.USE_TZ else timezone.make_aware(value)
+
+
+def error_from_last_error(text: str, *, attempt: int, failed_at: datetime) -> dict:
+    """django-background-tasks' ``last_error`` (a formatted traceback) as a ``Job.errors`` entry."""
+    last = next((line for line in reversed(text.strip().splitlines()) if line.strip()), "")
+    match = re.match(r"^([A-Za-z_][\w.]*)(?::\s?(.*))?$", last)
+    cls, message = (match.group(1), match.group(2) or "") if match else ("Exception", last)
+    return {
+        "attempt": attempt,
+        "exception_class_path": cls if "." in cls else f"builtins.{cls}",
+        "message": message,
+        "traceback": text,
+        "worker_id": "django-background-tasks",
+        "at": failed_at.isoformat(),
+    }
+
+
+class Command(BaseCommand):
+    help = ("Move django-background-tasks' pending tasks (its background_task table) into jobs; "
+            "idempotent, batched, with --dry-run.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--database", default=DEFAULT_DB_ALIAS,
+                            help="DATABASES alias holding the background_task table (default 'default'). "
+                                 "Jobs are written where the Job model lives.")
+        parser.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
+                            help="TASKS alias of the jobs backend (default 'default').")
+        parser.add_argument("--batch-size", type=int, default=500, help="Rows per transaction (default 500).")
+        parser.add_argument("--dry-run", action="store_true", help="Report what would be imported; write nothing.")
+        parser.add_argument("--include-locked", action="store_true",
+                            help="Also import rows locked by a django-background-tasks worker (only once every "
+                                 "such worker is stopped: a live one would run them too).")
+
+    def handle(self, *args, **options):
+        alias, dry_run, batch_size = options["database"], options["dry_run"], options["batch_size"]
+        self.verbosity = options["verbosity"]
+        if batch_size < 1:
+            raise CommandError("--batch-size must be at least 1")
+        if alias not in connections:
+            raise CommandError(f"--database {alias!r} is not in DATABASES")
+        try:
+            self.backend = task_backends[options["backend"]]
+        except Exception as exc:
+            raise CommandError(f"TASKS has no usable backend {options['backend']!r}: {exc}") from exc
+        if not isinstance(self.backend, DatabaseBackend):
+            raise CommandError(f"TASKS[{options['backend']!r}] is {type(self.backend).__name__}, "
+                               "not jobs.backends.DatabaseBackend")
+        source = connections[alias]
+        tables = set(source.introspection.table_names())
+        if TABLE not in tables:
+            self.stdout.write(f"No django-background-tasks table {TABLE!r} in database {alias!r}: nothing to import.")
+            return
+        compat.autodiscover()
+        self.include_locked = options["include_locked"]
+        self.max_run_time = getattr(settings, "MAX_RUN_TIME", 3600)
+        self.now = timezone.now()
+        self.resolved: dict[str, Task | None] = {}
+        self.content_types: dict[int, str | None] = {}
+        report = Report()
+        last_id = None
+        while True:
+            rows = self._fetch(source, last_id, batch_size)
+            if not rows:
+                break
+            last_id = rows[-1]["id"]
+            self._import_batch(source, rows, report, dry_run=dry_run)
+        completed = self._completed_counts(source) if COMPLETED_TABLE in tables else None
+        self._write_report(report, alias, dry_run, completed)
+
+    # -- reading the source ------------------------------------------------------------
+
+    def _fetch(self, source, after_id, limit) -> list[dict]:
+        qn = source.ops.quote_name
+        where, params = ("", []) if after_id is None else (f" WHERE {qn('id')} > %s", [after_id])
+        sql = (f"SELECT {', '.join(qn(c) for c in COLUMNS)} FROM {qn(TABLE)}{where} "
+               f"ORDER BY {qn('id')} LIMIT %s")
+        with source.cursor() as cursor:
+            cursor.execute(sql, [*params, limit])
+            return [dict(zip(COLUMNS, row)) for row in cursor.fetchall()]
+
+    def _completed_counts(self, source) -> tuple[int, int]:
+        qn = source.ops.quote_name
+        with source.cursor() as cursor:
+            cursor.execute(f"SELECT {qn('failed_at')} IS NULL, COUNT(*) FROM {qn(COMPLETED_TABLE)} "
+                           f"GROUP BY {qn('failed_at')} IS NULL")
+            counts = {bool(ok): n for ok, n in cursor.fetchall()}
+        return counts.get(True, 0), counts.get(False, 0)
+
+    def _content_type(self, source, type_id) -> str | None:
+        if type_id not in self.content_types:
+            qn = source.ops.quote_name
+            with source.cursor() as cursor:
+                cursor.execute(f"SELECT {qn('app_label')}, {qn('model')} FROM {qn('django_content_type')} "
+                               f"WHERE {qn('id')} = %s", [type_id])
+                row = cursor.fetchone()
+            self.content_types[type_id] = f"{row[0]}.{row[1]}" if row else None
+        return self.content_types[type_id]
+
+    def _resolve(self, name: str) -> Task | None:
+        """The task a django-background-tasks name stands for: a registered name, else a dotted path."""
+        if name not in self.resolved:
+            task = compat.get_task(name)
+            if task is None:
+                try:
+                    found = import_string(name)
+                except ImportError:
+                    found = None
+                task = found if isinstance(found, Task) else None
+            self.resolved[name] = task
+        return self.resolved[name]
+
+    # -- one batch -----------------------------------------------------------------------
+
+    def _job_for(self, source, row: dict, report: Report):
+        """The Job a row becomes, or None (counted in the report under its reason)."""
+        from jobs.models import Job
+
+        if row["failed_at"] is not None:
+            report.failed += 1
+            return None
+        locked_at = aware(row["locked_at"])
+        if (row["locked_by"] and locked_at and locked_at > self.now - timedelta(seconds=self.max_run_time)
+                and not self.include_locked):
+            report.locked.append(row["id"])
+            return None
+        name = row["task_name"]
+        task = self._resolve(name)
+        if task is None:
+            report.unregistered[name] += 1
+            return None
+        try:
+            args, kwargs = json.loads(row["task_params"])
+            if not isinstance(args, list) or not isinstance(kwargs, dict):
+                raise TypeError("expected [args, kwargs]")
+        except (TypeError, ValueError) as exc:
+            report.unreadable.append((row["id"], str(exc)))
+            return None
+        queue_name = row["queue"] or DEFAULT_TASK_QUEUE_NAME
+        if self.backend.queues and queue_name not in self.backend.queues:
+            report.bad_queue[queue_name] += 1
+            return None
+        run_at = aware(row["run_at"]) or self.now
+        info = {"name": name, "hash": row["task_hash"], "priority": row["priority"],
+                "scheduled_at": run_at.isoformat(), "source_id": row["id"]}
+        if row["repeat"]:
+            if isinstance(task, compat.BackgroundTask):
+                until = aware(row["repeat_until"])
+                info.update(repeat=row["repeat"], repeat_until=until.isoformat() if until else None)
+            else:
+                report.repeat_dropped[name] += 1
+        meta = {compat.META_KEY: info}
+        if row["verbose_name"]:
+            meta["verbose_name"] = row["verbose_name"]
+        if row["creator_content_type_id"] is not None:
+            meta["creator"] = {"content_type": self._content_type(source, row["creator_content_type_id"]),
+                               "object_id": row["creator_object_id"]}
+        attempts = row["attempts"] or 0
+        errors = []
+        if row["last_error"]:
+            # Its backoff was attempts**4 + 5 seconds, so the failure happened then.
+            failed_at = run_at - timedelta(seconds=attempts ** 4 + 5)
+            errors.append(error_from_last_error(row["last_error"], attempt=attempts, failed_at=failed_at))
+        return Job(task_path=task.module_path, backend=self.backend.alias, queue_name=queue_name,
+                   priority=compat.map_priority(row["priority"]), args=args, kwargs=kwargs, run_after=run_at,
+                   enqueued_at=self.now, attempts=attempts, max_attempts=compat.max_attempts_for(task, self.backend),
+                   errors=errors, meta=meta)
+
+    def _import_batch(self, source, rows: list[dict], report: Report, *, dry_run: bool) -> None:
+        from jobs.models import Job
+
+        report.pending += len(rows)
+        jobs = [job for job in (self._job_for(source, row, report) for row in rows) if job is not None]
+        if not jobs:
+            return
+        db = router.db_for_write(Job)
+        with transaction.atomic(using=db):
+            connection = connections[db]
+            if connection.vendor == "postgresql" and not dry_run:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ADVISORY_LOCK_KEY])
+            ids = [job.meta[compat.META_KEY]["source_id"] for job in jobs]
+            done = set(Job.objects.using(db).filter(**{f"meta__{compat.META_KEY}__source_id__in": ids})
+                       .values_list(f"meta__{compat.META_KEY}__source_id", flat=True))
+            new = [job for job in jobs if job.meta[compat.META_KEY]["source_id"] not in done]
+            if new and not dry_run:
+                Job.objects.using(db).bulk_create(new)
+        report.imported += len(new)
+        report.already += len(jobs) - len(new)
+        if self.verbosity >= 2:
+            self.stdout.write(f"  batch up to id {rows[-1]['id']}: {len(new)} imported, {len(jobs) - len(new)} "
+                              f"already imported, {len(rows) - len(jobs)} left out")
+
+    # -- the report --------------------------------------------------------------------
+
+    def _write_report(self, report: Report, alias: str, dry_run: bool, completed) -> None:
+        out = self.stdout.write
+        verb = "would import" if dry_run else "imported"
+        out(f"django-background-tasks, database {alias!r}{' (dry run: nothing written)' if dry_run else ''}:")
+        out(f"  rows in {TABLE}:        {report.pending}")
+        out(f"  {verb}:{' ' * (28 - len(verb))}{report.imported}")
+        out(f"  already imported (skipped):   {report.already}")
+        out(f"  left out (see below):         {report.left}")
+        warn = self.stderr.write
+        for name, count in sorted(report.unregistered.items()):
+            warn(f"  unregistered task {name!r}: {count} row(s) left out. Declare it with @background "
+                 "(from jobs.compat) in an installed app's tasks module, then run this again.")
+        for queue, count in sorted(report.bad_queue.items()):
+            warn(f"  queue {queue!r} is not in TASKS['QUEUES']: {count} row(s) left out. Add it, then run this again.")
+        for row_id, problem in report.unreadable:
+            warn(f"  row id {row_id}: task_params do not parse ({problem}): left out.")
+        if report.locked:
+            warn(f"  {len(report.locked)} row(s) locked by a django-background-tasks worker that may still be "
+                 "running them (ids " + ", ".join(map(str, report.locked[:20])) + "): left out. Stop its workers, "
+                 "then run this again with --include-locked.")
+        if report.failed:
+            warn(f"  {report.failed} row(s) had already failed for good (failed_at set): left out.")
+        for name, count in sorted(report.repeat_dropped.items()):
+            warn(f"  {name!r} is a plain task, not @background: {count} repeating row(s) imported as one run each.")
+        if completed is not None:
+            out(f"  completed history ({COMPLETED_TABLE}): {completed[0]} succeeded, {completed[1]} failed; "
+                "not imported (it is history, not work).")

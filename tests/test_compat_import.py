@@ -1,0 +1,214 @@
+"""``manage.py import_background_tasks`` on hand-made django-background-tasks tables.
+
+The tables are created here with the columns of its migrations (0001, 0002), in the
+test database itself: the usual case, where the old tables sit beside the jobs.
+The same command on tables written by the real package: tests/test_compat_bgtasks.py.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from io import StringIO
+
+import pytest
+from django.contrib.contenttypes.models import ContentType
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test import override_settings
+from django.utils import timezone
+
+from jobs import compat
+from jobs.models import Job, JobStatus
+from tests import bgtasks_tasks as t
+
+
+def create_tables() -> None:
+    pk, dt = ("integer PRIMARY KEY", "datetime") if connection.vendor == "sqlite" else (
+        "serial PRIMARY KEY", "timestamp with time zone")
+    columns = (f"id {pk}, task_name varchar(190) NOT NULL, task_params text NOT NULL, "
+               f"task_hash varchar(40) NOT NULL, verbose_name varchar(255) NULL, priority integer NOT NULL, "
+               f"run_at {dt} NOT NULL, repeat bigint NOT NULL, repeat_until {dt} NULL, queue varchar(190) NULL, "
+               f"attempts integer NOT NULL, failed_at {dt} NULL, last_error text NOT NULL, "
+               f"locked_by varchar(64) NULL, locked_at {dt} NULL, creator_object_id integer NULL, "
+               f"creator_content_type_id integer NULL")
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE background_task ({columns})")
+        cursor.execute(f"CREATE TABLE background_task_completedtask ({columns})")
+
+
+def insert(table="background_task", **values) -> int:
+    row = {"task_params": json.dumps([[], {}]), "task_hash": "0" * 40, "priority": 0, "run_at": timezone.now(),
+           "repeat": 0, "attempts": 0, "last_error": "", **values}
+    if "task_params" not in values and ("args" in row or "kwargs" in row):
+        row["task_params"] = json.dumps([row.pop("args", []), row.pop("kwargs", {})], sort_keys=True)
+    row.pop("args", None), row.pop("kwargs", None)
+    for key in ("run_at", "repeat_until", "failed_at", "locked_at"):
+        if isinstance(row.get(key), datetime) and connection.vendor == "sqlite":
+            # As Django writes them there: naive UTC text.
+            row[key] = row[key].astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
+    names = ", ".join(row)
+    marks = ", ".join(["%s"] * len(row))
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", list(row.values()))
+        cursor.execute(f"SELECT MAX(id) FROM {table}")
+        return cursor.fetchone()[0]
+
+
+def run(*args: str) -> tuple[str, str]:
+    out, err = StringIO(), StringIO()
+    call_command("import_background_tasks", *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def count_line(out: str, label: str) -> int:
+    line = next(line for line in out.splitlines() if line.strip().startswith(label))
+    return int(line.split()[-1])
+
+
+TRACEBACK = """Traceback (most recent call last):
+  File "/srv/shop/tasks.py", line 3, in notify
+    raise ConnectionError("mail server down")
+ConnectionError: mail server down
+"""
+
+
+@pytest.fixture
+def tables(db):
+    create_tables()
+    yield
+    with connection.cursor() as cursor:  # a transactional test commits them: leave nothing behind
+        cursor.execute("DROP TABLE IF EXISTS background_task")
+        cursor.execute("DROP TABLE IF EXISTS background_task_completedtask")
+
+
+def test_no_table_means_nothing_to_import(db):
+    out, _ = run()
+    assert "No django-background-tasks table 'background_task'" in out
+    assert not Job.objects.exists()
+
+
+def test_pending_rows_become_jobs_with_their_fields(tables, django_user_model):
+    user = django_user_model.objects.create(username="ann")
+    user_type = ContentType.objects.get_for_model(user)
+    run_at = datetime(2031, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    plain = insert(task_name="tests.bgtasks_tasks.notify", args=["/tmp/x", 1], kwargs={"message": "m"},
+                   run_at=run_at, priority=5, queue="emails", task_hash="a" * 40,
+                   verbose_name="Mail for Ann", creator_content_type_id=user_type.pk, creator_object_id=user.pk)
+    named = insert(task_name="custom.cleanup", args=["/tmp/x", "t"], priority=2000)
+    retried = insert(task_name="tests.bgtasks_tasks.notify", args=["/tmp/x", 2], attempts=2, last_error=TRACEBACK,
+                     run_at=run_at)
+    repeating = insert(task_name="tests.bgtasks_tasks.notify", args=["/tmp/x", 3], repeat=86400,
+                       repeat_until=run_at + timedelta(days=30))
+    django_task = insert(task_name="tests.tasks.add", args=[1, 2])  # a plain Django task, by its dotted path
+    out, err = run()
+    assert count_line(out, "imported:") == 5 and count_line(out, "left out") == 0, out + err
+
+    job = Job.objects.get(meta__background_task__source_id=plain)
+    assert (job.task_path, job.args, job.kwargs) == ("tests.bgtasks_tasks.notify", ["/tmp/x", 1], {"message": "m"})
+    assert (job.run_after, job.priority, job.queue_name, job.status) == (run_at, 5, "emails", JobStatus.READY)
+    assert (job.attempts, job.max_attempts, job.errors) == (0, 3, [])
+    assert job.meta["verbose_name"] == "Mail for Ann"
+    assert job.meta["creator"] == {"content_type": "auth.user", "object_id": user.pk}
+    assert job.meta["background_task"]["hash"] == "a" * 40
+
+    job = Job.objects.get(meta__background_task__source_id=named)
+    assert (job.task_path, job.priority, job.queue_name) == ("tests.bgtasks_tasks.cleanup", 100, "default")
+    assert job.meta["background_task"]["priority"] == 2000
+
+    job = Job.objects.get(meta__background_task__source_id=retried)
+    assert job.attempts == 2
+    [error] = job.errors
+    assert error["exception_class_path"] == "builtins.ConnectionError"
+    assert error["message"] == "mail server down" and error["traceback"] == TRACEBACK
+    assert error["at"] == (run_at - timedelta(seconds=2 ** 4 + 5)).isoformat()
+
+    job = Job.objects.get(meta__background_task__source_id=repeating)
+    assert job.meta["background_task"]["repeat"] == 86400
+    assert job.meta["background_task"]["repeat_until"] == (run_at + timedelta(days=30)).isoformat()
+
+    job = Job.objects.get(meta__background_task__source_id=django_task)
+    assert job.task_path == "tests.tasks.add"
+
+
+def test_idempotent_batched_and_dry_run(tables):
+    ids = [insert(task_name="tests.bgtasks_tasks.notify", args=["/tmp/x", n]) for n in range(7)]
+    out, _ = run("--dry-run", "--batch-size", "3")
+    assert "dry run: nothing written" in out and count_line(out, "would import:") == 7
+    assert not Job.objects.exists()
+
+    out, _ = run("--batch-size", "3", "--verbosity", "2")
+    assert count_line(out, "imported:") == 7 and out.count("batch up to id") == 3
+    assert sorted(Job.objects.values_list("meta__background_task__source_id", flat=True)) == ids
+
+    ids.append(insert(task_name="tests.bgtasks_tasks.notify", args=["/tmp/x", 99]))
+    out, _ = run("--batch-size", "3")
+    assert count_line(out, "imported:") == 1 and count_line(out, "already imported") == 7
+    assert Job.objects.count() == 8
+
+
+def test_rows_that_cannot_be_imported_are_reported_and_left_for_a_later_run(tables):
+    insert(task_name="shop.tasks.gift_wrap", args=[1])
+    insert(task_name="shop.tasks.gift_wrap", args=[2])
+    insert(task_name="tests.bgtasks_tasks.notify", task_params="{not json")
+    insert(task_name="tests.bgtasks_tasks.notify", queue="nowhere")
+    locked = insert(task_name="tests.bgtasks_tasks.notify", locked_by="4242", locked_at=timezone.now())
+    insert(task_name="tests.bgtasks_tasks.notify", failed_at=timezone.now(), attempts=25)
+    expired = insert(task_name="tests.bgtasks_tasks.notify", locked_by="1", locked_at=timezone.now() - timedelta(hours=2))
+    out, err = run()
+    assert count_line(out, "imported:") == 1 and count_line(out, "left out") == 6
+    assert "unregistered task 'shop.tasks.gift_wrap': 2 row(s) left out" in err
+    assert "task_params do not parse" in err
+    assert "queue 'nowhere' is not in TASKS['QUEUES']: 1 row(s)" in err
+    assert f"locked by a django-background-tasks worker that may still be running them (ids {locked})" in err
+    assert "1 row(s) had already failed for good" in err
+    assert list(Job.objects.values_list("meta__background_task__source_id", flat=True)) == [expired]
+
+    out, err = run("--include-locked")
+    assert count_line(out, "imported:") == 1 and count_line(out, "already imported") == 1
+    assert Job.objects.filter(meta__background_task__source_id=locked).exists()
+
+
+def test_completed_history_is_counted_not_imported(tables):
+    insert("background_task_completedtask", task_name="tests.bgtasks_tasks.notify")
+    insert("background_task_completedtask", task_name="tests.bgtasks_tasks.notify", failed_at=timezone.now())
+    insert("background_task_completedtask", task_name="tests.bgtasks_tasks.notify")
+    out, _ = run()
+    assert "completed history (background_task_completedtask): 2 succeeded, 1 failed" in out
+    assert not Job.objects.exists()
+
+
+@override_settings(BACKGROUND_TASK_PRIORITY_ORDERING="ASC", MAX_ATTEMPTS=25)
+def test_settings_of_the_old_package_apply(tables):
+    insert(task_name="tests.bgtasks_tasks.notify", priority=3)
+    run()
+    job = Job.objects.get()
+    assert (job.priority, job.max_attempts) == (-3, 25)
+
+
+def test_imported_jobs_keep_remove_existing_tasks_working(tables):
+    digest = compat.task_hash("tests.bgtasks_tasks.refresh", ["/tmp/x", "k"], {})
+    insert(task_name="tests.bgtasks_tasks.refresh", args=["/tmp/x", "k"], task_hash=digest)
+    run()
+    assert Job.objects.count() == 1
+    t.refresh("/tmp/x", "k")  # remove_existing_tasks=True on the decorator
+    assert Job.objects.count() == 1 and not Job.objects.filter(meta__background_task__source_id__isnull=False).exists()
+
+
+def test_imported_jobs_run_once(tables, run_worker, tmp_path):
+    log = tmp_path / "runs.jsonl"
+    insert(task_name="tests.bgtasks_tasks.notify", args=[str(log), 1], run_at=timezone.now() - timedelta(minutes=1))
+    insert(task_name="custom.cleanup", args=[str(log), "c"])
+    run()
+    run()
+    run_worker()
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(line["task"] for line in lines) == ["cleanup", "notify"]
+    assert set(Job.objects.values_list("status", flat=True)) == {JobStatus.SUCCESSFUL}
+
+
+def test_bad_arguments(db):
+    with pytest.raises(CommandError, match="not in DATABASES"):
+        run("--database", "nope")
+    with pytest.raises(CommandError, match="batch-size"):
+        run("--batch-size", "0")
