@@ -8,10 +8,11 @@ a rollback.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 
 from django.core import checks
-from django.db import connections
+from django.db import connections, router, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -109,6 +110,38 @@ class DatabaseBackend(BaseTaskBackend):
         task_enqueued.send(type(self), task_result=result)
         return result
 
+    def enqueue_many(self, task: Task, calls: Iterable[tuple[Sequence, Mapping]], *,
+                     batch_size: int = 1000) -> list[TaskResult]:
+        """Enqueue one job per ``(args, kwargs)`` pair in a few INSERTs, all or nothing.
+
+        Every call's arguments are checked before anything is written; a bad one raises
+        naming its index. Workers are woken once, on commit.
+        """
+        from .models import Job
+
+        self.validate_task(task)
+        now = timezone.now()
+        common = dict(task_path=task.module_path, backend=self.alias, queue_name=task.queue_name,
+                      priority=task.priority, run_after=task.run_after or now, enqueued_at=now,
+                      max_attempts=self.max_attempts_for(task))
+        jobs = []
+        for index, (args, kwargs) in enumerate(calls):
+            try:
+                json_args, json_kwargs = serialise_arguments(task, args, kwargs)
+            except TypeError as exc:
+                raise TypeError(f"call {index}: {exc}") from exc
+            jobs.append(Job(args=json_args, kwargs=json_kwargs, **common))
+        using = router.db_for_write(Job)
+        with transaction.atomic(using=using):
+            Job.objects.using(using).bulk_create(jobs, batch_size=batch_size)
+            if jobs and common["run_after"] <= now:
+                notify_enqueued(connections[using], task.queue_name)
+        result_task = task.using(priority=task.priority, queue_name=task.queue_name, run_after=common["run_after"])
+        results = [self.to_task_result(job, task, result_task=result_task) for job in jobs]
+        for result in results:
+            task_enqueued.send(type(self), task_result=result)
+        return results
+
     def get_result(self, result_id) -> TaskResult:
         from .models import Job
 
@@ -124,13 +157,13 @@ class DatabaseBackend(BaseTaskBackend):
             raise TaskResultDoesNotExist(f"{result_id}: {job.task_path!r} is not a task")
         return self.to_task_result(job, task)
 
-    def to_task_result(self, job, task: Task) -> TaskResult:
-        """The framework's view of a job row."""
+    def to_task_result(self, job, task: Task, *, result_task: Task | None = None) -> TaskResult:
+        """The framework's view of a job row (``result_task``: the task as enqueued, if known)."""
         worker_ids = list(job.worker_ids)
         if job.status == "RUNNING":
             worker_ids.append(job.worker_id)  # the attempt under way counts too
         result = TaskResult(
-            task=task.using(priority=job.priority, queue_name=job.queue_name, run_after=job.run_after),
+            task=result_task or task.using(priority=job.priority, queue_name=job.queue_name, run_after=job.run_after),
             id=str(job.pk),
             status=result_status(job.status),
             enqueued_at=job.enqueued_at,
