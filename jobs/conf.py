@@ -30,6 +30,9 @@ class JobsOptions:
     poll_interval: float = 1.0
     # Seconds running jobs get to finish after SIGTERM/SIGINT before they are handed back.
     shutdown_grace: float = 10.0
+    # prune_jobs deletes finished jobs older than these (seconds since they finished).
+    retain_successful: float = 7 * 86400.0
+    retain_failed: float = 30 * 86400.0  # FAILED and CANCELLED: kept longer, someone may look
 
     @property
     def heartbeat_interval(self) -> float:
@@ -54,6 +57,8 @@ _RULES = {
     "stale_after": lambda v: _number("stale_after", v, 3),
     "poll_interval": lambda v: _number("poll_interval", v, 0, inclusive=False),
     "shutdown_grace": lambda v: _number("shutdown_grace", v, 0),
+    "retain_successful": lambda v: _number("retain_successful", v, 0),
+    "retain_failed": lambda v: _number("retain_failed", v, 0),
 }
 
 

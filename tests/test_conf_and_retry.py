@@ -54,7 +54,7 @@ def bad_tasks(**options):
 ])
 @pytest.mark.django_db
 def test_manage_py_check_reports_bad_options_by_key(options, key):
-    with override_settings(TASKS=bad_tasks(**options)):
+    with override_settings(TASKS=bad_tasks(**options), SCHEDULED_JOBS={}):
         with pytest.raises(SystemCheckError) as info:
             call_command("check")
     message = str(info.value)
@@ -63,7 +63,7 @@ def test_manage_py_check_reports_bad_options_by_key(options, key):
 
 @pytest.mark.django_db
 def test_manage_py_check_passes_with_good_options():
-    with override_settings(TASKS=bad_tasks(max_attempts=2)):
+    with override_settings(TASKS=bad_tasks(max_attempts=2), SCHEDULED_JOBS={}):
         call_command("check")
 
 
