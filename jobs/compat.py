@@ -17,7 +17,7 @@ How its options map
     ``schedule``: seconds (int or float), a timedelta, an aware (or naive, read in
     the current time zone) datetime, or a dict with ``run_at``, ``priority`` and
     ``action``; becomes ``run_after`` and ``priority``. Call-time values win over
-    the decorator's, key by key.
+    the decorator's, key by key; a bare ``schedule=0`` sets nothing, as there.
     ``priority``: django-background-tasks runs higher numbers first (its
     ``BACKGROUND_TASK_PRIORITY_ORDERING = "DESC"``, the default), as Django does;
     with ``"ASC"`` lower numbers run first, so the sign is flipped. Django's range
@@ -107,7 +107,9 @@ class TaskSchedule:
     def create(cls, schedule) -> TaskSchedule:
         if isinstance(schedule, TaskSchedule):
             return schedule
-        if schedule is None:
+        if not schedule:
+            # As there: 0, timedelta(0) or {} set nothing, so the decorator's schedule
+            # still applies (``schedule={"run_at": 0}`` is the way to say "now").
             return cls()
         if isinstance(schedule, Mapping):
             unknown = sorted(set(schedule) - {"run_at", "priority", "action"})

@@ -129,7 +129,9 @@ def test_call_time_schedule_merges_over_the_decorators(db, log):
     before = timezone.now()
     job = t.later(str(log), "a", schedule={"priority": 4})  # run_at still the decorator's 60 s
     assert close_to(job.run_after, before + timedelta(seconds=60), 2) and job.priority == 4
-    job = t.later(str(log), "b", schedule=0)  # overrides to now
+    job = t.later(str(log), "b", schedule=0)  # as there: a falsy schedule sets nothing
+    assert close_to(job.run_after, before + timedelta(seconds=60), 2)
+    job = t.later(str(log), "b", schedule={"run_at": 0})  # this is "now"
     assert close_to(job.run_after, before, 2)
     job = t.cleanup(str(log), "c", priority=-3)  # priority kwarg beats the decorator's schedule
     assert job.priority == -3
