@@ -272,13 +272,18 @@ class Command(BaseCommand):
     # -- the report --------------------------------------------------------------------
 
     def _write_report(self, report: Report, alias: str, dry_run: bool, completed) -> None:
-        out = self.stdout.write
-        verb = "would import" if dry_run else "imported"
-        out(f"django-background-tasks, database {alias!r}{' (dry run: nothing written)' if dry_run else ''}:")
-        out(f"  rows in {TABLE}:        {report.pending}")
-        out(f"  {verb}:{' ' * (28 - len(verb))}{report.imported}")
-        out(f"  already imported (skipped):   {report.already}")
-        out(f"  left out (see below):         {report.left}")
+        def out(label, value):
+            self.stdout.write(f"  {label + ':':<30}{value}")
+
+        heading = f"django-background-tasks, database {alias!r}"
+        self.stdout.write(f"{heading} (dry run: nothing written):" if dry_run else f"{heading}:")
+        out(f"rows in {TABLE}", report.pending)
+        out("would import" if dry_run else "imported", report.imported)
+        out("already imported (skipped)", report.already)
+        out("left out (see below)", report.left)
+        if completed is not None:
+            self.stdout.write(f"  completed history ({COMPLETED_TABLE}): {completed[0]} succeeded, "
+                              f"{completed[1]} failed; not imported (it is history, not work).")
         warn = self.stderr.write
         for name, count in sorted(report.unregistered.items()):
             warn(f"  unregistered task {name!r}: {count} row(s) left out. Declare it with @background "
@@ -295,6 +300,3 @@ class Command(BaseCommand):
             warn(f"  {report.failed} row(s) had already failed for good (failed_at set): left out.")
         for name, count in sorted(report.repeat_dropped.items()):
             warn(f"  {name!r} is a plain task, not @background: {count} repeating row(s) imported as one run each.")
-        if completed is not None:
-            out(f"  completed history ({COMPLETED_TABLE}): {completed[0]} succeeded, {completed[1]} failed; "
-                "not imported (it is history, not work).")
