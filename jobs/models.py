@@ -94,6 +94,38 @@ class JobQuerySet(models.QuerySet):
         jobs.sort(key=lambda job: (-job.priority, job.run_after, job.id))
         return jobs
 
+    def mark_successful_many(self, outcomes: Sequence[tuple[Job, object]], *, now: datetime) -> set[int]:
+        """Record many successes in one round trip, each fenced like ``Job.mark_successful``.
+
+        The worker's hot path: one prepared UPDATE run for every row (executemany), not
+        one ORM query built per job. Returns the ids that were still ours to record.
+        """
+        if not outcomes:
+            return set()
+        connection = connections[router.db_for_write(Job)]
+        meta = Job._meta
+        qn = connection.ops.quote_name
+        col = {name: qn(meta.get_field(name).column) for name in
+               ("id", "status", "return_value", "finished_at", "heartbeat_at", "worker_ids", "attempts", "worker_id")}
+        sql = (f"UPDATE {qn(meta.db_table)} SET {col['status']} = %s, {col['return_value']} = %s, "
+               f"{col['finished_at']} = %s, {col['heartbeat_at']} = NULL, {col['worker_ids']} = %s "
+               f"WHERE {col['id']} = %s AND {col['status']} = %s AND {col['attempts']} = %s AND {col['worker_id']} = %s")
+        json_field = meta.get_field("return_value")
+        now_db = meta.get_field("finished_at").get_db_prep_value(now, connection)
+        rows = [(JobStatus.SUCCESSFUL.value, json_field.get_db_prep_value(value, connection), now_db,
+                 json_field.get_db_prep_value([*job.worker_ids, job.worker_id], connection),
+                 job.pk, JobStatus.RUNNING.value, job.attempts, job.worker_id) for job, value in outcomes]
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, rows)
+            written = cursor.rowcount
+        ids = {job.pk for job, _ in outcomes}
+        if written == len(outcomes):
+            return ids
+        # Some attempt was taken over meanwhile (rare): find out which rows we wrote.
+        held = {(job.pk, job.attempts, job.worker_id) for job, _ in outcomes}
+        return {pk for pk, attempts, worker in Job.objects.filter(pk__in=ids, status=JobStatus.SUCCESSFUL)
+                .values_list("pk", "attempts", "worker_id") if (pk, attempts, worker) in held}
+
     # -- changes made from outside a running attempt -----------------------------------
 
     def requeue(self, now: datetime | None = None) -> int:
@@ -160,10 +192,7 @@ class Job(models.Model):
 
     def mark_successful(self, return_value, *, now: datetime) -> bool:
         """Record success; False if this attempt is no longer ours to record."""
-        return bool(self._attempt().update(
-            status=JobStatus.SUCCESSFUL, return_value=return_value, finished_at=now, heartbeat_at=None,
-            worker_ids=[*self.worker_ids, self.worker_id],
-        ))
+        return Job.objects.mark_successful_many([(self, return_value)], now=now) == {self.pk}
 
     def mark_failed(self, error: dict, *, now: datetime, retry_at: datetime | None) -> bool:
         """Record a failed attempt: back to READY at ``retry_at``, or FAILED for good."""

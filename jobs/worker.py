@@ -347,20 +347,21 @@ class Worker:
         if not self.pending and not free:
             return []
         now = self.now()
+        successes = [o for o in self.pending if o.succeeded]
         with transaction.atomic(using=self.db_alias):
-            written = [(outcome, *self._record(outcome, now)) for outcome in self.pending]
+            recorded = Job.objects.mark_successful_many([(o.job, o.return_value) for o in successes], now=now)
+            written = [(o, JobStatus.SUCCESSFUL if o.job.pk in recorded else None, "") for o in successes]
+            written += [(o, *self._record_failure(o, now)) for o in self.pending if not o.succeeded]
             claimed = Job.objects.claim(worker_id=self.id, limit=free, now=now, queues=self.queues)
+        self.processed += len(self.pending)
         self.pending = []
         for outcome, status, note in written:
             self._log_outcome(outcome, status, note)
         return claimed
 
-    def _record(self, outcome: Outcome, now: datetime) -> tuple[str | None, str]:
-        """Write one outcome, fenced: (status written or None if not ours, a note for the log)."""
+    def _record_failure(self, outcome: Outcome, now: datetime) -> tuple[str | None, str]:
+        """Write one failed attempt, fenced: (status written or None if not ours, a note for the log)."""
         job = outcome.job
-        self.processed += 1
-        if outcome.succeeded:
-            return (JobStatus.SUCCESSFUL if job.mark_successful(outcome.return_value, now=now) else None), ""
         decision = self._decide(job, outcome)
         retry_at = now + timedelta(seconds=decision.delay) if decision.retry else None
         if not job.mark_failed(outcome.error, now=now, retry_at=retry_at):
