@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
+from types import SimpleNamespace
 
 from django.core import checks
 from django.db import connections, router, transaction
@@ -124,18 +125,22 @@ class DatabaseBackend(BaseTaskBackend):
         common = dict(task_path=task.module_path, backend=self.alias, queue_name=task.queue_name,
                       priority=task.priority, run_after=task.run_after or now, enqueued_at=now,
                       max_attempts=self.max_attempts_for(task))
-        jobs = []
+        rows = []
         for index, (args, kwargs) in enumerate(calls):
             try:
                 json_args, json_kwargs = serialise_arguments(task, args, kwargs)
             except TypeError as exc:
                 raise TypeError(f"call {index}: {exc}") from exc
-            jobs.append(Job(args=json_args, kwargs=json_kwargs, **common))
+            rows.append({"args": json_args, "kwargs": json_kwargs})
         using = router.db_for_write(Job)
         with transaction.atomic(using=using):
-            Job.objects.using(using).bulk_create(jobs, batch_size=batch_size)
-            if jobs and common["run_after"] <= now:
+            ids = Job.objects.db_manager(using).insert_many(common, rows, batch_size=min(batch_size, 500))
+            if ids and common["run_after"] <= now:
                 notify_enqueued(connections[using], task.queue_name)
+        # What to_task_result reads, without paying for a model instance per job.
+        fresh = dict(common, status="READY", worker_id="", worker_ids=[], errors=[], started_at=None,
+                     finished_at=None, last_attempted_at=None, return_value=None)
+        jobs = [SimpleNamespace(pk=pk, **fresh, **row) for pk, row in zip(ids, rows)]
         result_task = task.using(priority=task.priority, queue_name=task.queue_name, run_after=common["run_after"])
         results = [self.to_task_result(job, task, result_task=result_task) for job in jobs]
         for result in results:
