@@ -95,7 +95,8 @@ class TaskSchedule:
     __slots__ = ("_action", "_priority", "_run_at")
 
     def __init__(self, run_at=None, priority=None, action=None):
-        if run_at is not None and (isinstance(run_at, bool) or not isinstance(run_at, (int, float, timedelta, datetime))):
+        when_types = (int, float, timedelta, datetime)
+        if run_at is not None and (isinstance(run_at, bool) or not isinstance(run_at, when_types)):
             raise TypeError(f"schedule run_at must be seconds, a timedelta or a datetime, got {run_at!r}")
         if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
             raise TypeError(f"schedule priority must be an integer, got {priority!r}")
@@ -120,7 +121,9 @@ class TaskSchedule:
 
     def merge(self, default: TaskSchedule) -> TaskSchedule:
         """This schedule, with the values it leaves unset taken from ``default``."""
-        pick = lambda mine, theirs: theirs if mine is None else mine
+        def pick(mine, theirs):
+            return theirs if mine is None else mine
+
         return TaskSchedule(pick(self._run_at, default._run_at), pick(self._priority, default._priority),
                             pick(self._action, default._action))
 
@@ -132,7 +135,7 @@ class TaskSchedule:
             return now + timedelta(seconds=value)
         if isinstance(value, timedelta):
             return now + value
-        return value if timezone.is_aware(value) else timezone.make_aware(value)
+        return _as_setting(value)
 
     @property
     def priority(self) -> int:
@@ -179,12 +182,19 @@ def _seconds(value, what: str) -> int | None:
     return value
 
 
+def _as_setting(value: datetime) -> datetime:
+    """Aware when ``USE_TZ`` (a naive value read in the current time zone), naive otherwise."""
+    if settings.USE_TZ:
+        return value if timezone.is_aware(value) else timezone.make_aware(value)
+    return timezone.make_naive(value) if timezone.is_aware(value) else value
+
+
 def _aware(value: datetime | None, what: str) -> datetime | None:
     if value is None:
         return None
     if not isinstance(value, datetime):
         raise TypeError(f"{what} must be a datetime, got {value!r}")
-    return value if timezone.is_aware(value) else timezone.make_aware(value)
+    return _as_setting(value)
 
 
 def _creator_meta(creator) -> dict:
@@ -225,7 +235,9 @@ class BackgroundTask(JobTask):
     def __call__(self, *args, **kwargs):
         """Enqueue, django-background-tasks style; return the Job, or None (see ``TaskSchedule``)."""
         schedule = TaskSchedule.create(kwargs.pop("schedule", None)).merge(self.schedule)
-        priority = kwargs.pop("priority", schedule.priority)
+        priority = kwargs.pop("priority", None)
+        if priority is None:
+            priority = schedule.priority
         queue = kwargs.pop("queue", _UNSET)
         verbose_name = kwargs.pop("verbose_name", None)
         creator = kwargs.pop("creator", None)
@@ -360,7 +372,8 @@ def _runner(fn: Callable) -> Callable:
 
     # The task's path is the function's own (where the decorated object lives);
     # no __wrapped__, so Django sees this signature, whose first argument is context.
-    run.__module__, run.__name__, run.__qualname__, run.__doc__ = fn.__module__, fn.__name__, fn.__qualname__, fn.__doc__
+    for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
+        setattr(run, attribute, getattr(fn, attribute))
     return run
 
 

@@ -125,6 +125,14 @@ def test_schedule_as_datetime_aware_or_naive(db, log):
     assert job.run_after == datetime(2031, 5, 4, 10, 0, tzinfo=UTC)
 
 
+@pytest.mark.sqlite_only
+def test_without_use_tz_run_times_stay_naive(db, log):
+    with override_settings(USE_TZ=False):
+        job = t.notify(str(log), 1, schedule=datetime(2031, 5, 4, 12, 0), priority=None)
+        job.refresh_from_db()
+        assert job.run_after == datetime(2031, 5, 4, 12, 0) and job.priority == 0
+
+
 def test_call_time_schedule_merges_over_the_decorators(db, log):
     before = timezone.now()
     job = t.later(str(log), "a", schedule={"priority": 4})  # run_at still the decorator's 60 s

@@ -154,7 +154,8 @@ def test_rows_that_cannot_be_imported_are_reported_and_left_for_a_later_run(tabl
     insert(task_name="tests.bgtasks_tasks.notify", queue="nowhere")
     locked = insert(task_name="tests.bgtasks_tasks.notify", locked_by="4242", locked_at=timezone.now())
     insert(task_name="tests.bgtasks_tasks.notify", failed_at=timezone.now(), attempts=25)
-    expired = insert(task_name="tests.bgtasks_tasks.notify", locked_by="1", locked_at=timezone.now() - timedelta(hours=2))
+    expired = insert(task_name="tests.bgtasks_tasks.notify", locked_by="1",
+                     locked_at=timezone.now() - timedelta(hours=2))  # past MAX_RUN_TIME: free again
     out, err = run()
     assert count_line(out, "imported:") == 1 and count_line(out, "left out") == 6
     assert "unregistered task 'shop.tasks.gift_wrap': 2 row(s) left out" in err

@@ -68,15 +68,15 @@ class Report:
 
 
 def aware(value) -> datetime | None:
-    """A datetime read with plain SQL (a string or naive on SQLite) as an aware one."""
+    """A datetime read with plain SQL (a string, or naive, on SQLite) as Django would read it."""
     if value is None or value == "":
         return None
     if isinstance(value, str):
         value = parse_datetime(value)
-    if timezone.is_aware(value):
-        return value
-    # Django stores UTC when USE_TZ is on, local time otherwise.
-    return value.replace(tzinfo=UTC) if settings.USE_TZ else timezone.make_aware(value)
+    if not settings.USE_TZ:  # Django stores local time, and wants it back naive
+        return timezone.make_naive(value) if timezone.is_aware(value) else value
+    # Django stores UTC when USE_TZ is on.
+    return value if timezone.is_aware(value) else value.replace(tzinfo=UTC)
 
 
 def error_from_last_error(text: str, *, attempt: int, failed_at: datetime) -> dict:
