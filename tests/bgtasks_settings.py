@@ -15,6 +15,9 @@ globals().update({name: value for name, value in vars(_base).items() if name.isu
 
 INSTALLED_APPS = [*_base.INSTALLED_APPS, "bgshop"]
 
+if os.environ.get("BGSHOP_ORDERING"):  # kept from the project's settings, as a user would keep it
+    BACKGROUND_TASK_PRIORITY_ORDERING = os.environ["BGSHOP_ORDERING"]
+
 if os.environ.get("BGTASKS_SOURCE_DB"):
     DATABASES = {**_base.DATABASES,
                  "bgtasks": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ["BGTASKS_SOURCE_DB"]}}

@@ -84,16 +84,17 @@ def has_record(path: Path, task: str, *args) -> bool:
 class RealProject:
     """tests/bgtasks_fixture run with django-background-tasks, on its own SQLite file."""
 
-    def __init__(self, python: Path, folder: Path):
+    def __init__(self, python: Path, folder: Path, **extra_env: str):
         self.python = python
         self.db = folder / "bgtasks.sqlite3"
         self.record = folder / "runs.jsonl"
         self.state = folder / "state"
-        self.state.mkdir()
+        self.state.mkdir(parents=True)
         self.env = {key: value for key, value in os.environ.items()
-                    if not key.startswith(("DJANGO_", "JOBS_", "PYTHON", "VIRTUAL_ENV"))}
+                    if not key.startswith(("DJANGO_", "JOBS_", "PYTHON", "VIRTUAL_ENV", "BGSHOP_"))}
         self.env.update(PYTHONPATH=str(FIXTURE), DJANGO_SETTINGS_MODULE="bgproject.settings",
-                        BGSHOP_DB=str(self.db), BGSHOP_RECORD=str(self.record), BGSHOP_STATE=str(self.state))
+                        BGSHOP_DB=str(self.db), BGSHOP_RECORD=str(self.record), BGSHOP_STATE=str(self.state),
+                        **extra_env)
 
     def command(self, *args: str) -> list[str]:
         return [str(self.python), str(FIXTURE / "manage.py"), *args]
@@ -109,6 +110,21 @@ class RealProject:
             db.row_factory = sqlite3.Row
             return [dict(row) for row in db.execute("SELECT * FROM background_task ORDER BY id")]
 
+    def place_and_run_orders(self) -> None:
+        """``place_orders run``, then its own ``process_tasks`` until the last task ran."""
+        self.run("migrate", "--verbosity", "0")
+        self.run("place_orders", "run")
+        with open(self.record.with_suffix(".log"), "w") as log:
+            worker = subprocess.Popen(self.command("process_tasks", "--duration", "120", "--sleep", "0.1"),
+                                      cwd=FIXTURE, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                wait_for(lambda: has_record(self.record, "all_done", "run"), 60, message="the real worker's last task")
+                worker.send_signal(signal.SIGTSTP)  # its graceful stop: finish the task at hand, then exit
+                assert worker.wait(30) == 0
+            finally:
+                if worker.poll() is None:
+                    worker.kill()
+
 
 @pytest.fixture(scope="module")
 def real(bgtasks_python, tmp_path_factory) -> RealProject:
@@ -116,18 +132,7 @@ def real(bgtasks_python, tmp_path_factory) -> RealProject:
     own ``process_tasks`` (stopped once the lowest-priority task ran), then more orders
     placed with no worker running, and one row of a task whose function was removed."""
     project = RealProject(bgtasks_python, tmp_path_factory.mktemp("bgtasks-real"))
-    project.run("migrate", "--verbosity", "0")
-    project.run("place_orders", "run")
-    with open(project.record.with_suffix(".log"), "w") as log:
-        worker = subprocess.Popen(project.command("process_tasks", "--duration", "120", "--sleep", "0.1"),
-                                  cwd=FIXTURE, env=project.env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_for(lambda: has_record(project.record, "all_done", "run"), 60, message="the real worker's last task")
-            worker.send_signal(signal.SIGTSTP)  # its graceful stop: finish the task at hand, then exit
-            assert worker.wait(30) == 0
-        finally:
-            if worker.poll() is None:
-                worker.kill()
+    project.place_and_run_orders()
     project.run("place_orders", "pending")
     project.run("shell", "-c", "from background_task.models import Task; "
                 "Task.objects.new_task('bgshop.tasks.gift_wrap', [1], {}).save()")
@@ -193,17 +198,22 @@ def test_the_real_package_runs_in_its_own_virtualenv(bgtasks_python):
     assert package == "1.2.8" and django_version.startswith("5.0.")
 
 
-def test_a_bgtasks_project_runs_here_after_changing_the_import_line_and_installed_apps(real, workers, tmp_path):
-    """Same functions, same order, same arguments as under django-background-tasks itself."""
+def run_orders_here(workers, tmp_path: Path, **extra_env: str) -> Path:
+    """The moved project: ``place_orders run``, then our worker with the unit file's line, unchanged."""
     root = moved_app(tmp_path)
     record = tmp_path / "runs.jsonl"
-    env = our_env(root, tmp_path, BGSHOP_RECORD=str(record))
+    env = our_env(root, tmp_path, BGSHOP_RECORD=str(record), **extra_env)
     manage(env, "place_orders", "run")
-    worker = workers.start("--duration", "0", "--sleep", "5", env=env)  # the unit file's line, unchanged
+    worker = workers.start("--duration", "0", "--sleep", "5", env=env)
     wait_for(lambda: has_record(record, "all_done", "run"), 60, message="our worker's last task")
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(30) == 0, workers.output(worker)
+    return record
 
+
+def test_a_bgtasks_project_runs_here_after_changing_the_import_line_and_installed_apps(real, workers, tmp_path):
+    """Same functions, same order, same arguments as under django-background-tasks itself."""
+    record = run_orders_here(workers, tmp_path)
     theirs, ours = first_runs(real.record, "run"), first_runs(record, "run")
     assert ours == theirs
     # The order itself, as django-background-tasks decided it: priority first, then run_at.
@@ -272,3 +282,14 @@ def test_pending_tasks_of_the_real_package_are_imported_and_run_once(real, worke
     later = Job.objects.filter(status=JobStatus.READY).order_by("id")
     assert [job.args for job in later] == [[1], [2], [12]]  # the reminders, still a minute out
     assert all(job.run_after > datetime.now(UTC) for job in later)
+
+
+def test_ascending_priority_ordering_runs_in_the_same_order_as_there(bgtasks_python, workers, tmp_path):
+    """``BACKGROUND_TASK_PRIORITY_ORDERING = "ASC"`` (lower numbers first there) kept in settings."""
+    real = RealProject(bgtasks_python, tmp_path / "real", BGSHOP_ORDERING="ASC")
+    real.place_and_run_orders()
+    ours = first_runs(run_orders_here(workers, tmp_path / "ours", BGSHOP_ORDERING="ASC"), "run")
+    assert ours == first_runs(real.record, "run")
+    assert [task for task, _, _ in ours][:1] == ["tidy_up"]  # priority -5: first, when lower runs first
+    assert [(task, args) for task, args, _ in ours][-4:] == [
+        ("send_receipt", [3]), ("rebuild_index", ["books"]), ("rebuild_index", ["music"]), ("all_done", ["run"])]
