@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "jobs",
+    "scheduler",
     "example",
 ]
 if django.VERSION < (6, 0):
@@ -116,6 +117,16 @@ TASKS = {
             "poll_interval": 1,
         },
     }
+}
+
+# Recurring jobs: the scheduler (inside every worker, or `manage.py run_scheduler`)
+# enqueues each fire time exactly once. See the README's Schedules section.
+SCHEDULED_JOBS = {
+    "add-every-minute": {"task": "example.tasks.add", "cron": "* * * * *", "args": [2, 3]},
+    "email-every-2-minutes": {"task": "example.tasks.flaky_email", "cron": "*/2 * * * *",
+                              "args": ["ops@example.com"], "queue_name": "emails"},
+    "nightly-report": {"task": "example.tasks.slow_report", "cron": "30 2 * * *", "kwargs": {"seconds": 2},
+                       "queue_name": "reports", "timezone": "Europe/Berlin"},
 }
 
 LOGGING = {

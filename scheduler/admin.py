@@ -1,0 +1,194 @@
+"""Schedules in the admin: what runs when, what the last run came to, an on/off switch, "Run now".
+
+Settings are the truth for what a schedule does, so everything but the switch is
+read-only here; schedules are not added here either (add them to SCHEDULED_JOBS).
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import ObjectDoesNotExist
+from django.db.models import OuterRef, Subquery
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.timesince import timesince, timeuntil
+from django.utils.translation import ngettext
+
+from .cron import CronError, describe, get_zone
+from .models import Schedule, ScheduleRun
+from .runner import run_now
+
+STATUS_LABELS = {"READY": "Ready", "RUNNING": "Running", "SUCCESSFUL": "Successful", "FAILED": "Failed",
+                 "CANCELLED": "Cancelled"}
+RECENT_RUNS = 20
+
+
+def _job_url(job_id) -> str | None:
+    try:
+        return reverse("admin:jobs_job_change", args=[job_id])
+    except NoReverseMatch:  # the jobs admin is not installed
+        return None
+
+
+def _local(schedule: Schedule, value) -> str:
+    """A time in the schedule's own time zone, with the zone's abbreviation."""
+    try:
+        zone = get_zone(schedule.timezone)
+    except CronError:
+        zone = timezone.get_current_timezone()
+    return value.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def outcome_html(run_error: str, job_id, job_status: str | None, result_id: str = ""):
+    """'Successful (job #12)' linked to the job, or why there is no job."""
+    if run_error:
+        return format_html('<span title="{}">Not enqueued</span>', run_error)
+    if job_id is None:
+        return f"Enqueued (result {result_id})" if result_id else "-"
+    if job_status is None:
+        return f"job #{job_id} (deleted)"
+    label = f"{STATUS_LABELS.get(job_status, job_status)} (job #{job_id})"
+    url = _job_url(job_id)
+    return format_html('<a href="{}">{}</a>', url, label) if url else label
+
+
+class LastRunSubqueries:
+    """The latest run of each schedule, as annotations: one query for the whole list."""
+
+    @staticmethod
+    def annotate(queryset):
+        latest = ScheduleRun.objects.filter(schedule=OuterRef("pk")).order_by("-enqueued_at", "-id")
+        return queryset.annotate(
+            last_run_fire_time=Subquery(latest.values("fire_time")[:1]),
+            last_run_enqueued_at=Subquery(latest.values("enqueued_at")[:1]),
+            last_run_job_id=Subquery(latest.values("job_id")[:1]),
+            last_run_job_status=Subquery(latest.values("job__status")[:1]),
+            last_run_error=Subquery(latest.values("error")[:1]),
+            last_run_result_id=Subquery(latest.values("result_id")[:1]),
+        )
+
+
+@admin.register(Schedule)
+class ScheduleAdmin(admin.ModelAdmin):
+    list_display = ["name", "cron_display", "timezone", "next_run", "last_run", "enabled", "in_settings"]
+    list_display_links = ["name"]
+    list_editable = ["enabled"]
+    list_filter = ["enabled", "in_settings", "queue_name", "misfire"]
+    search_fields = ["name", "task"]
+    actions = ["run_now_action"]
+    fieldsets = [
+        (None, {"fields": ["name", "enabled", "in_settings"]}),
+        ("When", {"fields": ["cron", "cron_description", "timezone", "misfire", "next_run", "last_run"]}),
+        ("What", {"fields": ["task", "args", "kwargs", "queue_name", "priority"]}),
+        ("Recent runs", {"fields": ["recent_runs"]}),
+    ]
+    readonly_fields = ["name", "in_settings", "cron", "cron_description", "timezone", "misfire", "next_run",
+                       "last_run", "task", "args", "kwargs", "queue_name", "priority", "recent_runs"]
+
+    def get_queryset(self, request):
+        return LastRunSubqueries.annotate(super().get_queryset(request))
+
+    def has_add_permission(self, request):
+        return False  # schedules come from SCHEDULED_JOBS
+
+    def has_delete_permission(self, request, obj=None):
+        # Only entries gone from the settings; one still there would come back at the next start.
+        return obj is not None and not obj.in_settings and super().has_delete_permission(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        if "enabled" in form.changed_data:
+            obj.switch(obj.enabled, now=timezone.now())
+
+    # -- columns ---------------------------------------------------------------------
+
+    @admin.display(description="Cron", ordering="cron")
+    def cron_display(self, obj):
+        return format_html("<code>{}</code><br><small>{}</small>", obj.cron, describe(obj.cron))
+
+    @admin.display(description="Description")
+    def cron_description(self, obj):
+        return describe(obj.cron)
+
+    @admin.display(description="Next run", ordering="next_fire_at")
+    def next_run(self, obj):
+        if not obj.in_settings:
+            return "- (not in settings)"
+        if not obj.enabled:
+            return "- (switched off)"
+        if obj.next_fire_at is None:
+            return "- (at the next scheduler start)"
+        now = timezone.now()
+        when = f"in {timeuntil(obj.next_fire_at, now)}" if obj.next_fire_at > now else "due now"
+        return f"{_local(obj, obj.next_fire_at)} ({when})"
+
+    @admin.display(description="Last run")
+    def last_run(self, obj):
+        enqueued_at = getattr(obj, "last_run_enqueued_at", None)
+        if enqueued_at is None:
+            return "-"
+        fire_time = obj.last_run_fire_time
+        when = _local(obj, fire_time) if fire_time else f"run now, {_local(obj, enqueued_at)}"
+        outcome = outcome_html(obj.last_run_error, obj.last_run_job_id, obj.last_run_job_status,
+                               obj.last_run_result_id)
+        return format_html("{}<br><small>{} ago</small> &middot; {}", when, timesince(enqueued_at), outcome)
+
+    @admin.display(description="Recent runs")
+    def recent_runs(self, obj):
+        runs = list(obj.runs.select_related("job").order_by("-enqueued_at", "-id")[:RECENT_RUNS])
+        if not runs:
+            return "No runs yet."
+        rows = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((_local(obj, run.fire_time) if run.fire_time else "run now", _local(obj, run.enqueued_at),
+              outcome_html(run.error, run.job_id, _job_status(run), run.result_id)) for run in runs),
+        )
+        return format_html("<table><thead><tr><th>Fire time</th><th>Enqueued</th><th>Outcome</th></tr></thead>"
+                           "<tbody>{}</tbody></table>", rows)
+
+    # -- actions ----------------------------------------------------------------------
+
+    @admin.action(permissions=["change"], description="Run now")
+    def run_now_action(self, request, queryset):
+        runs = [run_now(schedule) for schedule in queryset]
+        enqueued = [run for run in runs if not run.error]
+        failed = [run for run in runs if run.error]
+        if enqueued:
+            self.message_user(request, ngettext("Enqueued %(count)d job.", "Enqueued %(count)d jobs.",
+                                                len(enqueued)) % {"count": len(enqueued)}, messages.SUCCESS)
+        for run in failed:
+            self.message_user(request, f"Not enqueued for {run.schedule.name}: {run.error}", messages.ERROR)
+
+
+def _job_status(run: ScheduleRun) -> str | None:
+    if run.job_id is None:
+        return None
+    try:
+        job = run.job
+    except ObjectDoesNotExist:  # purged: no database constraint keeps it
+        return None
+    return job.status if job is not None else None
+
+
+@admin.register(ScheduleRun)
+class ScheduleRunAdmin(admin.ModelAdmin):
+    """Every run, read-only: which fire time made which job."""
+
+    list_display = ["schedule", "fire_time_display", "enqueued_at", "outcome"]
+    list_filter = ["schedule"]
+    list_select_related = ["schedule", "job"]
+    date_hierarchy = "enqueued_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Fire time", ordering="fire_time")
+    def fire_time_display(self, obj):
+        return _local(obj.schedule, obj.fire_time) if obj.fire_time else "run now"
+
+    @admin.display(description="Outcome")
+    def outcome(self, obj):
+        return outcome_html(obj.error, obj.job_id, _job_status(obj), obj.result_id)
