@@ -1,0 +1,128 @@
+"""/admin/scheduler/schedule/: the list, the switch, "Run now", and the job's link back to its schedule."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+
+from jobs.models import Job
+from scheduler.cron import CronSchedule
+from scheduler.models import Schedule, ScheduleRun
+from scheduler.runner import Scheduler
+
+pytestmark = pytest.mark.django_db
+CHANGELIST = "/admin/scheduler/schedule/"
+
+
+def make_schedule(name="nightly", cron="30 2 * * *", zone="Europe/Berlin", **fields):
+    fields.setdefault("next_fire_at", CronSchedule(cron, zone).next_after(timezone.now()))
+    return Schedule.objects.create(name=name, task="tests.tasks.add", cron=cron, timezone=zone, args=[1, 2], **fields)
+
+
+def job_admin_url(job_id):
+    try:
+        return reverse("admin:jobs_job_change", args=[job_id])
+    except NoReverseMatch:
+        return None
+
+
+def test_list_shows_cron_description_next_run_and_last_run_linked_to_its_job(admin_client):
+    schedule = make_schedule()
+    make_schedule("every-two-seconds", "* * * * * */2", "UTC")
+    fire_time = datetime(2025, 1, 1, 1, 30, tzinfo=UTC)
+    Schedule.objects.filter(pk=schedule.pk).update(next_fire_at=fire_time)
+    Scheduler().tick(fire_time + timedelta(milliseconds=200))
+    job = Job.objects.get()
+
+    schedule.switch(True, now=timezone.now())  # back to the real clock for the next run
+    schedule.refresh_from_db()
+
+    page = admin_client.get(CHANGELIST).content.decode()
+    assert "nightly" in page and "At 02:30" in page and "Every 2 seconds" in page
+    next_local = schedule.next_fire_at.astimezone(schedule.cron_schedule().zone)
+    assert next_local.strftime("%Y-%m-%d %H:%M:%S %Z") in page  # in the schedule's own time zone
+    assert "2025-01-01 02:30:00 CET" in page and f"Ready (job #{job.pk})" in page
+    if job_admin_url(job.pk):
+        assert f'href="{job_admin_url(job.pk)}"' in page
+    detail = admin_client.get(f"{CHANGELIST}{schedule.pk}/change/").content.decode()
+    assert "Recent runs" in detail and f"job #{job.pk}" in detail
+
+
+def test_run_now_action_enqueues_one_job_each(admin_client):
+    first, second = make_schedule("a"), make_schedule("b")
+    response = admin_client.post(CHANGELIST, {"action": "run_now_action", "_selected_action": [first.pk, second.pk]},
+                                 follow=True)
+    assert "Enqueued 2 jobs." in response.content.decode()
+    assert sorted(Job.objects.values_list("meta__schedule", flat=True)) == ["a", "b"]
+    assert all(run.manual for run in ScheduleRun.objects.all())
+
+
+def test_run_now_reports_what_could_not_be_enqueued(admin_client):
+    broken = make_schedule("broken")
+    Schedule.objects.filter(pk=broken.pk).update(task="tests.tasks.nope")
+    response = admin_client.post(CHANGELIST, {"action": "run_now_action", "_selected_action": [broken.pk]},
+                                 follow=True)
+    assert "Not enqueued for broken: tests.tasks.nope" in response.content.decode() and not Job.objects.exists()
+
+
+def test_switch_off_and_on_from_the_change_form(admin_client):
+    schedule = make_schedule(cron="*/5 * * * *", zone="UTC")
+    Schedule.objects.filter(pk=schedule.pk).update(next_fire_at=datetime(2020, 1, 1, tzinfo=UTC))
+    url = f"{CHANGELIST}{schedule.pk}/change/"
+    assert admin_client.post(url, {}).status_code == 302  # the checkbox left unticked: off
+    schedule.refresh_from_db()
+    assert not schedule.enabled and schedule.next_fire_at.year == 2020
+    assert "switched off" in admin_client.get(CHANGELIST).content.decode()
+
+    assert admin_client.post(url, {"enabled": "on"}).status_code == 302
+    schedule.refresh_from_db()
+    assert schedule.enabled and schedule.next_fire_at > timezone.now()  # no catching up on the time it was off
+
+
+def test_switch_from_the_list(admin_client):
+    schedule = make_schedule()
+    data = {"form-TOTAL_FORMS": "1", "form-INITIAL_FORMS": "1", "form-0-id": str(schedule.pk), "_save": "Save"}
+    assert admin_client.post(CHANGELIST, data).status_code == 302
+    schedule.refresh_from_db()
+    assert not schedule.enabled
+
+
+def test_schedules_come_from_settings_only(admin_client):
+    schedule = make_schedule()
+    assert admin_client.get(f"{CHANGELIST}add/").status_code == 403
+    assert admin_client.get(f"{CHANGELIST}{schedule.pk}/delete/").status_code == 403
+    Schedule.objects.filter(pk=schedule.pk).update(in_settings=False)
+    assert admin_client.get(f"{CHANGELIST}{schedule.pk}/delete/").status_code == 200  # gone from settings: may go
+
+
+def test_a_scheduled_job_shows_its_schedule_and_fire_time_in_the_jobs_admin(admin_client):
+    schedule = make_schedule(cron="*/5 * * * *", zone="UTC")
+    fire_time = datetime(2025, 1, 1, 12, 5, tzinfo=UTC)
+    Schedule.objects.filter(pk=schedule.pk).update(next_fire_at=fire_time)
+    Scheduler().tick(fire_time)
+    job = Job.objects.get()
+    if job_admin_url(job.pk) is None:
+        pytest.skip("the jobs admin is not installed")
+    page = admin_client.get(job_admin_url(job.pk)).content.decode()
+    assert schedule.name in page and f"{CHANGELIST}?q={schedule.name}" in page
+
+
+def test_run_history_list(admin_client):
+    schedule = make_schedule()
+    ScheduleRun.objects.create(schedule=schedule, fire_time=None, enqueued_at=timezone.now(), error="boom")
+    page = admin_client.get("/admin/scheduler/schedulerun/").content.decode()
+    assert "run now" in page and "Not enqueued" in page
+
+
+def test_a_purged_job_leaves_its_run_as_history(admin_client):
+    schedule = make_schedule(cron="*/5 * * * *", zone="UTC")
+    fire_time = datetime(2025, 1, 1, 12, 5, tzinfo=UTC)
+    Schedule.objects.filter(pk=schedule.pk).update(next_fire_at=fire_time)
+    Scheduler().tick(fire_time)
+    job_id = Job.objects.get().pk
+    Job.objects.all().delete()  # as a bulk purge does
+    run = ScheduleRun.objects.get()
+    assert run.job_id == job_id
+    assert f"job #{job_id} (deleted)" in admin_client.get(CHANGELIST).content.decode()
+    assert f"job #{job_id} (deleted)" in admin_client.get(f"{CHANGELIST}{schedule.pk}/change/").content.decode()
