@@ -166,17 +166,67 @@ class JobQuerySet(models.QuerySet):
 
     # -- changes made from outside a running attempt -----------------------------------
 
-    def requeue(self, now: datetime | None = None) -> int:
+    def requeue(self, now: datetime | None = None, *, by: str = "") -> int:
         """Put finished jobs back to READY, due now, as the same jobs (same ids).
 
-        Attempts start again from zero; earlier errors stay in the job's history.
-        RUNNING and READY jobs are left alone: a running attempt is the worker's.
+        Attempts start again from zero (a requeue is a fresh run, with all of
+        ``max_attempts`` before it); earlier errors and their workers stay in the job's
+        history, and ``meta["requeued"]`` says when and by whom. RUNNING and READY jobs
+        are left alone: a running attempt is the worker's. One UPDATE, however many rows.
         """
         now = now or timezone.now()
         return self.filter(status__in=FINISHED_STATUSES).update(
-            status=JobStatus.READY, run_after=now, attempts=0, finished_at=None, worker_id="",
-            heartbeat_at=None, return_value=None,
+            status=JobStatus.READY, run_after=now, attempts=0, started_at=None, last_attempted_at=None,
+            finished_at=None, worker_id="", heartbeat_at=None, return_value=None,
+            meta=JSONMerge("meta", {"requeued": {"at": now.isoformat(), "by": by}}),
         )
+
+    def cancel(self, reason: str, now: datetime | None = None, *, by: str = "") -> int:
+        """READY jobs to CANCELLED: they never run. ``meta["cancelled"]`` keeps the reason.
+
+        Only READY rows match, in the same UPDATE, so a job a worker claimed a moment
+        ago is left to run (on PostgreSQL the UPDATE waits for the claim's row lock and
+        then sees RUNNING).
+        """
+        now = now or timezone.now()
+        return self.ready().update(
+            status=JobStatus.CANCELLED, finished_at=now,
+            meta=JSONMerge("meta", {"cancelled": {"at": now.isoformat(), "by": by, "reason": reason}}),
+        )
+
+    def run_now(self, now: datetime | None = None) -> int:
+        """READY jobs waiting for a later ``run_after`` (a delay or a retry) become due now."""
+        now = now or timezone.now()
+        return self.ready().filter(run_after__gt=now).update(run_after=now)
+
+
+class JSONMerge(models.Func):
+    """``column`` (a JSON object) with ``value``'s top-level keys set, inside an UPDATE."""
+
+    output_field = models.JSONField()
+
+    def __init__(self, column: str, value: dict):
+        super().__init__(F(column), models.Value(value, output_field=models.JSONField()))
+
+    def as_postgresql(self, compiler, connection, **extra):
+        return self._merge(compiler, connection, "(COALESCE({col}, '{{}}'::jsonb) || {val})")
+
+    def as_sqlite(self, compiler, connection, **extra):
+        return self._merge(compiler, connection, "json_patch(COALESCE({col}, '{{}}'), {val})")
+
+    def as_mysql(self, compiler, connection, **extra):
+        return self._merge(compiler, connection, "JSON_MERGE_PATCH(COALESCE({col}, '{{}}'), {val})")
+
+    def as_sql(self, compiler, connection, **extra):
+        from django.db import NotSupportedError
+
+        raise NotSupportedError(f"JSONMerge has no SQL for {connection.vendor}")
+
+    def _merge(self, compiler, connection, template: str):
+        column, value = self.get_source_expressions()
+        col_sql, col_params = compiler.compile(column)
+        val_sql, val_params = compiler.compile(value)
+        return template.format(col=col_sql, val=val_sql), (*col_params, *val_params)
 
 
 class Job(models.Model):
@@ -212,6 +262,15 @@ class Job(models.Model):
                          condition=Q(status="READY")),
             # The stale sweep reads only RUNNING rows.
             models.Index(fields=["heartbeat_at"], name="jobs_job_running_idx", condition=Q(status="RUNNING")),
+            # The admin (jobs/admin.py). Each list filter reads its own index newest first; the
+            # queue index also answers the overview's counts per queue and status and its lag
+            # (index-only), and both leading columns give the filters their choices by a
+            # loose index scan instead of a DISTINCT over the table.
+            models.Index(fields=["status", "id"], name="jobs_job_status_idx"),
+            models.Index(fields=["queue_name", "status", "run_after"], name="jobs_job_queue_idx"),
+            models.Index(fields=["task_path", "id"], name="jobs_job_task_idx"),
+            # The overview's throughput chart and failing tasks read recent finishes only.
+            models.Index(fields=["finished_at"], name="jobs_job_finished_idx"),
         ]
 
     def __str__(self) -> str:
@@ -282,6 +341,27 @@ class WorkerProcess(models.Model):
         return self.heartbeat_at >= now - timedelta(seconds=stale_after)
 
 
+class QueueState(models.Model):
+    """A queue's persisted state: a paused queue is skipped by every worker's claim.
+
+    A queue without a row is running. The claim itself reads this table (see
+    ``claim_sql``), so a pause takes effect at the next claim of every worker, with
+    no extra query, and survives worker restarts.
+    """
+
+    name = models.CharField(max_length=64, primary_key=True)
+    paused = models.BooleanField(default=False)
+    changed_at = models.DateTimeField(null=True, blank=True)
+    changed_by = models.CharField(max_length=150, blank=True, default="")
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "queue"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({'paused' if self.paused else 'running'})"
+
+
 # -- claim implementations (private to JobQuerySet.claim) ---------------------------------
 
 def _claimed_fields() -> list[str]:
@@ -309,13 +389,22 @@ def claim_sql(connection, *, worker_id: str, limit: int, now: datetime, queues) 
         f"{col['worker_id']} = %s, {col['heartbeat_at']} = %s, {col['last_attempted_at']} = %s, "
         f"{col['started_at']} = COALESCE({col['started_at']}, %s) "
         f"WHERE {col['id']} IN (SELECT {col['id']} FROM {table} "
-        f"WHERE {col['status']} = %s AND {col['run_after']} <= %s{queue_sql} "
+        f"WHERE {col['status']} = %s AND {col['run_after']} <= %s{queue_sql}{_not_paused_sql(connection)} "
         f"ORDER BY {col['priority']} DESC, {col['run_after']}, {col['id']} LIMIT %s{lock}) "
         f"RETURNING {', '.join(col[name] for name in _claimed_fields())}"
     )
     params = [JobStatus.RUNNING.value, worker_id, now_db, now_db, now_db, JobStatus.READY.value, now_db,
               *queue_params, limit]
     return sql, params
+
+
+def _not_paused_sql(connection) -> str:
+    """The claim's filter for paused queues: a hashed subplan over a table of a few rows."""
+    qn = connection.ops.quote_name
+    meta = QueueState._meta
+    return (f" AND {qn(Job._meta.get_field('queue_name').column)} NOT IN "
+            f"(SELECT {qn(meta.get_field('name').column)} FROM {qn(meta.db_table)} "
+            f"WHERE {qn(meta.get_field('paused').column)})")
 
 
 def _claim_returning(connection, *, worker_id: str, limit: int, now: datetime, queues) -> list[Job]:
@@ -344,7 +433,7 @@ def _rows_to_jobs(connection, rows: Iterable[tuple]) -> list[Job]:
 
 def _claim_select_then_update(queryset: JobQuerySet, *, worker_id: str, limit: int, now: datetime, queues) -> list[Job]:
     """For databases without UPDATE ... RETURNING (MySQL 8, MariaDB): lock, then update."""
-    candidates = queryset.due(now)
+    candidates = queryset.due(now).exclude(queue_name__in=QueueState.objects.filter(paused=True).values("name"))
     if queues:
         candidates = candidates.filter(queue_name__in=list(queues))
     with transaction.atomic(using=queryset.db):
