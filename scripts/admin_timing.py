@@ -1,0 +1,227 @@
+"""How fast the jobs admin answers with a million jobs in PostgreSQL.
+
+    .venv/bin/python scripts/admin_timing.py [--rows 1000000] [--runs 15] [--explain]
+
+Starts a throwaway PostgreSQL server (tests/pgserver.py), migrates, loads ``--rows``
+jobs shaped like a busy site's month (mostly successful, some failed with three
+tracebacks each, a backlog of ready jobs, a few running), runs VACUUM ANALYZE as
+autovacuum would, then requests each admin page through Django's test client (the
+whole request: middleware, session, queries, templates) and prints the median, the
+90th percentile and the slowest of ``--runs`` requests after two warm-up requests,
+with the page's queries and their time. ``--explain`` prints the plan of every query.
+
+This is a measurement, not a test: the target is under 300 ms per page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+TASKS = [
+    # (task path, queue, share of rows in per mille, failure rate in per mille)
+    ("shop.tasks.send_receipt", "emails", 300, 20),
+    ("shop.tasks.sync_inventory", "default", 200, 5),
+    ("shop.tasks.resize_image", "default", 150, 2),
+    ("shop.tasks.charge_card", "default", 100, 60),
+    ("newsletter.tasks.send_newsletter", "emails", 90, 30),
+    ("reports.tasks.build_daily_report", "reports", 50, 40),
+    ("search.tasks.reindex_product", "default", 50, 1),
+    ("accounts.tasks.send_password_reset", "emails", 30, 10),
+    ("shop.tasks.expire_carts", "default", 20, 0),
+    ("analytics.tasks.aggregate_hour", "reports", 10, 15),
+]
+
+TRACEBACK = (
+    "Traceback (most recent call last):\n"
+    '  File "/srv/app/.venv/lib/python3.13/site-packages/jobs/execution.py", line 96, in run_attempt\n'
+    "    value = task.call(*job.args, **job.kwargs)\n"
+    '  File "/srv/app/shop/tasks.py", line 41, in charge_card\n'
+    "    response = client.post(url, json=payload, timeout=10)\n"
+    '  File "/srv/app/.venv/lib/python3.13/site-packages/httpx/_client.py", line 1144, in post\n'
+    '    return self.request("POST", url, json=json)\n'
+    '  File "/srv/app/.venv/lib/python3.13/site-packages/httpx/_transports/default.py", line 232, in handle_request\n'
+    "    with map_httpcore_exceptions():\n"
+    "httpx.ConnectTimeout: timed out connecting to payments.example.com:443\n"
+)
+
+
+def load(rows: int) -> None:
+    """Insert ``rows`` jobs with one INSERT ... SELECT per 100,000, newest last."""
+    from django.db import connection
+
+    cases = " ".join(f"WHEN b < {sum(t[2] for t in TASKS[:i + 1])} THEN {i}" for i in range(len(TASKS)))
+    paths = "ARRAY[" + ", ".join(f"'{t[0]}'" for t in TASKS) + "]"
+    queues = "ARRAY[" + ", ".join(f"'{t[1]}'" for t in TASKS) + "]"
+    fails = "ARRAY[" + ", ".join(str(t[3]) for t in TASKS) + "]"
+    error = ("jsonb_build_object('attempt', a, 'exception_class_path', 'httpx.ConnectTimeout', "
+             "'message', 'timed out connecting to payments.example.com:443', 'traceback', %(tb)s::text, "
+             "'worker_id', 'web-1:4242:9f3ab2c1', 'at', to_jsonb(enq + a * interval '10 seconds'))")
+    sql = f"""
+    INSERT INTO jobs_job (task_path, backend, queue_name, priority, args, kwargs, status, run_after, enqueued_at,
+                          started_at, last_attempted_at, finished_at, attempts, max_attempts, worker_id,
+                          heartbeat_at, worker_ids, return_value, errors, meta)
+    SELECT ({paths})[k + 1], 'default', ({queues})[k + 1], CASE WHEN g % 10 = 0 THEN 10 ELSE 0 END,
+           jsonb_build_array(g % 100000, 'order-' || g), jsonb_build_object('notify', g % 2 = 0),
+           st, CASE WHEN st = 'READY' AND g % 2 = 0 THEN now() + (g % 3600) * interval '1 second' ELSE enq END,
+           enq,
+           CASE WHEN st IN ('SUCCESSFUL', 'FAILED', 'RUNNING') THEN enq + interval '300 milliseconds' END,
+           CASE WHEN st IN ('SUCCESSFUL', 'FAILED', 'RUNNING') THEN enq + interval '300 milliseconds'
+                + (CASE WHEN st = 'FAILED' THEN 20 ELSE 0 END) * interval '1 second' END,
+           CASE WHEN st IN ('SUCCESSFUL', 'FAILED', 'CANCELLED')
+                THEN enq + interval '300 milliseconds' + (g % 4000) * interval '1 millisecond'
+                     + (CASE WHEN st = 'FAILED' THEN 20 ELSE 0 END) * interval '1 second' END,
+           CASE st WHEN 'FAILED' THEN 3 WHEN 'READY' THEN 0 WHEN 'CANCELLED' THEN 0 ELSE 1 END, 3,
+           CASE WHEN st IN ('SUCCESSFUL', 'FAILED', 'RUNNING') THEN 'web-1:4242:9f3ab2c1' ELSE '' END,
+           CASE WHEN st = 'RUNNING' THEN now() END,
+           CASE WHEN st IN ('SUCCESSFUL', 'FAILED') THEN '["web-1:4242:9f3ab2c1"]'::jsonb ELSE '[]'::jsonb END,
+           CASE WHEN st = 'SUCCESSFUL' THEN jsonb_build_object('ok', true, 'rows', g % 977) END,
+           CASE WHEN st = 'FAILED' THEN (SELECT jsonb_agg({error}) FROM generate_series(1, 3) AS a)
+                ELSE '[]'::jsonb END,
+           CASE WHEN k = 5 THEN jsonb_build_object('schedule', 'daily-report', 'fire_time', to_jsonb(enq))
+                ELSE '{{}}'::jsonb END
+    FROM (
+        SELECT g, k, enq,
+               CASE WHEN g > %(total)s - 400 AND g % 2 = 0 THEN 'RUNNING'
+                    WHEN g > %(total)s - 9000 AND g % 3 = 0 THEN 'READY'
+                    WHEN (g * 7919) % 1000 < ({fails})[k + 1] THEN 'FAILED'
+                    WHEN (g * 104729) % 1000 < 8 THEN 'CANCELLED'
+                    ELSE 'SUCCESSFUL' END AS st
+        FROM (SELECT g, CASE {cases} ELSE 0 END AS k,
+                     now() - (%(total)s - g) * interval '2500 milliseconds' AS enq
+              FROM (SELECT g, (g * 2654435761) % 1000 AS b
+                    FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) AS g) AS s) AS t
+    ) AS r
+    """
+    sql = sql.replace(" % ", " %% ")  # modulo, not a placeholder
+    step = 100_000
+    with connection.cursor() as cursor:
+        for lo in range(1, rows + 1, step):
+            hi = min(lo + step - 1, rows)
+            cursor.execute(sql, {"lo": lo, "hi": hi, "total": rows, "tb": TRACEBACK})
+            print(f"  loaded {hi:,} rows", end="\r", flush=True)
+    print()
+
+
+def timed_queries():
+    """Collect (milliseconds, sql, params) for every query run inside the context."""
+    from contextlib import contextmanager
+
+    from django.db import connection
+
+    @contextmanager
+    def collect():
+        log: list[tuple[float, str, object]] = []
+
+        def wrapper(execute, sql, params, many, context):
+            start = time.perf_counter()
+            try:
+                return execute(sql, params, many, context)
+            finally:
+                log.append(((time.perf_counter() - start) * 1000, sql, params))
+
+        with connection.execute_wrapper(wrapper):
+            yield log
+
+    return collect()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--explain", action="store_true", help="print each query's plan (EXPLAIN ANALYZE)")
+    options = parser.parse_args()
+
+    from tests.pgserver import start_server
+
+    print("starting a throwaway PostgreSQL server ...")
+    server = start_server(settings=("fsync=off", "synchronous_commit=off", "full_page_writes=off",
+                                    "shared_buffers=256MB"))
+    os.environ["DATABASE_URL"] = server.url
+    os.environ["DJANGO_SETTINGS_MODULE"] = "queue_project.settings"
+    os.environ["DJANGO_DEBUG"] = "0"
+    os.environ.setdefault("DJANGO_SECRET_KEY", "admin-timing-only")
+    import django
+
+    django.setup()
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+    from django.db import connection
+    from django.test import Client
+
+    call_command("migrate", verbosity=0)
+    started = time.perf_counter()
+    print(f"loading {options.rows:,} jobs ...")
+    load(options.rows)
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE jobs_job")
+        cursor.execute("SELECT pg_size_pretty(pg_total_relation_size('jobs_job')), "
+                       "pg_size_pretty(pg_relation_size('jobs_job')), count(*) FROM jobs_job")
+        total, heap, count = cursor.fetchone()
+        cursor.execute("SELECT status, count(*) FROM jobs_job GROUP BY status ORDER BY status")
+        by_status = ", ".join(f"{s} {n:,}" for s, n in cursor.fetchall())
+        cursor.execute("SELECT version()")
+        version = cursor.fetchone()[0].split(" on ")[0]
+    print(f"loaded in {time.perf_counter() - started:.0f} s: {count:,} rows, table {heap}, with indexes {total}")
+    print(f"  {by_status}")
+
+    user = User.objects.create_superuser("admin", "admin@example.com", "pw")
+    client = Client(SERVER_NAME="localhost")
+    client.force_login(user)
+    from jobs.models import Job
+
+    some_failed = Job.objects.filter(status="FAILED").order_by("-id").values_list("id", flat=True)[500]
+    pages = [
+        ("job list", "/admin/jobs/job/"),
+        ("job list, filter status=Failed", "/admin/jobs/job/?status__exact=FAILED"),
+        ("job list, filter queue=emails", "/admin/jobs/job/?queue=emails"),
+        ("job list, filter task + Failed", "/admin/jobs/job/?status__exact=FAILED&task=shop.tasks.charge_card"),
+        ("job list, page 20 of Failed", "/admin/jobs/job/?status__exact=FAILED&p=20"),
+        ("job list, search by id", f"/admin/jobs/job/?q=%23{some_failed}"),
+        ("job page (failed, 3 tracebacks)", f"/admin/jobs/job/{some_failed}/change/"),
+        ("overview", "/admin/jobs/queuestate/"),
+    ]
+    print(f"\n{version}; Django {django.get_version()}; {options.runs} requests per page after 2 warm-ups\n")
+    print(f"{'page':<34} {'median':>8} {'p90':>8} {'max':>8}  queries (median ms each)")
+    results = []
+    for name, url in pages:
+        for _ in range(2):
+            assert client.get(url).status_code == 200, url
+        times, query_logs = [], []
+        for _ in range(options.runs):
+            with timed_queries() as log:
+                start = time.perf_counter()
+                response = client.get(url)
+                times.append((time.perf_counter() - start) * 1000)
+            assert response.status_code == 200
+            query_logs.append(log)
+        times.sort()
+        p90 = times[min(len(times) - 1, int(len(times) * 0.9))]
+        median = statistics.median(times)
+        results.append((name, median))
+        per_query = [statistics.median(run[i][0] for run in query_logs) for i in range(len(query_logs[0]))]
+        print(f"{name:<34} {median:>6.1f}ms {p90:>6.1f}ms {times[-1]:>6.1f}ms  "
+              f"{len(per_query)}: {' '.join(f'{q:.1f}' for q in per_query)}")
+        if options.explain:
+            for _, sql, params in query_logs[0]:
+                if sql.lstrip().upper().startswith(("SELECT", "WITH")) and "django_session" not in sql:
+                    with connection.cursor() as cursor:
+                        cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
+                        plan = "\n      ".join(row[0] for row in cursor.fetchall())
+                    print(f"    {sql[:160]}\n      {plan}\n")
+    slowest = max(results, key=lambda r: r[1])
+    print(f"\nslowest median: {slowest[0]} {slowest[1]:.1f} ms (target < 300 ms)")
+    server.destroy()
+    return 0 if slowest[1] < 300 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
