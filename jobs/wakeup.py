@@ -80,7 +80,7 @@ def _probe_sqlite(settings: dict, wake, stop: threading.Event, queues) -> None:
                 version = conn.execute("PRAGMA data_version").fetchone()[0]
             except sqlite3.Error:
                 continue
-            if last is not None and version != last:
+            if version != last:  # the first read too: anything enqueued before we looked
                 wake()
             last = version
     finally:

@@ -172,10 +172,10 @@ class Worker:
         started = time.monotonic()
         self.slots = [Slot(self, i) for i in range(self.concurrency)]
         self._with_db(self._register)
+        self._waker = start_waker(connections[self.db_alias], wake=self.wake, stop=self.stopping, queues=self.queues)
+        self._start_loops()
         logger.info("worker started worker=%s queues=%s concurrency=%d burst=%s", self.id,
                     ",".join(self.queues or ["*"]), self.concurrency, self.burst)
-        self._start_loops()
-        self._waker = start_waker(connections[self.db_alias], wake=self.wake, stop=self.stopping, queues=self.queues)
         try:
             while not self._finished():
                 if self.duration and time.monotonic() - started >= self.duration and not self.stopping.is_set():
