@@ -1,5 +1,6 @@
 """SCHEDULED_JOBS: defaults, and a ``manage.py check`` error naming the entry and the key for each mistake."""
 
+import os
 import subprocess
 import sys
 
@@ -82,7 +83,7 @@ def test_setting_that_is_not_a_dict():
 
 def test_manage_py_check_fails_without_a_traceback():
     env = subprocess_env(DJANGO_SETTINGS_MODULE="tests.test_scheduler_settings",
-                         SCHEDULER_TEST_BASE_SETTINGS="tests.settings",
+                         SCHEDULER_TEST_BASE_SETTINGS=os.environ.get("DJANGO_SETTINGS_MODULE", "tests.settings"),
                          SCHEDULER_TEST_JOBS='{"nightly-report": {"task": "tests.tasks.add", "cron": "0 3 * * * * *"}}')
     proc = subprocess.run([sys.executable, str(REPO / "manage.py"), "check"], check=False, cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60)
