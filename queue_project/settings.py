@@ -127,6 +127,8 @@ SCHEDULED_JOBS = {
                               "args": ["ops@example.com"], "queue_name": "emails"},
     "nightly-report": {"task": "example.tasks.slow_report", "cron": "30 2 * * *", "kwargs": {"seconds": 2},
                        "queue_name": "reports", "timezone": "Europe/Berlin"},
+    # Built in: delete finished jobs past OPTIONS retain_successful / retain_failed, hourly.
+    "prune-jobs": {"task": "jobs.tasks.prune_jobs", "cron": "17 * * * *"},
 }
 
 LOGGING = {
