@@ -25,6 +25,7 @@ import functools
 import json
 from datetime import datetime, timedelta
 
+import django
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -41,6 +42,7 @@ from django.urls import NoReverseMatch, get_script_prefix, get_urlconf, path, re
 from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
+from django.utils.http import urlencode
 
 from . import counts, overview
 from .counts import distinct_values
@@ -164,6 +166,12 @@ class JobAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        # A running attempt belongs to its worker: not deleted from here (the actions skip them too).
+        if obj is not None and obj.status == JobStatus.RUNNING:
+            return False
+        return super().has_delete_permission(request, obj)
+
     def get_changelist(self, request, **kwargs):
         return JobChangeList
 
@@ -279,6 +287,7 @@ class JobAdmin(admin.ModelAdmin):
             "selected_ids": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             "form_url": request.get_full_path(),
+            **crumbs((reverse("admin:jobs_job_changelist"), "Jobs"), ("", "Delete jobs")),
         }
         return TemplateResponse(request, "admin/jobs/job/delete_jobs.html", context)
 
@@ -332,6 +341,7 @@ class JobAdmin(admin.ModelAdmin):
             "has_change_permission": self.has_change_permission(request, job),
             "has_delete_permission": self.has_delete_permission(request, job),
             **job_page(job),
+            **crumbs((reverse("admin:jobs_job_changelist"), "Jobs"), ("", f"#{job.pk} {job.task_name}")),
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/jobs/job/detail.html", context)
@@ -400,6 +410,12 @@ def _job_url_pattern(prefix: str, urlconf) -> str:
 def job_url(pk: int) -> str:
     """A job page's URL, without a ``reverse()`` per row of the list."""
     return _job_url_pattern(get_script_prefix(), get_urlconf()).replace("__pk__", str(pk))
+
+
+def crumbs(*trail: tuple[str, str]) -> dict:
+    """Breadcrumbs from the admin index to this page; the last has no link."""
+    home = [(reverse("admin:index"), "Home"), (reverse("admin:app_list", args=["jobs"]), "Jobs")]
+    return {"crumbs": [*home, *trail], "crumbs_as_list": django.VERSION >= (6, 0)}
 
 
 def plural_jobs(n: int) -> str:
@@ -532,13 +548,18 @@ def job_page(job: Job) -> dict:
     if meta.get("schedule"):
         origin = {"kind": "schedule", "name": meta["schedule"], "fire_time": _parse_time(meta.get("fire_time")),
                   "manual": bool(meta.get("manual"))}
-        try:
-            origin["url"] = reverse("admin:scheduler_schedule_changelist") + "?q=" + str(meta["schedule"])
+        try:  # by URL name only: jobs does not import the scheduler app
+            origin["url"] = reverse("admin:scheduler_schedule_changelist") + "?" + urlencode({"q": meta["schedule"]})
+            if isinstance(meta.get("schedule_run"), int):
+                origin["run_url"] = reverse("admin:scheduler_schedulerun_change", args=[meta["schedule_run"]])
         except NoReverseMatch:
             origin["url"] = ""
         known |= {"schedule", "fire_time"}
     elif meta.get("verbose_name") or meta.get("creator"):
-        origin = {"kind": "compat", "verbose_name": meta.get("verbose_name"), "creator": meta.get("creator")}
+        creator = meta.get("creator")
+        if isinstance(creator, dict):
+            creator = creator.get("repr") or f"{creator.get('content_type')} #{creator.get('object_id')}"
+        origin = {"kind": "compat", "verbose_name": meta.get("verbose_name"), "creator": creator}
         known |= {"verbose_name", "creator"}
     other_meta = {k: v for k, v in meta.items() if k not in known}
 
@@ -619,6 +640,7 @@ class QueueStateAdmin(admin.ModelAdmin):
             "stale_after": data.stale_after,
             "exact_up_to": counts.EXACT_UP_TO,
             "chart_start": now - timedelta(minutes=overview.CHART_MINUTES),
+            **crumbs(("", "Queues")),
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/jobs/queuestate/overview.html", context)

@@ -269,6 +269,7 @@ class Job(models.Model):
             models.Index(fields=["status", "id"], name="jobs_job_status_idx"),
             models.Index(fields=["queue_name", "status", "run_after"], name="jobs_job_queue_idx"),
             models.Index(fields=["task_path", "id"], name="jobs_job_task_idx"),
+            models.Index(fields=["enqueued_at"], name="jobs_job_enqueued_idx"),
             # The overview's throughput chart and failing tasks read recent finishes only.
             models.Index(fields=["finished_at"], name="jobs_job_finished_idx"),
         ]

@@ -11,6 +11,7 @@ are their own small table. Nothing is cached: the page shows the database as it 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -245,15 +246,15 @@ def build(now: datetime) -> Overview:
 
 # -- the chart ---------------------------------------------------------------------------
 
-def _nice_ceiling(value: int) -> int:
-    """The axis top: 1, 2, 5 times a power of ten, at least ``value``."""
-    if value <= 4:
-        return 4
+def _axis(peak: int) -> tuple[int, int]:
+    """(tick step, top) for a y axis: 1, 2 or 5 times a power of ten, at most 5 ticks, some headroom."""
+    target = max(peak * 1.1, 4)
     magnitude = 1
     while True:
-        for step in (1, 2, 5):
-            if step * magnitude * 4 >= value:
-                return step * magnitude * 4
+        for step in (magnitude, 2 * magnitude, 5 * magnitude):
+            ticks = math.ceil(target / step)
+            if ticks <= 5:
+                return step, ticks * step
         magnitude *= 10
 
 
@@ -265,7 +266,7 @@ def throughput_svg(minutes: list[tuple[datetime, int, int]], *, width: int = 720
     """
     left, right, top, bottom = 44, 8, 10, 24
     plot_w, plot_h = width - left - right, height - top - bottom
-    ceiling = _nice_ceiling(max((ok + bad for _, ok, bad in minutes), default=0))
+    step, ceiling = _axis(max((ok + bad for _, ok, bad in minutes), default=0))
     n = max(len(minutes), 1)
     slot = plot_w / n
     bar_w = max(slot - 2, 1)
@@ -275,8 +276,7 @@ def throughput_svg(minutes: list[tuple[datetime, int, int]], *, width: int = 720
 
     parts = [f'<svg class="jobs-chart" viewBox="0 0 {width} {height}" role="img" '
              f'aria-label="Jobs finished per minute over the last hour">']
-    for i in range(5):  # horizontal grid lines and the y axis labels
-        value = ceiling * i // 4
+    for value in range(0, ceiling + 1, step):  # horizontal grid lines and the y axis labels
         parts.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y(value):.1f}" y2="{y(value):.1f}"/>'
                      f'<text class="axis" x="{left - 6}" y="{y(value) + 4:.1f}" text-anchor="end">{value}</text>')
     for index, (minute, ok, bad) in enumerate(minutes):

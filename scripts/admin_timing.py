@@ -179,15 +179,26 @@ def main() -> int:
     from jobs.models import Job
 
     some_failed = Job.objects.filter(status="FAILED").order_by("-id").values_list("id", flat=True)[500]
+    from datetime import timedelta
+    from urllib.parse import urlencode
+
+    from django.utils import timezone
+
+    today = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    past_week = urlencode({"enqueued_at__gte": str(today - timedelta(days=7)),
+                           "enqueued_at__lt": str(today + timedelta(days=1))})
     pages = [
         ("job list", "/admin/jobs/job/"),
         ("job list, filter status=Failed", "/admin/jobs/job/?status__exact=FAILED"),
         ("job list, filter queue=emails", "/admin/jobs/job/?queue=emails"),
         ("job list, filter task + Failed", "/admin/jobs/job/?status__exact=FAILED&task=shop.tasks.charge_card"),
         ("job list, page 20 of Failed", "/admin/jobs/job/?status__exact=FAILED&p=20"),
+        ("job list, enqueued past 7 days", f"/admin/jobs/job/?{past_week}"),
         ("job list, search by id", f"/admin/jobs/job/?q=%23{some_failed}"),
         ("job page (failed, 3 tracebacks)", f"/admin/jobs/job/{some_failed}/change/"),
         ("overview", "/admin/jobs/queuestate/"),
+        # Not a target: a text search reads every row (no trigram index), shown for honesty.
+        ("(search error text: reads all rows)", "/admin/jobs/job/?q=payments.example"),
     ]
     print(f"\n{version}; Django {django.get_version()}; {options.runs} requests per page after 2 warm-ups\n")
     print(f"{'page':<34} {'median':>8} {'p90':>8} {'max':>8}  queries (median ms each)")
@@ -217,7 +228,7 @@ def main() -> int:
                         cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
                         plan = "\n      ".join(row[0] for row in cursor.fetchall())
                     print(f"    {sql[:160]}\n      {plan}\n")
-    slowest = max(results, key=lambda r: r[1])
+    slowest = max((r for r in results if not r[0].startswith("(")), key=lambda r: r[1])
     print(f"\nslowest median: {slowest[0]} {slowest[1]:.1f} ms (target < 300 ms)")
     server.destroy()
     return 0 if slowest[1] < 300 else 1

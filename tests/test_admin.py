@@ -410,9 +410,14 @@ def test_delete_action_confirms_then_deletes_in_one_statement(admin_client):
 @pytest.mark.django_db
 def test_running_jobs_are_not_deleted(admin_client):
     (running,) = make_jobs(1, JobStatus.RUNNING)
+    (failed,) = make_jobs(1, JobStatus.FAILED)
     response = post_action(admin_client, "delete_selected", [running.pk], post="yes")
     assert Job.objects.filter(pk=running.pk).exists()
     assert "running jobs are not deleted" in messages_of(response)[1]
+    assert admin_client.post(f"/admin/jobs/job/{running.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert Job.objects.filter(pk=running.pk).exists()
+    admin_client.post(f"/admin/jobs/job/{failed.pk}/delete/", {"post": "yes"})
+    assert not Job.objects.filter(pk=failed.pk).exists()
 
 
 # -- the job page ----------------------------------------------------------------------
@@ -449,8 +454,10 @@ def test_job_page_of_a_successful_job_shows_the_return_value(admin_client):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("meta,words", [
-    ({"schedule": "nightly-report", "fire_time": "2026-01-02T03:00:00+00:00"}, ["Schedule", "nightly-report"]),
-    ({"verbose_name": "Old report", "creator": "alice"}, ["django-background-tasks", "Old report", "alice"]),
+    ({"schedule": "nightly-report", "fire_time": "2026-01-02T03:00:00+00:00", "schedule_run": 7},
+     ["Schedule", "nightly-report", "?q=nightly-report", "/admin/scheduler/schedulerun/7/change/"]),
+    ({"verbose_name": "Old report", "creator": {"content_type": "auth.user", "object_id": 3, "repr": "alice"}},
+     ["django-background-tasks", "Old report", "(creator alice)"]),
     ({"imported_from": "cron"}, ["Enqueued from code", "imported_from"]),
 ])
 def test_job_page_says_where_the_job_came_from(admin_client, meta, words):
@@ -658,6 +665,11 @@ def test_filters_and_overview_read_their_indexes(admin_client):
 
     failed_page = Job.objects.filter(status=JobStatus.FAILED).order_by("-id")[:50]
     assert "jobs_job_status_idx" in plan(failed_page)
+    old_day = Job.objects.filter(enqueued_at__gte=now - timedelta(days=1), enqueued_at__lt=now)
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE jobs_job SET enqueued_at = finished_at")  # spread over 30 days
+        cursor.execute("ANALYZE jobs_job")
+    assert "jobs_job_enqueued_idx" in plan(old_day.order_by().values("pk")[:10001])
     assert "jobs_job_task_idx" in plan(Job.objects.filter(task_path="tests.tasks.rare").order_by("-id")[:50])
     with CaptureQueriesContext(connection) as ctx:
         admin_client.get(LIST)
@@ -681,3 +693,13 @@ def test_filters_and_overview_read_their_indexes(admin_client):
 def test_reverse_names():
     assert reverse("admin:jobs_queuestate_changelist") == OVERVIEW
     assert reverse("admin:jobs_job_requeue", args=[5]) == "/admin/jobs/job/5/requeue/"
+
+
+def test_chart_axis_and_svg():
+    from jobs.overview import _axis, throughput_svg
+
+    assert [_axis(peak) for peak in (0, 8, 47, 250)] == [(1, 4), (2, 10), (20, 60), (100, 300)]
+    now = timezone.now().replace(second=0, microsecond=0)
+    svg = throughput_svg([(now - timedelta(minutes=59 - i), i % 3, i % 2) for i in range(60)])
+    assert svg.count("<g>") == 60 and svg.count('class="bad"') == 30 and svg.count('class="ok"') == 40
+    assert f"{now:%H:%M}  2 successful, 1 failed" in svg and ">now</text>" in svg
