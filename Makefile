@@ -40,9 +40,7 @@ run: $(STAMP)
 	$(PY) manage.py ensure_admin
 	$(PY) manage.py enqueue_examples
 	@echo "Admin: http://127.0.0.1:$(PORT)/admin/  (Ctrl-C stops the web server and the worker)"
-	@$(PY) manage.py process_tasks --concurrency 2 & \
-	$(PY) manage.py runserver --noreload 127.0.0.1:$(PORT); \
-	wait
+	@$(PY) manage.py serve --port $(PORT)
 
 test: $(STAMP)
 	@start=$$(date +%s); \

@@ -247,6 +247,8 @@ class Worker:
                 or time.monotonic() - self.pending_since >= FLUSH_AFTER)
 
     def _wait_time(self) -> float:
+        if self.stopping.is_set() and not self._busy() and not self.pending:
+            return 0.0  # nothing left to wait for: go and exit
         now = time.monotonic()
         waits = [max(self._next_beat - now, 0)]
         waits += [max(s.deadline - now, 0) for s in self.slots if s.busy and s.deadline is not None]
