@@ -3,8 +3,6 @@
 import random
 import time
 
-
-
 from jobs import task
 
 

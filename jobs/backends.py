@@ -19,7 +19,6 @@ from django.utils.module_loading import import_string
 
 from .conf import JobsOptions, OptionsError, parse_options
 from .decorators import JobTask
-from .wakeup import notify_enqueued
 from .framework import (
     BaseTaskBackend,
     InvalidTask,
@@ -30,6 +29,7 @@ from .framework import (
     TaskResultStatus,
     task_enqueued,
 )
+from .wakeup import notify_enqueued
 
 
 def to_json(value, culprit: str):

@@ -90,7 +90,7 @@ def _call(task: Task, result, job: Job):
 
         try:
             return asyncio.run(bounded())
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise JobTimeout(f"attempt timed out after {timeout:g}s") from None
     return task.call(*args, **job.kwargs)
 

@@ -136,7 +136,7 @@ def test_an_idle_worker_wakes_on_enqueue_long_before_its_poll(workers):
     workers.wait_for_output(proc, "worker started")
     for attempt in range(3):
         result = tasks.add.enqueue(attempt, 1)
-        job = wait_for(lambda: Job.objects.filter(pk=int(result.id), status=JobStatus.SUCCESSFUL).first(),
+        job = wait_for(lambda pk=int(result.id): Job.objects.filter(pk=pk, status=JobStatus.SUCCESSFUL).first(),
                        timeout=10, message="the idle worker to wake up")
         assert job.return_value == attempt + 1
 
