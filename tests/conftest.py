@@ -43,16 +43,21 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 class WorkerProcesses:
-    """Start real ``manage.py process_tasks`` processes; kill leftovers at teardown."""
+    """Start real ``manage.py`` processes (workers, schedulers); kill leftovers at teardown."""
 
     def __init__(self, tmp_path: Path):
         self.tmp_path = tmp_path
         self.procs: list[subprocess.Popen] = []
 
     def start(self, *args: str, env: dict | None = None) -> subprocess.Popen:
-        log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "w+")
+        """A worker without the scheduler, so tests see only the jobs they enqueue."""
+        return self.manage("process_tasks", "--no-scheduler", *args, env=env)
+
+    def manage(self, *command: str, env: dict | None = None) -> subprocess.Popen:
+        """Any ``manage.py`` command as a real process, its output kept in a log file."""
+        log = open(self.tmp_path / f"process-{len(self.procs)}.log", "w+")
         proc = subprocess.Popen(
-            [sys.executable, str(REPO / "manage.py"), "process_tasks", "--no-scheduler", *args],
+            [sys.executable, str(REPO / "manage.py"), *command],
             cwd=REPO, env=env or subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
         )
         proc.log = log  # type: ignore[attr-defined]

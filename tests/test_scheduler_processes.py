@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from datetime import timedelta
 from itertools import pairwise
 
@@ -18,47 +17,31 @@ from django.utils import timezone
 
 from jobs.models import Job
 from scheduler.models import ScheduleRun
-from tests.conftest import REPO, subprocess_env, wait_for
+from tests.conftest import subprocess_env, wait_for
 
 NAME = "every-two-seconds"
 TICKS = 5  # ~10 s of ticks with all three schedulers up
 
 
+def scheduler_env(jobs: dict) -> dict:
+    """This run's settings, with SCHEDULED_JOBS replaced by ``jobs``."""
+    return subprocess_env(DJANGO_SETTINGS_MODULE="tests.test_scheduler_settings",
+                          SCHEDULER_TEST_BASE_SETTINGS=os.environ.get("DJANGO_SETTINGS_MODULE", "tests.settings"),
+                          SCHEDULER_TEST_JOBS=json.dumps(jobs))
+
+
 class Processes:
-    def __init__(self, tmp_path):
-        self.tmp_path = tmp_path
-        self.procs = []
+    def __init__(self, workers):
+        self.workers = workers
+        self.output = workers.output
 
     def start(self, *command: str, jobs: dict) -> subprocess.Popen:
-        env = subprocess_env(DJANGO_SETTINGS_MODULE="tests.test_scheduler_settings",
-                             SCHEDULER_TEST_BASE_SETTINGS=os.environ.get("DJANGO_SETTINGS_MODULE", "tests.settings"),
-                             SCHEDULER_TEST_JOBS=json.dumps(jobs))
-        log = open(self.tmp_path / f"scheduler-{len(self.procs)}.log", "w+")
-        proc = subprocess.Popen([sys.executable, str(REPO / "manage.py"), *command], cwd=REPO, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
-        proc.log = log
-        self.procs.append(proc)
-        return proc
-
-    @staticmethod
-    def output(proc) -> str:
-        proc.log.flush()
-        proc.log.seek(0)
-        return proc.log.read()
-
-    def stop_all(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-            proc.log.close()
+        return self.workers.manage(*command, env=scheduler_env(jobs))
 
 
 @pytest.fixture
-def processes(tmp_path, transactional_db):
-    manager = Processes(tmp_path)
-    yield manager
-    manager.stop_all()
+def processes(workers):
+    return Processes(workers)
 
 
 def test_three_schedulers_enqueue_every_tick_exactly_once(processes):
