@@ -1,0 +1,130 @@
+"""The databases a benchmark run can use: a temporary SQLite file, or a fresh PostgreSQL database.
+
+Every run gets an empty database of its own, so no run sees another's rows,
+indexes bloated by them, or a warm cache of them. PostgreSQL is one
+throwaway server (``tests/pgserver.py``) at default durability (fsync and
+synchronous_commit on, as in production) for the whole session, with a new
+database created per run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class SqliteDatabases:
+    """A temporary SQLite file per run, deleted (with its journal) afterwards.
+
+    Where the file lives matters more than anything else for SQLite: each
+    commit in Django's default rollback-journal mode creates, syncs and
+    deletes a journal file, which costs ~1.5 ms on an ext4 disk and next to
+    nothing on tmpfs, and ``/tmp`` is a disk on some machines and tmpfs on
+    others. So the default is a directory on the same disk as the checkout
+    (``.bench/tmp``), as a deployed SQLite database would be, and the
+    filesystem type is reported with the results.
+    """
+
+    kind = "sqlite"
+
+    def __init__(self, parent: Path):
+        parent.mkdir(parents=True, exist_ok=True)
+        self._dir = Path(tempfile.mkdtemp(prefix="bench-sqlite-", dir=parent))
+        self._counter = itertools.count(1)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "directory": str(self._dir), "filesystem": _filesystem_type(self._dir)}
+
+    @contextlib.contextmanager
+    def fresh(self, label: str) -> Iterator[str]:
+        path = self._dir / f"{next(self._counter):03d}-{label}.sqlite3"
+        try:
+            yield f"sqlite:///{path}"
+        finally:
+            for leftover in self._dir.glob(path.name + "*"):
+                leftover.unlink()
+
+    def close(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _filesystem_type(path: Path) -> str | None:
+    """The type (ext4, tmpfs, ...) of the filesystem holding ``path``, from /proc/mounts."""
+    try:
+        mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return None
+    path = path.resolve()
+    best = None
+    for fields in mounts:
+        mount_point = Path(fields[1].replace("\\040", " "))
+        if (path == mount_point or mount_point in path.parents) and (
+            best is None or len(str(mount_point)) > len(str(best[0]))
+        ):
+            best = (mount_point, fields[2])
+    return best[1] if best else None
+
+
+class PostgresDatabases:
+    """One throwaway PostgreSQL server at default durability; a new database per run."""
+
+    kind = "postgres"
+
+    def __init__(self):
+        if str(REPO_ROOT) not in sys.path:
+            sys.path.insert(0, str(REPO_ROOT))
+        from tests.pgserver import start_server
+
+        # settings=() keeps PostgreSQL's defaults; the helper's own default
+        # turns fsync off, which is right for tests and wrong for a benchmark.
+        self.server = start_server(settings=())
+        self._counter = itertools.count(1)
+
+    def _psql(self, sql: str) -> str:
+        cmd = [
+            str(self.server.bindir / "psql"),
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.server.port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ]
+        return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+
+    def describe(self) -> dict:
+        settings = self._psql(
+            "SELECT string_agg(name || '=' || setting, ',' ORDER BY name) FROM pg_settings "
+            "WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'shared_buffers')"
+        )
+        return {"kind": self.kind, "server_version": self._psql("SHOW server_version"), "settings": settings}
+
+    @contextlib.contextmanager
+    def fresh(self, label: str) -> Iterator[str]:
+        name = f"bench_{next(self._counter):03d}_{''.join(c if c.isalnum() else '_' for c in label)}"[:63]
+        self._psql(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"postgres://postgres@127.0.0.1:{self.server.port}/{name}"
+        finally:
+            self._psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def close(self) -> None:
+        self.server.destroy()
