@@ -22,7 +22,7 @@ endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-sqlite test-postgres lint bench venv clean
+.PHONY: run test test-sqlite test-postgres lint bench venv clean chromium
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@if [ -x "$(PY)" ] && [ "$$($(PY) -c 'import sys; print(sys.base_prefix)')" != "$$($(PYTHON) -c 'import sys; print(sys.base_prefix)')" ]; then \
@@ -42,7 +42,15 @@ run: $(STAMP)
 	@echo "Admin: http://127.0.0.1:$(PORT)/admin/  (Ctrl-C stops the web server and the worker)"
 	@$(PY) manage.py serve --port $(PORT)
 
-test: $(STAMP)
+# The admin's end-to-end test drives Debian's chromium (never a downloaded browser).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "Installing Debian's chromium for the browser test"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else echo "WARNING: chromium is missing; the browser test will fail (apt-get install chromium)" >&2; fi; }
+
+test: $(STAMP) chromium
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory test-sqlite && $(MAKE) --no-print-directory test-postgres; \
 	rc=$$?; echo "make test: $$(( $$(date +%s) - start ))s, exit $$rc"; exit $$rc
