@@ -1,5 +1,10 @@
 from django.apps import AppConfig
 
+# What TASKS becomes when a project adds "jobs" to INSTALLED_APPS and sets no TASKS of
+# its own (a project moving from django-background-tasks, say): this database backend,
+# accepting any queue name, as an empty QUEUES means to Django.
+DEFAULT_TASKS = {"default": {"BACKEND": "jobs.backends.DatabaseBackend", "QUEUES": []}}
+
 
 class JobsConfig(AppConfig):
     name = "jobs"
@@ -7,4 +12,9 @@ class JobsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.conf import settings
+
         from . import checks  # noqa: F401  (registers the app's system checks)
+
+        if not settings.is_overridden("TASKS"):
+            settings.TASKS = DEFAULT_TASKS

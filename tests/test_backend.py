@@ -146,3 +146,19 @@ def test_invalid_task_options_are_rejected_at_declaration():
 def test_priority_out_of_range_is_rejected():
     with pytest.raises(InvalidTask, match="priority"):
         tasks.add.using(priority=101).enqueue(1, 2)
+
+
+def test_a_project_without_tasks_setting_gets_this_backend(tmp_path):
+    """Adding "jobs" to INSTALLED_APPS is enough: TASKS defaults to the database backend."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("import django; django.setup(); from jobs.framework import task_backends; b = task_backends[\"default\"]; "
+            "print(type(b).__name__, sorted(b.queues))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "tests.settings_without_tasks",
+                               "JOBS_TEST_TMP": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "DatabaseBackend []"
