@@ -78,3 +78,16 @@ def test_claim_uses_the_partial_index_among_many_finished_rows(transactional_db)
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "jobs_job_claim_idx" in plan, plan
     assert "Seq Scan on jobs_job" not in plan, plan
+
+
+@pytest.mark.sqlite_only
+def test_claim_reads_the_claim_index_in_order_on_sqlite(transactional_db):
+    """No sort of the whole backlog: SQLite walks the partial index in claim order."""
+    now = timezone.now()
+    Job.objects.bulk_create([Job(task_path="tests.tasks.add", run_after=now, enqueued_at=now) for _ in range(3000)])
+    with connection.cursor() as cursor:
+        sql, params = claim_sql(connection, worker_id="w", limit=4, now=now, queues=["default", "emails"])
+        cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
+        plan = "\n".join(str(row[-1]) for row in cursor.fetchall())
+    assert "USING INDEX jobs_job_claim_idx" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
