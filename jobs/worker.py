@@ -393,7 +393,10 @@ class Worker:
                            error["exception_class_path"], error["message"][:200])
 
     def _held_ids(self) -> list[int]:
-        return [s.job.pk for s in self.slots if s.busy]
+        """Every job this worker holds RUNNING: in a slot, waiting in the buffer, or finished
+        but not yet written. A buffered job left out would look lost to other workers."""
+        return ([s.job.pk for s in self.slots if s.busy] + [job.pk for job in self.buffer]
+                + [outcome.job.pk for outcome in self.pending])
 
     def _heartbeat_and_sweep(self) -> None:
         now = self.now()

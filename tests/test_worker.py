@@ -234,3 +234,16 @@ def test_requeue_keeps_the_id_and_the_history(run_worker):
     assert job.status == JobStatus.READY and job.attempts == 0 and len(job.errors) == 3
     run_worker()
     assert job_of(result).attempts == 1 and len(job_of(result).errors) == 4
+
+
+def test_heartbeat_covers_jobs_waiting_in_the_prefetch_buffer(transactional_db):
+    """Claimed but not yet started jobs are held too: no other worker may take them back."""
+    for i in range(3):
+        tasks.add.enqueue(i, i)
+    worker = Worker(burst=True)
+    worker.buffer.extend(Job.objects.claim(worker_id=worker.id, limit=3, now=timezone.now()))
+    Job.objects.update(heartbeat_at=timezone.now() - timedelta(seconds=60))
+    worker._heartbeat_and_sweep()
+    assert Job.objects.filter(status=JobStatus.RUNNING, heartbeat_at__gte=timezone.now() - timedelta(seconds=5)
+                              ).count() == 3
+    assert not any(job.errors for job in Job.objects.all())
