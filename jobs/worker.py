@@ -50,6 +50,9 @@ _WAKE = object()  # put on the outcome queue to wake the main loop (signals, sto
 # slots, and at most this many jobs.
 PREFETCH_SECONDS = 0.02
 MAX_PREFETCH = 50
+# Prefetched jobs still waiting after this long (a job ran slower than expected) are
+# handed back for other workers.
+BUFFER_MAX_WAIT = 1.0
 # An outcome is written together with others, but waits at most this long (seconds).
 FLUSH_AFTER = 0.005
 
@@ -202,11 +205,16 @@ class Worker:
             if self._with_db(self._heartbeat_and_sweep):
                 self._next_beat = time.monotonic() + self.options.heartbeat_interval
         self._dispatch_buffered()
+        if self.buffer and time.monotonic() - self.buffer[0].claimed_mono > BUFFER_MAX_WAIT:
+            self._with_db(self._release_buffer)
         want = self._claim_size()
         if want or self._flush_due():
             claimed = self._with_db(lambda: self._record_and_claim(want))
             if claimed is None:  # database trouble: _with_db already backed off
                 return
+            claimed_mono = time.monotonic()
+            for job in claimed:
+                job.claimed_mono = claimed_mono  # the buffer is FIFO: its head is its oldest
             self.buffer.extend(claimed)
             self._dispatch_buffered()
             if self.burst and not claimed and not self.buffer and not self._busy() and not self.pending:
@@ -217,6 +225,17 @@ class Worker:
         if self.buffer and any(not s.busy for s in self.slots) and not self.stopping.is_set():
             return
         self._collect(block_for=self._wait_time())
+
+    def _release_buffer(self) -> None:
+        """Hand back prefetched jobs that waited too long behind a job slower than expected,
+        so that an idle worker elsewhere can run them now."""
+        released = list(self.buffer)
+        with transaction.atomic(using=self.db_alias):
+            for job in released:
+                job.mark_handed_back()
+        self.buffer.clear()
+        logger.info("prefetched jobs handed back worker=%s count=%d waited_over=%ss", self.id, len(released),
+                    BUFFER_MAX_WAIT)
 
     def _busy(self) -> bool:
         return any(s.busy for s in self.slots)

@@ -1,5 +1,6 @@
 """The worker in-process (burst mode): outcomes, retries, timeouts, safety, fencing, take-back."""
 
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -247,3 +248,27 @@ def test_heartbeat_covers_jobs_waiting_in_the_prefetch_buffer(transactional_db):
     assert Job.objects.filter(status=JobStatus.RUNNING, heartbeat_at__gte=timezone.now() - timedelta(seconds=5)
                               ).count() == 3
     assert not any(job.errors for job in Job.objects.all())
+
+
+def test_prefetched_jobs_stuck_behind_a_slow_job_are_handed_back(transactional_db):
+    for i in range(3):
+        tasks.add.enqueue(i, i)
+    worker = Worker(burst=True)  # not started: it has no free slot to run them in
+    claimed = Job.objects.claim(worker_id=worker.id, limit=3, now=timezone.now())
+    for job, age in zip(claimed, (5.0, 0.5, 0.0)):
+        job.claimed_mono = time.monotonic() - age
+    worker.buffer.extend(claimed)
+    worker._step()
+    assert not worker.buffer
+    assert Job.objects.filter(status=JobStatus.READY, attempts=0).count() == 3
+
+
+def test_freshly_prefetched_jobs_are_kept(transactional_db):
+    tasks.add.enqueue(1, 1)
+    worker = Worker(burst=True)
+    (job,) = Job.objects.claim(worker_id=worker.id, limit=1, now=timezone.now())
+    job.claimed_mono = time.monotonic()
+    worker.buffer.append(job)
+    worker._step()
+    assert list(worker.buffer) == [job]
+    assert Job.objects.get().status == JobStatus.RUNNING
