@@ -168,7 +168,7 @@ class Worker:
 
     def wake(self) -> None:
         """New work may be due: end the idle wait now (called from the waker thread)."""
-        if not self._busy():
+        if not all(s.busy for s in self.slots):  # a free slot could take it
             self.outcomes.put(_WAKE)
 
     def run(self) -> int:
