@@ -71,13 +71,21 @@ def reset_connections() -> None:
     """Give the next job clean connection state, without paying for a new connection.
 
     A job that died mid-transaction or left autocommit off must not leak that into
-    the next one; a broken connection is closed and reopened on first use.
+    the next one, and a broken connection is closed (the next query reopens it). A
+    healthy one stays open whatever CONN_MAX_AGE says: that setting is about web
+    requests, and Django's default of 0 would cost a new connection per job.
     """
     for conn in connections.all(initialized_only=True):
-        if conn.connection is not None and not conn.in_atomic_block and not conn.get_autocommit():
+        if conn.connection is None:
+            continue
+        if conn.errors_occurred:
+            if not conn.is_usable():
+                conn.close()
+                continue
+            conn.errors_occurred = False
+        if not conn.in_atomic_block and not conn.get_autocommit():
             conn.rollback()
             conn.set_autocommit(True)
-        conn.close_if_unusable_or_obsolete()
 
 
 def _call(task: Task, result, job: Job):

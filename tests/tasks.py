@@ -123,3 +123,16 @@ def slow_first_attempt(context, path, seconds):
     if context.attempt == 1:
         time.sleep(seconds)
     return context.attempt
+
+
+@django_task
+def connection_identity():
+    """Which server connection the job ran on (PostgreSQL backend pid, or the SQLite handle)."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            return cursor.fetchone()[0]
+    connection.ensure_connection()
+    return id(connection.connection)

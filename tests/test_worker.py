@@ -272,3 +272,19 @@ def test_freshly_prefetched_jobs_are_kept(transactional_db):
     worker._step()
     assert list(worker.buffer) == [job]
     assert Job.objects.get().status == JobStatus.RUNNING
+
+
+def test_job_threads_keep_their_connection_even_with_conn_max_age_0(run_worker):
+    """Django's default CONN_MAX_AGE=0 must not cost every job a new connection."""
+    from django.db import connections
+
+    settings_dict = connections.settings["default"]
+    saved = settings_dict.get("CONN_MAX_AGE")
+    settings_dict["CONN_MAX_AGE"] = 0
+    try:
+        results = [tasks.connection_identity.enqueue() for _ in range(4)]
+        run_worker(concurrency=1)
+    finally:
+        settings_dict["CONN_MAX_AGE"] = saved
+    identities = {tasks.connection_identity.get_result(r.id).return_value for r in results}
+    assert len(identities) == 1
