@@ -15,9 +15,23 @@ WORKER_ARGS = ["procrastinate", "worker", "--concurrency", "1"]
 IDLE_POLL_SECONDS = 1.0  # LISTEN/NOTIFY wakes it up; the 5 s poll is a fallback
 
 
-def enqueue(n: int) -> None:
+def enqueue_each(n: int) -> None:
+    for _ in range(n):
+        noop.defer()
+
+
+def enqueue_in_transaction(n: int) -> None:
+    with transaction.atomic():
+        for _ in range(n):
+            noop.defer()
+
+
+def enqueue_bulk(n: int) -> None:
     with transaction.atomic():
         noop.batch_defer(*({} for _ in range(n)))
+
+
+enqueue = enqueue_bulk
 
 
 def enqueue_stamp(token: str) -> None:
