@@ -1,0 +1,151 @@
+"""Benchmark hooks for our queue (contract: bench/README.md).
+
+The worker is ``manage.py process_tasks --no-scheduler`` at the production
+defaults (one slot; ``--concurrency 2`` as a variant). W1 has all three ways
+to enqueue; W4 records which jobs ran; W5 fills the table with finished rows
+and times the claim statement itself.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from bench_tasks import noop, record, stamp
+from django.db import connection, transaction
+from django.db.models import Count
+from django.utils import timezone
+
+import jobs
+from jobs.models import Job, JobStatus, claim_sql
+
+WORKER_ARGS = ["process_tasks", "--no-scheduler"]
+WORKER_VARIANTS = {"c2": [*WORKER_ARGS, "--concurrency", "2"]}
+IDLE_POLL_SECONDS = 1.0  # OPTIONS poll_interval default; LISTEN/NOTIFY or the SQLite probe wake it sooner
+
+
+# -- W1 / W2 -------------------------------------------------------------------------------
+
+def enqueue_each(n: int) -> None:
+    for _ in range(n):
+        noop.enqueue()
+
+
+def enqueue_in_transaction(n: int) -> None:
+    with transaction.atomic():
+        for _ in range(n):
+            noop.enqueue()
+
+
+def enqueue_bulk(n: int) -> None:
+    jobs.enqueue_many(noop, [((), {})] * n)
+
+
+enqueue = enqueue_bulk  # W2 fills the queue the fastest way
+
+
+def enqueue_stamp(token: str) -> None:
+    stamp.enqueue(token)
+
+
+def remaining() -> int:
+    return Job.objects.filter(status__in=[JobStatus.READY, JobStatus.RUNNING]).count()
+
+
+def failed() -> int:
+    return Job.objects.filter(status=JobStatus.FAILED).count()
+
+
+# -- W4: which jobs ran, and how often ------------------------------------------------------
+
+def enqueue_recorded(n: int) -> list[int]:
+    return [int(r.id) for r in jobs.enqueue_many(record, [((), {})] * n)]
+
+
+def recorded_statuses() -> dict[str, int]:
+    rows = Job.objects.filter(task_path=record.module_path).values("status").annotate(n=Count("id"))
+    return {row["status"]: row["n"] for row in rows}
+
+
+# -- W5: claim cost with many finished rows -------------------------------------------------
+
+def fill_finished(n: int) -> dict:
+    """Insert ``n`` SUCCESSFUL rows (finished over the last week) in one server-side statement."""
+    meta = Job._meta
+    qn = connection.ops.quote_name
+    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    if connection.vendor == "postgresql":
+        ago = "(now() - (i %% 604800) * interval '1 second')"
+        source = "FROM generate_series(1, %s) AS s(i)"
+        prefix = ""
+    else:
+        ago = "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', '-' || (i %% 604800) || ' seconds')"
+        source = "FROM s"
+        prefix = "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < %s) "
+    varying = {"run_after": ago, "enqueued_at": ago, "started_at": ago, "last_attempted_at": ago, "finished_at": ago}
+    values = {"task_path": noop.module_path, "status": JobStatus.SUCCESSFUL.value, "attempts": 1,
+              "worker_id": "bench:filler", "worker_ids": ["bench:filler"], "heartbeat_at": None}
+    exprs, params = [], []
+    for field in fields:
+        if field.name in varying:
+            exprs.append(varying[field.name])
+        else:
+            exprs.append("%s")
+            value = values[field.name] if field.name in values else field.get_default()
+            params.append(field.get_db_prep_save(value, connection))
+    columns = ", ".join(qn(f.column) for f in fields)
+    if connection.vendor == "postgresql":
+        sql = f"INSERT INTO {qn(meta.db_table)} ({columns}) SELECT {', '.join(exprs)} {source}"
+        params = [*params, n]
+    else:
+        sql = f"{prefix}INSERT INTO {qn(meta.db_table)} ({columns}) SELECT {', '.join(exprs)} {source}"
+        params = [n, *params]
+    started = time.perf_counter()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+    inserted = time.perf_counter() - started
+    analyzed = time.perf_counter()
+    if connection.vendor == "postgresql":
+        # What autovacuum does shortly after a bulk load; the claim does not depend on it.
+        with connection.cursor() as cursor:
+            cursor.execute(f"VACUUM ANALYZE {qn(meta.db_table)}")
+    return {"insert_s": inserted, "vacuum_s": time.perf_counter() - analyzed,
+            "rows": Job.objects.filter(status=JobStatus.SUCCESSFUL).count()}
+
+
+def claim_cost(samples: int) -> dict:
+    """Enqueue ``samples`` jobs, claim them one per statement, timing only the claim statement.
+
+    Each claim commits on its own, as the worker's would; the claimed jobs are then
+    marked SUCCESSFUL so the table keeps only finished rows besides the ready ones.
+    """
+    enqueue_bulk(samples)
+    worker_id = "bench:claimer"
+    times = []
+    for _ in range(samples):
+        sql, params = claim_sql(connection, worker_id=worker_id, limit=1, now=timezone.now(), queues=None)
+        with transaction.atomic(), connection.cursor() as cursor:
+            started = time.perf_counter()
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+            times.append(time.perf_counter() - started)
+        if len(rows) != 1:
+            raise RuntimeError(f"claim returned {len(rows)} rows, expected 1")
+    Job.objects.filter(worker_id=worker_id, status=JobStatus.RUNNING).update(
+        status=JobStatus.SUCCESSFUL, finished_at=timezone.now(), heartbeat_at=None)
+    return {"median_s": statistics.median(times), "p95_s": sorted(times)[int(0.95 * (len(times) - 1))],
+            "samples": len(times), "plan": claim_plan()}
+
+
+def claim_plan() -> list[str]:
+    """How the database runs the claim (EXPLAIN), for the report."""
+    sql, params = claim_sql(connection, worker_id="bench:explain", limit=1, now=timezone.now(), queues=None)
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("EXPLAIN " + sql, params)
+            lines = [row[0] for row in cursor.fetchall()]
+        else:
+            cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
+            lines = [row[-1] for row in cursor.fetchall()]
+        transaction.set_rollback(True)
+    return lines
