@@ -1,7 +1,7 @@
-"""``python -m bench`` (what ``make bench`` runs): the peer comparison, see run_peers.py."""
+"""``python -m bench`` (what ``make bench`` runs): see bench/run.py."""
 
 import sys
 
-from bench.run_peers import main
+from bench.run import main
 
 sys.exit(main())

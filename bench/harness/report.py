@@ -1,7 +1,9 @@
-"""Summaries of benchmark runs: medians per (queue, database), a text table, and the JSON file.
+"""Summaries of benchmark runs: medians per queue and database, our ratios, the targets, tables and JSON.
 
 Medians, not means: with three repetitions one disturbed run (a checkpoint,
-a noisy neighbour) should not move the figure we compare.
+a noisy neighbour) should not move the figure we compare. Ratios are always
+"how many times better ours is": our throughput over theirs, their latency
+over ours.
 """
 
 from __future__ import annotations
@@ -10,13 +12,27 @@ import json
 import statistics
 from pathlib import Path
 
+MODES = {"each": "one by one", "tx": "one transaction", "bulk": "bulk"}
+DB_LABEL = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+POLL_INTERVAL_S = 1.0  # our OPTIONS poll_interval default: the W3 SQLite target is half of it
 
-def _median(values: list[float]) -> float | None:
+# (workload, peer, database, minimum ratio) from issue 6.
+W2_TARGETS = (
+    ("django-background-tasks", "sqlite", 10),
+    ("django-background-tasks", "postgres", 10),
+    ("django-tasks-db", "sqlite", 5),
+    ("django-tasks-db", "postgres", 5),
+    ("procrastinate", "postgres", 3),
+)
+
+
+def median(values) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
 
 
-def _percentile(values: list[float], pct: float) -> float | None:
+def percentile(values, pct: float) -> float | None:
+    """Nearest-rank percentile of ``values``."""
     if not values:
         return None
     ordered = sorted(values)
@@ -24,91 +40,292 @@ def _percentile(values: list[float], pct: float) -> float | None:
     return ordered[index]
 
 
-def summarize(runs: list[dict]) -> list[dict]:
-    """One row per (queue, database) in first-seen order, from the per-run records."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for run in runs:
-        groups.setdefault((run["queue"], run["db"]), []).append(run)
+def _ratio(ours: float | None, theirs: float | None) -> float | None:
+    return ours / theirs if ours and theirs else None
+
+
+def _group(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(k) for k in keys), []).append(row)
+    return groups
+
+
+# -- summaries ------------------------------------------------------------------------------------------
+
+def summarize(results, profile, ours_name: str = "ours") -> dict:
+    w1 = _summarize_w1(results.w1, ours_name)
+    w2 = _summarize_w2(results.w2, ours_name)
+    w3 = _summarize_w3(results.w3, ours_name)
+    w4 = _summarize_w4(results.w4)
+    w5 = _summarize_w5(results.w5, results.w5_fill)
+    return {"w1": w1, "w2": w2, "w3": w3, "w4": w4, "w5": w5, "targets": targets(w1, w2, w3, w4, w5, ours_name)}
+
+
+def _summarize_w1(runs: list[dict], ours: str) -> list[dict]:
     rows = []
-    for (queue, db), group in groups.items():
+    for (queue, db, mode), group in _group([r for r in runs if not r.get("error")], "queue", "db", "mode").items():
+        rates = [r["jobs_per_s"] for r in group]
+        rows.append({"queue": queue, "db": db, "mode": mode, "n": group[0]["n"], "runs": len(group),
+                     "median_jobs_per_s": median(rates), "min_jobs_per_s": min(rates), "max_jobs_per_s": max(rates)})
+    ours_rate = {(r["db"], r["mode"]): r["median_jobs_per_s"] for r in rows if r["queue"] == ours}
+    for row in rows:
+        row["ours_ratio"] = None if row["queue"] == ours else _ratio(ours_rate.get((row["db"], row["mode"])),
+                                                                     row["median_jobs_per_s"])
+    return rows
+
+
+def _summarize_w2(runs: list[dict], ours: str) -> list[dict]:
+    rows = []
+    for (queue, variant, db), group in _group(runs, "queue", "variant", "db").items():
         ok = [r for r in group if not r.get("error")]
         rates = [r["jobs_per_s"] for r in ok]
-        rows.append(
-            {
-                "queue": queue,
-                "db": db,
-                "n": ok[0]["n"] if ok else group[0]["n"],
-                "runs": len(group),
-                "errors": len(group) - len(ok),
-                "median_jobs_per_s": _median(rates),
-                "min_jobs_per_s": min(rates) if rates else None,
-                "max_jobs_per_s": max(rates) if rates else None,
-                "median_steady_jobs_per_s": _median([r.get("steady_jobs_per_s") for r in ok]),
-                "median_first_done_s": _median([r.get("first_done_s") for r in ok]),
-                "worker_tracebacks": sum(r.get("worker_tracebacks") or 0 for r in ok),
-            }
-        )
+        rows.append({
+            "queue": queue, "variant": variant or "", "db": db, "n": (ok or group)[0]["n"],
+            "capped": (ok or group)[0].get("capped", False), "runs": len(group), "errors": len(group) - len(ok),
+            "median_jobs_per_s": median(rates), "min_jobs_per_s": min(rates) if rates else None,
+            "max_jobs_per_s": max(rates) if rates else None,
+            "median_steady_jobs_per_s": median([r.get("steady_jobs_per_s") for r in ok]),
+            "median_first_done_s": median([r.get("first_done_s") for r in ok]),
+            "worker_tracebacks": sum(r.get("worker_tracebacks") or 0 for r in ok),
+        })
+    ours_rate = {r["db"]: r["median_jobs_per_s"] for r in rows if r["queue"] == ours and not r["variant"]}
+    for row in rows:
+        row["ours_ratio"] = None if row["queue"] == ours else _ratio(ours_rate.get(row["db"]), row["median_jobs_per_s"])
     return rows
 
 
-def summarize_latency(latencies: list[dict]) -> list[dict]:
+def _summarize_w3(items: list[dict], ours: str) -> list[dict]:
     rows = []
-    for item in latencies:
+    for item in items:
         samples = item.get("samples") or []
-        rows.append(
-            {
-                "queue": item["queue"],
-                "db": item["db"],
-                "samples": len(samples),
-                "p50_s": _percentile(samples, 50),
-                "p95_s": _percentile(samples, 95),
-                "error": item.get("error"),
-            }
-        )
+        rows.append({"queue": item["queue"], "db": item["db"], "samples": len(samples),
+                     "p50_s": percentile(samples, 50), "p95_s": percentile(samples, 95),
+                     "max_s": max(samples) if samples else None, "error": item.get("error")})
+    ours_p50 = {r["db"]: r["p50_s"] for r in rows if r["queue"] == ours}
+    for row in rows:
+        row["ours_ratio"] = None if row["queue"] == ours else _ratio(row["p50_s"], ours_p50.get(row["db"]))
     return rows
 
 
-def _fmt(value: float | None, spec: str) -> str:
+def _summarize_w4(runs: list[dict]) -> list[dict]:
+    rows = []
+    for (db,), group in _group(runs, "db").items():
+        ok = [r for r in group if not r.get("error")]
+        rows.append({
+            "db": db, "n": group[0]["n"], "processes": group[0]["processes"], "runs": len(group),
+            "errors": len(group) - len(ok), "median_jobs_per_s": median([r["jobs_per_s"] for r in ok]),
+            "duplicates": sum(r.get("duplicates") or 0 for r in ok), "misses": sum(r.get("misses") or 0 for r in ok),
+            "unexpected": sum(r.get("unexpected") or 0 for r in ok),
+            "all_successful": all(set((r.get("statuses") or {}).keys()) <= {"SUCCESSFUL"} for r in ok),
+        })
+    return rows
+
+
+def _summarize_w5(runs: list[dict], fills: list[dict]) -> list[dict]:
+    rows = []
+    fill_by_db = {f["db"]: f for f in fills}
+    for (db,), group in _group(runs, "db").items():
+        by_state = _group(group, "state")
+        empty, filled = by_state.get(("empty",), []), by_state.get(("filled",), [])
+        claim = {s: median([r["claim_median_s"] for r in g]) for s, g in (("empty", empty), ("filled", filled))}
+        drain = {s: median([r["drain_jobs_per_s"] for r in g]) for s, g in (("empty", empty), ("filled", filled))}
+        fill = fill_by_db.get(db, {})
+        rows.append({
+            "db": db, "rows": filled[0]["rows"] if filled else None, "runs": len(filled),
+            "claims_per_run": group[0]["claims"], "drain_n": group[0]["drain_n"],
+            "claim_empty_s": claim["empty"], "claim_filled_s": claim["filled"],
+            "claim_ratio": _ratio(claim["filled"], claim["empty"]),
+            "drain_empty_jobs_per_s": drain["empty"], "drain_filled_jobs_per_s": drain["filled"],
+            "drain_ratio": _ratio(drain["empty"], drain["filled"]),
+            "fill_insert_s": fill.get("insert_s"), "plan_filled": filled[-1]["plan"] if filled else None,
+        })
+    return rows
+
+
+def targets(w1, w2, w3, w4, w5, ours: str) -> list[dict]:
+    """The issue's targets, each with what was measured and whether it was met (None: not measured)."""
+    out = []
+
+    def add(name: str, measured: float | None, met: bool | None, shown: str):
+        out.append({"target": name, "measured": measured, "met": met, "shown": shown})
+
+    w2_by = {(r["queue"], r["db"]): r for r in w2 if not r["variant"]}
+    for peer, db, minimum in W2_TARGETS:
+        ratio = (w2_by.get((peer, db)) or {}).get("ours_ratio")
+        add(f"W2 one worker >= {minimum}x {peer} on {DB_LABEL[db]}", ratio,
+            None if ratio is None else ratio >= minimum, "-" if ratio is None else f"{ratio:.1f}x")
+    w3_by = {r["db"]: r for r in w3 if r["queue"] == ours and r["samples"]}
+    pg, lite = w3_by.get("postgres"), w3_by.get("sqlite")
+    for label, row, key, limit in (("W3 PostgreSQL p50 <= 10 ms", pg, "p50_s", 0.010),
+                                   ("W3 PostgreSQL p95 <= 30 ms", pg, "p95_s", 0.030),
+                                   (f"W3 SQLite p50 <= {POLL_INTERVAL_S / 2 * 1000:.0f} ms (half the poll interval)",
+                                    lite, "p50_s", POLL_INTERVAL_S / 2)):
+        value = row[key] if row else None
+        add(label, value, None if value is None else value <= limit, "-" if value is None else f"{value * 1000:.1f} ms")
+    for row in w4:
+        bad = row["duplicates"] + row["misses"] + row["unexpected"]
+        ok = bad == 0 and not row["errors"] and row["all_successful"]
+        add(f"W4 zero duplicates and misses on {DB_LABEL[row['db']]}", bad, ok,
+            f"{row['duplicates']} dup / {row['misses']} miss in {row['runs']} runs of {row['n']:,}")
+    for row in w5:
+        ratio = row["claim_ratio"]
+        add(f"W5 claim cost with {row['rows']:,} finished rows <= 1.5x empty on {DB_LABEL[row['db']]}", ratio,
+            None if ratio is None else ratio <= 1.5, "-" if ratio is None else f"{ratio:.2f}x")
+    w1_by = {r["db"]: r for r in w1 if r["queue"] == ours and r["mode"] == "bulk"}
+    for db in ("sqlite", "postgres"):
+        rate = (w1_by.get(db) or {}).get("median_jobs_per_s")
+        add(f"W1 bulk >= 20,000 jobs/s on {DB_LABEL[db]}", rate, None if rate is None else rate >= 20000,
+            "-" if rate is None else f"{rate:,.0f} jobs/s")
+    return out
+
+
+# -- text ---------------------------------------------------------------------------------------------------
+
+def _num(value: float | None, spec: str = ",.0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def format_table(rows: list[dict]) -> str:
-    header = ("queue", "db", "N", "jobs/s (median)", "min-max", "steady jobs/s", "start-up s", "notes")
-    lines = [header]
-    for row in rows:
-        notes = []
-        if row["errors"]:
-            notes.append(f"{row['errors']}/{row['runs']} runs failed")
-        if row["worker_tracebacks"]:
-            notes.append(f"{row['worker_tracebacks']} worker tracebacks")
-        lines.append(
-            (
-                row["queue"],
-                row["db"],
-                str(row["n"]),
-                _fmt(row["median_jobs_per_s"], ".1f"),
-                f"{_fmt(row['min_jobs_per_s'], '.1f')}-{_fmt(row['max_jobs_per_s'], '.1f')}",
-                _fmt(row["median_steady_jobs_per_s"], ".1f"),
-                _fmt(row["median_first_done_s"], ".2f"),
-                "; ".join(notes),
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
-    out.insert(1, "  ".join("-" * width for width in widths))
+def _rate(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def _x(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.0f}x" if value >= 100 else f"{value:.1f}x"
+
+
+def _table(header: list[str], rows: list[list[str]], align: str | None = None) -> str:
+    align = align or "l" * len(header)
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    sep = ["-" * w if a == "l" else "-" * (w - 1) + ":" for w, a in zip(widths, align)]
+
+    def line(cells):
+        return "| " + " | ".join(str(c).ljust(w) if a == "l" else str(c).rjust(w)
+                                 for c, w, a in zip(cells, widths, align)) + " |"
+
+    return "\n".join([line(header), "| " + " | ".join(sep) + " |", *(line(r) for r in rows)])
+
+
+def _system(queue: str, variant: str = "") -> str:
+    if variant == "c2":
+        return f"**{queue}** `--concurrency 2`"
+    return f"**{queue}**" if queue == "ours" else queue
+
+
+def _order(rows: list[dict], ours: str = "ours") -> list[dict]:
+    dbs = {"sqlite": 0, "postgres": 1}
+    return sorted(rows, key=lambda r: (dbs.get(r["db"], 9), r.get("queue") != ours, r.get("variant") or ""))
+
+
+def machine_line(payload: dict) -> str:
+    m = payload["machine"]
+    dbs = payload.get("databases", {})
+    parts = [f"{m.get('cpus')} cores ({m.get('cpu_model', 'unknown CPU')})"]
+    if m.get("memory_gb"):
+        parts.append(f"{m['memory_gb']:g} GB RAM")
+    parts.append(m.get("platform", ""))
+    pg = dbs.get("postgres")
+    if pg:
+        parts.append(f"PostgreSQL {pg.get('server_version')} ({pg.get('settings')})")
+    lite = dbs.get("sqlite")
+    sqlite_version = (payload.get("queues", {}).get("ours") or {}).get("sqlite")
+    if lite:
+        parts.append(f"SQLite {sqlite_version or ''} on {lite.get('filesystem')}".replace("  ", " "))
+    before, after = m.get("loadavg_before") or [0, 0, 0], m.get("loadavg_after") or [0, 0, 0]
+    parts.append(f"load average {before[0]:.2f} before, {after[0]:.2f} after")
+    return "; ".join(p for p in parts if p)
+
+
+def markdown(payload: dict) -> str:
+    s = payload["summary"]
+    sizes = payload["sizes"]
+    out = [f"Profile `{payload['profile']}`, {payload['started_at']}, {sizes['reps']} repetitions, medians; "
+           f"harness wall time {payload['wall_s'] / 60:.1f} min.", "", f"Machine: {machine_line(payload)}."]
+
+    if s["w1"]:
+        out += ["", "**W1 enqueue** (jobs/s; in brackets: ours ÷ this system, same way and database)", ""]
+        keyed = {(r["queue"], r["db"], r["mode"]): r for r in s["w1"]}
+        pairs = []
+        for r in _order(s["w1"]):
+            if (r["queue"], r["db"]) not in pairs:
+                pairs.append((r["queue"], r["db"]))
+        rows = []
+        for queue, db in pairs:
+            cells, sizes_used = [], []
+            for mode in MODES:
+                r = keyed.get((queue, db, mode))
+                if not r:
+                    cells.append("n/a")
+                    continue
+                sizes_used.append(f"{r['n']:,}")
+                ratio = f" ({_x(r['ours_ratio'])})" if r["ours_ratio"] else ""
+                cells.append(_rate(r["median_jobs_per_s"]) + ratio)
+            rows.append([_system(queue), DB_LABEL[db], *cells, " / ".join(sizes_used)])
+        out.append(_table(["system", "db", *MODES.values(), "jobs timed"], rows, "llrrrl"))
+
+    if s["w2"]:
+        out += ["", "**W2 drain**, one worker process (jobs/s from spawning the worker until all N are done; "
+                "steady: after the first job)", ""]
+        rows = []
+        for r in _order(s["w2"]):
+            notes = []
+            if r["errors"]:
+                notes.append(f"{r['errors']}/{r['runs']} runs failed")
+            if r["worker_tracebacks"]:
+                notes.append(f"{r['worker_tracebacks']} worker tracebacks")
+            n = f"{r['n']:,}" + (" (capped)" if r["capped"] else "")
+            rows.append([_system(r["queue"], r["variant"]), DB_LABEL[r["db"]], n, _rate(r["median_jobs_per_s"]),
+                         f"{_rate(r['min_jobs_per_s'])}–{_rate(r['max_jobs_per_s'])}",
+                         _rate(r["median_steady_jobs_per_s"]), _num(r["median_first_done_s"], ".2f"),
+                         f"**{_x(r['ours_ratio'])}**" if r["ours_ratio"] else "", "; ".join(notes)])
+        out.append(_table(["system", "db", "N", "jobs/s", "min–max", "steady jobs/s", "start-up s", "ours ÷ this",
+                           "notes"], rows, "llrrrrrrl"))
+
+    if s["w3"]:
+        out += ["", "**W3 enqueue-to-start latency**, idle worker, probes at a random phase of the poll", ""]
+        rows = []
+        for r in _order(s["w3"]):
+            if r["error"]:
+                rows.append([_system(r["queue"]), DB_LABEL[r["db"]], "0", "failed", "", "", ""])
+                continue
+            rows.append([_system(r["queue"]), DB_LABEL[r["db"]], str(r["samples"]), _num(r["p50_s"] * 1000, ".1f"),
+                         _num(r["p95_s"] * 1000, ".1f"), _num(r["max_s"] * 1000, ".1f"),
+                         f"**{_x(r['ours_ratio'])}**" if r["ours_ratio"] else ""])
+        out.append(_table(["system", "db", "samples", "p50 ms", "p95 ms", "max ms", "this ÷ ours (p50)"], rows,
+                          "llrrrrr"))
+
+    if s["w4"]:
+        out += ["", "**W4 two worker processes** of ours draining one queue (each job appends its id to a file)", ""]
+        rows = [[DB_LABEL[r["db"]], f"{r['n']:,}", str(r["runs"]), _rate(r["median_jobs_per_s"]), str(r["duplicates"]),
+                 str(r["misses"]), "yes" if r["all_successful"] and not r["errors"] else "NO"] for r in _order(s["w4"])]
+        out.append(_table(["db", "N per run", "runs", "jobs/s", "duplicates", "misses", "all SUCCESSFUL"], rows,
+                          "lrrrrrl"))
+
+    if s["w5"]:
+        out += ["", "**W5 claim cost** with finished rows in the table (claim statement, one job per claim; and a "
+                f"drain of {s['w5'][0]['drain_n']:,} jobs)", ""]
+        rows = []
+        for r in _order(s["w5"]):
+            rows.append([DB_LABEL[r["db"]], f"{r['rows']:,}" if r["rows"] is not None else "-",
+                         _num(r["claim_empty_s"] and r["claim_empty_s"] * 1e6), _num(r["claim_filled_s"] and
+                                                                                   r["claim_filled_s"] * 1e6),
+                         f"**{r['claim_ratio']:.2f}x**" if r["claim_ratio"] else "-", _rate(r["drain_empty_jobs_per_s"]),
+                         _rate(r["drain_filled_jobs_per_s"]), f"{r['drain_ratio']:.2f}x" if r["drain_ratio"] else "-"])
+        out.append(_table(["db", "finished rows", "claim µs (empty)", "claim µs (filled)", "ratio",
+                           "drain jobs/s (empty)", "drain jobs/s (filled)", "ratio"], rows, "lrrrrrrr"))
+
+    if s["targets"]:
+        out += ["", "**Targets** (issue 6)", ""]
+        rows = [[t["target"], t["shown"], {True: "met", False: "**missed**", None: "not measured"}[t["met"]]]
+                for t in s["targets"]]
+        out.append(_table(["target", "measured", ""], rows, "lrl"))
+    if payload.get("errors"):
+        out += ["", "Errors:", *(f"- {e.splitlines()[0]}" for e in payload["errors"])]
     return "\n".join(out)
-
-
-def format_latency_table(rows: list[dict]) -> str:
-    lines = [f"{'queue':<26} {'db':<9} {'samples':>7} {'p50 ms':>8} {'p95 ms':>8}"]
-    for row in rows:
-        if row["error"]:
-            lines.append(f"{row['queue']:<26} {row['db']:<9} failed: {row['error'].splitlines()[0]}")
-            continue
-        p50 = _fmt(row["p50_s"] and row["p50_s"] * 1000, ".0f")
-        p95 = _fmt(row["p95_s"] and row["p95_s"] * 1000, ".0f")
-        lines.append(f"{row['queue']:<26} {row['db']:<9} {row['samples']:>7} {p50:>8} {p95:>8}")
-    return "\n".join(lines)
 
 
 def write_json(path: Path, payload: dict) -> None:
