@@ -42,6 +42,12 @@ def to_json(value, culprit: str):
 
 def serialise_arguments(task: Task, args, kwargs) -> tuple[list, dict]:
     """Check every argument before anything is written, naming the one that fails."""
+    if all(isinstance(key, str) for key in kwargs):
+        try:  # the common case in one round: the whole call at once
+            json_args, json_kwargs = json.loads(json.dumps([args, kwargs], allow_nan=False))
+            return json_args, json_kwargs
+        except (TypeError, ValueError):
+            pass  # find and name the culprit below
     path = task.module_path
     json_args = [to_json(value, f"{path}: positional argument {index}") for index, value in enumerate(args)]
     json_kwargs = {}

@@ -10,6 +10,7 @@ wakes up later cannot overwrite an attempt another worker has taken over.
 
 from __future__ import annotations
 
+import json
 import traceback as traceback_module
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
@@ -147,10 +148,28 @@ class JobQuerySet(models.QuerySet):
                 value = common[field.name] if field.name in common else field.get_default()
                 prepared[field.name] = field.get_db_prep_save(value, connection)
         qn = connection.ops.quote_name
-        columns = ", ".join(qn(f.column) for f in fields)
-        row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        table, columns = qn(Job._meta.db_table), ", ".join(qn(f.column) for f in fields)
         ids: list[int] = []
         with connection.cursor() as cursor:
+            if connection.vendor == "postgresql" and all(
+                    isinstance(Job._meta.get_field(name), models.JSONField) for name in varying_names):
+                # One statement per 5000 jobs with a handful of parameters: the varying JSON
+                # comes as text arrays that unnest() turns into rows, in order.
+                items = [f"v.{qn(f.column)}::jsonb" if f.name in varying_names else f"%s::{f.cast_db_type(connection)}"
+                         for f in fields]
+                sql = (f"INSERT INTO {table} ({columns}) SELECT {', '.join(items)} FROM unnest("
+                       f"{', '.join(['%s::text[]'] * len(varying_names))}) WITH ORDINALITY "
+                       f"AS v({', '.join(qn(Job._meta.get_field(n).column) for n in varying_names)}, ord) "
+                       f"ORDER BY v.ord RETURNING {qn('id')}")
+                constants = [prepared[f.name] for f in fields if f.name not in varying_names]
+                for start in range(0, len(varying), 5000):
+                    batch = varying[start:start + 5000]
+                    arrays = [[json.dumps(row.get(name, Job._meta.get_field(name).get_default())) for row in batch]
+                              for name in varying_names]
+                    cursor.execute(sql, [*constants, *arrays])
+                    ids.extend(row[0] for row in cursor.fetchall())
+                return ids
+            row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
             for start in range(0, len(varying), batch_size):
                 batch = varying[start:start + batch_size]
                 params = []
@@ -161,7 +180,7 @@ class JobQuerySet(models.QuerySet):
                         else:
                             value = row[field.name] if field.name in row else common.get(field.name, field.get_default())
                             params.append(field.get_db_prep_save(value, connection))
-                cursor.execute(f"INSERT INTO {qn(Job._meta.db_table)} ({columns}) VALUES "
+                cursor.execute(f"INSERT INTO {table} ({columns}) VALUES "
                                f"{', '.join([row_sql] * len(batch))} RETURNING {qn('id')}", params)
                 ids.extend(row[0] for row in cursor.fetchall())
         return ids
