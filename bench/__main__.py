@@ -2,6 +2,6 @@
 
 import sys
 
-from bench.run import main
+from bench.run import run_cli
 
-sys.exit(main())
+sys.exit(run_cli())

@@ -546,5 +546,15 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if results.errors else 0
 
 
+def run_cli() -> int:
+    """``main()`` for the command line: Ctrl-C ends the run without a traceback (the
+    drivers stop their workers and the PostgreSQL server is removed on the way out)."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli())

@@ -6,7 +6,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run import main
+from bench.run import run_cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli())
