@@ -15,10 +15,10 @@ from types import SimpleNamespace
 from django.core import checks
 from django.db import connections, router, transaction
 from django.utils import timezone
-from django.utils.module_loading import import_string
 
-from .conf import JobsOptions, OptionsError, parse_options
+from .conf import MAX_ATTEMPTS, MAX_TIMEOUT, JobsOptions, OptionsError, parse_options
 from .decorators import JobTask
+from .exceptions import JobError
 from .framework import (
     BaseTaskBackend,
     InvalidTask,
@@ -29,24 +29,52 @@ from .framework import (
     TaskResultStatus,
     task_enqueued,
 )
+from .resolve import SETTING as TASK_MODULES_SETTING
+from .resolve import refusal, resolve_task
 from .wakeup import notify_enqueued
+
+# Deepest nesting of lists and objects a stored value may have: both databases (SQLite
+# refuses JSON deeper than 1000) and the worker's decoder must be able to read it back.
+MAX_NESTING = 500
+
+
+def nesting_depth(value) -> int:
+    """How deeply lists and dicts nest in ``value`` (0 for a scalar), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _dumps(value) -> str:
+    text = json.dumps(value, allow_nan=False)
+    # Counting brackets is a cheap upper bound on the depth; only a value that could be
+    # too deep is walked.
+    if text.count("[") + text.count("{") > MAX_NESTING and nesting_depth(json.loads(text)) > MAX_NESTING:
+        raise ValueError(f"nested more than {MAX_NESTING} levels deep")
+    return text
 
 
 def to_json(value, culprit: str):
     """``value`` as plain JSON types, or a TypeError that names the culprit."""
     try:
-        return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{culprit} is not JSON-serialisable ({type(value).__name__}: {exc})") from exc
+        return json.loads(_dumps(value))
+    except (TypeError, ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise TypeError(f"{culprit} is not JSON-serialisable ({type(value).__name__}: {reason})") from exc
 
 
 def serialise_arguments(task: Task, args, kwargs) -> tuple[list, dict]:
     """Check every argument before anything is written, naming the one that fails."""
     if all(isinstance(key, str) for key in kwargs):
         try:  # the common case in one round: the whole call at once
-            json_args, json_kwargs = json.loads(json.dumps([args, kwargs], allow_nan=False))
+            json_args, json_kwargs = json.loads(_dumps([list(args), kwargs]))
             return json_args, json_kwargs
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             pass  # find and name the culprit below
     path = task.module_path
     json_args = [to_json(value, f"{path}: positional argument {index}") for index, value in enumerate(args)]
@@ -87,15 +115,29 @@ class DatabaseBackend(BaseTaskBackend):
         super().validate_task(task)
         max_attempts = getattr(task, "max_attempts", None)
         if max_attempts is not None and (isinstance(max_attempts, bool) or not isinstance(max_attempts, int)
-                                         or max_attempts < 1):
-            raise InvalidTask(f"{task.module_path}: max_attempts must be an integer >= 1, got {max_attempts!r}")
+                                         or not 1 <= max_attempts <= MAX_ATTEMPTS):
+            raise InvalidTask(f"{task.module_path}: max_attempts must be an integer from 1 to {MAX_ATTEMPTS}, "
+                              f"got {max_attempts!r}")
         timeout = getattr(task, "timeout", None)
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                    or timeout <= 0):
-            raise InvalidTask(f"{task.module_path}: timeout must be a number of seconds > 0, got {timeout!r}")
+                                    or not 0 < timeout <= MAX_TIMEOUT):
+            raise InvalidTask(f"{task.module_path}: timeout must be a number of seconds > 0 and <= {MAX_TIMEOUT:g}, "
+                              f"got {timeout!r}")
+
         backoff = getattr(task, "backoff", None)
         if backoff is not None and not callable(backoff):
             raise InvalidTask(f"{task.module_path}: backoff must be callable, got {backoff!r}")
+
+    def validate_runnable(self, task: Task) -> None:
+        """Refuse to enqueue a job that no worker would import (see ``jobs.resolve``).
+
+        Checked at enqueue, not when the task is declared: a module outside the
+        allowed ones still imports, and says what to change when it is used.
+        """
+        reason = refusal(task.module_path)
+        if reason:
+            raise InvalidTask(f"{reason}: a worker would not run it. Declare the task in an installed app, "
+                              f"or add its module to settings.{TASK_MODULES_SETTING}")
 
     def max_attempts_for(self, task: Task) -> int:
         return getattr(task, "max_attempts", None) or self.jobs_options.max_attempts
@@ -104,6 +146,7 @@ class DatabaseBackend(BaseTaskBackend):
         from .models import Job
 
         self.validate_task(task)
+        self.validate_runnable(task)
         json_args, json_kwargs = serialise_arguments(task, args, kwargs)
         now = timezone.now()
         job = Job.objects.create(
@@ -127,6 +170,7 @@ class DatabaseBackend(BaseTaskBackend):
         from .models import Job
 
         self.validate_task(task)
+        self.validate_runnable(task)
         now = timezone.now()
         common = dict(task_path=task.module_path, backend=self.alias, queue_name=task.queue_name,
                       priority=task.priority, run_after=task.run_after or now, enqueued_at=now,
@@ -161,11 +205,9 @@ class DatabaseBackend(BaseTaskBackend):
         except (Job.DoesNotExist, ValueError, TypeError):
             raise TaskResultDoesNotExist(result_id) from None
         try:
-            task = import_string(job.task_path)
-        except ImportError as exc:
-            raise TaskResultDoesNotExist(f"{result_id}: task {job.task_path!r} does not import ({exc})") from exc
-        if not isinstance(task, Task):
-            raise TaskResultDoesNotExist(f"{result_id}: {job.task_path!r} is not a task")
+            task = resolve_task(job.task_path)
+        except JobError as exc:
+            raise TaskResultDoesNotExist(f"{result_id}: {exc}") from exc
         return self.to_task_result(job, task)
 
     def to_task_result(self, job, task: Task, *, result_task: Task | None = None) -> TaskResult:

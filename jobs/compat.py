@@ -52,11 +52,13 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import router, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from django.utils.module_loading import import_string, module_has_submodule
+from django.utils.module_loading import module_has_submodule
 
 from .backends import DatabaseBackend, serialise_arguments, to_json
 from .decorators import JobTask
+from .exceptions import JobError
 from .framework import DEFAULT_TASK_QUEUE_NAME, Task
+from .resolve import resolve_task
 
 __all__ = [
     "DAILY", "EVERY_2_WEEKS", "EVERY_4_WEEKS", "HOURLY", "NEVER", "WEEKLY",
@@ -295,13 +297,16 @@ class BackgroundTask(JobTask):
     def _check_importable(self) -> None:
         """A worker finds the task by its path: refuse to enqueue jobs no worker could run."""
         try:
-            found = import_string(self.module_path)
-        except ImportError:
-            found = None
+            found = resolve_task(self.module_path)
+        except JobError as exc:
+            found, why = None, f": {exc}"
+        else:
+            why = ""
         if not isinstance(found, BackgroundTask) or found.func is not self.func:
             raise ImproperlyConfigured(
                 f"@background task {self.background_name!r} must be importable as {self.module_path!r} "
-                f"(a module-level function decorated where it is defined), so that a worker can find it")
+                f"(a module-level function decorated where it is defined, in an installed app or a module of "
+                f"settings.JOBS_TASK_MODULES), so that a worker can find it{why}")
 
 
 def _enqueue(task: BackgroundTask, backend: DatabaseBackend, args: list, kwargs: dict, *, run_after: datetime,

@@ -7,6 +7,7 @@ a typo stops a deploy instead of surfacing in a worker at 3 a.m.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from numbers import Real
 
@@ -40,25 +41,36 @@ class JobsOptions:
         return self.stale_after / 3
 
 
-def _number(key: str, value, minimum: float, *, integer: bool = False, inclusive: bool = True):
+# Upper bounds: past these a value is a typo (or an attack on the worker), not a choice.
+# 1000 attempts at the one-hour backoff cap is six weeks of retrying.
+MAX_ATTEMPTS = 1000
+DAY = 86400.0
+YEAR = 365 * DAY
+MAX_TIMEOUT = YEAR  # a task's timeout, seconds
+
+
+def _number(key: str, value, minimum: float, maximum: float, *, integer: bool = False, inclusive: bool = True):
     kind = "an integer" if integer else "a number"
     ok_type = isinstance(value, int) if integer else isinstance(value, Real)
     if isinstance(value, bool) or not ok_type:
         raise OptionsError(key, f"OPTIONS[{key!r}] must be {kind}, got {value!r} ({type(value).__name__})")
-    if value < minimum or (not inclusive and value == minimum):
-        bound = ">=" if inclusive else ">"
-        raise OptionsError(key, f"OPTIONS[{key!r}] must be {bound} {minimum:g}, got {value!r}")
+    if not integer and not math.isfinite(value):
+        raise OptionsError(key, f"OPTIONS[{key!r}] must be a finite number, got {value!r}")
+    too_small = value < minimum or (not inclusive and value == minimum)
+    if too_small or value > maximum:
+        low = f"{'>=' if inclusive else '>'} {minimum:g}"
+        raise OptionsError(key, f"OPTIONS[{key!r}] must be {low} and <= {maximum:g}, got {value!r}")
     return value if integer else float(value)
 
 
 _RULES = {
-    "max_attempts": lambda v: _number("max_attempts", v, 1, integer=True),
-    "retry_backoff": lambda v: _number("retry_backoff", v, 0, inclusive=False),
-    "stale_after": lambda v: _number("stale_after", v, 3),
-    "poll_interval": lambda v: _number("poll_interval", v, 0, inclusive=False),
-    "shutdown_grace": lambda v: _number("shutdown_grace", v, 0),
-    "retain_successful": lambda v: _number("retain_successful", v, 0),
-    "retain_failed": lambda v: _number("retain_failed", v, 0),
+    "max_attempts": lambda v: _number("max_attempts", v, 1, MAX_ATTEMPTS, integer=True),
+    "retry_backoff": lambda v: _number("retry_backoff", v, 0, MAX_RETRY_DELAY, inclusive=False),
+    "stale_after": lambda v: _number("stale_after", v, 3, DAY),
+    "poll_interval": lambda v: _number("poll_interval", v, 0.01, 3600),
+    "shutdown_grace": lambda v: _number("shutdown_grace", v, 0, DAY),
+    "retain_successful": lambda v: _number("retain_successful", v, 0, 100 * YEAR),
+    "retain_failed": lambda v: _number("retain_failed", v, 0, 100 * YEAR),
 }
 
 

@@ -18,6 +18,21 @@ class NotATask(JobError):
     """
 
 
+class TaskNotAllowed(NotATask):
+    """The job's path lies outside every installed app and ``JOBS_TASK_MODULES`` (or names a
+    ``__main__`` module): refused without importing anything."""
+
+
+class DamagedJob(JobError):
+    """The job's row cannot be decoded or run as stored (arguments that are not a list and a
+    dict, numbers past Python's limits, a missing field): it fails alone, never retried."""
+
+
+class TransactionLeftOpen(JobError):
+    """The task returned (or raised) with a database transaction still open; the worker rolled
+    it back, so whatever the task wrote in it is gone."""
+
+
 class JobTimeout(JobError, TimeoutError):
     """An attempt ran longer than its task's ``timeout``."""
 
@@ -31,4 +46,4 @@ class ResultNotSerialisable(JobError, TypeError):
 
 
 # Failures that a retry cannot mend: the job ends FAILED at once.
-PERMANENT = (TaskNotFound, NotATask)
+PERMANENT = (TaskNotFound, NotATask, DamagedJob)

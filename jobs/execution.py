@@ -9,43 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import connections
 from django.utils import timezone
-from django.utils.module_loading import import_string
 
 from .backends import to_json
-from .exceptions import JobTimeout, NotATask, ResultNotSerialisable, TaskNotFound
+from .errors import error_entry
+from .exceptions import DamagedJob, JobTimeout, ResultNotSerialisable, TransactionLeftOpen
 from .framework import Task, TaskContext, TaskResultStatus, task_finished, task_started
-from .models import Job, error_entry
+from .models import Job
+from .resolve import resolve_task  # noqa: F401  (the worker's import)
 
 logger = logging.getLogger(__name__)
-
-_resolved: dict[str, Task] = {}
-
-
-def resolve_task(path: str) -> Task:
-    """The task object a job names, or TaskNotFound / NotATask.
-
-    Only objects declared with ``@task`` run: a row naming ``os.system`` fails here
-    without calling anything. Successes are cached; code does not change under a
-    running worker.
-    """
-    task = _resolved.get(path)
-    if task is not None:
-        return task
-    try:
-        obj = import_string(path)
-    except Exception as exc:  # ImportError, or the module itself raising on import
-        raise TaskNotFound(f"task {path!r} does not import: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(obj, Task):
-        raise NotATask(f"{path!r} is a {type(obj).__name__}, not a task declared with @task; refusing to run it")
-    _resolved[path] = obj
-    return obj
-
 
 @dataclass
 class Outcome:
@@ -67,25 +46,57 @@ def failure(job: Job, exc: BaseException, *, worker_id: str, duration: float = 0
     return Outcome(job=job, succeeded=False, duration=duration, error=error, permanent=permanent)
 
 
-def reset_connections() -> None:
+def reset_connections() -> list[str]:
     """Give the next job clean connection state, without paying for a new connection.
 
-    A job that died mid-transaction or left autocommit off must not leak that into
-    the next one, and a broken connection is closed (the next query reopens it). A
-    healthy one stays open whatever CONN_MAX_AGE says: that setting is about web
-    requests, and Django's default of 0 would cost a new connection per job.
+    Returns the aliases of the connections on which a transaction was left open.
+    Those are rolled back by closing them and throwing away Django's wrapper, whose
+    atomic-block bookkeeping the task may have left half done: a task that entered
+    ``transaction.atomic()`` and returned, or ran ``BEGIN`` itself (invisible to
+    Django), would otherwise hold its locks for ever (on SQLite: the write lock of
+    the whole database, for every process). A broken connection is closed too (the
+    next query reopens it). A healthy one stays open whatever CONN_MAX_AGE says:
+    that setting is about web requests, and Django's default of 0 would cost a new
+    connection per job.
     """
+    left_open = []
     for conn in connections.all(initialized_only=True):
         if conn.connection is None:
+            continue
+        if transaction_open(conn):
+            left_open.append(conn.alias)
+            _discard(conn)
             continue
         if conn.errors_occurred:
             if not conn.is_usable():
                 conn.close()
                 continue
             conn.errors_occurred = False
-        if not conn.in_atomic_block and not conn.get_autocommit():
-            conn.rollback()
-            conn.set_autocommit(True)
+    return left_open
+
+
+def transaction_open(conn) -> bool:
+    """Whether ``conn`` is inside a transaction, as Django or as the driver sees it."""
+    if conn.in_atomic_block or not conn.get_autocommit():
+        return True
+    raw = conn.connection
+    if hasattr(raw, "in_transaction"):  # sqlite3
+        return bool(raw.in_transaction)
+    info = getattr(raw, "info", None)  # psycopg 3: IDLE is 0
+    if info is not None and hasattr(info, "transaction_status"):
+        return int(info.transaction_status) != 0
+    status = getattr(raw, "get_transaction_status", None)  # psycopg2
+    return bool(status()) if callable(status) else False
+
+
+def _discard(conn) -> None:
+    """Close the driver's connection (the server rolls back) and forget Django's wrapper."""
+    try:
+        conn.connection.close()
+    except Exception:  # already broken: closed is what we want
+        pass
+    conn.connection = None
+    del connections[conn.alias]
 
 
 def _call(task: Task, result, job: Job):
@@ -107,7 +118,11 @@ def run_attempt(job: Job, task: Task, *, backend, worker_id: str) -> Outcome:
     """Call the task for this attempt. Never raises: every failure is an Outcome."""
     started = time.monotonic()
     reset_connections()
-    result = backend.to_task_result(job, task)
+    try:
+        result = backend.to_task_result(job, task)
+    except Exception as exc:  # noqa: BLE001 - the row holds what the framework refuses (a priority of 500)
+        damaged = DamagedJob(f"job {job.pk} cannot be run as stored: {type(exc).__name__}: {exc}")
+        return failure(job, damaged, worker_id=worker_id, permanent=True)
     task_started.send(sender=type(backend), task_result=result)
     try:
         raw_value = _call(task, result, job)
@@ -117,16 +132,28 @@ def run_attempt(job: Job, task: Task, *, backend, worker_id: str) -> Outcome:
     else:
         try:
             value = to_json(raw_value, f"return value of {job.task_path}")
-        except TypeError as exc:
+        except (TypeError, RecursionError) as exc:
             outcome = failure(job, ResultNotSerialisable(str(exc)), worker_id=worker_id,
                               duration=time.monotonic() - started)
         else:
             outcome = Outcome(job=job, succeeded=True, duration=time.monotonic() - started, return_value=value)
     finally:
-        reset_connections()
+        left_open = reset_connections()
+    if left_open:
+        outcome = _left_open(outcome, left_open, job, worker_id)
     status = TaskResultStatus.SUCCESSFUL if outcome.succeeded else TaskResultStatus.FAILED
     object.__setattr__(result, "status", status)
     task_finished.send(sender=type(backend), task_result=result)
+    return outcome
+
+
+def _left_open(outcome: Outcome, aliases: list[str], job: Job, worker_id: str) -> Outcome:
+    """An attempt that left a transaction open failed, whatever it returned: its writes are gone."""
+    note = (f"the task left a transaction open on database {', '.join(map(repr, aliases))}; "
+            "the worker rolled it back, so what the task wrote in it is lost")
+    if outcome.succeeded:
+        return failure(job, TransactionLeftOpen(note), worker_id=worker_id, duration=outcome.duration)
+    outcome.error = {**outcome.error, "message": f"{outcome.error['message']} (and {note})"}
     return outcome
 
 
@@ -137,7 +164,8 @@ def _ask_backoff(task: Task, exc: BaseException, result, outcome: Outcome) -> No
         return
     try:
         delay = backoff(exc, result)
-        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))):
+        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))
+                                  or math.isnan(delay)):
             raise TypeError(f"backoff returned {delay!r}; expected seconds or None")
     except Exception:
         logger.exception("backoff of task=%s raised; using the default retry policy", task.module_path)

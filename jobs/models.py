@@ -11,16 +11,48 @@ wakes up later cannot overwrite an attempt another worker has taken over.
 from __future__ import annotations
 
 import json
-import traceback as traceback_module
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 from django.db import connections, models, router, transaction
 from django.db.models import F, Q
 from django.db.models.expressions import Col
+from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 
+from .errors import error_entry  # noqa: F401  (re-exported: its old home)
 from .framework import TaskResultStatus
+
+
+class UnreadableJSON(str):
+    """What a JSON column holds when its text does not decode: the text of the problem.
+
+    Whoever can write a row can store JSON that Python refuses (an integer of 5000
+    digits, arrays nested thousands deep). Reading such a row must not raise: the
+    admin shows it, and the worker fails that job alone (see ``load_jobs``).
+    """
+
+
+class SafeJSONField(models.JSONField):
+    """A JSONField whose reads never raise: undecodable text comes back as ``UnreadableJSON``.
+
+    To migrations it is a plain JSONField (same ``deconstruct()``): reading is
+    Python-side only, and a rebuild of the table for it on SQLite would be for nothing.
+    """
+
+    def from_db_value(self, value, expression, connection):
+        if value is None or not isinstance(value, (str, bytes, bytearray)):
+            return super().from_db_value(value, expression, connection)
+        try:
+            return json.loads(value, cls=self.decoder)
+        except (ValueError, RecursionError) as exc:
+            if isinstance(exc, json.JSONDecodeError) and isinstance(expression, KeyTransform):
+                return value  # SQLite hands a key's string value back unquoted, as Django expects
+            return UnreadableJSON(f"unreadable JSON ({type(exc).__name__}: {str(exc)[:200]})")
+
+    def deconstruct(self):
+        name, _path, args, kwargs = super().deconstruct()
+        return name, "django.db.models.JSONField", args, kwargs
 
 
 class JobStatus(models.TextChoices):
@@ -32,6 +64,7 @@ class JobStatus(models.TextChoices):
     CANCELLED = "CANCELLED", "Cancelled"
 
 
+MAX_INT = 2**31 - 1  # the largest value of an integer column on PostgreSQL (and MySQL)
 CLAIM_INDEX = "jobs_job_claim_idx"  # the partial index of due READY jobs, in claim order
 
 FINISHED_STATUSES = (JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.CANCELLED)
@@ -42,20 +75,6 @@ CLAIM_FIELDS = (
     "enqueued_at", "started_at", "last_attempted_at", "finished_at", "attempts", "max_attempts", "worker_id",
     "heartbeat_at", "errors", "worker_ids", "meta",
 )
-
-
-def error_entry(exc: BaseException, *, attempt: int, worker_id: str, when: datetime,
-                traceback: str | None = None) -> dict:
-    """One failed attempt as stored in ``Job.errors``: class path, message, traceback."""
-    cls = type(exc)
-    return {
-        "attempt": attempt,
-        "exception_class_path": f"{cls.__module__}.{cls.__qualname__}",
-        "message": str(exc),
-        "traceback": traceback if traceback is not None else "".join(traceback_module.format_exception(exc)),
-        "worker_id": worker_id,
-        "at": when.isoformat(),
-    }
 
 
 class JobQuerySet(models.QuerySet):
@@ -94,7 +113,7 @@ class JobQuerySet(models.QuerySet):
             jobs = _claim_returning(connection, worker_id=worker_id, limit=limit, now=now, queues=queues)
         else:
             jobs = _claim_select_then_update(self, worker_id=worker_id, limit=limit, now=now, queues=queues)
-        jobs.sort(key=lambda job: (-job.priority, job.run_after, job.id))
+        jobs.sort(key=claim_order)
         return jobs
 
     def mark_successful_many(self, outcomes: Sequence[tuple[Job, object]], *, now: datetime) -> set[int]:
@@ -255,8 +274,8 @@ class Job(models.Model):
     backend = models.CharField(max_length=64, default="default")
     queue_name = models.CharField(max_length=64, default="default")
     priority = models.SmallIntegerField(default=0, help_text="-100..100; higher runs first.")
-    args = models.JSONField(default=list, blank=True)
-    kwargs = models.JSONField(default=dict, blank=True)
+    args = SafeJSONField(default=list, blank=True)
+    kwargs = SafeJSONField(default=dict, blank=True)
     status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.READY)
     run_after = models.DateTimeField(help_text="Earliest time the next attempt may start.")
     enqueued_at = models.DateTimeField()
@@ -267,10 +286,13 @@ class Job(models.Model):
     max_attempts = models.PositiveIntegerField(default=3)
     worker_id = models.CharField(max_length=128, blank=True, default="", help_text="Worker holding or last holding the job.")
     heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last sign of life of the holding worker.")
-    worker_ids = models.JSONField(default=list, blank=True, help_text="Worker of each finished attempt.")
-    return_value = models.JSONField(null=True, blank=True)
-    errors = models.JSONField(default=list, blank=True, help_text="One entry per failed attempt, oldest first.")
-    meta = models.JSONField(default=dict, blank=True, help_text="Where the job came from (schedule, import, ...).")
+    worker_ids = SafeJSONField(default=list, blank=True,
+                                  help_text="Worker of each finished attempt.")
+    return_value = SafeJSONField(null=True, blank=True)
+    errors = SafeJSONField(default=list, blank=True,
+                              help_text="One entry per failed attempt, oldest first.")
+    meta = SafeJSONField(default=dict, blank=True,
+                            help_text="Where the job came from (schedule, import, ...).")
 
     objects = JobQuerySet.as_manager()
 
@@ -410,7 +432,9 @@ def claim_sql(connection, *, worker_id: str, limit: int, now: datetime, queues) 
     # another index on status; the claim index already holds them in claim order.
     hint = f" INDEXED BY {qn(CLAIM_INDEX)}" if connection.vendor == "sqlite" else ""
     sql = (
-        f"UPDATE {table} SET {col['status']} = %s, {col['attempts']} = {col['attempts']} + 1, "
+        # A damaged row at the integer column's maximum must not make every claim fail.
+        f"UPDATE {table} SET {col['status']} = %s, {col['attempts']} = CASE WHEN {col['attempts']} < {MAX_INT} "
+        f"THEN {col['attempts']} + 1 ELSE {col['attempts']} END, "
         f"{col['worker_id']} = %s, {col['heartbeat_at']} = %s, {col['last_attempted_at']} = %s, "
         f"{col['started_at']} = COALESCE({col['started_at']}, %s) "
         f"WHERE {col['id']} IN (SELECT {col['id']} FROM {table}{hint} "
@@ -440,23 +464,70 @@ def _claim_returning(connection, *, worker_id: str, limit: int, now: datetime, q
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    return _rows_to_jobs(connection, rows)
+    return rows_to_jobs(connection, _claimed_fields(), rows)
 
 
-def _rows_to_jobs(connection, rows: Iterable[tuple]) -> list[Job]:
-    """Turn raw rows into Job instances with Django's own per-backend converters."""
-    names = _claimed_fields()
-    expressions = [Col(Job._meta.db_table, Job._meta.get_field(name)) for name in names]
+# What a damaged field of a job is read as, so that the job can still be failed and shown.
+_FALLBACKS = {"args": list, "kwargs": dict, "errors": list, "worker_ids": list, "meta": dict}
+_SHAPES = {"args": list, "kwargs": dict, "errors": list, "worker_ids": list, "meta": dict,
+           "attempts": int, "max_attempts": int, "priority": int, "task_path": str, "queue_name": str}
+
+
+def rows_to_jobs(connection, names: Sequence[str], rows: Iterable[tuple]) -> list[Job]:
+    """Raw rows to Job instances with Django's own per-backend converters, never raising.
+
+    A value that does not convert (or has the wrong shape: arguments that are not a
+    list, a priority stored as text on SQLite) is replaced by a harmless stand-in and
+    named in the job's ``damage`` list; the worker fails such a job alone, without
+    running it, instead of letting one row stop every claim.
+    """
+    fields = [Job._meta.get_field(name) for name in names]
+    expressions = [Col(Job._meta.db_table, field) for field in fields]
     converters = [connection.ops.get_db_converters(e) + e.get_db_converters(connection) for e in expressions]
     jobs = []
     for row in rows:
-        values = []
-        for value, fns, expression in zip(row, converters, expressions):
-            for fn in fns:
-                value = fn(value, expression, connection)
+        values, damage = [], []
+        for raw, fns, expression, name in zip(row, converters, expressions, names):
+            value = raw
+            try:
+                for fn in fns:
+                    value = fn(value, expression, connection)
+            except Exception as exc:  # noqa: BLE001 - a stored value must not stop the worker
+                damage.append(f"{name}: {type(exc).__name__}: {str(exc)[:200]}")
+                value = _FALLBACKS.get(name, lambda: None)()
+            else:
+                if isinstance(value, UnreadableJSON):
+                    damage.append(f"{name}: {value}")
+                    value = _FALLBACKS.get(name, lambda: None)()
+                elif name in _SHAPES and (not isinstance(value, _SHAPES[name]) or isinstance(value, bool)):
+                    damage.append(f"{name}: stored as {type(value).__name__} {str(value)[:60]!r}, "
+                                  f"expected {_SHAPES[name].__name__}")
+                    if name in _FALLBACKS:
+                        value = _FALLBACKS[name]()
             values.append(value)
-        jobs.append(Job.from_db(connection.alias, names, values))
+        job = Job.from_db(connection.alias, list(names), values)
+        job.damage = damage
+        jobs.append(job)
     return jobs
+
+
+def load_jobs(queryset, names: Sequence[str]) -> list[Job]:
+    """``queryset``'s rows with only ``names`` loaded, through ``rows_to_jobs`` (never raising on a value)."""
+    names = [f.name for f in Job._meta.concrete_fields if f.name in set(names) | {"id"}]
+    query = queryset.values_list(*names).query
+    connection = connections[queryset.db]
+    sql, params = query.get_compiler(using=queryset.db).as_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return rows_to_jobs(connection, names, rows)
+
+
+def claim_order(job: Job) -> tuple:
+    """The claim's order (priority, then run_after, then id), for whatever a row holds."""
+    priority = job.priority if isinstance(job.priority, int) else 0
+    run_after = job.run_after if isinstance(job.run_after, datetime) else None
+    return (-priority, run_after is not None, run_after or datetime.min, job.id)
 
 
 def _claim_select_then_update(queryset: JobQuerySet, *, worker_id: str, limit: int, now: datetime, queues) -> list[Job]:

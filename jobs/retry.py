@@ -6,6 +6,7 @@ clock; ``rand`` is a parameter so tests can pin the jitter.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -26,7 +27,9 @@ def backoff_delay(base: float, attempt: int, rand: float | None = None) -> float
     retrying together; the cap keeps a job with many attempts from sleeping for days.
     """
     rand = random.random() if rand is None else rand
-    nominal = base * 2 ** max(attempt - 1, 0)
+    # Past 2**64 times any base the cap applies anyway; a bigger exponent (a job past
+    # attempt 1024, a damaged row) would overflow the float.
+    nominal = base * 2.0 ** min(max(attempt - 1, 0), 64)
     return min(nominal * (0.75 + 0.5 * rand), MAX_RETRY_DELAY)
 
 
@@ -42,5 +45,8 @@ def decide(*, attempt: int, max_attempts: int, base: float, custom_delay=None, c
     if custom_given:
         if custom_delay is None:
             return RetryDecision(False, reason="the task's backoff said not to retry")
-        return RetryDecision(True, min(max(float(custom_delay), 0.0), MAX_RETRY_DELAY))
+        delay = float(custom_delay)
+        if math.isnan(delay):  # the worker refuses NaN before it gets here; never sleep on it
+            delay = backoff_delay(base, attempt, rand)
+        return RetryDecision(True, min(max(delay, 0.0), MAX_RETRY_DELAY))
     return RetryDecision(True, backoff_delay(base, attempt, rand))

@@ -35,11 +35,11 @@ from django.db import DatabaseError, connections, router, transaction
 from django.utils import timezone
 
 from . import retry
-from .exceptions import PERMANENT, JobTimeout, WorkerLost
+from .exceptions import PERMANENT, DamagedJob, JobTimeout, WorkerLost
 from .execution import Outcome, failure, resolve_task, run_attempt
 from .framework import task_backends
 from .loops import worker_loops
-from .models import Job, JobStatus, WorkerProcess, error_entry
+from .models import Job, JobStatus, WorkerProcess, error_entry, load_jobs
 from .wakeup import start_waker
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,9 @@ MAX_PREFETCH = 50
 # Prefetched jobs still waiting after this long (a job ran slower than expected) are
 # handed back for other workers.
 BUFFER_MAX_WAIT = 1.0
+# What the stale sweep reads of a job: enough to fail its attempt, not its arguments.
+STALE_FIELDS = ("task_path", "status", "attempts", "max_attempts", "worker_id", "heartbeat_at", "errors",
+                "worker_ids")
 # An outcome is written together with others, but waits at most this long (seconds).
 FLUSH_AFTER = 0.005
 
@@ -96,7 +99,9 @@ class Slot:
                 job, task = item
                 try:
                     outcome = run_attempt(job, task, backend=self.worker.backend, worker_id=self.worker.id)
-                except Exception as exc:  # a bug of ours, not the job's: fail the attempt, keep the slot
+                except BaseException as exc:  # a bug of ours (or a signal receiver's): fail the attempt, keep the slot
+                    if self.abandoned:
+                        raise
                     logger.exception("job could not be run id=%s task=%s", job.pk, job.task_path)
                     outcome = failure(job, exc, worker_id=self.worker.id)
                 if self.abandoned:
@@ -314,9 +319,12 @@ class Worker:
             self.avg_duration = 0.8 * previous + 0.2 * outcome.duration
 
     def _dispatch(self, slot: Slot, job: Job) -> None:
-        logger.info("job started id=%s task=%s attempt=%d/%d queue=%s worker=%s", job.pk, job.task_path,
+        logger.info("job started id=%s task=%s attempt=%s/%s queue=%s worker=%s", job.pk, job.task_path,
                     job.attempts, job.max_attempts, job.queue_name, self.id)
+        damage = getattr(job, "damage", None)
         try:
+            if damage:
+                raise DamagedJob(f"job {job.pk} cannot be run as stored: {'; '.join(damage)}")
             task = resolve_task(job.task_path)
         except PERMANENT as exc:
             self._add_pending(failure(job, exc, worker_id=self.id, permanent=True))
@@ -345,10 +353,13 @@ class Worker:
         """
         try:
             value = fn()
-        except DatabaseError as exc:
+        except Exception as exc:  # noqa: BLE001 - the worker outlives whatever went wrong
             self._db_backoff = min(max(self._db_backoff * 2, 0.1), 10.0)
-            logger.warning("database error worker=%s retry_in=%.1fs error=%s: %s", self.id, self._db_backoff,
-                           type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+            if isinstance(exc, DatabaseError):
+                logger.warning("database error worker=%s retry_in=%.1fs error=%s: %s", self.id, self._db_backoff,
+                               type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+            else:  # a bug: say where, loudly, and keep going
+                logger.exception("worker step failed worker=%s retry_in=%.1fs", self.id, self._db_backoff)
             try:
                 connections[self.db_alias].close()
             except DatabaseError:
@@ -401,13 +412,13 @@ class Worker:
         job = outcome.job
         fields = (job.pk, job.task_path, job.attempts, job.max_attempts, outcome.duration)
         if status is None:
-            logger.warning("job outcome discarded id=%s task=%s attempt=%d/%d duration=%.3fs "
+            logger.warning("job outcome discarded id=%s task=%s attempt=%s/%s duration=%.3fs "
                            "reason=attempt-no-longer-held", *fields)
         elif status == JobStatus.SUCCESSFUL:
-            logger.info("job finished id=%s task=%s attempt=%d/%d duration=%.3fs outcome=SUCCESSFUL", *fields)
+            logger.info("job finished id=%s task=%s attempt=%s/%s duration=%.3fs outcome=SUCCESSFUL", *fields)
         else:
             error = outcome.error
-            logger.warning("job finished id=%s task=%s attempt=%d/%d duration=%.3fs outcome=%s next=%s error=%s: %s",
+            logger.warning("job finished id=%s task=%s attempt=%s/%s duration=%.3fs outcome=%s next=%s error=%s: %s",
                            *fields, "RETRY" if status == JobStatus.READY else "FAILED", note.replace(" ", "-"),
                            error["exception_class_path"], error["message"][:200])
 
@@ -433,16 +444,22 @@ class Worker:
         stale_after = self.options.stale_after
         cutoff = now - timedelta(seconds=stale_after)
         taken = 0
-        for job in Job.objects.stale(cutoff).order_by("heartbeat_at")[:100]:
+        stale = load_jobs(Job.objects.stale(cutoff).order_by("heartbeat_at")[:100], STALE_FIELDS)
+        for job in stale:
+            last = job.heartbeat_at.isoformat() if isinstance(job.heartbeat_at, datetime) else "unknown"
             exc = WorkerLost(f"worker {job.worker_id} was lost: no heartbeat for over {stale_after:g}s "
-                             f"(last at {job.heartbeat_at.isoformat()}); attempt {job.attempts} taken back by {self.id}")
+                             f"(last at {last}); attempt {job.attempts} taken back by {self.id}")
+            if job.damage:
+                exc = DamagedJob(f"{exc}; not retried: the row cannot be run as stored: {'; '.join(job.damage)}")
+                decision = retry.RetryDecision(False, reason="damaged row")
+            else:
+                decision = retry.decide(attempt=job.attempts, max_attempts=job.max_attempts,
+                                        base=self.options.retry_backoff)
             error = error_entry(exc, attempt=job.attempts, worker_id=job.worker_id, when=now, traceback=f"{exc}\n")
-            decision = retry.decide(attempt=job.attempts, max_attempts=job.max_attempts,
-                                    base=self.options.retry_backoff)
             retry_at = now + timedelta(seconds=decision.delay) if decision.retry else None
             if job.mark_lost(error, cutoff=cutoff, now=now, retry_at=retry_at):
                 taken += 1
-                logger.warning("job taken back id=%s task=%s attempt=%d/%d lost_worker=%s outcome=%s", job.pk,
+                logger.warning("job taken back id=%s task=%s attempt=%s/%s lost_worker=%s outcome=%s", job.pk,
                                job.task_path, job.attempts, job.max_attempts, job.worker_id,
                                "RETRY" if decision.retry else "FAILED")
         # Rows of worker processes that died long ago say nothing useful any more.
@@ -484,7 +501,7 @@ class Worker:
             with transaction.atomic(using=self.db_alias):
                 for job in unfinished:
                     if job.mark_handed_back():
-                        logger.warning("job handed back id=%s task=%s attempt=%d (shutdown before it finished)",
+                        logger.warning("job handed back id=%s task=%s attempt=%s (shutdown before it finished)",
                                        job.pk, job.task_path, job.attempts)
                 WorkerProcess.objects.filter(pk=self.id).delete()
 

@@ -13,7 +13,6 @@ from functools import lru_cache
 
 from django.conf import settings
 from django.core.signals import setting_changed
-from django.utils.module_loading import import_string
 
 from .cron import CronError, cron_schedule, get_zone, normalise
 
@@ -75,17 +74,15 @@ def _json(value, what: str) -> str | None:
 
 def _check_task(path) -> tuple[object | None, str | None]:
     """(the task object, None) or (None, what is wrong)."""
-    from jobs.framework import Task
+    from jobs.exceptions import JobError
+    from jobs.resolve import resolve_task
 
     if not isinstance(path, str) or not path:
         return None, f"must be the dotted path of a task, got {path!r}"
     try:
-        obj = import_string(path)
-    except Exception as exc:  # ImportError, or the module raising on import
-        return None, f"{path!r} does not import ({type(exc).__name__}: {exc})"
-    if not isinstance(obj, Task):
-        return None, f"{path!r} is a {type(obj).__name__}, not a task declared with @task"
-    return obj, None
+        return resolve_task(path), None
+    except JobError as exc:
+        return None, str(exc)
 
 
 def _check_queue(queue_name, task) -> str | None:

@@ -23,7 +23,6 @@ from datetime import datetime, timedelta
 
 from django.db import DatabaseError, IntegrityError, connections, router, transaction
 from django.utils import timezone
-from django.utils.module_loading import import_string
 
 from .cron import ONE_US, CronError, CronSchedule, get_zone
 from .models import Misfire, Schedule, ScheduleRun
@@ -77,8 +76,9 @@ def launch(schedule: Schedule, run: ScheduleRun) -> ScheduleRun:
     fire time is tried again on the next tick.
     """
     from jobs.backends import DatabaseBackend
-    from jobs.framework import Task, task_backends
+    from jobs.framework import task_backends
     from jobs.models import Job
+    from jobs.resolve import resolve_task
 
     try:
         zone = get_zone(schedule.timezone)
@@ -89,9 +89,7 @@ def launch(schedule: Schedule, run: ScheduleRun) -> ScheduleRun:
         meta["manual"] = True
     try:
         with transaction.atomic(using=router.db_for_write(ScheduleRun)):
-            task = import_string(schedule.task)
-            if not isinstance(task, Task):
-                raise TypeError(f"{schedule.task!r} is a {type(task).__name__}, not a task")
+            task = resolve_task(schedule.task)
             result = task.using(queue_name=schedule.queue_name, priority=schedule.priority).enqueue(
                 *schedule.args, **schedule.kwargs)
             run.result_id = str(result.id)

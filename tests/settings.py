@@ -19,6 +19,9 @@ else:
     DATABASES = {"default": database_from_url(f"sqlite:///{_tmp}/db.sqlite3")}
     DATABASES["default"]["TEST"] = {"NAME": f"{_tmp}/test.sqlite3"}
 
+# The suite's task modules live outside any installed app: listed, so workers may import them.
+JOBS_TASK_MODULES = ["tests.tasks", "tests.bgtasks_tasks", "tests.test_admin_browser"]
+
 TASKS = {
     "default": {
         "BACKEND": "jobs.backends.DatabaseBackend",

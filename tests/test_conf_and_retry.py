@@ -33,7 +33,16 @@ def test_valid_options_accept_int_and_float(raw):
     ({"retry_backoff": -1}, "retry_backoff", "> 0"),
     ({"stale_after": 2}, "stale_after", ">= 3"),
     ({"poll_interval": "1"}, "poll_interval", "number"),
-    ({"poll_interval": 0}, "poll_interval", "> 0"),
+    ({"poll_interval": 0}, "poll_interval", ">= 0.01"),
+    ({"poll_interval": 1e-9}, "poll_interval", ">= 0.01"),
+    ({"poll_interval": float("nan")}, "poll_interval", "finite"),
+    ({"stale_after": float("inf")}, "stale_after", "finite"),
+    ({"stale_after": 1e300}, "stale_after", "<= 86400"),
+    ({"retry_backoff": float("nan")}, "retry_backoff", "finite"),
+    ({"retain_successful": 1e300}, "retain_successful", "<= "),
+    ({"retain_failed": float("-inf")}, "retain_failed", "finite"),
+    ({"shutdown_grace": float("inf")}, "shutdown_grace", "finite"),
+    ({"max_attempts": 10**12}, "max_attempts", "<= 1000"),
     ({"max_attempt": 3}, "max_attempt", "unknown key"),
 ])
 def test_bad_options_name_the_key(raw, key, words):
@@ -102,3 +111,18 @@ def test_decide_with_task_backoff(custom, retry, delay):
 
 def test_task_backoff_cannot_exceed_max_attempts():
     assert decide(attempt=3, max_attempts=3, base=1, custom_delay=1, custom_given=True).retry is False
+
+
+@pytest.mark.parametrize("attempt", [1025, 10**6, 2**31 - 1, 10**30])
+def test_backoff_of_any_attempt_number_is_capped_not_an_overflow(attempt):
+    assert backoff_delay(5.0, attempt, rand=1.0) == MAX_RETRY_DELAY
+    decision = decide(attempt=attempt, max_attempts=attempt + 1, base=5.0, rand=0.0)
+    assert decision.retry and decision.delay == MAX_RETRY_DELAY
+
+
+@pytest.mark.parametrize("custom,expected", [
+    (float("inf"), MAX_RETRY_DELAY), (1e300, MAX_RETRY_DELAY), (-5, 0.0), (float("nan"), 0.75),
+])
+def test_custom_delays_are_clamped_and_nan_falls_back_to_the_policy(custom, expected):
+    decision = decide(attempt=1, max_attempts=3, base=1.0, custom_delay=custom, custom_given=True, rand=0.0)
+    assert decision.retry and decision.delay == pytest.approx(expected)

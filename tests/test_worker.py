@@ -117,9 +117,12 @@ def make_job(task_path: str, **fields) -> Job:
 
 
 @pytest.mark.parametrize("path,error_class,words", [
-    ("tests.no_such_module.task", "jobs.exceptions.TaskNotFound", "does not import"),
+    ("tests.no_such_module.task", "jobs.exceptions.TaskNotAllowed", "outside every installed app"),
     ("tests.tasks.no_such_task", "jobs.exceptions.TaskNotFound", "does not import"),
-    ("os.system", "jobs.exceptions.NotATask", "not a task"),
+    ("jobs.no_such_module.task", "jobs.exceptions.TaskNotFound", "does not import"),
+    ("os.system", "jobs.exceptions.TaskNotAllowed", "outside every installed app"),
+    ("venv.__main__.main", "jobs.exceptions.TaskNotAllowed", "__main__"),
+    ("antigravity.fly", "jobs.exceptions.TaskNotAllowed", "outside every installed app"),
     ("tests.tasks.plain_function", "jobs.exceptions.NotATask", "not a task"),
 ])
 def test_rows_that_do_not_name_a_task_fail_at_once_and_run_nothing(run_worker, tmp_path, monkeypatch, path,

@@ -8,3 +8,6 @@ IMMEDIATE transactions). TASKS OPTIONS stay at their defaults (poll_interval 1 s
 """
 
 from queue_project.settings import *  # noqa: F403
+
+# The benchmark's tasks live in a module of their own, outside any installed app.
+JOBS_TASK_MODULES = ["bench_tasks"]

@@ -29,16 +29,17 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from django.utils.module_loading import import_string
 
 from jobs import compat
 from jobs.backends import DatabaseBackend
+from jobs.exceptions import JobError
 from jobs.framework import (
     DEFAULT_TASK_BACKEND_ALIAS,
     DEFAULT_TASK_QUEUE_NAME,
     Task,
     task_backends,
 )
+from jobs.resolve import resolve_task
 
 TABLE = "background_task"
 COMPLETED_TABLE = "background_task_completedtask"
@@ -181,10 +182,9 @@ class Command(BaseCommand):
             task = compat.get_task(name)
             if task is None:
                 try:
-                    found = import_string(name)
-                except ImportError:
-                    found = None
-                task = found if isinstance(found, Task) else None
+                    task = resolve_task(name)
+                except JobError:
+                    task = None
             self.resolved[name] = task
         return self.resolved[name]
 

@@ -1,0 +1,67 @@
+"""One failed attempt as stored in ``Job.errors``, described so that describing never fails.
+
+An exception is user code: its ``__str__`` may raise, its class may lie about its
+module, its message may be fifty megabytes. The entry is built from what can be
+read safely and is capped in size, so one bad exception can neither kill the
+thread that records it nor bloat the row (and every admin page that shows it).
+"""
+
+from __future__ import annotations
+
+import traceback as traceback_module
+from datetime import datetime
+
+# Longest message and traceback kept per attempt; longer ones keep their head and tail.
+MAX_MESSAGE = 2000
+MAX_TRACEBACK = 16000
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` within ``limit`` characters, keeping the start and the end (where the error is)."""
+    if len(text) <= limit:
+        return text
+    marker = f"\n[... {len(text) - limit:,} characters cut ...]\n"
+    head = limit // 4
+    return text[:head] + marker + text[len(text) - (limit - head - len(marker)):]
+
+
+def _safe(fn, fallback: str) -> str:
+    try:
+        value = fn()
+        return value if isinstance(value, str) else fallback
+    except BaseException:  # noqa: BLE001 - describing user code must not fail
+        return fallback
+
+
+def exception_class_path(exc: BaseException) -> str:
+    cls = type(exc)
+    module = getattr(cls, "__module__", None)
+    name = getattr(cls, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(name, str):
+        return "builtins.BaseException"
+    return f"{module}.{name}"
+
+
+def exception_message(exc: BaseException) -> str:
+    name = _safe(lambda: type(exc).__name__, "exception")
+    return clip(_safe(lambda: str(exc), f"<{name} whose str() raised>"), MAX_MESSAGE)
+
+
+def exception_traceback(exc: BaseException) -> str:
+    def formatted() -> str:
+        return "".join(traceback_module.format_exception(exc))
+
+    return clip(_safe(formatted, f"{exception_class_path(exc)}: {exception_message(exc)}\n"), MAX_TRACEBACK)
+
+
+def error_entry(exc: BaseException, *, attempt: int, worker_id: str, when: datetime,
+                traceback: str | None = None) -> dict:
+    """One failed attempt: attempt number, class path, message, traceback, worker, time."""
+    return {
+        "attempt": attempt,
+        "exception_class_path": exception_class_path(exc),
+        "message": exception_message(exc),
+        "traceback": clip(traceback, MAX_TRACEBACK) if traceback is not None else exception_traceback(exc),
+        "worker_id": worker_id,
+        "at": when.isoformat(),
+    }
