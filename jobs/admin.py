@@ -36,7 +36,7 @@ from django.core.paginator import Paginator
 from django.db import models, transaction
 from django.db.models import F, Func, Q, TextField
 from django.db.models.signals import post_delete, pre_delete
-from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import Http404, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, get_script_prefix, get_urlconf, path, reverse
 from django.utils import timezone
@@ -46,11 +46,19 @@ from django.utils.http import urlencode
 
 from . import counts, overview
 from .counts import distinct_values
-from .models import FINISHED_STATUSES, Job, JobStatus, QueueState, WorkerProcess
+from .models import FINISHED_STATUSES, Job, JobStatus, QueueState, UnreadableJSON, WorkerProcess
 from .templatetags.jobs_admin import human_duration, relative, when
 
 # Columns the list never shows; the job page reads the whole row.
 LIST_DEFERRED = ("args", "kwargs", "return_value", "errors", "meta", "worker_ids", "backend")
+# What pages show of values that can be any size; the whole value is a download away.
+LIST_ERROR_CHARS = 500  # of the last error's message, per row of the list
+PAGE_VALUE_CHARS = 20_000  # of each JSON value on the job page
+PAGE_ATTEMPTS = 50  # failed attempts shown on the job page, newest first
+PAGE_TRACEBACK_LINES = 400
+MAX_SEARCH_LENGTH = 200
+# The JSON columns the job page offers as downloads.
+DOWNLOADS = ("args", "kwargs", "return_value", "errors", "meta")
 
 
 # -- counting and choices without scanning the table ---------------------------------------
@@ -86,16 +94,20 @@ class LastErrorMessage(Func):
     def __init__(self):
         super().__init__(F("errors"))
 
+    # Only the start of the message is read: the list shows a line of it.
     def as_postgresql(self, compiler, connection, **extra):
-        return Func.as_sql(self, compiler, connection, template="(%(expressions)s -> -1 ->> 'message')", **extra)
+        return Func.as_sql(self, compiler, connection,
+                           template=f"LEFT(%(expressions)s -> -1 ->> 'message', {LIST_ERROR_CHARS})", **extra)
 
     def as_sqlite(self, compiler, connection, **extra):
-        return Func.as_sql(self, compiler, connection, template="json_extract(%(expressions)s, '$[#-1].message')",
+        return Func.as_sql(self, compiler, connection,
+                           template=f"substr(json_extract(%(expressions)s, '$[#-1].message'), 1, {LIST_ERROR_CHARS})",
                            **extra)
 
     def as_mysql(self, compiler, connection, **extra):
         return Func.as_sql(self, compiler, connection,
-                           template="JSON_UNQUOTE(JSON_EXTRACT(%(expressions)s, '$[last].message'))", **extra)
+                           template=f"LEFT(JSON_UNQUOTE(JSON_EXTRACT(%(expressions)s, '$[last].message')), "
+                                    f"{LIST_ERROR_CHARS})", **extra)
 
     def as_sql(self, compiler, connection, **extra):
         return "NULL", []
@@ -180,11 +192,12 @@ class JobAdmin(admin.ModelAdmin):
         return changelist
 
     def get_search_results(self, request, queryset, search_term):
-        term = search_term.strip()
+        term = search_term.strip()[:MAX_SEARCH_LENGTH]  # longer patterns only cost the database time
         if not term:
             return queryset, False
-        if term.lstrip("#").isdigit():
-            return queryset.filter(pk=int(term.lstrip("#"))), False
+        number = term.lstrip("#")
+        if number.isascii() and number.isdigit() and len(number) <= 18:  # "²" is a digit to str.isdigit()
+            return queryset.filter(pk=int(number)), False
         return queryset.filter(Q(task_path__icontains=term) | Q(errors__icontains=term)), False
 
     def changelist_view(self, request, extra_context=None):
@@ -201,6 +214,7 @@ class JobAdmin(admin.ModelAdmin):
         error = ""
         if job.last_error and job.status in (JobStatus.FAILED, JobStatus.READY):
             text = job.last_error if len(job.last_error) <= 140 else job.last_error[:139] + "…"
+            # The title (a tooltip) holds the start of the message: LastErrorMessage reads no more.
             error = format_html('<div class="jobs-error-line" title="{}">{}</div>', job.last_error, text)
         return format_html('<a class="jobs-task" href="{}" title="{}">{}</a> <span class="jobs-module">{}</span>{}',
                            url, job.task_path, name, module, error)
@@ -319,6 +333,7 @@ class JobAdmin(admin.ModelAdmin):
             path("<path:object_id>/cancel/", view(self.job_action_view), {"verb": "cancel"}, name="jobs_job_cancel"),
             path("<path:object_id>/run-now/", view(self.job_action_view), {"verb": "run-now"},
                  name="jobs_job_run_now"),
+            path("<path:object_id>/download/<str:field>.json", view(self.download_view), name="jobs_job_download"),
             *super().get_urls(),
         ]
 
@@ -345,6 +360,19 @@ class JobAdmin(admin.ModelAdmin):
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/jobs/job/detail.html", context)
+
+    def download_view(self, request, object_id, field):
+        """One JSON value of the job, whole, as a file: the page shows only its start."""
+        if field not in DOWNLOADS:
+            raise Http404(f"no such value: {field}")
+        job = self.get_object(request, unquote(object_id))
+        if job is None or not self.has_view_or_change_permission(request, job):
+            raise PermissionDenied
+        value = getattr(job, field)
+        body = value if isinstance(value, UnreadableJSON) else _json(value)
+        response = HttpResponse(body, content_type="application/json; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="job-{job.pk}-{field}.json"'
+        return response
 
     def job_action_view(self, request, object_id, verb):
         if request.method != "POST":
@@ -448,20 +476,37 @@ def _parse_time(value) -> datetime | None:
 
 
 def _json(value) -> str:
+    if isinstance(value, UnreadableJSON):  # a damaged row: say so rather than pretend
+        return f"<{value}>"
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=str)
+
+
+def shown(text: str, limit: int = PAGE_VALUE_CHARS) -> dict:
+    """What a page shows of ``text``: its start, and whether (and by how much) it was cut."""
+    return {"text": text[:limit], "cut": max(len(text) - limit, 0)}
 
 
 def call_signature(job: Job) -> str:
     """The call as Python would read it: ``send_mail('a@b.c', retries=2)``."""
-    parts = [json.dumps(a, ensure_ascii=False) for a in job.args or []]
-    parts += [f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in (job.kwargs or {}).items()]
-    text = f"{job.task_name}({', '.join(parts)})"
+    if not isinstance(job.args, list) or not isinstance(job.kwargs, dict):
+        return f"{job.task_name}(<arguments unreadable as stored>)"
+    parts = []
+    for value in [*job.args, *job.kwargs.values()]:
+        parts.append(json.dumps(value, ensure_ascii=False)[:400])
+        if sum(map(len, parts)) > 400:
+            break
+    names = [""] * len(job.args) + [f"{k}=" for k in job.kwargs]
+    text = f"{job.task_name}({', '.join(name + part for name, part in zip(names, parts))})"
     return text if len(text) <= 400 else text[:399] + "…"
 
 
 def traceback_lines(text: str) -> list[tuple[str, str]]:
     """Each traceback line with a class: where it happened, the code, the exception."""
-    lines = (text or "").rstrip("\n").split("\n")
+    lines = (text if isinstance(text, str) else "").rstrip("\n").split("\n")
+    if len(lines) > PAGE_TRACEBACK_LINES:  # the end says what went wrong: keep it
+        cut = len(lines) - PAGE_TRACEBACK_LINES
+        lines = [*lines[:20], f"[... {cut:,} lines cut: download the errors for all of it ...]",
+                 *lines[-(PAGE_TRACEBACK_LINES - 20):]]
     last_exception = max((i for i, line in enumerate(lines) if line and not line.startswith(" ")), default=-1)
     out = []
     for i, line in enumerate(lines):
@@ -486,7 +531,8 @@ def job_page(job: Job) -> dict:
     requeued_at = _parse_time(requeued.get("at")) if requeued else None
 
     attempts = []
-    for index, error in enumerate(job.errors or []):
+    errors = job.errors if isinstance(job.errors, list) else []
+    for index, error in enumerate(errors[-PAGE_ATTEMPTS:], start=max(len(errors) - PAGE_ATTEMPTS, 0)):
         if not isinstance(error, dict):
             continue
         path_ = error.get("exception_class_path", "")
@@ -577,16 +623,19 @@ def job_page(job: Job) -> dict:
         "attempts_list": attempts,
         "events": events,
         "origin": origin,
-        "other_meta": _json(other_meta) if other_meta else "",
+        "other_meta": shown(_json(other_meta)) if other_meta else None,
         "cancelled": cancelled,
         "requeued": requeued,
         "requeued_at": requeued_at,
         "call": call_signature(job),
-        "args_json": _json(job.args),
-        "kwargs_json": _json(job.kwargs),
-        "return_json": _json(job.return_value) if job.status == JobStatus.SUCCESSFUL else None,
+        "args_json": shown(_json(job.args)),
+        "kwargs_json": shown(_json(job.kwargs)),
+        "return_json": shown(_json(job.return_value)) if job.status == JobStatus.SUCCESSFUL else None,
+        "attempts_hidden": max(len(errors) - PAGE_ATTEMPTS, 0),
+        "downloads": {field: reverse("admin:jobs_job_download", args=[job.pk, field]) for field in DOWNLOADS},
         "worker": worker,
-        "attempt_workers": list(dict.fromkeys([*(job.worker_ids or []), *([job.worker_id] if job.worker_id else [])])),
+        "attempt_workers": list(dict.fromkeys([*(job.worker_ids if isinstance(job.worker_ids, list) else []),
+                                               *([job.worker_id] if job.worker_id else [])])),
         "duration": duration,
         "wait": (job.started_at - job.enqueued_at) if job.started_at else None,
         "is_due_later": job.status == JobStatus.READY and job.run_after > now,

@@ -8,6 +8,7 @@ a rollback.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from types import SimpleNamespace
@@ -50,12 +51,19 @@ def nesting_depth(value) -> int:
     return deepest
 
 
+# A NUL character (\u0000 in JSON, after an odd number of backslashes) and a lone UTF-16
+# surrogate are valid in a Python str but refused by PostgreSQL's jsonb (and by UTF-8).
+_UNSTORABLE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000|[\ud800-\udfff]")
+
+
 def _dumps(value) -> str:
-    text = json.dumps(value, allow_nan=False)
+    text = json.dumps(value, allow_nan=False, ensure_ascii=False)
     # Counting brackets is a cheap upper bound on the depth; only a value that could be
     # too deep is walked.
     if text.count("[") + text.count("{") > MAX_NESTING and nesting_depth(json.loads(text)) > MAX_NESTING:
         raise ValueError(f"nested more than {MAX_NESTING} levels deep")
+    if _UNSTORABLE.search(text):
+        raise ValueError("a string holds a NUL character or a lone surrogate, which the database cannot store")
     return text
 
 

@@ -14,3 +14,13 @@ def check_framework_app(app_configs=None, **kwargs):
         return [checks.Error("Django < 6.0 needs 'django_tasks' (the django-tasks backport) in INSTALLED_APPS",
                              id="jobs.E010")]
     return []
+
+
+@checks.register()
+def check_task_modules(app_configs=None, **kwargs):
+    """``JOBS_TASK_MODULES``: a list of dotted module names (see ``jobs.resolve``)."""
+    from .resolve import SETTING, listed_modules
+
+    _usable, problems = listed_modules()
+    return [checks.Error(problem, hint="List the modules (outside installed apps) whose tasks workers may import.",
+                         obj=SETTING, id="jobs.E003") for problem in problems]

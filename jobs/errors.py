@@ -8,6 +8,7 @@ thread that records it nor bloat the row (and every admin page that shows it).
 
 from __future__ import annotations
 
+import re
 import traceback as traceback_module
 from datetime import datetime
 
@@ -16,8 +17,13 @@ MAX_MESSAGE = 2000
 MAX_TRACEBACK = 16000
 
 
+# Characters a database text column refuses (PostgreSQL: NUL; UTF-8: lone surrogates).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def clip(text: str, limit: int) -> str:
-    """``text`` within ``limit`` characters, keeping the start and the end (where the error is)."""
+    """``text`` storable and within ``limit`` characters, keeping the start and the end (where the error is)."""
+    text = _UNSTORABLE.sub("\ufffd", text)
     if len(text) <= limit:
         return text
     marker = f"\n[... {len(text) - limit:,} characters cut ...]\n"
@@ -39,7 +45,7 @@ def exception_class_path(exc: BaseException) -> str:
     name = getattr(cls, "__qualname__", None)
     if not isinstance(module, str) or not isinstance(name, str):
         return "builtins.BaseException"
-    return f"{module}.{name}"
+    return clip(f"{module}.{name}", 300)
 
 
 def exception_message(exc: BaseException) -> str:

@@ -14,11 +14,13 @@ import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import connections, models, router, transaction
 from django.db.models import F, Q
 from django.db.models.expressions import Col
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from .errors import error_entry  # noqa: F401  (re-exported: its old home)
 from .framework import TaskResultStatus
@@ -327,9 +329,15 @@ class Job(models.Model):
     # -- named state changes for a running attempt, all fenced -------------------------
 
     def _attempt(self):
-        """This job's current attempt, as long as ``self.worker_id`` still holds it."""
-        return Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING, attempts=self.attempts,
-                                  worker_id=self.worker_id)
+        """This job's current attempt, as long as ``self.worker_id`` still holds it.
+
+        A damaged row's attempt count may not be a number (text on SQLite): such a job
+        is fenced on its holder alone, which every claim sets.
+        """
+        held = Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING, worker_id=self.worker_id)
+        if isinstance(self.attempts, int) and not isinstance(self.attempts, bool):
+            held = held.filter(attempts=self.attempts)
+        return held
 
     def mark_successful(self, return_value, *, now: datetime) -> bool:
         """Record success; False if this attempt is no longer ours to record."""
@@ -346,7 +354,8 @@ class Job(models.Model):
 
     def mark_handed_back(self) -> bool:
         """Give an unfinished attempt back on shutdown; it does not count as an attempt."""
-        return bool(self._attempt().update(status=JobStatus.READY, attempts=F("attempts") - 1, heartbeat_at=None))
+        attempts = models.Case(models.When(attempts__gt=0, then=F("attempts") - 1), default=models.Value(0))
+        return bool(self._attempt().update(status=JobStatus.READY, attempts=attempts, heartbeat_at=None))
 
     def mark_lost(self, error: dict, *, cutoff: datetime, now: datetime, retry_at: datetime | None) -> bool:
         """Take back an attempt whose worker stopped heartbeating, as a failed attempt.
@@ -443,7 +452,7 @@ def claim_sql(connection, *, worker_id: str, limit: int, now: datetime, queues) 
         f"WHERE {col['status']} = '{JobStatus.READY.value}' AND {col['run_after']} <= %s{queue_sql}"
         f"{_not_paused_sql(connection)} "
         f"ORDER BY {col['priority']} DESC, {col['run_after']}, {col['id']} LIMIT %s{lock}) "
-        f"RETURNING {', '.join(col[name] for name in _claimed_fields())}"
+        f"RETURNING {', '.join(column_sql(connection, name) for name in _claimed_fields())}"
     )
     params = [JobStatus.RUNNING.value, worker_id, now_db, now_db, now_db, now_db,
               *queue_params, limit]
@@ -473,25 +482,60 @@ _SHAPES = {"args": list, "kwargs": dict, "errors": list, "worker_ids": list, "me
            "attempts": int, "max_attempts": int, "priority": int, "task_path": str, "queue_name": str}
 
 
+def column_sql(connection, name: str) -> str:
+    """How the worker reads a column of Job: time columns as text.
+
+    The drivers convert times themselves, and raise inside the fetch (taking the
+    whole claim with them) for values a row writer can store: 'infinity' or a year
+    past 9999 on PostgreSQL, '2026-13-45' on SQLite. As text, the value reaches
+    ``rows_to_jobs``, which turns a bad one into damage of that one job.
+    """
+    field = Job._meta.get_field(name)
+    column = connection.ops.quote_name(field.column)
+    if isinstance(field, models.DateTimeField):
+        return f"CAST({column} AS TEXT)" if connection.vendor == "sqlite" else f"{column}::text"
+    return column
+
+
+def stored_datetime(value, connection) -> datetime | None:
+    """A time column read as text (see ``column_sql``) as the ORM would hand it back."""
+    if value is None or isinstance(value, datetime):
+        return value
+    parsed = parse_datetime(value)
+    if parsed is None:
+        raise ValueError(f"{value[:60]!r} is not a time")
+    if settings.USE_TZ and timezone.is_naive(parsed):
+        return timezone.make_aware(parsed, connection.timezone)
+    if not settings.USE_TZ and timezone.is_aware(parsed):
+        return timezone.make_naive(parsed, connection.timezone)
+    return parsed
+
+
 def rows_to_jobs(connection, names: Sequence[str], rows: Iterable[tuple]) -> list[Job]:
-    """Raw rows to Job instances with Django's own per-backend converters, never raising.
+    """Rows read with ``column_sql`` to Job instances, never raising on a stored value.
 
     A value that does not convert (or has the wrong shape: arguments that are not a
-    list, a priority stored as text on SQLite) is replaced by a harmless stand-in and
-    named in the job's ``damage`` list; the worker fails such a job alone, without
-    running it, instead of letting one row stop every claim.
+    list, a priority stored as text on SQLite, NULL where a value is required) is
+    replaced by a harmless stand-in and named in the job's ``damage`` list; the
+    worker fails such a job alone, without running it, instead of letting one row
+    stop every claim.
     """
     fields = [Job._meta.get_field(name) for name in names]
-    expressions = [Col(Job._meta.db_table, field) for field in fields]
-    converters = [connection.ops.get_db_converters(e) + e.get_db_converters(connection) for e in expressions]
+    converters = []
+    for field in fields:
+        if isinstance(field, models.DateTimeField):
+            converters.append(lambda value, _field=field: stored_datetime(value, connection))
+        else:
+            expression = Col(Job._meta.db_table, field)
+            fns = connection.ops.get_db_converters(expression) + expression.get_db_converters(connection)
+            converters.append(lambda value, _fns=fns, _e=expression: _convert(value, _fns, _e, connection))
     jobs = []
     for row in rows:
         values, damage = [], []
-        for raw, fns, expression, name in zip(row, converters, expressions, names):
-            value = raw
+        for raw, convert, field in zip(row, converters, fields):
+            name = field.name
             try:
-                for fn in fns:
-                    value = fn(value, expression, connection)
+                value = convert(raw)
             except Exception as exc:  # noqa: BLE001 - a stored value must not stop the worker
                 damage.append(f"{name}: {type(exc).__name__}: {str(exc)[:200]}")
                 value = _FALLBACKS.get(name, lambda: None)()
@@ -499,6 +543,8 @@ def rows_to_jobs(connection, names: Sequence[str], rows: Iterable[tuple]) -> lis
                 if isinstance(value, UnreadableJSON):
                     damage.append(f"{name}: {value}")
                     value = _FALLBACKS.get(name, lambda: None)()
+                elif value is None and not field.null:
+                    damage.append(f"{name}: missing (NULL or not a value of its type: {str(raw)[:60]!r})")
                 elif name in _SHAPES and (not isinstance(value, _SHAPES[name]) or isinstance(value, bool)):
                     damage.append(f"{name}: stored as {type(value).__name__} {str(value)[:60]!r}, "
                                   f"expected {_SHAPES[name].__name__}")
@@ -511,12 +557,20 @@ def rows_to_jobs(connection, names: Sequence[str], rows: Iterable[tuple]) -> lis
     return jobs
 
 
+def _convert(value, fns, expression, connection):
+    for fn in fns:
+        value = fn(value, expression, connection)
+    return value
+
+
 def load_jobs(queryset, names: Sequence[str]) -> list[Job]:
-    """``queryset``'s rows with only ``names`` loaded, through ``rows_to_jobs`` (never raising on a value)."""
+    """The jobs ``queryset`` selects, with only ``names`` loaded, through ``rows_to_jobs``."""
     names = [f.name for f in Job._meta.concrete_fields if f.name in set(names) | {"id"}]
-    query = queryset.values_list(*names).query
     connection = connections[queryset.db]
-    sql, params = query.get_compiler(using=queryset.db).as_sql()
+    inner, params = queryset.values("pk").query.get_compiler(using=queryset.db).as_sql()
+    qn = connection.ops.quote_name
+    sql = (f"SELECT {', '.join(column_sql(connection, name) for name in names)} FROM {qn(Job._meta.db_table)} "
+           f"WHERE {qn('id')} IN ({inner})")
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()

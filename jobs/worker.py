@@ -31,7 +31,7 @@ from collections import deque
 from datetime import datetime, timedelta
 from queue import Empty, SimpleQueue
 
-from django.db import DatabaseError, connections, router, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, router, transaction
 from django.utils import timezone
 
 from . import retry
@@ -396,11 +396,25 @@ class Worker:
         job = outcome.job
         decision = self._decide(job, outcome)
         retry_at = now + timedelta(seconds=decision.delay) if decision.retry else None
-        if not job.mark_failed(outcome.error, now=now, retry_at=retry_at):
+        if not self._isolated(lambda: job.mark_failed(outcome.error, now=now, retry_at=retry_at), job):
             return None, ""
         if decision.retry:
             return JobStatus.READY, f"retry in {decision.delay:.1f}s"
         return JobStatus.FAILED, decision.reason
+
+    def _isolated(self, write, job: Job) -> bool:
+        """Run one job's write in a savepoint, so that a value the database refuses (or a
+        bug) loses that one outcome, not the whole batch again and again; the job is then
+        left to be taken back once its heartbeat stops. Lost connections still propagate."""
+        try:
+            with transaction.atomic(using=self.db_alias):
+                return write()
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception:  # noqa: BLE001
+            logger.exception("job outcome could not be written id=%s task=%s; it will be taken back as lost",
+                             job.pk, job.task_path)
+            return False
 
     def _decide(self, job: Job, outcome: Outcome) -> retry.RetryDecision:
         if outcome.permanent:

@@ -136,3 +136,43 @@ def connection_identity():
             return cursor.fetchone()[0]
     connection.ensure_connection()
     return id(connection.connection)
+
+
+@task(max_attempts=1)
+def leaves_atomic_open(name):
+    """Enter transaction.atomic(), write, and return without leaving it."""
+    from django.db import transaction
+    from django.utils import timezone
+
+    from jobs.models import QueueState
+
+    transaction.atomic().__enter__()
+    QueueState.objects.create(name=name, changed_at=timezone.now())
+    return "returned inside atomic()"
+
+
+@task(max_attempts=1)
+def leaves_raw_begin(job_id):
+    """BEGIN behind Django's back and take a lock on a job row (IMMEDIATE: SQLite's write lock)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("BEGIN IMMEDIATE")
+        else:
+            cursor.execute("BEGIN")
+            cursor.execute("SELECT id FROM jobs_job WHERE id = %s FOR UPDATE", [job_id])
+    return "returned with BEGIN open"
+
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("__str__ raised")
+
+    def __repr__(self):
+        raise RuntimeError("__repr__ raised")
+
+
+@task(max_attempts=1)
+def raises_unprintable():
+    raise Unprintable()

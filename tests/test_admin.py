@@ -703,3 +703,57 @@ def test_chart_axis_and_svg():
     svg = throughput_svg([(now - timedelta(minutes=59 - i), i % 3, i % 2) for i in range(60)])
     assert svg.count("<g>") == 60 and svg.count('class="bad"') == 30 and svg.count('class="ok"') == 40
     assert f"{now:%H:%M}  2 successful, 1 failed" in svg and ">now</text>" in svg
+
+
+# -- what hostile or huge rows do to the pages (issue 9) --------------------------------------
+
+@pytest.mark.parametrize("term", ["²", "#²", "x" * 100_000, "#" + "9" * 30, "9" * 30, "%_\\", "\x00"])
+def test_searches_that_are_not_ids_or_are_huge_answer_200(admin_client, term):
+    make_jobs(1, JobStatus.FAILED)
+    response = admin_client.get(LIST, {"q": term})
+    assert response.status_code == 200
+
+
+def test_the_list_shows_only_the_start_of_a_huge_error(admin_client):
+    from jobs.admin import LIST_ERROR_CHARS
+
+    make_jobs(20, JobStatus.FAILED, errors=[error(1, message="boom " * 400_000)])  # 2 MB each
+    response = admin_client.get(LIST)
+    assert response.status_code == 200
+    assert len(response.content) < 500_000  # 20 jobs x 2 MB in a title attribute made a 42 MB page
+    assert "boom " * (LIST_ERROR_CHARS // 5 - 1) in response.content.decode()
+
+
+def test_the_job_page_shows_the_start_of_a_huge_argument_and_offers_the_whole_as_a_download(admin_client):
+    big = "x" * 5_000_000
+    (job,) = make_jobs(1, args=[big], errors=[error(i) for i in range(1, 201)])
+    response = admin_client.get(f"{LIST}{job.pk}/change/")
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert len(page) < 1_000_000 and "more characters" in page and "The 150 oldest are not shown" in page
+    url = reverse("admin:jobs_job_download", args=[job.pk, "args"])
+    assert url in page
+    download = admin_client.get(url)
+    assert download.status_code == 200 and download["Content-Disposition"].startswith("attachment")
+    assert big in download.content.decode()
+    assert admin_client.get(reverse("admin:jobs_job_download", args=[job.pk, "task_path"])).status_code == 404
+
+
+def test_a_damaged_row_has_a_job_page(admin_client):
+    (job,) = make_jobs(1, JobStatus.FAILED)
+    pg = connection.vendor == "postgresql"
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE jobs_job SET args = %s{'::jsonb' if pg else ''}, errors = %s{'::jsonb' if pg else ''},"
+                       " worker_ids = '7' WHERE id = %s", ["[" + "9" * 5000 + "]", '"not a list"', job.pk])
+    response = admin_client.get(f"{LIST}{job.pk}/change/")
+    assert response.status_code == 200
+    assert "unreadable JSON" in response.content.decode()
+    assert admin_client.get(LIST).status_code == 200
+
+
+def test_download_needs_view_permission(db):
+    (job,) = make_jobs(1)
+    nobody = staff("nobody")
+    url = reverse("admin:jobs_job_download", args=[job.pk, "args"])
+    assert nobody.get(url).status_code == 403
+    assert staff("viewer", "view_job").get(url).status_code == 200

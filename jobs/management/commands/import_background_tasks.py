@@ -31,7 +31,8 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from jobs import compat
-from jobs.backends import DatabaseBackend
+from jobs.backends import DatabaseBackend, serialise_arguments
+from jobs.conf import MAX_ATTEMPTS
 from jobs.exceptions import JobError
 from jobs.framework import (
     DEFAULT_TASK_BACKEND_ALIAS,
@@ -46,8 +47,13 @@ COMPLETED_TABLE = "background_task_completedtask"
 COLUMNS = ("id", "task_name", "task_params", "task_hash", "verbose_name", "priority", "run_at", "repeat",
            "repeat_until", "queue", "attempts", "failed_at", "last_error", "locked_by", "locked_at",
            "creator_content_type_id", "creator_object_id")
+TIME_COLUMNS = ("run_at", "repeat_until", "failed_at", "locked_at")
 # Serialises concurrent imports on PostgreSQL (a transaction-level advisory lock).
 ADVISORY_LOCK_KEY = 0x6A6F6273_62677431  # "jobsbgt1"
+
+
+class Unreadable(ValueError):
+    """A source row that cannot be read as django-background-tasks writes them."""
 
 
 @dataclass
@@ -73,7 +79,12 @@ def aware(value) -> datetime | None:
     if value is None or value == "":
         return None
     if isinstance(value, str):
-        value = parse_datetime(value)
+        parsed = parse_datetime(value)  # None, or ValueError, for text that is no time
+        if parsed is None:
+            raise ValueError(f"{value[:60]!r} is not a time")
+        value = parsed
+    if not isinstance(value, datetime):
+        raise ValueError(f"{value!r} is not a time")
     if not settings.USE_TZ:  # Django stores local time, and wants it back naive
         return timezone.make_naive(value) if timezone.is_aware(value) else value
     # Django stores UTC when USE_TZ is on.
@@ -152,8 +163,10 @@ class Command(BaseCommand):
     def _fetch(self, source, after_id, limit) -> list[dict]:
         qn = source.ops.quote_name
         where, params = ("", []) if after_id is None else (f" WHERE {qn('id')} > %s", [after_id])
-        sql = (f"SELECT {', '.join(qn(c) for c in COLUMNS)} FROM {qn(TABLE)}{where} "
-               f"ORDER BY {qn('id')} LIMIT %s")
+        # Times as text: the drivers raise inside the fetch on values a damaged table can hold
+        # ('infinity', year 20000, '2026-13-45'), which would stop the whole import.
+        columns = [f"CAST({qn(c)} AS TEXT)" if c in TIME_COLUMNS else qn(c) for c in COLUMNS]
+        sql = f"SELECT {', '.join(columns)} FROM {qn(TABLE)}{where} ORDER BY {qn('id')} LIMIT %s"
         with source.cursor() as cursor:
             cursor.execute(sql, [*params, limit])
             return [dict(zip(COLUMNS, row)) for row in cursor.fetchall()]
@@ -191,7 +204,22 @@ class Command(BaseCommand):
     # -- one batch -----------------------------------------------------------------------
 
     def _job_for(self, source, row: dict, report: Report):
-        """The Job a row becomes, or None (counted in the report under its reason)."""
+        """The Job a row becomes, or None (counted in the report under its reason).
+
+        A row that cannot be read as django-background-tasks wrote it (a NULL where
+        there is none, a time that is not one, numbers out of range, parameters
+        nested past what the database stores) is reported as unreadable with what
+        was wrong, and the import goes on with the other rows.
+        """
+        try:
+            return self._read_row(source, row, report)
+        except Unreadable as exc:
+            report.unreadable.append((row["id"], str(exc)))
+        except Exception as exc:  # noqa: BLE001 - one damaged row must not stop the import
+            report.unreadable.append((row["id"], f"{type(exc).__name__}: {str(exc)[:200]}"))
+        return None
+
+    def _read_row(self, source, row: dict, report: Report):
         from jobs.models import Job
 
         if row["failed_at"] is not None:
@@ -203,6 +231,8 @@ class Command(BaseCommand):
             report.locked.append(row["id"])
             return None
         name = row["task_name"]
+        if not isinstance(name, str) or not name:
+            raise Unreadable(f"task_name is {name!r}, not a task name")
         task = self._resolve(name)
         if task is None:
             report.unregistered[name] += 1
@@ -211,14 +241,24 @@ class Command(BaseCommand):
             args, kwargs = json.loads(row["task_params"])
             if not isinstance(args, list) or not isinstance(kwargs, dict):
                 raise TypeError("expected [args, kwargs]")
-        except (TypeError, ValueError) as exc:
-            report.unreadable.append((row["id"], str(exc)))
-            return None
+            args, kwargs = serialise_arguments(task, args, kwargs)  # what enqueue would accept
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise Unreadable(f"task_params do not parse ({type(exc).__name__}: {str(exc)[:200]})") from exc
         queue_name = row["queue"] or DEFAULT_TASK_QUEUE_NAME
         if self.backend.queues and queue_name not in self.backend.queues:
             report.bad_queue[queue_name] += 1
             return None
-        run_at = aware(row["run_at"]) or self.now
+        try:
+            run_at = aware(row["run_at"])
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise Unreadable(f"run_at {row['run_at']!r} is not a time ({exc})") from exc
+        if run_at is None:  # a time that does not parse must not quietly become "due now"
+            raise Unreadable(f"run_at {row['run_at']!r} is not a time")
+        priority, attempts = row["priority"], row["attempts"]
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise Unreadable(f"priority {priority!r} is not an integer")
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or not 0 <= attempts <= MAX_ATTEMPTS:
+            raise Unreadable(f"attempts {attempts!r} is not an integer from 0 to {MAX_ATTEMPTS}")
         info = {"name": name, "hash": row["task_hash"], "priority": row["priority"],
                 "scheduled_at": run_at.isoformat(), "source_id": row["id"]}
         if row["repeat"]:
@@ -233,14 +273,13 @@ class Command(BaseCommand):
         if row["creator_content_type_id"] is not None:
             meta["creator"] = {"content_type": self._content_type(source, row["creator_content_type_id"]),
                                "object_id": row["creator_object_id"]}
-        attempts = row["attempts"] or 0
         errors = []
         if row["last_error"]:
             # Its backoff was attempts**4 + 5 seconds, so the failure happened then.
-            failed_at = run_at - timedelta(seconds=attempts ** 4 + 5)
+            failed_at = run_at - timedelta(seconds=min(attempts ** 4 + 5, 365 * 86400))
             errors.append(error_from_last_error(row["last_error"], attempt=attempts, failed_at=failed_at))
         return Job(task_path=task.module_path, backend=self.backend.alias, queue_name=queue_name,
-                   priority=compat.map_priority(row["priority"]), args=args, kwargs=kwargs, run_after=run_at,
+                   priority=compat.map_priority(priority), args=args, kwargs=kwargs, run_after=run_at,
                    enqueued_at=self.now, attempts=attempts, max_attempts=compat.max_attempts_for(task, self.backend),
                    errors=errors, meta=meta)
 
@@ -291,7 +330,7 @@ class Command(BaseCommand):
         for queue, count in sorted(report.bad_queue.items()):
             warn(f"  queue {queue!r} is not in TASKS['QUEUES']: {count} row(s) left out. Add it, then run this again.")
         for row_id, problem in report.unreadable:
-            warn(f"  row id {row_id}: task_params do not parse ({problem}): left out.")
+            warn(f"  row id {row_id}: {problem}: left out.")
         if report.locked:
             warn(f"  {len(report.locked)} row(s) locked by a django-background-tasks worker that may still be "
                  "running them (ids " + ", ".join(map(str, report.locked[:20])) + "): left out. Stop its workers, "
