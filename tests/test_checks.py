@@ -60,8 +60,9 @@ def test_a_file_already_in_wal_mode_needs_no_init_command(tmp_path):
         assert missing_sqlite_options(options, name=name) == {"init_command": WAL}, name
 
 
-def test_warning_names_the_alias_and_every_option_to_add():
-    [warning] = sqlite_sharing_warnings("default", {"ENGINE": "django.db.backends.sqlite3", "NAME": "db.sqlite3"})
+def test_warning_names_the_alias_and_every_option_to_add(tmp_path):
+    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": tmp_path / "db.sqlite3"}  # not made yet
+    [warning] = sqlite_sharing_warnings("default", database)
     assert warning.id == "jobs.W001" and warning.obj == "DATABASES['default']['OPTIONS']"
     assert ("add to its OPTIONS {'init_command': 'PRAGMA journal_mode=WAL;', 'timeout': 20, "
             "'transaction_mode': 'IMMEDIATE'}") in warning.msg
