@@ -24,7 +24,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test test-sqlite test-postgres lint bench venv clean chromium
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@if [ -x "$(PY)" ] && [ "$$($(PY) -c 'import sys; print(sys.base_prefix)')" != "$$($(PYTHON) -c 'import sys; print(sys.base_prefix)')" ]; then \
 		echo "Python changed: recreating $(VENV)"; rm -rf "$(VENV)"; fi
 	@echo "Using $(PYTHON) ($$($(PYTHON) --version))"

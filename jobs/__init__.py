@@ -6,6 +6,9 @@ and ``backoff``. Nothing here imports models at import time.
 
 from .decorators import task
 
+# The one place the version lives: pyproject.toml reads it from here (hatchling, without importing).
+__version__ = "0.1.0"
+
 
 def enqueue_many(task, calls, *, batch_size: int = 1000):
     """Enqueue ``task`` once per ``(args, kwargs)`` pair in bulk; returns the TaskResults.
@@ -19,4 +22,4 @@ def enqueue_many(task, calls, *, batch_size: int = 1000):
     return backend.enqueue_many(task, calls, batch_size=batch_size)
 
 
-__all__ = ["enqueue_many", "task"]
+__all__ = ["__version__", "enqueue_many", "task"]

@@ -1,7 +1,29 @@
 """App-level system checks. Backend OPTIONS are checked by ``DatabaseBackend.check()``,
 which Django's tasks framework runs as part of ``manage.py check``."""
 
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
 from django.core import checks
+
+# What SQLite needs so that a web server and worker processes can share one file:
+# WAL lets readers run beside the one writer, the busy timeout (seconds) makes a
+# writer wait for the lock instead of failing with "database is locked", and
+# IMMEDIATE transactions take the write lock at BEGIN, so two writers never
+# deadlock upgrading a read lock. Every Django we support (5.2+) has transaction_mode.
+SQLITE_SHARING_OPTIONS = {
+    "init_command": "PRAGMA journal_mode=WAL;",
+    "timeout": 20,
+    "transaction_mode": "IMMEDIATE",
+}
+_WAL_PRAGMA = re.compile(r"journal_mode\s*=\s*['\"]?wal\b", re.IGNORECASE)
+_BUSY_TIMEOUT_PRAGMA = re.compile(r"busy_timeout\s*=\s*['\"]?0*[1-9]", re.IGNORECASE)
+# Byte 18 of a SQLite file's header (its "write version") is 2 once the file is in WAL mode,
+# which is persistent: the file says so without opening a connection at check time.
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_WAL_WRITE_VERSION = 2
 
 
 @checks.register(checks.Tags.compatibility)
@@ -24,3 +46,67 @@ def check_task_modules(app_configs=None, **kwargs):
     _usable, problems = listed_modules()
     return [checks.Error(problem, hint="List the modules (outside installed apps) whose tasks workers may import.",
                          obj=SETTING, id="jobs.E003") for problem in problems]
+
+
+@checks.register(checks.Tags.compatibility)
+def check_sqlite_sharing(app_configs=None, **kwargs):
+    """Warn when the database that holds jobs is SQLite not set up for several processes.
+
+    Reads settings (and at most the first 20 bytes of a SQLite file), never opens a connection.
+    """
+    from django.apps import apps
+    from django.conf import settings
+    from django.db import router
+
+    alias = router.db_for_write(apps.get_model("jobs", "Job"))
+    return sqlite_sharing_warnings(alias, settings.DATABASES.get(alias) or {})
+
+
+def sqlite_sharing_warnings(alias: str, database: dict) -> list[checks.Warning]:
+    """``jobs.W001`` for the ``DATABASES[alias]`` entry when it is SQLite that lacks sharing OPTIONS."""
+    from django.db.utils import load_backend
+
+    engine = database.get("ENGINE") or ""
+    if not engine or load_backend(engine).DatabaseWrapper.vendor != "sqlite":
+        return []
+    missing = missing_sqlite_options(database.get("OPTIONS") or {}, database.get("NAME"))
+    if not missing:
+        return []
+    listed = ", ".join(f"{key!r}: {value!r}" for key, value in missing.items())
+    return [checks.Warning(
+        f"DATABASES[{alias!r}] holds the jobs and is SQLite, but not set up for a web server and workers "
+        f"sharing the file: add to its OPTIONS {{{listed}}}",
+        hint="WAL lets readers run beside the writer; 'timeout' (seconds) makes a writer wait for the lock "
+             "instead of failing with 'database is locked'; 'transaction_mode': 'IMMEDIATE' takes the write "
+             "lock at BEGIN, so two writers never deadlock. See the README's 'Install into your project'.",
+        obj=f"DATABASES[{alias!r}]['OPTIONS']",
+        id="jobs.W001",
+    )]
+
+
+def missing_sqlite_options(options: dict, name) -> dict:
+    """The OPTIONS (with the values to set) that a SQLite database still needs for sharing."""
+    missing = {}
+    init_command = str(options.get("init_command") or "")
+    if not _WAL_PRAGMA.search(init_command) and not _file_in_wal_mode(name):
+        wal = SQLITE_SHARING_OPTIONS["init_command"]
+        missing["init_command"] = f"{init_command.rstrip().rstrip(';')}; {wal}" if init_command.strip() else wal
+    timeout = options.get("timeout")
+    has_timeout = isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0
+    if not has_timeout and not _BUSY_TIMEOUT_PRAGMA.search(init_command):
+        missing["timeout"] = SQLITE_SHARING_OPTIONS["timeout"]
+    if str(options.get("transaction_mode") or "").upper() not in {"IMMEDIATE", "EXCLUSIVE"}:
+        missing["transaction_mode"] = SQLITE_SHARING_OPTIONS["transaction_mode"]
+    return missing
+
+
+def _file_in_wal_mode(name) -> bool:
+    """True when ``name`` is an existing SQLite file whose header says WAL (no connection opened)."""
+    if not name or str(name).startswith("file:") or str(name) == ":memory:":
+        return False
+    try:
+        with open(Path(name), "rb") as file:
+            header = file.read(20)
+    except OSError:
+        return False
+    return len(header) == 20 and header.startswith(_SQLITE_HEADER) and header[18] == _WAL_WRITE_VERSION

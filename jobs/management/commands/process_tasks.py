@@ -11,7 +11,7 @@ import threading
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs.framework import DEFAULT_TASK_BACKEND_ALIAS, task_backends
+from jobs.framework import DEFAULT_TASK_BACKEND_ALIAS, FRAMEWORK, task_backends
 from jobs.worker import Worker
 
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
@@ -133,6 +133,11 @@ class Command(BaseCommand):
                 handler = logging.StreamHandler()
                 handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
                 logger.addHandler(handler)
+        # The tasks framework logs every start and finish too (through Django's console handler
+        # when DEBUG is on); below -v 2 the worker's own lines say it, unless LOGGING sets a level.
+        framework_logger = logging.getLogger(FRAMEWORK)
+        if verbosity < 2 and framework_logger.level == logging.NOTSET:
+            framework_logger.setLevel(logging.WARNING)
 
     def _install_signal_handlers(self, worker: Worker) -> None:
         """First SIGTERM/SIGINT: stop gracefully. Second: exit at once."""
