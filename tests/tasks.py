@@ -136,3 +136,10 @@ def connection_identity():
             return cursor.fetchone()[0]
     connection.ensure_connection()
     return id(connection.connection)
+
+
+@django_task(takes_context=True)
+def task_as_seen(context):
+    """What the running task is told about itself: the run_after and backend of its TaskResult's task."""
+    task = context.task_result.task
+    return {"run_after": task.run_after.isoformat() if task.run_after else None, "backend": task.backend}
