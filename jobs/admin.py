@@ -45,12 +45,16 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 
 from . import counts, overview
+from .backends import DatabaseBackend
 from .counts import distinct_values
+from .execution import attempt_limit
+from .framework import task_backends
 from .models import FINISHED_STATUSES, Job, JobStatus, QueueState, WorkerProcess
 from .templatetags.jobs_admin import human_duration, relative, when
 
-# Columns the list never shows; the job page reads the whole row.
-LIST_DEFERRED = ("args", "kwargs", "return_value", "errors", "meta", "worker_ids", "backend")
+# Columns the list never shows; the job page reads the whole row. (The backend alias is read:
+# the attempt limit shown depends on it.)
+LIST_DEFERRED = ("args", "kwargs", "return_value", "errors", "meta", "worker_ids")
 
 
 # -- counting and choices without scanning the table ---------------------------------------
@@ -223,7 +227,7 @@ class JobAdmin(admin.ModelAdmin):
     def attempts_column(self, job):
         css = "jobs-attempts jobs-attempts--retried" if job.attempts > 1 else "jobs-attempts"
         return format_html('<span class="{}">{}<span class="jobs-of"> / {}</span></span>', css, job.attempts,
-                           job.max_attempts)
+                           attempt_limit_of(job))
 
     @admin.display(description="enqueued", ordering="id")
     def enqueued_column(self, job):
@@ -422,6 +426,17 @@ def plural_jobs(n: int) -> str:
     return f"{n:,} job" if n == 1 else f"{n:,} jobs"
 
 
+def attempt_limit_of(job: Job) -> int | str:
+    """The attempt limit a worker of the job's backend alias applies to it now ("?" without one)."""
+    try:
+        backend = task_backends[job.backend]
+    except Exception:  # an alias no longer in TASKS: no worker serves it
+        return job.max_attempts or "?"
+    if not isinstance(backend, DatabaseBackend):
+        return job.max_attempts or "?"
+    return attempt_limit(job, backend)
+
+
 def current_status(pk: int) -> str:
     status = Job.objects.filter(pk=pk).values_list("status", flat=True).first()
     return JobStatus(status).label.lower() if status else "gone"
@@ -531,7 +546,7 @@ def job_page(job: Job) -> dict:
                        "detail": f"attempt {job.attempts}{took}"})
     elif job.finished_at and job.status == JobStatus.FAILED:
         events.append({"at": job.finished_at, "kind": "failed-final", "label": "Failed for good",
-                       "detail": f"after {job.attempts} of {job.max_attempts} attempts"})
+                       "detail": f"after {job.attempts} of {attempt_limit_of(job)} attempts"})
     if job.status == JobStatus.READY:
         due = job.run_after
         events.append({"at": due, "kind": "due", "label": "Due" if due <= now else "Due " + relative(due),
@@ -594,6 +609,7 @@ def job_page(job: Job) -> dict:
         "can_cancel": job.status == JobStatus.READY,
         "badge": status_badge(job.status),
         "changelist_url": reverse("admin:jobs_job_changelist"),
+        "attempt_limit": attempt_limit_of(job),
     }
 
 

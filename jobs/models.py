@@ -20,7 +20,7 @@ from django.db.models import F, Q
 from django.db.models.expressions import Col
 from django.utils import timezone
 
-from .framework import TaskResultStatus
+from .framework import DEFAULT_TASK_BACKEND_ALIAS, TaskResultStatus
 
 
 class JobStatus(models.TextChoices):
@@ -39,8 +39,8 @@ FINISHED_STATUSES = (JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.CANCELLED
 # Columns a claim hands back: what a worker needs to run the job and record it.
 CLAIM_FIELDS = (
     "id", "task_path", "backend", "queue_name", "priority", "args", "kwargs", "status", "run_after",
-    "enqueued_at", "started_at", "last_attempted_at", "finished_at", "attempts", "max_attempts", "worker_id",
-    "heartbeat_at", "errors", "worker_ids", "meta",
+    "task_run_after", "enqueued_at", "started_at", "last_attempted_at", "finished_at", "attempts", "max_attempts",
+    "worker_id", "heartbeat_at", "errors", "worker_ids", "meta",
 )
 
 
@@ -77,8 +77,9 @@ class JobQuerySet(models.QuerySet):
 
     # -- the claim: the only place that takes READY jobs -------------------------------
 
-    def claim(self, *, worker_id: str, limit: int, now: datetime, queues: Sequence[str] | None = None) -> list[Job]:
-        """Take up to ``limit`` due jobs for ``worker_id``, marking them RUNNING.
+    def claim(self, *, worker_id: str, limit: int, now: datetime, queues: Sequence[str] | None = None,
+              backend: str = DEFAULT_TASK_BACKEND_ALIAS) -> list[Job]:
+        """Take up to ``limit`` due jobs of the ``backend`` alias for ``worker_id``, marking them RUNNING.
 
         One statement, one short transaction (or part of the caller's): the rows are
         chosen by priority, then ``run_after``, then enqueue order, locked with
@@ -91,9 +92,11 @@ class JobQuerySet(models.QuerySet):
             return []
         connection = connections[router.db_for_write(Job)]
         if connection.vendor in ("postgresql", "sqlite"):
-            jobs = _claim_returning(connection, worker_id=worker_id, limit=limit, now=now, queues=queues)
+            jobs = _claim_returning(connection, worker_id=worker_id, limit=limit, now=now, queues=queues,
+                                    backend=backend)
         else:
-            jobs = _claim_select_then_update(self, worker_id=worker_id, limit=limit, now=now, queues=queues)
+            jobs = _claim_select_then_update(self, worker_id=worker_id, limit=limit, now=now, queues=queues,
+                                             backend=backend)
         jobs.sort(key=lambda job: (-job.priority, job.run_after, job.id))
         return jobs
 
@@ -259,12 +262,18 @@ class Job(models.Model):
     kwargs = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.READY)
     run_after = models.DateTimeField(help_text="Earliest time the next attempt may start.")
+    # What TaskResult.task.run_after says: the task as enqueued (None: no run_after given), kept
+    # apart from run_after, which retries, requeues and "run now" move.
+    task_run_after = models.DateTimeField(null=True, blank=True, help_text="run_after the job was enqueued with.")
     enqueued_at = models.DateTimeField()
     started_at = models.DateTimeField(null=True, blank=True, help_text="Start of the first attempt.")
     last_attempted_at = models.DateTimeField(null=True, blank=True, help_text="Start of the latest attempt.")
     finished_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0, help_text="Attempts started (the current one included).")
-    max_attempts = models.PositiveIntegerField(default=3)
+    # The task's own limit (jobs.task(max_attempts=...)); empty: the backend's default as configured
+    # when an attempt ends (OPTIONS["max_attempts"], or settings.MAX_ATTEMPTS for @background tasks).
+    max_attempts = models.PositiveIntegerField(null=True, blank=True, default=None,
+                                               help_text="The task's own attempt limit; empty: the default in force.")
     worker_id = models.CharField(max_length=128, blank=True, default="", help_text="Worker holding or last holding the job.")
     heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last sign of life of the holding worker.")
     worker_ids = models.JSONField(default=list, blank=True, help_text="Worker of each finished attempt.")
@@ -277,18 +286,19 @@ class Job(models.Model):
     class Meta:
         ordering = ["-id"]
         indexes = [
-            # The claim reads only due READY rows in claim order; finished rows, however
-            # many millions, are not in this index at all.
-            models.Index(F("priority").desc(), "run_after", "id", name=CLAIM_INDEX,
+            # The claim reads only due READY rows of its backend alias in claim order; finished
+            # rows, however many millions, are not in this index at all, and another alias's
+            # backlog is skipped by the seek on the leading column.
+            models.Index("backend", F("priority").desc(), "run_after", "id", name=CLAIM_INDEX,
                          condition=Q(status="READY")),
             # The stale sweep reads only RUNNING rows.
             models.Index(fields=["heartbeat_at"], name="jobs_job_running_idx", condition=Q(status="RUNNING")),
             # The admin (jobs/admin.py). Each list filter reads its own index newest first; the
-            # queue index also answers the overview's counts per queue and status and its lag
-            # (index-only), and both leading columns give the filters their choices by a
-            # loose index scan instead of a DISTINCT over the table.
+            # queue index also answers the overview's counts per queue, status and backend alias
+            # and its lag (index-only), and both leading columns give the filters their choices
+            # by a loose index scan instead of a DISTINCT over the table.
             models.Index(fields=["status", "id"], name="jobs_job_status_idx"),
-            models.Index(fields=["queue_name", "status", "run_after"], name="jobs_job_queue_idx"),
+            models.Index(fields=["queue_name", "status", "backend", "run_after"], name="jobs_job_queue_idx"),
             models.Index(fields=["task_path", "id"], name="jobs_job_task_idx"),
             models.Index(fields=["enqueued_at"], name="jobs_job_enqueued_idx"),
             # The overview's throughput chart and failing tasks read recent finishes only.
@@ -391,7 +401,8 @@ def _claimed_fields() -> list[str]:
     return [f.name for f in Job._meta.concrete_fields if f.name in CLAIM_FIELDS]
 
 
-def claim_sql(connection, *, worker_id: str, limit: int, now: datetime, queues) -> tuple[str, list]:
+def claim_sql(connection, *, worker_id: str, limit: int, now: datetime, queues,
+              backend: str = DEFAULT_TASK_BACKEND_ALIAS) -> tuple[str, list]:
     """The claim statement for PostgreSQL and SQLite: UPDATE ... WHERE id IN (SELECT ...) RETURNING.
 
     Exposed so that tests can EXPLAIN exactly what the workers run.
@@ -416,12 +427,13 @@ def claim_sql(connection, *, worker_id: str, limit: int, now: datetime, queues) 
         f"WHERE {col['id']} IN (SELECT {col['id']} FROM {table}{hint} "
         # 'READY' is written out, not a parameter: only a literal lets the planner prove
         # that the partial claim index applies (SQLite never uses it for a parameter).
-        f"WHERE {col['status']} = '{JobStatus.READY.value}' AND {col['run_after']} <= %s{queue_sql}"
+        f"WHERE {col['status']} = '{JobStatus.READY.value}' AND {col['backend']} = %s "
+        f"AND {col['run_after']} <= %s{queue_sql}"
         f"{_not_paused_sql(connection)} "
         f"ORDER BY {col['priority']} DESC, {col['run_after']}, {col['id']} LIMIT %s{lock}) "
         f"RETURNING {', '.join(col[name] for name in _claimed_fields())}"
     )
-    params = [JobStatus.RUNNING.value, worker_id, now_db, now_db, now_db, now_db,
+    params = [JobStatus.RUNNING.value, worker_id, now_db, now_db, now_db, backend, now_db,
               *queue_params, limit]
     return sql, params
 
@@ -435,8 +447,8 @@ def _not_paused_sql(connection) -> str:
             f"WHERE {qn(meta.get_field('paused').column)})")
 
 
-def _claim_returning(connection, *, worker_id: str, limit: int, now: datetime, queues) -> list[Job]:
-    sql, params = claim_sql(connection, worker_id=worker_id, limit=limit, now=now, queues=queues)
+def _claim_returning(connection, *, worker_id: str, limit: int, now: datetime, queues, backend: str) -> list[Job]:
+    sql, params = claim_sql(connection, worker_id=worker_id, limit=limit, now=now, queues=queues, backend=backend)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -459,9 +471,11 @@ def _rows_to_jobs(connection, rows: Iterable[tuple]) -> list[Job]:
     return jobs
 
 
-def _claim_select_then_update(queryset: JobQuerySet, *, worker_id: str, limit: int, now: datetime, queues) -> list[Job]:
+def _claim_select_then_update(queryset: JobQuerySet, *, worker_id: str, limit: int, now: datetime, queues,
+                              backend: str = DEFAULT_TASK_BACKEND_ALIAS) -> list[Job]:
     """For databases without UPDATE ... RETURNING (MySQL 8, MariaDB): lock, then update."""
-    candidates = queryset.due(now).exclude(queue_name__in=QueueState.objects.filter(paused=True).values("name"))
+    paused = QueueState.objects.filter(paused=True).values("name")
+    candidates = queryset.due(now).filter(backend=backend).exclude(queue_name__in=paused)
     if queues:
         candidates = candidates.filter(queue_name__in=list(queues))
     with transaction.atomic(using=queryset.db):

@@ -5,6 +5,7 @@ One section per item of the issue; each test failed on the code before its fix.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import subprocess
@@ -58,11 +59,11 @@ def options(**changes):
 
 @contextmanager
 def received(signal):
-    """Every TaskResult sent through ``signal`` meanwhile, as (status, is_finished, errors)."""
+    """A copy of every TaskResult sent through ``signal`` meanwhile, as it was when sent."""
     seen = []
 
     def receiver(sender, task_result, **kwargs):
-        seen.append(task_result)
+        seen.append(copy.deepcopy(task_result))
 
     signal.connect(receiver, weak=False)
     try:
@@ -132,7 +133,7 @@ def test_1_the_prune_task_keeps_to_its_backend_alias(run_worker):
         result = prune_jobs.enqueue("other")
         run_worker()
         assert prune_jobs.get_result(result.id).return_value == {"successful": 2, "failed": 0}
-        assert Job.objects.filter(backend="default").count() == 3
+        assert Job.objects.filter(backend="default", task_path="tests.tasks.add").count() == 3
 
 
 def test_1_the_overview_counts_each_backends_jobs_apart(db):
@@ -449,8 +450,10 @@ REPR_CASES = "[TaskSchedule(run_at=60, priority=3), TaskSchedule(), TaskSchedule
 
 
 def test_8_task_schedule_repr_is_the_originals(bgtasks_python):  # noqa: F811
-    code = f"from datetime import timedelta; from background_task.tasks import TaskSchedule; print({REPR_CASES})"
-    env = {"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": ""}
+    code = ("import django; from django.conf import settings; "
+            "settings.configure(INSTALLED_APPS=['django.contrib.contenttypes', 'background_task']); django.setup(); "
+            f"from datetime import timedelta; from background_task.tasks import TaskSchedule; print({REPR_CASES})")
+    env = {"PATH": "/usr/bin:/bin"}
     proc = subprocess.run([str(bgtasks_python), "-c", code], capture_output=True, text=True, timeout=60, env=env,
                           check=False)
     assert proc.returncode == 0, proc.stderr
