@@ -120,6 +120,20 @@ class QueueFilter(admin.SimpleListFilter):
         return queryset.filter(queue_name=self.value()) if self.value() else queryset
 
 
+class BackendFilter(admin.SimpleListFilter):
+    """Shown when several TASKS aliases store jobs here; the choices come from settings, not a query."""
+
+    title = "backend"
+    parameter_name = "backend"
+
+    def lookups(self, request, model_admin):
+        aliases = sorted(overview.database_backends())
+        return [(alias, alias) for alias in aliases] if len(aliases) > 1 else []
+
+    def queryset(self, request, queryset):
+        return queryset.filter(backend=self.value()) if self.value() else queryset
+
+
 class TaskFilter(admin.SimpleListFilter):
     title = "task"
     parameter_name = "task"
@@ -149,7 +163,7 @@ class JobAdmin(admin.ModelAdmin):
     list_display = ("id", "task_column", "queue_column", "priority", "status_column", "attempts_column",
                     "enqueued_column", "started_column", "finished_column", "duration_column")
     list_display_links = ("id",)
-    list_filter = ("status", QueueFilter, TaskFilter, ("enqueued_at", admin.DateFieldListFilter))
+    list_filter = ("status", QueueFilter, BackendFilter, TaskFilter, ("enqueued_at", admin.DateFieldListFilter))
     search_fields = ("task_path",)  # the search itself is get_search_results below
     search_help_text = "Job id (#123), part of a task path, or text of an error message or traceback."
     ordering = ("-id",)

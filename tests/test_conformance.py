@@ -149,6 +149,9 @@ def test_1_the_overview_counts_each_backends_jobs_apart(db):
         assert rows[("default", "default")].due == 2 and rows[("other", "default")].due == 5
         assert response.context["totals"]["due"] == 7
         assert b"Backend" in response.content  # several aliases: the table says which is which
+        assert b'href="/admin/jobs/job/?queue=default&amp;backend=other&amp;status__exact=READY"' in response.content
+        listed = client.get("/admin/jobs/job/?queue=default&backend=other&status__exact=READY")
+        assert listed.context["cl"].result_count == 5
 
 
 def backlog_of_another_backend(size: int = 3000) -> None:
