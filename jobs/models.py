@@ -14,9 +14,11 @@ import json
 import traceback as traceback_module
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
+from django.core.exceptions import EmptyResultSet
 from django.db import connections, models, router, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, sql
 from django.db.models.expressions import Col
 from django.utils import timezone
 
@@ -189,39 +191,89 @@ class JobQuerySet(models.QuerySet):
         return ids
 
     # -- changes made from outside a running attempt -----------------------------------
+    # Each is one UPDATE (or DELETE) however many rows, and hands back the jobs it changed,
+    # read by the same statement (RETURNING), so the admin can record them without a second
+    # scan of the table.
 
-    def requeue(self, now: datetime | None = None, *, by: str = "") -> int:
+    def requeue(self, now: datetime | None = None, *, by: str = "") -> list[ChangedJob]:
         """Put finished jobs back to READY, due now, as the same jobs (same ids).
 
         Attempts start again from zero (a requeue is a fresh run, with all of
         ``max_attempts`` before it); earlier errors and their workers stay in the job's
         history, and ``meta["requeued"]`` says when and by whom. RUNNING and READY jobs
-        are left alone: a running attempt is the worker's. One UPDATE, however many rows.
+        are left alone: a running attempt is the worker's. Returns the jobs requeued.
         """
         now = now or timezone.now()
-        return self.filter(status__in=FINISHED_STATUSES).update(
+        return self.filter(status__in=FINISHED_STATUSES).update_returning(
             status=JobStatus.READY, run_after=now, attempts=0, started_at=None, last_attempted_at=None,
             finished_at=None, worker_id="", heartbeat_at=None, return_value=None,
             meta=JSONMerge("meta", {"requeued": {"at": now.isoformat(), "by": by}}),
         )
 
-    def cancel(self, reason: str, now: datetime | None = None, *, by: str = "") -> int:
+    def cancel(self, reason: str, now: datetime | None = None, *, by: str = "") -> list[ChangedJob]:
         """READY jobs to CANCELLED: they never run. ``meta["cancelled"]`` keeps the reason.
 
         Only READY rows match, in the same UPDATE, so a job a worker claimed a moment
         ago is left to run (on PostgreSQL the UPDATE waits for the claim's row lock and
-        then sees RUNNING).
+        then sees RUNNING). Returns the jobs cancelled.
         """
         now = now or timezone.now()
-        return self.ready().update(
+        return self.ready().update_returning(
             status=JobStatus.CANCELLED, finished_at=now,
             meta=JSONMerge("meta", {"cancelled": {"at": now.isoformat(), "by": by, "reason": reason}}),
         )
 
-    def run_now(self, now: datetime | None = None) -> int:
-        """READY jobs waiting for a later ``run_after`` (a delay or a retry) become due now."""
+    def run_now(self, now: datetime | None = None) -> list[ChangedJob]:
+        """READY jobs waiting for a later ``run_after`` (a delay or a retry) become due now; returns them."""
         now = now or timezone.now()
-        return self.ready().filter(run_after__gt=now).update(run_after=now)
+        return self.ready().filter(run_after__gt=now).update_returning(run_after=now)
+
+    def update_returning(self, **changes) -> list[ChangedJob]:
+        """``update(**changes)``, handing back the rows it changed (as they are after it)."""
+        query = self.query.chain(sql.UpdateQuery)
+        query.add_update_values(changes)
+        query.clear_select_clause()
+        return self._returning(query, lambda ids: Job.objects.filter(pk__in=ids).update(**changes))
+
+    def delete_returning(self) -> list[ChangedJob]:
+        """One DELETE, no signals and no cascades (as ``_raw_delete``), handing back the rows deleted."""
+        query = self.order_by().query.clone()
+        query.__class__ = sql.DeleteQuery
+        return self._returning(query, lambda ids: Job.objects.filter(pk__in=ids)._raw_delete(self.db))
+
+    def _returning(self, query, by_ids) -> list[ChangedJob]:
+        """Run ``query`` (UPDATE or DELETE) with RETURNING; without it (MySQL), read, then ``by_ids``."""
+        connection = connections[self.db]
+        if connection.vendor not in ("postgresql", "sqlite"):
+            with transaction.atomic(using=self.db):
+                rows = list(self.select_for_update().values_list("pk", "task_path", "status"))
+                by_ids([pk for pk, _, _ in rows])
+            return [ChangedJob(*row) for row in rows]
+        try:
+            statement, params = query.get_compiler(self.db).as_sql()
+        except EmptyResultSet:  # pk__in=[] and the like: nothing to change
+            return []
+        qn = connection.ops.quote_name
+        returning = ", ".join(qn(Job._meta.get_field(name).column) for name in ("id", "task_path", "status"))
+        with transaction.mark_for_rollback_on_error(using=self.db), connection.cursor() as cursor:
+            cursor.execute(f"{statement} RETURNING {returning}", params)
+            rows = cursor.fetchall()
+        return [ChangedJob(*row) for row in rows]
+
+
+class ChangedJob(NamedTuple):
+    """A job as an admin change left it: enough to name it in the admin's history."""
+
+    pk: int
+    task_path: str
+    status: str
+
+    def __str__(self) -> str:
+        return job_repr(self.task_path, self.pk, self.status)
+
+
+def job_repr(task_path: str, pk, status: str) -> str:
+    return f"{task_path} #{pk} ({status})"
 
 
 class JSONMerge(models.Func):
@@ -306,7 +358,7 @@ class Job(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.task_path} #{self.pk} ({self.status})"
+        return job_repr(self.task_path, self.pk, self.status)
 
     @property
     def task_name(self) -> str:

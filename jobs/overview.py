@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.db import connections, router
 from django.db.models import Count, Max, Min, Q
 from django.db.models.functions import TruncMinute
