@@ -6,7 +6,6 @@ One section per item of the issue; each test failed on the code before its fix.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import subprocess
 import sys
@@ -265,6 +264,26 @@ def test_3_a_final_failure_is_sent_once_with_every_error(run_worker):
     assert [(r.status, r.is_finished) for r in finished] == [(TaskResultStatus.FAILED, True)]
     assert len(finished[0].errors) == 3 and finished[0].finished_at is not None
     assert finished[0].errors[-1].exception_class_path == "builtins.RuntimeError"
+
+
+def test_3_a_lost_workers_last_attempt_taken_back_is_reported_finished(transactional_db):
+    result = tasks.add.enqueue(1, 2)
+    Job.objects.filter(pk=int(result.id)).update(attempts=2)
+    Job.objects.claim(worker_id="gone", limit=1, now=timezone.now())
+    Job.objects.update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+    with received(task_finished) as finished:
+        assert Worker(burst=True).take_back_stale(timezone.now()) == 1
+    assert [(r.status, r.id) for r in finished] == [(TaskResultStatus.FAILED, result.id)]
+    assert finished[0].errors[-1].exception_class_path == "jobs.exceptions.WorkerLost"
+
+
+def test_3_a_retried_take_back_sends_nothing(transactional_db):
+    tasks.add.enqueue(1, 2)
+    Job.objects.claim(worker_id="gone", limit=1, now=timezone.now())
+    Job.objects.update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+    with received(task_finished) as finished:
+        assert Worker(burst=True).take_back_stale(timezone.now()) == 1
+    assert finished == [] and Job.objects.get().status == JobStatus.READY
 
 
 # -- 4. the backend's check() wants the jobs app installed ----------------------------------------
