@@ -583,6 +583,9 @@ def test_10_the_job_pages_buttons_log_too(db, verb, status, words):
     assert entry.object_id == str(job.pk) and entry.user_id == user.pk and words in entry.change_message
     client.post(f"/admin/jobs/job/{job.pk}/{verb}/")  # nothing left to change: nothing logged
     assert len(history()) == 1
+    page = client.get(f"/admin/jobs/job/{job.pk}/change/").content.decode()
+    assert f'href="/admin/jobs/job/{job.pk}/history/"' in page
+    assert words in client.get(f"/admin/jobs/job/{job.pk}/history/").content.decode()
 
 
 def test_10_pause_and_resume_are_logged(db):
