@@ -29,11 +29,12 @@ import django
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.models import CHANGE, DELETION
 from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db import models, transaction
+from django.db import models, router, transaction
 from django.db.models import F, Func, Q, TextField
 from django.db.models.signals import post_delete, pre_delete
 from django.http import Http404, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
@@ -45,12 +46,17 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 
 from . import counts, overview
+from .backends import DatabaseBackend
 from .counts import distinct_values
-from .models import FINISHED_STATUSES, Job, JobStatus, QueueState, UnreadableJSON, WorkerProcess
+from .execution import attempt_limit
+from .framework import task_backends
+from .history import log_actions
+from .models import FINISHED_STATUSES, ChangedJob, Job, JobStatus, QueueState, UnreadableJSON, WorkerProcess
 from .templatetags.jobs_admin import human_duration, relative, when
 
-# Columns the list never shows; the job page reads the whole row.
-LIST_DEFERRED = ("args", "kwargs", "return_value", "errors", "meta", "worker_ids", "backend")
+# Columns the list never shows; the job page reads the whole row. (The backend alias is read:
+# the attempt limit shown depends on it.)
+LIST_DEFERRED = ("args", "kwargs", "return_value", "errors", "meta", "worker_ids")
 # What pages show of values that can be any size; the whole value is a download away.
 LIST_ERROR_CHARS = 500  # of the last error's message, per row of the list
 PAGE_VALUE_CHARS = 20_000  # of each JSON value on the job page
@@ -59,6 +65,11 @@ PAGE_TRACEBACK_LINES = 400
 MAX_SEARCH_LENGTH = 200
 # The JSON columns the job page offers as downloads.
 DOWNLOADS = ("args", "kwargs", "return_value", "errors", "meta")
+
+
+# What the admin's history says of a requeue and of "run now" (a cancel adds its reason).
+REQUEUED = "Requeued: due now, attempts start again."
+MADE_DUE = "Made due now."
 
 
 # -- counting and choices without scanning the table ---------------------------------------
@@ -128,6 +139,20 @@ class QueueFilter(admin.SimpleListFilter):
         return queryset.filter(queue_name=self.value()) if self.value() else queryset
 
 
+class BackendFilter(admin.SimpleListFilter):
+    """Shown when several TASKS aliases store jobs here; the choices come from settings, not a query."""
+
+    title = "backend"
+    parameter_name = "backend"
+
+    def lookups(self, request, model_admin):
+        aliases = sorted(overview.database_backends())
+        return [(alias, alias) for alias in aliases] if len(aliases) > 1 else []
+
+    def queryset(self, request, queryset):
+        return queryset.filter(backend=self.value()) if self.value() else queryset
+
+
 class TaskFilter(admin.SimpleListFilter):
     title = "task"
     parameter_name = "task"
@@ -157,7 +182,7 @@ class JobAdmin(admin.ModelAdmin):
     list_display = ("id", "task_column", "queue_column", "priority", "status_column", "attempts_column",
                     "enqueued_column", "started_column", "finished_column", "duration_column")
     list_display_links = ("id",)
-    list_filter = ("status", QueueFilter, TaskFilter, ("enqueued_at", admin.DateFieldListFilter))
+    list_filter = ("status", QueueFilter, BackendFilter, TaskFilter, ("enqueued_at", admin.DateFieldListFilter))
     search_fields = ("task_path",)  # the search itself is get_search_results below
     search_help_text = "Job id (#123), part of a task path, or text of an error message or traceback."
     ordering = ("-id",)
@@ -237,7 +262,7 @@ class JobAdmin(admin.ModelAdmin):
     def attempts_column(self, job):
         css = "jobs-attempts jobs-attempts--retried" if job.attempts > 1 else "jobs-attempts"
         return format_html('<span class="{}">{}<span class="jobs-of"> / {}</span></span>', css, job.attempts,
-                           job.max_attempts)
+                           attempt_limit_of(job))
 
     @admin.display(description="enqueued", ordering="id")
     def enqueued_column(self, job):
@@ -260,11 +285,19 @@ class JobAdmin(admin.ModelAdmin):
                                human_duration(timezone.now() - job.last_attempted_at))
         return when(None)
 
-    # -- actions: one statement each, whatever the number of rows --
+    # -- actions: one statement each, whatever the number of rows, plus one INSERT of history --
+
+    def _change(self, request, change, message: str, action_flag: int = CHANGE) -> int:
+        """Run ``change`` (it returns the jobs it changed) and record them in the admin's history,
+        in one transaction: who did what to which jobs."""
+        with transaction.atomic(using=router.db_for_write(Job)):
+            changed = change()
+            log_actions(request.user.pk, Job, changed, action_flag=action_flag, message=message)
+        return len(changed)
 
     @admin.action(permissions=["change"], description="Requeue selected jobs")
     def requeue_jobs(self, request, queryset):
-        changed = queryset.requeue(by=request.user.get_username())
+        changed = self._change(request, lambda: queryset.requeue(by=request.user.get_username()), REQUEUED)
         self._report(request, changed, "Requeued {} (due now, attempts start again).",
                      "only failed, successful or cancelled jobs can be requeued; a running job belongs to "
                      "its worker until its attempt ends, and a ready job is already queued.")
@@ -272,14 +305,15 @@ class JobAdmin(admin.ModelAdmin):
     @admin.action(permissions=["change"], description="Cancel selected jobs")
     def cancel_jobs(self, request, queryset):
         reason = (request.POST.get("reason") or "").strip() or "cancelled from the admin"
-        changed = queryset.cancel(reason, by=request.user.get_username())
+        changed = self._change(request, lambda: queryset.cancel(reason, by=request.user.get_username()),
+                               f"Cancelled: {reason}")
         self._report(request, changed, "Cancelled {}: they will not run.",
                      "only ready jobs can be cancelled; a running job cannot be stopped from here, and a "
                      "finished one has nothing left to cancel.")
 
     @admin.action(permissions=["change"], description="Run selected jobs now")
     def run_jobs_now(self, request, queryset):
-        changed = queryset.run_now()
+        changed = self._change(request, queryset.run_now, MADE_DUE)
         self._report(request, changed, "Made {} due now.",
                      "only ready jobs waiting for a later time (a delay or a retry) are moved forward; the "
                      "others were already due, are running or have finished.")
@@ -288,7 +322,8 @@ class JobAdmin(admin.ModelAdmin):
     def delete_selected(self, request, queryset):
         selected, exact = self._selected(request)
         if request.POST.get("post") == "yes":
-            deleted = bulk_delete(queryset.exclude(status=JobStatus.RUNNING))
+            deleted = self._change(request, lambda: bulk_delete(queryset.exclude(status=JobStatus.RUNNING)), "",
+                                   action_flag=DELETION)
             self._report(request, deleted, "Deleted {}.", "running jobs are not deleted: their worker holds them.")
             return None
         context = {
@@ -385,7 +420,7 @@ class JobAdmin(admin.ModelAdmin):
         one = Job.objects.filter(pk=job.pk)
         by = request.user.get_username()
         if verb == "requeue":
-            if one.requeue(by=by):
+            if self._change(request, lambda: one.requeue(by=by), REQUEUED):
                 self.message_user(request, f"Job #{job.pk} requeued: due now, attempts start again; "
                                            "its earlier errors stay below.", messages.SUCCESS)
             else:
@@ -394,20 +429,20 @@ class JobAdmin(admin.ModelAdmin):
                                            "worker until its attempt ends).", messages.WARNING)
         elif verb == "cancel":
             reason = (request.POST.get("reason") or "").strip() or "cancelled from the admin"
-            if one.cancel(reason, by=by):
+            if self._change(request, lambda: one.cancel(reason, by=by), f"Cancelled: {reason}"):
                 self.message_user(request, f"Job #{job.pk} cancelled: it will not run.", messages.SUCCESS)
             else:
                 self.message_user(request, f"Job #{job.pk} was not cancelled: it is {current_status(job.pk)}, "
                                            "and only ready jobs can be.", messages.WARNING)
-        elif one.run_now():
+        elif self._change(request, one.run_now, MADE_DUE):
             self.message_user(request, f"Job #{job.pk} is due now.", messages.SUCCESS)
         else:
             self.message_user(request, f"Job #{job.pk} was not waiting for a later time.", messages.WARNING)
         return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job.pk]))
 
 
-def bulk_delete(queryset) -> int:
-    """Delete jobs in one DELETE, plus one statement per model that points at jobs.
+def bulk_delete(queryset) -> list[ChangedJob]:
+    """Delete jobs in one DELETE, plus one statement per model that points at jobs; returns them.
 
     ``QuerySet.delete()`` would load every row first as soon as another model has a
     foreign key to Job with SET_NULL or CASCADE (the scheduler's runs do); here each
@@ -417,7 +452,10 @@ def bulk_delete(queryset) -> int:
     relations = [r for r in Job._meta.related_objects if r.one_to_many or r.one_to_one]
     simple = all(r.on_delete in (models.SET_NULL, models.CASCADE, models.DO_NOTHING) for r in relations)
     if not simple or any(signal.has_listeners(Job) for signal in (pre_delete, post_delete)):
-        return queryset.delete()[1].get(Job._meta.label, 0)
+        with transaction.atomic(using=queryset.db):
+            gone = [ChangedJob(*row) for row in queryset.select_for_update().values_list("pk", "task_path", "status")]
+            queryset.delete()
+        return gone
     ids = queryset.order_by().values("pk")
     with transaction.atomic(using=queryset.db):
         for relation in relations:
@@ -427,7 +465,7 @@ def bulk_delete(queryset) -> int:
                 related.update(**{relation.field.name: None})
             elif relation.on_delete is models.CASCADE:
                 related.delete()
-        return queryset.order_by()._raw_delete(queryset.db)
+        return queryset.delete_returning()
 
 
 @functools.lru_cache(maxsize=16)
@@ -448,6 +486,17 @@ def crumbs(*trail: tuple[str, str]) -> dict:
 
 def plural_jobs(n: int) -> str:
     return f"{n:,} job" if n == 1 else f"{n:,} jobs"
+
+
+def attempt_limit_of(job: Job) -> int | str:
+    """The attempt limit a worker of the job's backend alias applies to it now ("?" without one)."""
+    try:
+        backend = task_backends[job.backend]
+    except Exception:  # an alias no longer in TASKS: no worker serves it
+        return job.max_attempts or "?"
+    if not isinstance(backend, DatabaseBackend):
+        return job.max_attempts or "?"
+    return attempt_limit(job, backend)
 
 
 def current_status(pk: int) -> str:
@@ -577,7 +626,7 @@ def job_page(job: Job) -> dict:
                        "detail": f"attempt {job.attempts}{took}"})
     elif job.finished_at and job.status == JobStatus.FAILED:
         events.append({"at": job.finished_at, "kind": "failed-final", "label": "Failed for good",
-                       "detail": f"after {job.attempts} of {job.max_attempts} attempts"})
+                       "detail": f"after {job.attempts} of {attempt_limit_of(job)} attempts"})
     if job.status == JobStatus.READY:
         due = job.run_after
         events.append({"at": due, "kind": "due", "label": "Due" if due <= now else "Due " + relative(due),
@@ -643,6 +692,7 @@ def job_page(job: Job) -> dict:
         "can_cancel": job.status == JobStatus.READY,
         "badge": status_badge(job.status),
         "changelist_url": reverse("admin:jobs_job_changelist"),
+        "attempt_limit": attempt_limit_of(job),
     }
 
 
@@ -704,8 +754,11 @@ class QueueStateAdmin(admin.ModelAdmin):
         if not name or len(name) > QueueState._meta.get_field("name").max_length:
             self.message_user(request, "No such queue.", messages.ERROR)
         else:
-            QueueState.objects.update_or_create(name=name, defaults={
-                "paused": paused, "changed_at": timezone.now(), "changed_by": request.user.get_username()})
+            with transaction.atomic(using=router.db_for_write(QueueState)):
+                state, _ = QueueState.objects.update_or_create(name=name, defaults={
+                    "paused": paused, "changed_at": timezone.now(), "changed_by": request.user.get_username()})
+                log_actions(request.user.pk, QueueState, [state], action_flag=CHANGE,
+                            message="Paused" if paused else "Resumed")
             if paused:
                 self.message_user(request, f"Queue {name} paused: workers stop claiming its jobs at their next "
                                            "poll. Running jobs finish.", messages.SUCCESS)

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from types import SimpleNamespace
 
+from django.apps import apps
 from django.core import checks
 from django.db import connections, router, transaction
 from django.utils import timezone
@@ -147,8 +148,19 @@ class DatabaseBackend(BaseTaskBackend):
             raise InvalidTask(f"{reason}: a worker would not run it. Declare the task in an installed app, "
                               f"or add its module to settings.{TASK_MODULES_SETTING}")
 
-    def max_attempts_for(self, task: Task) -> int:
-        return getattr(task, "max_attempts", None) or self.jobs_options.max_attempts
+    def attempt_limit(self, task: Task | None, stored: int | None = None) -> int:
+        """The attempt limit in force now for a job of ``task`` whose row holds ``stored``.
+
+        A row holds a number only when its task set ``max_attempts`` itself (or it was
+        written before the limit was looked up at run time); otherwise the default
+        configured now applies, so changing OPTIONS (or, for ``@background`` tasks,
+        ``settings.MAX_ATTEMPTS``) reaches the jobs already queued, as in
+        django-background-tasks. Asked when an attempt ends, never stored.
+        """
+        if stored is not None:
+            return stored
+        default = getattr(task, "default_max_attempts", None)
+        return default(self) if default is not None else self.jobs_options.max_attempts
 
     def enqueue(self, task: Task, args, kwargs) -> TaskResult:
         from .models import Job
@@ -159,12 +171,12 @@ class DatabaseBackend(BaseTaskBackend):
         now = timezone.now()
         job = Job.objects.create(
             task_path=task.module_path, backend=self.alias, queue_name=task.queue_name, priority=task.priority,
-            args=json_args, kwargs=json_kwargs, run_after=task.run_after or now, enqueued_at=now,
-            max_attempts=self.max_attempts_for(task),
+            args=json_args, kwargs=json_kwargs, run_after=task.run_after or now, task_run_after=task.run_after,
+            enqueued_at=now, max_attempts=getattr(task, "max_attempts", None),
         )
         if task.run_after is None or task.run_after <= now:
             notify_enqueued(connections[job._state.db], task.queue_name)
-        result = self.to_task_result(job, task)
+        result = self.to_task_result(job, task, result_task=task)
         task_enqueued.send(type(self), task_result=result)
         return result
 
@@ -181,8 +193,8 @@ class DatabaseBackend(BaseTaskBackend):
         self.validate_runnable(task)
         now = timezone.now()
         common = dict(task_path=task.module_path, backend=self.alias, queue_name=task.queue_name,
-                      priority=task.priority, run_after=task.run_after or now, enqueued_at=now,
-                      max_attempts=self.max_attempts_for(task))
+                      priority=task.priority, run_after=task.run_after or now, task_run_after=task.run_after,
+                      enqueued_at=now, max_attempts=getattr(task, "max_attempts", None))
         rows = []
         for index, (args, kwargs) in enumerate(calls):
             try:
@@ -199,8 +211,7 @@ class DatabaseBackend(BaseTaskBackend):
         fresh = dict(common, status="READY", worker_id="", worker_ids=[], errors=[], started_at=None,
                      finished_at=None, last_attempted_at=None, return_value=None)
         jobs = [SimpleNamespace(pk=pk, **fresh, **row) for pk, row in zip(ids, rows)]
-        result_task = task.using(priority=task.priority, queue_name=task.queue_name, run_after=common["run_after"])
-        results = [self.to_task_result(job, task, result_task=result_task) for job in jobs]
+        results = [self.to_task_result(job, task, result_task=task) for job in jobs]
         for result in results:
             task_enqueued.send(type(self), task_result=result)
         return results
@@ -219,12 +230,19 @@ class DatabaseBackend(BaseTaskBackend):
         return self.to_task_result(job, task)
 
     def to_task_result(self, job, task: Task, *, result_task: Task | None = None) -> TaskResult:
-        """The framework's view of a job row (``result_task``: the task as enqueued, if known)."""
+        """The framework's view of a job row (``result_task``: the task as enqueued, if at hand).
+
+        Its ``task`` is the task as it was enqueued, as Django's own backends hand it back:
+        ``run_after`` is the one given at enqueue (None when none was), not the time the
+        row is due now (retries, requeues and "run now" move that), and ``backend`` is
+        this alias, so ``TaskResult.refresh()`` asks the right backend.
+        """
         worker_ids = list(job.worker_ids)
         if job.status == "RUNNING":
             worker_ids.append(job.worker_id)  # the attempt under way counts too
         result = TaskResult(
-            task=result_task or task.using(priority=job.priority, queue_name=job.queue_name, run_after=job.run_after),
+            task=result_task or task.using(priority=job.priority, queue_name=job.queue_name,
+                                           run_after=job.task_run_after, backend=self.alias),
             id=str(job.pk),
             status=result_status(job.status),
             enqueued_at=job.enqueued_at,
@@ -244,6 +262,13 @@ class DatabaseBackend(BaseTaskBackend):
 
     def check(self, **kwargs):
         yield from super().check(**kwargs)
+        if not apps.is_installed("jobs"):
+            yield checks.Error(
+                f"TASKS[{self.alias!r}] is jobs.backends.DatabaseBackend, but 'jobs' is not in INSTALLED_APPS",
+                hint="Add 'jobs' to INSTALLED_APPS (its models hold the jobs), then run migrate.",
+                obj=f"TASKS[{self.alias!r}]",
+                id="jobs.E002",
+            )
         try:
             parse_options(self.options)
         except OptionsError as exc:

@@ -31,7 +31,9 @@ How its options map
     ``repeat`` / ``repeat_until``: see ``_continue_repetition``: the next run is
     enqueued when a run starts, so a run that fails (or whose worker dies) never
     ends the repetition, and no run is scheduled after ``repeat_until``.
-    ``settings.MAX_ATTEMPTS``, when set, is the ``max_attempts`` of these jobs.
+    ``settings.MAX_ATTEMPTS``, when set, is the attempt limit of these jobs, queued
+    ones included: it is read when an attempt ends, as there.
+    ``InvalidTaskError``: raised by a task, it fails the job at once, without retry.
 """
 
 from __future__ import annotations
@@ -56,14 +58,14 @@ from django.utils.module_loading import module_has_submodule
 
 from .backends import DatabaseBackend, serialise_arguments, to_json
 from .decorators import JobTask
-from .exceptions import JobError
+from .exceptions import DoNotRetry, JobError
 from .framework import DEFAULT_TASK_QUEUE_NAME, Task
 from .resolve import resolve_task
 
 __all__ = [
     "DAILY", "EVERY_2_WEEKS", "EVERY_4_WEEKS", "HOURLY", "NEVER", "WEEKLY",
-    "BackgroundTask", "TaskSchedule", "autodiscover", "background", "created_by", "get_task", "map_priority",
-    "registered_tasks", "task_hash",
+    "BackgroundTask", "BackgroundTaskError", "InvalidTaskError", "TaskSchedule", "autodiscover", "background",
+    "created_by", "get_task", "map_priority", "registered_tasks", "task_hash",
 ]
 
 # django-background-tasks' repeat choices (``background_task.models.Task.DAILY`` etc.), in seconds.
@@ -77,6 +79,19 @@ EVERY_4_WEEKS = 4 * WEEKLY
 PRIORITY_MIN, PRIORITY_MAX = -100, 100
 META_KEY = "background_task"
 _UNSET: Any = object()
+
+
+class BackgroundTaskError(Exception):
+    """django-background-tasks' ``background_task.exceptions.BackgroundTaskError``."""
+
+    def __init__(self, message, errors=None):
+        super().__init__(message)
+        self.errors = errors
+
+
+class InvalidTaskError(BackgroundTaskError, DoNotRetry):
+    """Raised by a task: the job fails at once and is not retried, as there."""
+
 
 # Decorated tasks by their django-background-tasks name (``module.function`` or ``name=``).
 _registry: dict[str, BackgroundTask] = {}
@@ -129,9 +144,11 @@ class TaskSchedule:
         return TaskSchedule(pick(self._run_at, default._run_at), pick(self._priority, default._priority),
                             pick(self._action, default._action))
 
-    def run_at(self, now: datetime) -> datetime:
-        value = self._run_at
-        if not value:  # None or 0: now
+    @property
+    def run_at(self) -> datetime:
+        """When to run, read now: an attribute, as there (unset or 0: now)."""
+        value, now = self._run_at, timezone.now()
+        if not value:
             return now
         if isinstance(value, (int, float)):
             return now + timedelta(seconds=value)
@@ -156,7 +173,8 @@ class TaskSchedule:
         return hash((self._run_at, self._priority, self._action))
 
     def __repr__(self) -> str:
-        return f"TaskSchedule(run_at={self._run_at!r}, priority={self._priority!r}, action={self._action!r})"
+        # django-background-tasks' own, word for word (str of the values, no action).
+        return f"TaskSchedule(run_at={self._run_at}, priority={self._priority})"
 
 
 def map_priority(priority) -> int:
@@ -207,14 +225,6 @@ def _creator_meta(creator) -> dict:
     return {"content_type": opts.label_lower, "object_id": pk, "repr": str(creator)[:200]}
 
 
-def max_attempts_for(task: Task, backend: DatabaseBackend) -> int:
-    """``settings.MAX_ATTEMPTS`` (django-background-tasks' setting) for these tasks, when set."""
-    value = getattr(settings, "MAX_ATTEMPTS", None)
-    if isinstance(task, BackgroundTask) and isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    return backend.max_attempts_for(task)
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BackgroundTask(JobTask):
     """A task declared with ``@background``: calling it enqueues, ``.now()`` runs inline.
@@ -229,6 +239,27 @@ class BackgroundTask(JobTask):
     schedule: TaskSchedule = field(default_factory=TaskSchedule)
     queue: str | None = None  # as given to the decorator; None runs on the "default" queue
     remove_existing_tasks: bool = False
+
+    @property
+    def name(self) -> str:
+        """The django-background-tasks name (``module.function``, or ``name=``), as its proxy's.
+
+        Django's ``Task.name`` is the function's name; nothing in Django reads it (the
+        framework, the worker and the rows go by ``module_path``), so it can say here
+        what code written for django-background-tasks reads.
+        """
+        return self.background_name
+
+    def __str__(self) -> str:
+        return f"TaskProxy({self.background_name})"
+
+    def default_max_attempts(self, backend: DatabaseBackend) -> int:
+        """``settings.MAX_ATTEMPTS`` (django-background-tasks' setting) when set, else the backend's;
+        read when an attempt ends (see ``DatabaseBackend.attempt_limit``)."""
+        value = getattr(settings, "MAX_ATTEMPTS", None)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        return backend.jobs_options.max_attempts
 
     def now(self, *args, **kwargs):
         """Run the function here and now, as django-background-tasks' ``task.now()``."""
@@ -249,13 +280,13 @@ class BackgroundTask(JobTask):
         if queue is _UNSET:
             queue = self.queue
         queue_name = queue or DEFAULT_TASK_QUEUE_NAME
-        run_at = schedule.run_at(timezone.now())
+        run_at = schedule.run_at
 
         backend = self._database_backend()
         self._check_importable()
         args, kwargs = serialise_arguments(self, args, kwargs)  # before anything is deleted or written
         digest = task_hash(self.background_name, args, kwargs)
-        info = {"name": self.background_name, "hash": digest, "priority": priority, "scheduled_at": run_at.isoformat()}
+        info = {"name": self.background_name, "hash": digest, "priority": priority}
         if repeat:
             info.update(repeat=repeat, repeat_until=repeat_until.isoformat() if repeat_until else None)
         meta: dict[str, Any] = {META_KEY: info}
@@ -279,7 +310,7 @@ class BackgroundTask(JobTask):
             if schedule.action != TaskSchedule.SCHEDULE:
                 existing = same.filter(queue_name=queue_name) if queue else same
                 if schedule.action == TaskSchedule.RESCHEDULE_EXISTING:
-                    if existing.update(run_after=run_at, priority=priority):
+                    if existing.update(run_after=run_at, task_run_after=run_at, priority=priority):
                         return None
                 elif existing.exists():
                     return None
@@ -314,8 +345,7 @@ def _enqueue(task: BackgroundTask, backend: DatabaseBackend, args: list, kwargs:
     """Enqueue through the backend (its validation, signal and wake-up), then attach the meta."""
     from .models import Job
 
-    variant = replace(task, priority=priority, queue_name=queue_name, run_after=run_after,
-                      max_attempts=max_attempts_for(task, backend))
+    variant = replace(task, priority=priority, queue_name=queue_name, run_after=run_after)
     result = backend.enqueue(variant, args, kwargs)
     job = Job.objects.using(router.db_for_write(Job)).get(pk=int(result.id))
     job.meta = {**job.meta, **meta}
@@ -328,9 +358,10 @@ def _continue_repetition(context) -> None:
 
     django-background-tasks created the next run only after a successful one, so a
     single failure (or a worker that died) ended a daily task for good. Here the
-    next run exists before the user's code starts; it is due at the scheduled time
-    plus ``repeat`` (skipping times already past, as django-background-tasks did),
-    never after ``repeat_until``. Retries of this job do not add another: the
+    next run exists before the user's code starts; it is due at the run time this
+    job actually had (its row's ``run_after`` when claimed, so after any reschedule,
+    as there) plus ``repeat`` (skipping times already past, as django-background-tasks
+    did), never after ``repeat_until``. Retries of this job do not add another: the
     successor's id is kept in this job's meta, written with the row locked.
     """
     from .models import Job
@@ -343,21 +374,22 @@ def _continue_repetition(context) -> None:
     if not info.get("repeat") or "next_job" in info:
         return
     with transaction.atomic(using=db):
-        job = jobs.select_for_update().only("id", "meta", "priority", "queue_name", "args", "kwargs").get(
-            pk=int(result.id))
+        job = jobs.select_for_update().only("id", "meta", "priority", "queue_name", "args", "kwargs",
+                                            "run_after").get(pk=int(result.id))
         info = dict(job.meta.get(META_KEY) or {})
         if "next_job" in info:
             return
         step = timedelta(seconds=info["repeat"])
         now = timezone.now()
-        next_at = parse_datetime(info["scheduled_at"]) + step
+        next_at = job.run_after + step  # a RUNNING row's run_after is still the one it was claimed at
         if next_at < now:
             next_at += step * math.ceil((now - next_at) / step)
         until = parse_datetime(info["repeat_until"]) if info.get("repeat_until") else None
         successor = None
         if until is None or next_at <= until:
             task = result.task
-            meta = {**job.meta, META_KEY: {**info, "scheduled_at": next_at.isoformat(), "previous_job": job.pk}}
+            kept = {key: value for key, value in info.items() if key != "scheduled_at"}  # (rows of older versions)
+            meta = {**job.meta, META_KEY: {**kept, "previous_job": job.pk}}
             successor = _enqueue(task, task._database_backend(), job.args, job.kwargs, run_after=next_at,
                                  priority=job.priority, queue_name=job.queue_name, meta=meta)
         info["next_job"] = successor.pk if successor else None

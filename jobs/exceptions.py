@@ -45,5 +45,12 @@ class ResultNotSerialisable(JobError, TypeError):
     """The task returned something that JSON cannot hold."""
 
 
+class DoNotRetry(Exception):  # noqa: N818  (a verdict, not an error kind)
+    """Raise it (or a subclass) from a task: the job ends FAILED at once, not retried.
+
+    ``jobs.compat.InvalidTaskError`` is one, as django-background-tasks' was.
+    """
+
+
 # Failures that a retry cannot mend: the job ends FAILED at once.
 PERMANENT = (TaskNotFound, NotATask, DamagedJob)

@@ -17,12 +17,13 @@ from typing import Any
 from django.db import connections
 from django.utils import timezone
 
+from . import retry
 from .backends import to_json
 from .errors import error_entry
-from .exceptions import DamagedJob, JobTimeout, ResultNotSerialisable, TransactionLeftOpen
-from .framework import Task, TaskContext, TaskResultStatus, task_finished, task_started
+from .exceptions import DamagedJob, DoNotRetry, JobTimeout, ResultNotSerialisable, TransactionLeftOpen
+from .framework import Task, TaskContext, TaskError, TaskResultStatus, task_finished, task_started
 from .models import Job
-from .resolve import resolve_task  # noqa: F401  (the worker's import)
+from .resolve import resolve_task
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,51 @@ class Outcome:
     permanent: bool = False  # a failure no retry can mend
     custom_delay: float | None = None  # what the task's backoff callable returned
     custom_given: bool = False  # whether it had one that answered
+    decision: retry.RetryDecision | None = None  # for a failure: decided where it happened, when known
+
+
+def attempt_limit(job: Job, backend) -> int:
+    """The attempt limit in force for ``job`` now (see ``DatabaseBackend.attempt_limit``).
+
+    Only a row without a limit of its own needs its task, found in the worker's cache
+    of resolved tasks; a path that does not resolve gets the backend's default.
+    """
+    if job.max_attempts is not None:
+        return job.max_attempts
+    try:
+        task = resolve_task(job.task_path)
+    except Exception:  # TaskNotFound, NotATask: the job fails for good anyway
+        task = None
+    return backend.attempt_limit(task)
+
+
+def decide_retry(job: Job, outcome: Outcome, *, limit: int, base: float) -> retry.RetryDecision:
+    """The retry policy for a failed attempt, under the attempt limit in force now."""
+    if outcome.permanent:
+        cls = (outcome.error or {}).get("exception_class_path", "the error")
+        return retry.RetryDecision(False, reason=f"not retried: {cls} is final")
+    return retry.decide(attempt=job.attempts, max_attempts=limit, base=base, custom_delay=outcome.custom_delay,
+                        custom_given=outcome.custom_given)
+
+
+def send_finished(backend, result, *, status: TaskResultStatus, error: dict | None = None,
+                  return_value: Any = None) -> None:
+    """``task_finished`` for a job that has finished: SUCCESSFUL, or FAILED for good.
+
+    Django sends it for a finished result only. An attempt that failed and will be
+    retried is not finished (its job is READY again), so it sends nothing; the
+    retry is logged at WARNING instead. The result is what ``get_result`` will say
+    once the outcome is written: its status, ``finished_at``, every error, the
+    return value.
+    """
+    object.__setattr__(result, "status", status)
+    object.__setattr__(result, "finished_at", timezone.now())
+    if error is not None:
+        result.errors.append(TaskError(exception_class_path=error["exception_class_path"],
+                                       traceback=error["traceback"]))
+    if status == TaskResultStatus.SUCCESSFUL:
+        object.__setattr__(result, "_return_value", return_value)
+    task_finished.send(sender=type(backend), task_result=result)
 
 
 def failure(job: Job, exc: BaseException, *, worker_id: str, duration: float = 0.0, permanent: bool = False,
@@ -115,7 +161,12 @@ def _call(task: Task, result, job: Job):
 
 
 def run_attempt(job: Job, task: Task, *, backend, worker_id: str) -> Outcome:
-    """Call the task for this attempt. Never raises: every failure is an Outcome."""
+    """Call the task for this attempt. Never raises: every failure is an Outcome.
+
+    A failure's retry decision is taken here, under the attempt limit in force now,
+    and the worker persists it; ``task_finished`` goes out only when the job is
+    finished (see ``send_finished``).
+    """
     started = time.monotonic()
     reset_connections()
     try:
@@ -127,34 +178,43 @@ def run_attempt(job: Job, task: Task, *, backend, worker_id: str) -> Outcome:
     try:
         raw_value = _call(task, result, job)
     except BaseException as exc:  # a job's SystemExit must not stop the worker either
-        outcome = failure(job, exc, worker_id=worker_id, duration=time.monotonic() - started)
-        _ask_backoff(task, exc, result, outcome)
-    else:
-        try:
-            value = to_json(raw_value, f"return value of {job.task_path}")
-        except (TypeError, RecursionError) as exc:
-            outcome = failure(job, ResultNotSerialisable(str(exc)), worker_id=worker_id,
-                              duration=time.monotonic() - started)
-        else:
-            outcome = Outcome(job=job, succeeded=True, duration=time.monotonic() - started, return_value=value)
-    finally:
         left_open = reset_connections()
-    if left_open:
-        outcome = _left_open(outcome, left_open, job, worker_id)
-    status = TaskResultStatus.SUCCESSFUL if outcome.succeeded else TaskResultStatus.FAILED
-    object.__setattr__(result, "status", status)
-    task_finished.send(sender=type(backend), task_result=result)
+        # Still inside the handler: receivers of task_finished see the exception (Django's log one does).
+        return _failed(job, task, exc, result, backend=backend, worker_id=worker_id, started=started,
+                       note=_left_open_note(left_open))
+    left_open = reset_connections()
+    if left_open:  # whatever it returned, what it wrote in that transaction is gone
+        return _failed(job, task, TransactionLeftOpen(_left_open_note(left_open)), result, backend=backend,
+                       worker_id=worker_id, started=started)
+    try:
+        value = to_json(raw_value, f"return value of {job.task_path}")
+    except (TypeError, RecursionError) as exc:
+        return _failed(job, task, ResultNotSerialisable(str(exc)), result, backend=backend, worker_id=worker_id,
+                       started=started)
+    send_finished(backend, result, status=TaskResultStatus.SUCCESSFUL, return_value=value)
+    return Outcome(job=job, succeeded=True, duration=time.monotonic() - started, return_value=value)
+
+
+def _failed(job: Job, task: Task, exc: BaseException, result, *, backend, worker_id: str, started: float,
+            note: str = "") -> Outcome:
+    outcome = failure(job, exc, worker_id=worker_id, duration=time.monotonic() - started,
+                      permanent=isinstance(exc, DoNotRetry))
+    if note:
+        outcome.error = {**outcome.error, "message": f"{outcome.error['message']} (and {note})"}
+    if not outcome.permanent:
+        _ask_backoff(task, exc, result, outcome)
+    outcome.decision = decide_retry(job, outcome, limit=backend.attempt_limit(task, job.max_attempts),
+                                    base=backend.jobs_options.retry_backoff)
+    if not outcome.decision.retry:
+        send_finished(backend, result, status=TaskResultStatus.FAILED, error=outcome.error)
     return outcome
 
 
-def _left_open(outcome: Outcome, aliases: list[str], job: Job, worker_id: str) -> Outcome:
-    """An attempt that left a transaction open failed, whatever it returned: its writes are gone."""
-    note = (f"the task left a transaction open on database {', '.join(map(repr, aliases))}; "
+def _left_open_note(aliases: list[str]) -> str:
+    if not aliases:
+        return ""
+    return (f"the task left a transaction open on database {', '.join(map(repr, aliases))}; "
             "the worker rolled it back, so what the task wrote in it is lost")
-    if outcome.succeeded:
-        return failure(job, TransactionLeftOpen(note), worker_id=worker_id, duration=outcome.duration)
-    outcome.error = {**outcome.error, "message": f"{outcome.error['message']} (and {note})"}
-    return outcome
 
 
 def _ask_backoff(task: Task, exc: BaseException, result, outcome: Outcome) -> None:

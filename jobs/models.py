@@ -13,17 +13,19 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from django.conf import settings
+from django.core.exceptions import EmptyResultSet
 from django.db import connections, models, router, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, sql
 from django.db.models.expressions import Col
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from .errors import error_entry  # noqa: F401  (re-exported: its old home)
-from .framework import TaskResultStatus
+from .framework import DEFAULT_TASK_BACKEND_ALIAS, TaskResultStatus
 
 
 class UnreadableJSON(str):
@@ -74,8 +76,8 @@ FINISHED_STATUSES = (JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.CANCELLED
 # Columns a claim hands back: what a worker needs to run the job and record it.
 CLAIM_FIELDS = (
     "id", "task_path", "backend", "queue_name", "priority", "args", "kwargs", "status", "run_after",
-    "enqueued_at", "started_at", "last_attempted_at", "finished_at", "attempts", "max_attempts", "worker_id",
-    "heartbeat_at", "errors", "worker_ids", "meta",
+    "task_run_after", "enqueued_at", "started_at", "last_attempted_at", "finished_at", "attempts", "max_attempts",
+    "worker_id", "heartbeat_at", "errors", "worker_ids", "meta",
 )
 
 
@@ -98,8 +100,9 @@ class JobQuerySet(models.QuerySet):
 
     # -- the claim: the only place that takes READY jobs -------------------------------
 
-    def claim(self, *, worker_id: str, limit: int, now: datetime, queues: Sequence[str] | None = None) -> list[Job]:
-        """Take up to ``limit`` due jobs for ``worker_id``, marking them RUNNING.
+    def claim(self, *, worker_id: str, limit: int, now: datetime, queues: Sequence[str] | None = None,
+              backend: str = DEFAULT_TASK_BACKEND_ALIAS) -> list[Job]:
+        """Take up to ``limit`` due jobs of the ``backend`` alias for ``worker_id``, marking them RUNNING.
 
         One statement, one short transaction (or part of the caller's): the rows are
         chosen by priority, then ``run_after``, then enqueue order, locked with
@@ -112,9 +115,11 @@ class JobQuerySet(models.QuerySet):
             return []
         connection = connections[router.db_for_write(Job)]
         if connection.vendor in ("postgresql", "sqlite"):
-            jobs = _claim_returning(connection, worker_id=worker_id, limit=limit, now=now, queues=queues)
+            jobs = _claim_returning(connection, worker_id=worker_id, limit=limit, now=now, queues=queues,
+                                    backend=backend)
         else:
-            jobs = _claim_select_then_update(self, worker_id=worker_id, limit=limit, now=now, queues=queues)
+            jobs = _claim_select_then_update(self, worker_id=worker_id, limit=limit, now=now, queues=queues,
+                                             backend=backend)
         jobs.sort(key=claim_order)
         return jobs
 
@@ -207,39 +212,89 @@ class JobQuerySet(models.QuerySet):
         return ids
 
     # -- changes made from outside a running attempt -----------------------------------
+    # Each is one UPDATE (or DELETE) however many rows, and hands back the jobs it changed,
+    # read by the same statement (RETURNING), so the admin can record them without a second
+    # scan of the table.
 
-    def requeue(self, now: datetime | None = None, *, by: str = "") -> int:
+    def requeue(self, now: datetime | None = None, *, by: str = "") -> list[ChangedJob]:
         """Put finished jobs back to READY, due now, as the same jobs (same ids).
 
         Attempts start again from zero (a requeue is a fresh run, with all of
         ``max_attempts`` before it); earlier errors and their workers stay in the job's
         history, and ``meta["requeued"]`` says when and by whom. RUNNING and READY jobs
-        are left alone: a running attempt is the worker's. One UPDATE, however many rows.
+        are left alone: a running attempt is the worker's. Returns the jobs requeued.
         """
         now = now or timezone.now()
-        return self.filter(status__in=FINISHED_STATUSES).update(
+        return self.filter(status__in=FINISHED_STATUSES).update_returning(
             status=JobStatus.READY, run_after=now, attempts=0, started_at=None, last_attempted_at=None,
             finished_at=None, worker_id="", heartbeat_at=None, return_value=None,
             meta=JSONMerge("meta", {"requeued": {"at": now.isoformat(), "by": by}}),
         )
 
-    def cancel(self, reason: str, now: datetime | None = None, *, by: str = "") -> int:
+    def cancel(self, reason: str, now: datetime | None = None, *, by: str = "") -> list[ChangedJob]:
         """READY jobs to CANCELLED: they never run. ``meta["cancelled"]`` keeps the reason.
 
         Only READY rows match, in the same UPDATE, so a job a worker claimed a moment
         ago is left to run (on PostgreSQL the UPDATE waits for the claim's row lock and
-        then sees RUNNING).
+        then sees RUNNING). Returns the jobs cancelled.
         """
         now = now or timezone.now()
-        return self.ready().update(
+        return self.ready().update_returning(
             status=JobStatus.CANCELLED, finished_at=now,
             meta=JSONMerge("meta", {"cancelled": {"at": now.isoformat(), "by": by, "reason": reason}}),
         )
 
-    def run_now(self, now: datetime | None = None) -> int:
-        """READY jobs waiting for a later ``run_after`` (a delay or a retry) become due now."""
+    def run_now(self, now: datetime | None = None) -> list[ChangedJob]:
+        """READY jobs waiting for a later ``run_after`` (a delay or a retry) become due now; returns them."""
         now = now or timezone.now()
-        return self.ready().filter(run_after__gt=now).update(run_after=now)
+        return self.ready().filter(run_after__gt=now).update_returning(run_after=now)
+
+    def update_returning(self, **changes) -> list[ChangedJob]:
+        """``update(**changes)``, handing back the rows it changed (as they are after it)."""
+        query = self.query.chain(sql.UpdateQuery)
+        query.add_update_values(changes)
+        query.clear_select_clause()
+        return self._returning(query, lambda ids: Job.objects.filter(pk__in=ids).update(**changes))
+
+    def delete_returning(self) -> list[ChangedJob]:
+        """One DELETE, no signals and no cascades (as ``_raw_delete``), handing back the rows deleted."""
+        query = self.order_by().query.clone()
+        query.__class__ = sql.DeleteQuery
+        return self._returning(query, lambda ids: Job.objects.filter(pk__in=ids)._raw_delete(self.db))
+
+    def _returning(self, query, by_ids) -> list[ChangedJob]:
+        """Run ``query`` (UPDATE or DELETE) with RETURNING; without it (MySQL), read, then ``by_ids``."""
+        connection = connections[self.db]
+        if connection.vendor not in ("postgresql", "sqlite"):
+            with transaction.atomic(using=self.db):
+                rows = list(self.select_for_update().values_list("pk", "task_path", "status"))
+                by_ids([pk for pk, _, _ in rows])
+            return [ChangedJob(*row) for row in rows]
+        try:
+            statement, params = query.get_compiler(self.db).as_sql()
+        except EmptyResultSet:  # pk__in=[] and the like: nothing to change
+            return []
+        qn = connection.ops.quote_name
+        returning = ", ".join(qn(Job._meta.get_field(name).column) for name in ("id", "task_path", "status"))
+        with transaction.mark_for_rollback_on_error(using=self.db), connection.cursor() as cursor:
+            cursor.execute(f"{statement} RETURNING {returning}", params)
+            rows = cursor.fetchall()
+        return [ChangedJob(*row) for row in rows]
+
+
+class ChangedJob(NamedTuple):
+    """A job as an admin change left it: enough to name it in the admin's history."""
+
+    pk: int
+    task_path: str
+    status: str
+
+    def __str__(self) -> str:
+        return job_repr(self.task_path, self.pk, self.status)
+
+
+def job_repr(task_path: str, pk, status: str) -> str:
+    return f"{task_path} #{pk} ({status})"
 
 
 class JSONMerge(models.Func):
@@ -280,12 +335,18 @@ class Job(models.Model):
     kwargs = SafeJSONField(default=dict, blank=True)
     status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.READY)
     run_after = models.DateTimeField(help_text="Earliest time the next attempt may start.")
+    # What TaskResult.task.run_after says: the task as enqueued (None: no run_after given), kept
+    # apart from run_after, which retries, requeues and "run now" move.
+    task_run_after = models.DateTimeField(null=True, blank=True, help_text="run_after the job was enqueued with.")
     enqueued_at = models.DateTimeField()
     started_at = models.DateTimeField(null=True, blank=True, help_text="Start of the first attempt.")
     last_attempted_at = models.DateTimeField(null=True, blank=True, help_text="Start of the latest attempt.")
     finished_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0, help_text="Attempts started (the current one included).")
-    max_attempts = models.PositiveIntegerField(default=3)
+    # The task's own limit (jobs.task(max_attempts=...)); empty: the backend's default as configured
+    # when an attempt ends (OPTIONS["max_attempts"], or settings.MAX_ATTEMPTS for @background tasks).
+    max_attempts = models.PositiveIntegerField(null=True, blank=True, default=None,
+                                               help_text="The task's own attempt limit; empty: the default in force.")
     worker_id = models.CharField(max_length=128, blank=True, default="", help_text="Worker holding or last holding the job.")
     heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last sign of life of the holding worker.")
     worker_ids = SafeJSONField(default=list, blank=True,
@@ -301,18 +362,19 @@ class Job(models.Model):
     class Meta:
         ordering = ["-id"]
         indexes = [
-            # The claim reads only due READY rows in claim order; finished rows, however
-            # many millions, are not in this index at all.
-            models.Index(F("priority").desc(), "run_after", "id", name=CLAIM_INDEX,
+            # The claim reads only due READY rows of its backend alias in claim order; finished
+            # rows, however many millions, are not in this index at all, and another alias's
+            # backlog is skipped by the seek on the leading column.
+            models.Index("backend", F("priority").desc(), "run_after", "id", name=CLAIM_INDEX,
                          condition=Q(status="READY")),
             # The stale sweep reads only RUNNING rows.
             models.Index(fields=["heartbeat_at"], name="jobs_job_running_idx", condition=Q(status="RUNNING")),
             # The admin (jobs/admin.py). Each list filter reads its own index newest first; the
-            # queue index also answers the overview's counts per queue and status and its lag
-            # (index-only), and both leading columns give the filters their choices by a
-            # loose index scan instead of a DISTINCT over the table.
+            # queue index also answers the overview's counts per queue, status and backend alias
+            # and its lag (index-only), and both leading columns give the filters their choices
+            # by a loose index scan instead of a DISTINCT over the table.
             models.Index(fields=["status", "id"], name="jobs_job_status_idx"),
-            models.Index(fields=["queue_name", "status", "run_after"], name="jobs_job_queue_idx"),
+            models.Index(fields=["queue_name", "status", "backend", "run_after"], name="jobs_job_queue_idx"),
             models.Index(fields=["task_path", "id"], name="jobs_job_task_idx"),
             models.Index(fields=["enqueued_at"], name="jobs_job_enqueued_idx"),
             # The overview's throughput chart and failing tasks read recent finishes only.
@@ -320,7 +382,7 @@ class Job(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.task_path} #{self.pk} ({self.status})"
+        return job_repr(self.task_path, self.pk, self.status)
 
     @property
     def task_name(self) -> str:
@@ -422,7 +484,8 @@ def _claimed_fields() -> list[str]:
     return [f.name for f in Job._meta.concrete_fields if f.name in CLAIM_FIELDS]
 
 
-def claim_sql(connection, *, worker_id: str, limit: int, now: datetime, queues) -> tuple[str, list]:
+def claim_sql(connection, *, worker_id: str, limit: int, now: datetime, queues,
+              backend: str = DEFAULT_TASK_BACKEND_ALIAS) -> tuple[str, list]:
     """The claim statement for PostgreSQL and SQLite: UPDATE ... WHERE id IN (SELECT ...) RETURNING.
 
     Exposed so that tests can EXPLAIN exactly what the workers run.
@@ -449,12 +512,13 @@ def claim_sql(connection, *, worker_id: str, limit: int, now: datetime, queues) 
         f"WHERE {col['id']} IN (SELECT {col['id']} FROM {table}{hint} "
         # 'READY' is written out, not a parameter: only a literal lets the planner prove
         # that the partial claim index applies (SQLite never uses it for a parameter).
-        f"WHERE {col['status']} = '{JobStatus.READY.value}' AND {col['run_after']} <= %s{queue_sql}"
+        f"WHERE {col['status']} = '{JobStatus.READY.value}' AND {col['backend']} = %s "
+        f"AND {col['run_after']} <= %s{queue_sql}"
         f"{_not_paused_sql(connection)} "
         f"ORDER BY {col['priority']} DESC, {col['run_after']}, {col['id']} LIMIT %s{lock}) "
         f"RETURNING {', '.join(column_sql(connection, name) for name in _claimed_fields())}"
     )
-    params = [JobStatus.RUNNING.value, worker_id, now_db, now_db, now_db, now_db,
+    params = [JobStatus.RUNNING.value, worker_id, now_db, now_db, now_db, backend, now_db,
               *queue_params, limit]
     return sql, params
 
@@ -468,8 +532,8 @@ def _not_paused_sql(connection) -> str:
             f"WHERE {qn(meta.get_field('paused').column)})")
 
 
-def _claim_returning(connection, *, worker_id: str, limit: int, now: datetime, queues) -> list[Job]:
-    sql, params = claim_sql(connection, worker_id=worker_id, limit=limit, now=now, queues=queues)
+def _claim_returning(connection, *, worker_id: str, limit: int, now: datetime, queues, backend: str) -> list[Job]:
+    sql, params = claim_sql(connection, worker_id=worker_id, limit=limit, now=now, queues=queues, backend=backend)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -545,7 +609,8 @@ def rows_to_jobs(connection, names: Sequence[str], rows: Iterable[tuple]) -> lis
                     value = _FALLBACKS.get(name, lambda: None)()
                 elif value is None and not field.null:
                     damage.append(f"{name}: missing (NULL or not a value of its type: {str(raw)[:60]!r})")
-                elif name in _SHAPES and (not isinstance(value, _SHAPES[name]) or isinstance(value, bool)):
+                elif value is not None and name in _SHAPES and (not isinstance(value, _SHAPES[name])
+                                                                  or isinstance(value, bool)):
                     damage.append(f"{name}: stored as {type(value).__name__} {str(value)[:60]!r}, "
                                   f"expected {_SHAPES[name].__name__}")
                     if name in _FALLBACKS:
@@ -584,9 +649,11 @@ def claim_order(job: Job) -> tuple:
     return (-priority, run_after is not None, run_after or datetime.min, job.id)
 
 
-def _claim_select_then_update(queryset: JobQuerySet, *, worker_id: str, limit: int, now: datetime, queues) -> list[Job]:
+def _claim_select_then_update(queryset: JobQuerySet, *, worker_id: str, limit: int, now: datetime, queues,
+                              backend: str = DEFAULT_TASK_BACKEND_ALIAS) -> list[Job]:
     """For databases without UPDATE ... RETURNING (MySQL 8, MariaDB): lock, then update."""
-    candidates = queryset.due(now).exclude(queue_name__in=QueueState.objects.filter(paused=True).values("name"))
+    paused = QueueState.objects.filter(paused=True).values("name")
+    candidates = queryset.due(now).filter(backend=backend).exclude(queue_name__in=paused)
     if queues:
         candidates = candidates.filter(queue_name__in=list(queues))
     with transaction.atomic(using=queryset.db):

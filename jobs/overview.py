@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.db import connections, router
 from django.db.models import Count, Max, Min, Q
 from django.db.models.functions import TruncMinute
@@ -32,6 +31,7 @@ TOP_FAILING = 10
 @dataclass
 class QueueRow:
     name: str
+    backend: str = ""  # the TASKS alias whose jobs are counted
     paused: bool = False
     changed_at: datetime | None = None
     changed_by: str = ""
@@ -74,6 +74,12 @@ class Overview:
     failed_24h: int
     workers: list[dict]
     stale_after: float
+    backends: list[str] = field(default_factory=list)  # the TASKS aliases that store jobs here
+
+    @property
+    def several_backends(self) -> bool:
+        """Rows then name their alias: each counts only the jobs of its alias."""
+        return len(self.backends) > 1
 
     @property
     def totals(self) -> dict[str, int]:
@@ -116,57 +122,74 @@ class Overview:
         return throughput_svg(self.minutes)
 
 
+def database_backends() -> dict:
+    """The ``TASKS`` aliases whose backend stores jobs in this database, by alias."""
+    from .backends import DatabaseBackend
+    from .framework import task_backends
+
+    return {backend.alias: backend for backend in task_backends.all() if isinstance(backend, DatabaseBackend)}
+
+
 def configured_queues() -> list[str]:
     """The QUEUES of every backend in settings.TASKS that stores jobs here."""
     names: list[str] = []
-    for config in getattr(settings, "TASKS", {}).values():
-        if config.get("BACKEND") == "jobs.backends.DatabaseBackend":
-            names += [name for name in config.get("QUEUES") or [] if name not in names]
+    for backend in database_backends().values():
+        names += sorted(name for name in backend.queues if name not in names)
     return names
 
 
 def stale_after() -> float:
-    from .backends import DatabaseBackend
-    from .framework import task_backends
-
-    values = [b.jobs_options.stale_after for b in task_backends.all() if isinstance(b, DatabaseBackend)]
+    values = [backend.jobs_options.stale_after for backend in database_backends().values()]
     return min(values) if values else 30.0
 
 
 def queue_rows(now: datetime) -> list[QueueRow]:
+    """A row per (backend alias, queue): what that alias's workers see of the queue.
+
+    Only the aliases of ``TASKS`` count (a job of an alias no longer configured has no
+    worker; the job list still shows it). A queue is listed for an alias when it is in
+    that alias's QUEUES, has jobs of that alias, or has a pause state (pausing a queue
+    name pauses it for every alias).
+    """
+    backends = database_backends()
     names = set(configured_queues()) | set(distinct_values("queue_name"))
     states = {state.name: state for state in QueueState.objects.all()}
-    rows = {name: QueueRow(name) for name in names | set(states)}
-    for name, state in states.items():
-        row = rows[name]
-        row.paused, row.changed_at, row.changed_by = state.paused, state.changed_at, state.changed_by
+    rows = {(alias, name): QueueRow(name, backend=alias) for alias in backends for name in names | set(states)}
+    for (_, name), row in rows.items():
+        state = states.get(name)
+        if state is not None:
+            row.paused, row.changed_at, row.changed_by = state.paused, state.changed_at, state.changed_by
     if connections[router.db_for_read(Job)].vendor == "postgresql":
         _capped_counts(rows, now)
     else:
         _exact_counts(rows, now)
-    for row in rows.values():
+    kept = [row for (alias, name), row in rows.items()
+            if row.counts or name in backends[alias].queues or name in states]
+    for row in kept:
         row.lag = max(now - row.oldest_due, timedelta(0)) if row.oldest_due else None
-    return sorted(rows.values(), key=lambda r: r.name)
+    return sorted(kept, key=lambda r: (r.backend, r.name))
 
 
-def _exact_counts(rows: dict[str, QueueRow], now: datetime) -> None:
-    """One pass over jobs_job_queue_idx: counts per (queue, status); for READY, due and oldest due."""
+def _exact_counts(rows: dict[tuple[str, str], QueueRow], now: datetime) -> None:
+    """One pass over jobs_job_queue_idx: counts per (queue, status, alias); for READY, due and oldest due."""
     due = Q(run_after__lte=now)
-    for item in (Job.objects.order_by().values("queue_name", "status")
+    for item in (Job.objects.order_by().values("queue_name", "status", "backend")
                  .annotate(n=Count("*"), due=Count("run_after", filter=due), oldest_due=Min("run_after", filter=due))):
-        row = rows.setdefault(item["queue_name"], QueueRow(item["queue_name"]))
+        row = rows.get((item["backend"], item["queue_name"]))
+        if row is None:  # an alias no longer in TASKS
+            continue
         row.counts[item["status"]] = item["n"]
         if item["status"] == JobStatus.READY:
             row.due, row.oldest_due = item["due"], item["oldest_due"]
 
 
-def _capped_counts(rows: dict[str, QueueRow], now: datetime) -> None:
-    """PostgreSQL: every (queue, status) count read up to EXACT_UP_TO index entries, in one statement.
+def _capped_counts(rows: dict[tuple[str, str], QueueRow], now: datetime) -> None:
+    """PostgreSQL: every (alias, queue, status) count read up to EXACT_UP_TO index entries, in one statement.
 
-    Each count is ``COUNT(*)`` over ``LIMIT cap + 1`` rows of jobs_job_queue_idx, so the
-    statement reads at most queues x statuses x cap index entries however big the table
-    is; the lag is one index probe per queue. Counts over the cap become the planner's
-    estimate (an EXPLAIN each), marked as such.
+    Each count is ``COUNT(*)`` over ``LIMIT cap + 1`` rows of jobs_job_queue_idx (queue,
+    status, alias, run_after), so the statement reads at most rows x statuses x cap index
+    entries however big the table is; the lag is one index probe per row. Counts over
+    the cap become the planner's estimate (an EXPLAIN each), marked as such.
     """
     if not rows:
         return
@@ -174,31 +197,37 @@ def _capped_counts(rows: dict[str, QueueRow], now: datetime) -> None:
     qn = connection.ops.quote_name
     meta = Job._meta
     table = qn(meta.db_table)
-    queue, status, run_after = (qn(meta.get_field(f).column) for f in ("queue_name", "status", "run_after"))
+    queue, status, backend, run_after = (qn(meta.get_field(f).column)
+                                         for f in ("queue_name", "status", "backend", "run_after"))
     cap = EXACT_UP_TO + 1
-    match = f"j.{queue} = q.name AND j.{status} = s.status"
+    match = f"j.{queue} = q.name AND j.{status} = s.status AND j.{backend} = q.backend"
     sql = (
-        f"SELECT q.name, s.status, "
+        f"SELECT q.backend, q.name, s.status, "
         f"(SELECT COUNT(*) FROM (SELECT 1 FROM {table} j WHERE {match} LIMIT %(cap)s) c), "
         f"CASE WHEN s.status = %(ready)s THEN (SELECT COUNT(*) FROM (SELECT 1 FROM {table} j "
         f"WHERE {match} AND j.{run_after} <= %(now)s LIMIT %(cap)s) c) END, "
         f"CASE WHEN s.status = %(ready)s THEN (SELECT MIN(j.{run_after}) FROM {table} j "
         f"WHERE {match} AND j.{run_after} <= %(now)s) END "
-        f"FROM unnest(%(queues)s::text[]) AS q(name) CROSS JOIN unnest(%(statuses)s::text[]) AS s(status)"
+        f"FROM unnest(%(backends)s::text[], %(queues)s::text[]) AS q(backend, name) "
+        f"CROSS JOIN unnest(%(statuses)s::text[]) AS s(status)"
     )
+    pairs = sorted(rows)
     with connection.cursor() as cursor:
-        cursor.execute(sql, {"cap": cap, "ready": JobStatus.READY.value, "now": now, "queues": sorted(rows),
+        cursor.execute(sql, {"cap": cap, "ready": JobStatus.READY.value, "now": now,
+                             "backends": [alias for alias, _ in pairs], "queues": [name for _, name in pairs],
                              "statuses": list(JobStatus.values)})
         found = cursor.fetchall()
-    for name, state, number, due, oldest_due in found:
-        row = rows[name]
+    for alias, name, state, number, due, oldest_due in found:
+        row = rows[(alias, name)]
+        same = Job.objects.filter(queue_name=name, status=state, backend=alias)
         if number >= cap:
-            number = max(estimated_count(Job.objects.filter(queue_name=name, status=state)), number)
+            number = max(estimated_count(same), number)
             row.estimated.add(state)
-        row.counts[state] = number
+        if number:
+            row.counts[state] = number
         if state == JobStatus.READY:
             if due >= cap:
-                due = max(estimated_count(Job.objects.filter(queue_name=name, status=state, run_after__lte=now)), due)
+                due = max(estimated_count(same.filter(run_after__lte=now)), due)
                 row.estimated.add("due")
             row.due, row.oldest_due = due, oldest_due
 
@@ -241,7 +270,7 @@ def build(now: datetime) -> Overview:
     failing = failing_tasks(now)
     return Overview(now=now, queues=queue_rows(now), minutes=throughput(now), failing=failing[:TOP_FAILING],
                     failed_24h=sum(row["failures"] for row in failing), workers=workers_alive(now, stale),
-                    stale_after=stale)
+                    stale_after=stale, backends=sorted(database_backends()))
 
 
 # -- the chart ---------------------------------------------------------------------------

@@ -11,22 +11,24 @@ from datetime import datetime, timedelta
 
 from django.db import transaction
 
+from .framework import DEFAULT_TASK_BACKEND_ALIAS
 from .models import Job, JobStatus
 
 logger = logging.getLogger(__name__)
 
 
 def prune(*, now: datetime, retain_successful: float, retain_failed: float, batch_size: int = 1000,
-          dry_run: bool = False) -> dict[str, int]:
-    """Delete SUCCESSFUL jobs finished over ``retain_successful`` s ago, FAILED and
-    CANCELLED ones over ``retain_failed`` s ago. Returns the counts per status group."""
+          dry_run: bool = False, backend: str = DEFAULT_TASK_BACKEND_ALIAS) -> dict[str, int]:
+    """Delete the ``backend`` alias's SUCCESSFUL jobs finished over ``retain_successful`` s
+    ago, FAILED and CANCELLED ones over ``retain_failed`` s ago (each alias keeps jobs as
+    long as its own OPTIONS say). Returns the counts per status group."""
     groups = {
         "successful": ((JobStatus.SUCCESSFUL,), retain_successful),
         "failed": ((JobStatus.FAILED, JobStatus.CANCELLED), retain_failed),
     }
     counts = {}
     for name, (statuses, retain) in groups.items():
-        old = Job.objects.filter(status__in=statuses, finished_at__lt=now - timedelta(seconds=retain))
+        old = Job.objects.filter(backend=backend, status__in=statuses, finished_at__lt=now - timedelta(seconds=retain))
         if dry_run:
             counts[name] = old.count()
             continue

@@ -11,9 +11,9 @@ from .framework import task_backends
 
 @task
 def prune_jobs(backend: str = "default") -> dict:
-    """Delete old finished jobs, keeping them as long as OPTIONS ``retain_*`` say."""
+    """Delete the ``backend`` alias's old finished jobs, kept as long as its OPTIONS ``retain_*`` say."""
     from .pruning import prune
 
     options = task_backends[backend].jobs_options
-    return prune(now=timezone.now(), retain_successful=options.retain_successful,
+    return prune(now=timezone.now(), backend=backend, retain_successful=options.retain_successful,
                  retain_failed=options.retain_failed)

@@ -36,8 +36,8 @@ from django.utils import timezone
 
 from . import retry
 from .exceptions import PERMANENT, DamagedJob, JobTimeout, WorkerLost
-from .execution import Outcome, failure, resolve_task, run_attempt
-from .framework import task_backends
+from .execution import Outcome, attempt_limit, decide_retry, failure, resolve_task, run_attempt, send_finished
+from .framework import TaskResultStatus, task_backends
 from .loops import worker_loops
 from .models import Job, JobStatus, WorkerProcess, error_entry, load_jobs
 from .wakeup import start_waker
@@ -54,8 +54,8 @@ MAX_PREFETCH = 50
 # handed back for other workers.
 BUFFER_MAX_WAIT = 1.0
 # What the stale sweep reads of a job: enough to fail its attempt, not its arguments.
-STALE_FIELDS = ("task_path", "status", "attempts", "max_attempts", "worker_id", "heartbeat_at", "errors",
-                "worker_ids")
+STALE_FIELDS = ("task_path", "backend", "status", "attempts", "max_attempts", "worker_id", "heartbeat_at",
+                "errors", "worker_ids")
 # An outcome is written together with others, but waits at most this long (seconds).
 FLUSH_AFTER = 0.005
 
@@ -320,7 +320,7 @@ class Worker:
 
     def _dispatch(self, slot: Slot, job: Job) -> None:
         logger.info("job started id=%s task=%s attempt=%s/%s queue=%s worker=%s", job.pk, job.task_path,
-                    job.attempts, job.max_attempts, job.queue_name, self.id)
+                    job.attempts, attempt_limit(job, self.backend), job.queue_name, self.id)
         damage = getattr(job, "damage", None)
         try:
             if damage:
@@ -384,7 +384,8 @@ class Worker:
             recorded = Job.objects.mark_successful_many([(o.job, o.return_value) for o in successes], now=now)
             written = [(o, JobStatus.SUCCESSFUL if o.job.pk in recorded else None, "") for o in successes]
             written += [(o, *self._record_failure(o, now)) for o in self.pending if not o.succeeded]
-            claimed = Job.objects.claim(worker_id=self.id, limit=free, now=now, queues=self.queues)
+            claimed = Job.objects.claim(worker_id=self.id, limit=free, now=now, queues=self.queues,
+                                        backend=self.backend.alias)
         self.processed += len(self.pending)
         self.pending = []
         for outcome, status, note in written:
@@ -417,14 +418,14 @@ class Worker:
             return False
 
     def _decide(self, job: Job, outcome: Outcome) -> retry.RetryDecision:
-        if outcome.permanent:
-            return retry.RetryDecision(False, reason="not retried: the task cannot be run")
-        return retry.decide(attempt=job.attempts, max_attempts=job.max_attempts, base=self.options.retry_backoff,
-                            custom_delay=outcome.custom_delay, custom_given=outcome.custom_given)
+        """The decision taken where the attempt ran, or (timeouts, tasks that do not resolve) now."""
+        if outcome.decision is not None:
+            return outcome.decision
+        return decide_retry(job, outcome, limit=attempt_limit(job, self.backend), base=self.options.retry_backoff)
 
     def _log_outcome(self, outcome: Outcome, status: str | None, note: str) -> None:
         job = outcome.job
-        fields = (job.pk, job.task_path, job.attempts, job.max_attempts, outcome.duration)
+        fields = (job.pk, job.task_path, job.attempts, attempt_limit(job, self.backend), outcome.duration)
         if status is None:
             logger.warning("job outcome discarded id=%s task=%s attempt=%s/%s duration=%.3fs "
                            "reason=attempt-no-longer-held", *fields)
@@ -454,31 +455,47 @@ class Worker:
         self.take_back_stale(now)
 
     def take_back_stale(self, now: datetime) -> int:
-        """Fail the attempts of workers that stopped heartbeating, and retry them."""
+        """Fail the attempts of workers of this backend alias that stopped heartbeating, and retry them."""
         stale_after = self.options.stale_after
         cutoff = now - timedelta(seconds=stale_after)
         taken = 0
-        stale = load_jobs(Job.objects.stale(cutoff).order_by("heartbeat_at")[:100], STALE_FIELDS)
+        stale = load_jobs(Job.objects.stale(cutoff).filter(backend=self.backend.alias).order_by("heartbeat_at")[:100],
+                          STALE_FIELDS)
         for job in stale:
             last = job.heartbeat_at.isoformat() if isinstance(job.heartbeat_at, datetime) else "unknown"
             exc = WorkerLost(f"worker {job.worker_id} was lost: no heartbeat for over {stale_after:g}s "
                              f"(last at {last}); attempt {job.attempts} taken back by {self.id}")
             if job.damage:
                 exc = DamagedJob(f"{exc}; not retried: the row cannot be run as stored: {'; '.join(job.damage)}")
-                decision = retry.RetryDecision(False, reason="damaged row")
+                limit, decision = job.max_attempts, retry.RetryDecision(False, reason="damaged row")
             else:
-                decision = retry.decide(attempt=job.attempts, max_attempts=job.max_attempts,
-                                        base=self.options.retry_backoff)
+                limit = attempt_limit(job, self.backend)
+                decision = retry.decide(attempt=job.attempts, max_attempts=limit, base=self.options.retry_backoff)
             error = error_entry(exc, attempt=job.attempts, worker_id=job.worker_id, when=now, traceback=f"{exc}\n")
             retry_at = now + timedelta(seconds=decision.delay) if decision.retry else None
             if job.mark_lost(error, cutoff=cutoff, now=now, retry_at=retry_at):
                 taken += 1
                 logger.warning("job taken back id=%s task=%s attempt=%s/%s lost_worker=%s outcome=%s", job.pk,
-                               job.task_path, job.attempts, job.max_attempts, job.worker_id,
+                               job.task_path, job.attempts, limit, job.worker_id,
                                "RETRY" if decision.retry else "FAILED")
+                if not decision.retry and not job.damage:
+                    self._send_finished_for_lost(job, error)
         # Rows of worker processes that died long ago say nothing useful any more.
         WorkerProcess.objects.filter(heartbeat_at__lt=now - timedelta(seconds=max(stale_after * 10, 3600))).delete()
         return taken
+
+    def _send_finished_for_lost(self, job: Job, error: dict) -> None:
+        """``task_finished`` (FAILED) for a job whose last attempt's worker was lost: it is finished too."""
+        try:
+            task = resolve_task(job.task_path)
+        except Exception:  # no task to describe: nothing to send (the job is FAILED all the same)
+            return
+        try:
+            [whole] = load_jobs(Job.objects.filter(pk=job.pk), [f.name for f in Job._meta.concrete_fields])
+            send_finished(self.backend, self.backend.to_task_result(whole, task), status=TaskResultStatus.FAILED,
+                          error=error)
+        except Exception:  # a receiver's bug must not stop the sweep
+            logger.exception("task_finished receiver raised id=%s task=%s", job.pk, job.task_path)
 
     # -- extra loops and shutdown -----------------------------------------------------------
 

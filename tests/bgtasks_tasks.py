@@ -63,3 +63,12 @@ def plain(x):
 
 
 aliased = background(plain)  # not importable as tests.bgtasks_tasks.plain's task: refused at enqueue
+
+
+@background
+def invalid(path, token):
+    """Raises django-background-tasks' "do not reschedule" error."""
+    from jobs.compat import InvalidTaskError
+
+    _record(path, "invalid", token)
+    raise InvalidTaskError(f"cannot be done: {token}")

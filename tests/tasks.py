@@ -176,3 +176,8 @@ class Unprintable(Exception):
 @task(max_attempts=1)
 def raises_unprintable():
     raise Unprintable()
+@django_task(takes_context=True)
+def task_as_seen(context):
+    """What the running task is told about itself: the run_after and backend of its TaskResult's task."""
+    task = context.task_result.task
+    return {"run_after": task.run_after.isoformat() if task.run_after else None, "backend": task.backend}

@@ -8,6 +8,7 @@ from asgiref.sync import async_to_sync
 from django.db import connections, transaction
 from django.utils import timezone
 
+from jobs.execution import attempt_limit
 from jobs.framework import InvalidTask, TaskResultDoesNotExist, TaskResultStatus, default_task_backend
 from jobs.models import Job, JobStatus
 from tests import tasks
@@ -42,7 +43,8 @@ def test_enqueue_writes_a_ready_row():
     assert job.task_path == "tests.tasks.add"
     assert (job.args, job.kwargs) == ([2], {"b": 3})
     assert (job.queue_name, job.priority, job.status) == ("emails", 5, JobStatus.READY)
-    assert job.max_attempts == 3 and job.attempts == 0
+    assert job.max_attempts is None and job.attempts == 0  # no limit of its own: OPTIONS' applies (3)
+    assert attempt_limit(job, default_task_backend) == 3
     assert result.status == TaskResultStatus.READY
     assert job.run_after == job.enqueued_at  # due at once
 

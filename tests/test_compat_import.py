@@ -19,6 +19,8 @@ from django.test import override_settings
 from django.utils import timezone
 
 from jobs import compat
+from jobs.execution import attempt_limit
+from jobs.framework import default_task_backend
 from jobs.models import Job, JobStatus
 from tests import bgtasks_tasks as t
 
@@ -107,7 +109,8 @@ def test_pending_rows_become_jobs_with_their_fields(tables, django_user_model):
     job = Job.objects.get(meta__background_task__source_id=plain)
     assert (job.task_path, job.args, job.kwargs) == ("tests.bgtasks_tasks.notify", ["/tmp/x", 1], {"message": "m"})
     assert (job.run_after, job.priority, job.queue_name, job.status) == (run_at, 5, "emails", JobStatus.READY)
-    assert (job.attempts, job.max_attempts, job.errors) == (0, 3, [])
+    assert (job.attempts, job.max_attempts, job.errors) == (0, None, [])  # the limit in force applies: 3 here
+    assert attempt_limit(job, default_task_backend) == 3
     assert job.meta["verbose_name"] == "Mail for Ann"
     assert job.meta["creator"] == {"content_type": "auth.user", "object_id": user.pk}
     assert job.meta["background_task"]["hash"] == "a" * 40
@@ -184,7 +187,7 @@ def test_settings_of_the_old_package_apply(tables):
     insert(task_name="tests.bgtasks_tasks.notify", priority=3)
     run()
     job = Job.objects.get()
-    assert (job.priority, job.max_attempts) == (-3, 25)
+    assert (job.priority, attempt_limit(job, default_task_backend)) == (-3, 25)
 
 
 def test_imported_jobs_keep_remove_existing_tasks_working(tables):

@@ -233,7 +233,7 @@ def test_requeue_keeps_the_id_and_the_history(run_worker):
     result = tasks.always_fails.enqueue()
     while job_of(result).status != JobStatus.FAILED:
         run_worker()
-    assert Job.objects.filter(pk=int(result.id)).requeue() == 1
+    assert len(Job.objects.filter(pk=int(result.id)).requeue()) == 1
     job = job_of(result)
     assert job.status == JobStatus.READY and job.attempts == 0 and len(job.errors) == 3
     run_worker()

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from jobs import compat
-from jobs.backends import DatabaseBackend, serialise_arguments
+from jobs.backends import serialise_arguments
 from jobs.conf import MAX_ATTEMPTS
 from jobs.exceptions import JobError
 from jobs.framework import (
@@ -40,6 +40,7 @@ from jobs.framework import (
     Task,
     task_backends,
 )
+from jobs.management.options import MAX_BATCH_SIZE, backend_alias, bounded_int, database_alias
 from jobs.resolve import resolve_task
 
 TABLE = "background_task"
@@ -111,12 +112,13 @@ class Command(BaseCommand):
             "idempotent, batched, with --dry-run.")
 
     def add_arguments(self, parser):
-        parser.add_argument("--database", default=DEFAULT_DB_ALIAS,
+        parser.add_argument("--database", type=database_alias, default=DEFAULT_DB_ALIAS,
                             help="DATABASES alias holding the background_task table (default 'default'). "
                                  "Jobs are written where the Job model lives.")
-        parser.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
+        parser.add_argument("--backend", type=backend_alias, default=DEFAULT_TASK_BACKEND_ALIAS,
                             help="TASKS alias of the jobs backend (default 'default').")
-        parser.add_argument("--batch-size", type=int, default=500, help="Rows per transaction (default 500).")
+        parser.add_argument("--batch-size", type=bounded_int(1, MAX_BATCH_SIZE), default=500,
+                            help=f"Rows per transaction (default 500, at most {MAX_BATCH_SIZE}).")
         parser.add_argument("--dry-run", action="store_true", help="Report what would be imported; write nothing.")
         parser.add_argument("--include-locked", action="store_true",
                             help="Also import rows locked by a django-background-tasks worker (only once every "
@@ -125,17 +127,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         alias, dry_run, batch_size = options["database"], options["dry_run"], options["batch_size"]
         self.verbosity = options["verbosity"]
-        if batch_size < 1:
-            raise CommandError("--batch-size must be at least 1")
-        if alias not in connections:
-            raise CommandError(f"--database {alias!r} is not in DATABASES")
-        try:
-            self.backend = task_backends[options["backend"]]
-        except Exception as exc:
-            raise CommandError(f"TASKS has no usable backend {options['backend']!r}: {exc}") from exc
-        if not isinstance(self.backend, DatabaseBackend):
-            raise CommandError(f"TASKS[{options['backend']!r}] is {type(self.backend).__name__}, "
-                               "not jobs.backends.DatabaseBackend")
+        self.backend = task_backends[options["backend"]]
         source = connections[alias]
         tables = set(source.introspection.table_names())
         if TABLE not in tables:
@@ -280,7 +272,8 @@ class Command(BaseCommand):
             errors.append(error_from_last_error(row["last_error"], attempt=attempts, failed_at=failed_at))
         return Job(task_path=task.module_path, backend=self.backend.alias, queue_name=queue_name,
                    priority=compat.map_priority(priority), args=args, kwargs=kwargs, run_after=run_at,
-                   enqueued_at=self.now, attempts=attempts, max_attempts=compat.max_attempts_for(task, self.backend),
+                   task_run_after=run_at, enqueued_at=self.now, attempts=attempts,
+                   max_attempts=getattr(task, "max_attempts", None),  # else the limit in force at each attempt
                    errors=errors, meta=meta)
 
     def _import_batch(self, source, rows: list[dict], report: Report, *, dry_run: bool) -> None:

@@ -12,6 +12,7 @@ import threading
 from django.core.management.base import BaseCommand, CommandError
 
 from jobs.framework import DEFAULT_TASK_BACKEND_ALIAS, FRAMEWORK, task_backends
+from jobs.management.options import MAX_CONCURRENCY, backend_alias, bounded_int, seconds
 from jobs.worker import Worker
 
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
@@ -75,16 +76,18 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--queue", action="append", dest="queues", metavar="NAME",
                             help="Only claim jobs of this queue (repeatable). Default: every queue.")
-        parser.add_argument("--concurrency", type=int, default=1, metavar="N",
-                            help="Jobs run at once in this process, one thread each (default 1).")
+        parser.add_argument("--concurrency", type=bounded_int(1, MAX_CONCURRENCY), default=1, metavar="N",
+                            help=f"Jobs run at once in this process, one thread each (default 1, at most "
+                                 f"{MAX_CONCURRENCY}; for more, run more processes).")
         parser.add_argument("--burst", action="store_true",
                             help="Run every job due now, then exit 0. Jobs due later are left. No scheduler.")
-        parser.add_argument("--duration", type=float, default=0, metavar="SECONDS",
+        parser.add_argument("--duration", type=seconds(), default=0, metavar="SECONDS",
                             help="Stop claiming after this long, let running jobs finish, exit 0. 0: run forever.")
-        parser.add_argument("--sleep", type=float, default=None, metavar="SECONDS",
+        parser.add_argument("--sleep", type=seconds(positive=True), default=None, metavar="SECONDS",
                             help="Idle poll interval (default: OPTIONS['poll_interval']).")
         parser.add_argument("--no-scheduler", action="store_true", help="Do not run the scheduler in this worker.")
-        parser.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS, help="TASKS alias (default 'default').")
+        parser.add_argument("--backend", type=backend_alias, default=DEFAULT_TASK_BACKEND_ALIAS,
+                            help="TASKS alias (default 'default'): only its jobs, under its OPTIONS.")
         # Kept from django-background-tasks, so that existing unit files and crontabs keep working.
         parser.add_argument("--log-std", action="store_true",
                             help="Send what jobs print to stdout/stderr to the logger 'jobs.output' (INFO/ERROR).")
@@ -100,18 +103,7 @@ class Command(BaseCommand):
         if options["log_std"]:
             _redirect_std_to_logging()
         alias = options["backend"]
-        try:
-            backend = task_backends[alias]
-        except Exception as exc:
-            raise CommandError(f"TASKS has no usable backend {alias!r}: {exc}") from exc
-        if not hasattr(backend, "jobs_options"):
-            raise CommandError(f"TASKS[{alias!r}] is {type(backend).__name__}, not jobs.backends.DatabaseBackend")
-        if options["concurrency"] < 1:
-            raise CommandError("--concurrency must be at least 1")
-        if options["duration"] < 0:
-            raise CommandError("--duration must be >= 0 (0 means run forever)")
-        if options["sleep"] is not None and options["sleep"] <= 0:
-            raise CommandError("--sleep must be > 0")
+        backend = task_backends[alias]
         unknown = sorted(set(options["queues"] or []) - backend.queues) if backend.queues else []
         if unknown:
             raise CommandError(f"--queue {unknown[0]!r} is not in TASKS[{alias!r}]['QUEUES'] "
