@@ -34,9 +34,8 @@ from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db import models, router, transaction
+from django.db import router, transaction
 from django.db.models import F, Func, Q, TextField
-from django.db.models.signals import post_delete, pre_delete
 from django.http import Http404, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, get_script_prefix, get_urlconf, path, reverse
@@ -51,7 +50,7 @@ from .counts import distinct_values
 from .execution import attempt_limit
 from .framework import task_backends
 from .history import log_actions
-from .models import FINISHED_STATUSES, ChangedJob, Job, JobStatus, QueueState, UnreadableJSON, WorkerProcess
+from .models import FINISHED_STATUSES, Job, JobStatus, QueueState, UnreadableJSON, WorkerProcess
 from .templatetags.jobs_admin import human_duration, relative, when
 
 # Columns the list never shows; the job page reads the whole row. (The backend alias is read:
@@ -322,7 +321,7 @@ class JobAdmin(admin.ModelAdmin):
     def delete_selected(self, request, queryset):
         selected, exact = self._selected(request)
         if request.POST.get("post") == "yes":
-            deleted = self._change(request, lambda: bulk_delete(queryset.exclude(status=JobStatus.RUNNING)), "",
+            deleted = self._change(request, lambda: queryset.exclude(status=JobStatus.RUNNING).delete_jobs(), "",
                                    action_flag=DELETION)
             self._report(request, deleted, "Deleted {}.", "running jobs are not deleted: their worker holds them.")
             return None
@@ -439,33 +438,6 @@ class JobAdmin(admin.ModelAdmin):
         else:
             self.message_user(request, f"Job #{job.pk} was not waiting for a later time.", messages.WARNING)
         return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job.pk]))
-
-
-def bulk_delete(queryset) -> list[ChangedJob]:
-    """Delete jobs in one DELETE, plus one statement per model that points at jobs; returns them.
-
-    ``QuerySet.delete()`` would load every row first as soon as another model has a
-    foreign key to Job with SET_NULL or CASCADE (the scheduler's runs do); here each
-    such relation is handled by one statement over a subquery instead. With signal
-    receivers on Job, or a relation rule other than these, Django's delete is used.
-    """
-    relations = [r for r in Job._meta.related_objects if r.one_to_many or r.one_to_one]
-    simple = all(r.on_delete in (models.SET_NULL, models.CASCADE, models.DO_NOTHING) for r in relations)
-    if not simple or any(signal.has_listeners(Job) for signal in (pre_delete, post_delete)):
-        with transaction.atomic(using=queryset.db):
-            gone = [ChangedJob(*row) for row in queryset.select_for_update().values_list("pk", "task_path", "status")]
-            queryset.delete()
-        return gone
-    ids = queryset.order_by().values("pk")
-    with transaction.atomic(using=queryset.db):
-        for relation in relations:
-            related = relation.related_model._base_manager.using(queryset.db).filter(
-                **{f"{relation.field.name}__in": ids})
-            if relation.on_delete is models.SET_NULL:
-                related.update(**{relation.field.name: None})
-            elif relation.on_delete is models.CASCADE:
-                related.delete()
-        return queryset.delete_returning()
 
 
 @functools.lru_cache(maxsize=16)

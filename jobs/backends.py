@@ -33,7 +33,6 @@ from .framework import (
 )
 from .resolve import SETTING as TASK_MODULES_SETTING
 from .resolve import refusal, resolve_task
-from .wakeup import notify_enqueued
 
 # Deepest nesting of lists and objects a stored value may have: both databases (SQLite
 # refuses JSON deeper than 1000) and the worker's decoder must be able to read it back.
@@ -102,6 +101,11 @@ def result_status(job_status: str) -> TaskResultStatus:
     return TaskResultStatus(job_status)
 
 
+# What a new job's TaskResult reads beyond its inserted columns.
+FRESH = dict(status="READY", worker_id="", worker_ids=[], errors=[], started_at=None, finished_at=None,
+             last_attempted_at=None, return_value=None)
+
+
 class DatabaseBackend(BaseTaskBackend):
     task_class = JobTask
 
@@ -162,21 +166,19 @@ class DatabaseBackend(BaseTaskBackend):
         default = getattr(task, "default_max_attempts", None)
         return default(self) if default is not None else self.jobs_options.max_attempts
 
-    def enqueue(self, task: Task, args, kwargs) -> TaskResult:
-        from .models import Job
-
+    def enqueue(self, task: Task, args, kwargs, *, meta: dict | None = None) -> TaskResult:
+        """Django's enqueue: one INSERT in the caller's transaction (and on PostgreSQL the
+        wake-up in the same statement). ``meta`` is where the job came from (the
+        scheduler's run, a django-background-tasks call): written with the row, never
+        patched in afterwards."""
         self.validate_task(task)
         self.validate_runnable(task)
         json_args, json_kwargs = serialise_arguments(task, args, kwargs)
         now = timezone.now()
-        job = Job.objects.create(
-            task_path=task.module_path, backend=self.alias, queue_name=task.queue_name, priority=task.priority,
-            args=json_args, kwargs=json_kwargs, run_after=task.run_after or now, task_run_after=task.run_after,
-            enqueued_at=now, max_attempts=getattr(task, "max_attempts", None),
-        )
-        if task.run_after is None or task.run_after <= now:
-            notify_enqueued(connections[job._state.db], task.queue_name)
-        result = self.to_task_result(job, task, result_task=task)
+        values = self.row_values(task, now, args=json_args, kwargs=json_kwargs, meta=meta or {})
+        due = task.run_after is None or task.run_after <= now
+        job_id = self._statements().insert_job(values, notify=task.queue_name if due else None)
+        result = self.to_task_result(SimpleNamespace(pk=job_id, **FRESH, **values), task, result_task=task)
         task_enqueued.send(type(self), task_result=result)
         return result
 
@@ -187,34 +189,44 @@ class DatabaseBackend(BaseTaskBackend):
         Every call's arguments are checked before anything is written; a bad one raises
         naming its index. Workers are woken once, on commit.
         """
-        from .models import Job
-
         self.validate_task(task)
         self.validate_runnable(task)
         now = timezone.now()
-        common = dict(task_path=task.module_path, backend=self.alias, queue_name=task.queue_name,
-                      priority=task.priority, run_after=task.run_after or now, task_run_after=task.run_after,
-                      enqueued_at=now, max_attempts=getattr(task, "max_attempts", None))
         rows = []
         for index, (args, kwargs) in enumerate(calls):
             try:
                 json_args, json_kwargs = serialise_arguments(task, args, kwargs)
             except TypeError as exc:
                 raise TypeError(f"call {index}: {exc}") from exc
-            rows.append({"args": json_args, "kwargs": json_kwargs})
-        using = router.db_for_write(Job)
-        with transaction.atomic(using=using):
-            ids = Job.objects.db_manager(using).insert_many(common, rows, batch_size=min(batch_size, 500))
-            if ids and common["run_after"] <= now:
-                notify_enqueued(connections[using], task.queue_name)
+            rows.append(self.row_values(task, now, args=json_args, kwargs=json_kwargs))
+        due = task.run_after is None or task.run_after <= now
+        ids = self.insert_rows(rows, notify=task.queue_name if due else None)
         # What to_task_result reads, without paying for a model instance per job.
-        fresh = dict(common, status="READY", worker_id="", worker_ids=[], errors=[], started_at=None,
-                     finished_at=None, last_attempted_at=None, return_value=None)
-        jobs = [SimpleNamespace(pk=pk, **fresh, **row) for pk, row in zip(ids, rows)]
-        results = [self.to_task_result(job, task, result_task=task) for job in jobs]
+        results = [self.to_task_result(SimpleNamespace(pk=pk, **FRESH, **row), task, result_task=task)
+                   for pk, row in zip(ids, rows)]
         for result in results:
             task_enqueued.send(type(self), task_result=result)
         return results
+
+    def row_values(self, task: Task, now, **values) -> dict:
+        """The columns of a new job of ``task`` (its arguments already JSON), as ``jobs.sql`` inserts them."""
+        return dict(task_path=task.module_path, backend=self.alias, queue_name=task.queue_name,
+                    priority=task.priority, run_after=task.run_after or now, task_run_after=task.run_after,
+                    enqueued_at=now, max_attempts=getattr(task, "max_attempts", None), **values)
+
+    def insert_rows(self, rows: Sequence[dict], *, notify: str | None = None) -> list[int]:
+        """Insert many prepared jobs in one transaction (bulk enqueue, the importer); their ids, in order."""
+        from .models import Job
+
+        using = router.db_for_write(Job)
+        with transaction.atomic(using=using):
+            return self._statements().insert_jobs(rows, notify=notify)
+
+    def _statements(self):
+        from .models import Job
+        from .sql import statements
+
+        return statements(connections[router.db_for_write(Job)])
 
     def get_result(self, result_id) -> TaskResult:
         from .models import Job

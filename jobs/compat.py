@@ -306,11 +306,11 @@ class BackgroundTask(JobTask):
                 # Locked rows are being claimed by a worker right now: they are not pending any more.
                 ids = list(same.select_for_update(skip_locked=True).values_list("pk", flat=True))
                 if ids:
-                    Job.objects.using(db).filter(pk__in=ids, status=JobStatus.READY).delete()
+                    Job.objects.using(db).filter(pk__in=ids, status=JobStatus.READY).delete_jobs()
             if schedule.action != TaskSchedule.SCHEDULE:
                 existing = same.filter(queue_name=queue_name) if queue else same
                 if schedule.action == TaskSchedule.RESCHEDULE_EXISTING:
-                    if existing.update(run_after=run_at, task_run_after=run_at, priority=priority):
+                    if existing.reschedule(run_at, priority=priority):
                         return None
                 elif existing.exists():
                     return None
@@ -342,15 +342,12 @@ class BackgroundTask(JobTask):
 
 def _enqueue(task: BackgroundTask, backend: DatabaseBackend, args: list, kwargs: dict, *, run_after: datetime,
              priority: int, queue_name: str, meta: dict):
-    """Enqueue through the backend (its validation, signal and wake-up), then attach the meta."""
+    """Enqueue through the backend (its validation, signal and wake-up), meta and all; the row."""
     from .models import Job
 
     variant = replace(task, priority=priority, queue_name=queue_name, run_after=run_after)
-    result = backend.enqueue(variant, args, kwargs)
-    job = Job.objects.using(router.db_for_write(Job)).get(pk=int(result.id))
-    job.meta = {**job.meta, **meta}
-    job.save(update_fields=["meta"])
-    return job
+    result = backend.enqueue(variant, args, kwargs, meta=meta)
+    return Job.objects.using(router.db_for_write(Job)).get(pk=int(result.id))
 
 
 def _continue_repetition(context) -> None:
@@ -393,7 +390,7 @@ def _continue_repetition(context) -> None:
             successor = _enqueue(task, task._database_backend(), job.args, job.kwargs, run_after=next_at,
                                  priority=job.priority, queue_name=job.queue_name, meta=meta)
         info["next_job"] = successor.pk if successor else None
-        jobs.filter(pk=job.pk).update(meta={**job.meta, META_KEY: info})
+        jobs.filter(pk=job.pk).merge_meta({META_KEY: info})
 
 
 def _runner(fn: Callable) -> Callable:

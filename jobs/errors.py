@@ -71,3 +71,19 @@ def error_entry(exc: BaseException, *, attempt: int, worker_id: str, when: datet
         "worker_id": worker_id,
         "at": when.isoformat(),
     }
+
+
+def entry_from_traceback(text: str, *, attempt: int, worker_id: str, when: datetime) -> dict:
+    """An entry for a failure known only by its formatted traceback (django-background-tasks'
+    ``last_error``): the class and message are read off its last line."""
+    last = next((line for line in reversed(text.strip().splitlines()) if line.strip()), "")
+    match = re.match(r"^([A-Za-z_][\w.]*)(?::\s?(.*))?$", last)
+    cls, message = (match.group(1), match.group(2) or "") if match else ("Exception", last)
+    return {
+        "attempt": attempt,
+        "exception_class_path": clip(cls if "." in cls else f"builtins.{cls}", 300),
+        "message": clip(message, MAX_MESSAGE),
+        "traceback": clip(text, MAX_TRACEBACK),
+        "worker_id": worker_id,
+        "at": when.isoformat(),
+    }

@@ -20,7 +20,7 @@ from django.utils import timezone
 from . import retry
 from .backends import to_json
 from .errors import error_entry
-from .exceptions import DamagedJob, DoNotRetry, JobTimeout, ResultNotSerialisable, TransactionLeftOpen
+from .exceptions import PERMANENT, DamagedJob, DoNotRetry, JobTimeout, ResultNotSerialisable, TransactionLeftOpen
 from .framework import Task, TaskContext, TaskError, TaskResultStatus, task_finished, task_started
 from .models import Job
 from .resolve import resolve_task
@@ -40,6 +40,8 @@ class Outcome:
     custom_delay: float | None = None  # what the task's backoff callable returned
     custom_given: bool = False  # whether it had one that answered
     decision: retry.RetryDecision | None = None  # for a failure: decided where it happened, when known
+    final: str = "FAILED"  # the status a failure ends in when not retried (CANCELLED for a cancel)
+    exc: BaseException | None = None  # a failure's exception, for the log record (exc_info)
 
 
 def attempt_limit(job: Job, backend) -> int:
@@ -89,7 +91,23 @@ def send_finished(backend, result, *, status: TaskResultStatus, error: dict | No
 def failure(job: Job, exc: BaseException, *, worker_id: str, duration: float = 0.0, permanent: bool = False,
             traceback: str | None = None) -> Outcome:
     error = error_entry(exc, attempt=job.attempts, worker_id=worker_id, when=timezone.now(), traceback=traceback)
-    return Outcome(job=job, succeeded=False, duration=duration, error=error, permanent=permanent)
+    return Outcome(job=job, succeeded=False, duration=duration, error=error, permanent=permanent, exc=exc)
+
+
+def run_claimed(job, slot, *, backend, worker_id: str) -> Outcome:
+    """A claimed job, in a slot's thread: refuse it if its row is damaged or its path not a
+    task (importing happens here, never in the worker's main thread), arm the slot's
+    timeout, run the attempt. Never raises."""
+    logger.debug("job started id=%s task=%s attempt=%s queue=%s worker=%s", job.id, job.task_path, job.attempts,
+                 job.queue_name, worker_id)
+    try:
+        if job.damage:
+            raise DamagedJob(f"job {job.id} cannot be run as stored: {'; '.join(job.damage)}")
+        task = resolve_task(job.task_path)
+    except PERMANENT as exc:
+        return failure(job, exc, worker_id=worker_id, permanent=True)
+    slot.arm(task)
+    return run_attempt(job, task, backend=backend, worker_id=worker_id)
 
 
 def reset_connections() -> list[str]:

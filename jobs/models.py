@@ -1,30 +1,26 @@
-"""The job table, its state filters, the claim query and the named state changes.
+"""The job table, its state filters, and the changes made to jobs from outside a worker.
 
 A job is one launch of a task: one row, from READY through RUNNING to SUCCESSFUL or
-FAILED (or CANCELLED), keeping its id across retries and requeues. Every change of
-``status`` goes through a method here that writes only the columns it changes, and
-every change made on behalf of a running attempt is *fenced*: it matches the
-attempt number and the worker that holds it, so a worker that was presumed lost and
-wakes up later cannot overwrite an attempt another worker has taken over.
+FAILED (or CANCELLED), keeping its id across retries and requeues. What a worker
+writes for a running attempt (fenced on the attempt and its worker) is in
+``jobs.store``, on statements of ``jobs.sql``; what the admin and ``jobs.cancel``
+write is here: one UPDATE however many rows, handing back the rows it changed.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from django.conf import settings
 from django.core.exceptions import EmptyResultSet
-from django.db import connections, models, router, transaction
+from django.db import connections, models, transaction
 from django.db.models import F, Q, sql
-from django.db.models.expressions import Col
 from django.db.models.fields.json import KeyTransform
+from django.db.models.signals import post_delete, pre_delete
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
-from .errors import error_entry  # noqa: F401  (re-exported: its old home)
 from .framework import DEFAULT_TASK_BACKEND_ALIAS, TaskResultStatus
 
 
@@ -68,17 +64,9 @@ class JobStatus(models.TextChoices):
     CANCELLED = "CANCELLED", "Cancelled"
 
 
-MAX_INT = 2**31 - 1  # the largest value of an integer column on PostgreSQL (and MySQL)
 CLAIM_INDEX = "jobs_job_claim_idx"  # the partial index of due READY jobs, in claim order
 
 FINISHED_STATUSES = (JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.CANCELLED)
-
-# Columns a claim hands back: what a worker needs to run the job and record it.
-CLAIM_FIELDS = (
-    "id", "task_path", "backend", "queue_name", "priority", "args", "kwargs", "status", "run_after",
-    "task_run_after", "enqueued_at", "started_at", "last_attempted_at", "finished_at", "attempts", "max_attempts",
-    "worker_id", "heartbeat_at", "errors", "worker_ids", "meta",
-)
 
 
 class JobQuerySet(models.QuerySet):
@@ -101,115 +89,14 @@ class JobQuerySet(models.QuerySet):
     # -- the claim: the only place that takes READY jobs -------------------------------
 
     def claim(self, *, worker_id: str, limit: int, now: datetime, queues: Sequence[str] | None = None,
-              backend: str = DEFAULT_TASK_BACKEND_ALIAS) -> list[Job]:
-        """Take up to ``limit`` due jobs of the ``backend`` alias for ``worker_id``, marking them RUNNING.
+              backend: str = DEFAULT_TASK_BACKEND_ALIAS):
+        """Take up to ``limit`` due jobs of ``backend`` for ``worker_id`` (``jobs.sql``'s claim)."""
+        from .sql import statements
 
-        One statement, one short transaction (or part of the caller's): the rows are
-        chosen by priority, then ``run_after``, then enqueue order, locked with
-        ``FOR UPDATE SKIP LOCKED`` on PostgreSQL so concurrent workers take disjoint
-        rows without waiting, and updated with ``RETURNING`` so no second round
-        trip is needed. On SQLite the single UPDATE runs under the database's write
-        lock, which makes it just as exclusive across processes.
-        """
         if limit <= 0:
             return []
-        connection = connections[router.db_for_write(Job)]
-        if connection.vendor in ("postgresql", "sqlite"):
-            jobs = _claim_returning(connection, worker_id=worker_id, limit=limit, now=now, queues=queues,
-                                    backend=backend)
-        else:
-            jobs = _claim_select_then_update(self, worker_id=worker_id, limit=limit, now=now, queues=queues,
-                                             backend=backend)
-        jobs.sort(key=claim_order)
-        return jobs
-
-    def mark_successful_many(self, outcomes: Sequence[tuple[Job, object]], *, now: datetime) -> set[int]:
-        """Record many successes in one round trip, each fenced like ``Job.mark_successful``.
-
-        The worker's hot path: one prepared UPDATE run for every row (executemany), not
-        one ORM query built per job. Returns the ids that were still ours to record.
-        """
-        if not outcomes:
-            return set()
-        connection = connections[router.db_for_write(Job)]
-        meta = Job._meta
-        qn = connection.ops.quote_name
-        col = {name: qn(meta.get_field(name).column) for name in
-               ("id", "status", "return_value", "finished_at", "heartbeat_at", "worker_ids", "attempts", "worker_id")}
-        sql = (f"UPDATE {qn(meta.db_table)} SET {col['status']} = %s, {col['return_value']} = %s, "
-               f"{col['finished_at']} = %s, {col['heartbeat_at']} = NULL, {col['worker_ids']} = %s "
-               f"WHERE {col['id']} = %s AND {col['status']} = %s AND {col['attempts']} = %s AND {col['worker_id']} = %s")
-        json_field = meta.get_field("return_value")
-        now_db = meta.get_field("finished_at").get_db_prep_value(now, connection)
-        rows = [(JobStatus.SUCCESSFUL.value, json_field.get_db_prep_value(value, connection), now_db,
-                 json_field.get_db_prep_value([*job.worker_ids, job.worker_id], connection),
-                 job.pk, JobStatus.RUNNING.value, job.attempts, job.worker_id) for job, value in outcomes]
-        with connection.cursor() as cursor:
-            cursor.executemany(sql, rows)
-            written = cursor.rowcount
-        ids = {job.pk for job, _ in outcomes}
-        if written == len(outcomes):
-            return ids
-        # Some attempt was taken over meanwhile (rare): find out which rows we wrote.
-        held = {(job.pk, job.attempts, job.worker_id) for job, _ in outcomes}
-        return {pk for pk, attempts, worker in Job.objects.filter(pk__in=ids, status=JobStatus.SUCCESSFUL)
-                .values_list("pk", "attempts", "worker_id") if (pk, attempts, worker) in held}
-
-    def insert_many(self, common: dict, varying: Sequence[dict], *, batch_size: int = 500) -> list[int]:
-        """INSERT many jobs that share most columns; returns their ids in order.
-
-        Bulk enqueue's hot path: the shared values are prepared once, and each batch is
-        one multi-row INSERT ... RETURNING, instead of the ORM preparing every field of
-        every row.
-        """
-        connection = connections[router.db_for_write(Job)]
-        if connection.vendor not in ("postgresql", "sqlite"):
-            jobs = Job.objects.bulk_create([Job(**common, **row) for row in varying], batch_size=batch_size)
-            return [job.pk for job in jobs]
-        fields = [f for f in Job._meta.concrete_fields if not f.primary_key]
-        varying_names = sorted({name for row in varying for name in row})
-        prepared = {}
-        for field in fields:
-            if field.name not in varying_names:
-                value = common[field.name] if field.name in common else field.get_default()
-                prepared[field.name] = field.get_db_prep_save(value, connection)
-        qn = connection.ops.quote_name
-        table, columns = qn(Job._meta.db_table), ", ".join(qn(f.column) for f in fields)
-        ids: list[int] = []
-        with connection.cursor() as cursor:
-            if connection.vendor == "postgresql" and all(
-                    isinstance(Job._meta.get_field(name), models.JSONField) for name in varying_names):
-                # One statement per 5000 jobs with a handful of parameters: the varying JSON
-                # comes as text arrays that unnest() turns into rows, in order.
-                items = [f"v.{qn(f.column)}::jsonb" if f.name in varying_names else f"%s::{f.cast_db_type(connection)}"
-                         for f in fields]
-                sql = (f"INSERT INTO {table} ({columns}) SELECT {', '.join(items)} FROM unnest("
-                       f"{', '.join(['%s::text[]'] * len(varying_names))}) WITH ORDINALITY "
-                       f"AS v({', '.join(qn(Job._meta.get_field(n).column) for n in varying_names)}, ord) "
-                       f"ORDER BY v.ord RETURNING {qn('id')}")
-                constants = [prepared[f.name] for f in fields if f.name not in varying_names]
-                for start in range(0, len(varying), 5000):
-                    batch = varying[start:start + 5000]
-                    arrays = [[json.dumps(row.get(name, Job._meta.get_field(name).get_default())) for row in batch]
-                              for name in varying_names]
-                    cursor.execute(sql, [*constants, *arrays])
-                    ids.extend(row[0] for row in cursor.fetchall())
-                return ids
-            row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
-            for start in range(0, len(varying), batch_size):
-                batch = varying[start:start + batch_size]
-                params = []
-                for row in batch:
-                    for field in fields:
-                        if field.name in prepared:
-                            params.append(prepared[field.name])
-                        else:
-                            value = row[field.name] if field.name in row else common.get(field.name, field.get_default())
-                            params.append(field.get_db_prep_save(value, connection))
-                cursor.execute(f"INSERT INTO {table} ({columns}) VALUES "
-                               f"{', '.join([row_sql] * len(batch))} RETURNING {qn('id')}", params)
-                ids.extend(row[0] for row in cursor.fetchall())
-        return ids
+        return statements(connections[self.db]).claim(worker_id=worker_id, limit=limit, now=now, queues=queues,
+                                                     backend=backend)
 
     # -- changes made from outside a running attempt -----------------------------------
     # Each is one UPDATE (or DELETE) however many rows, and hands back the jobs it changed,
@@ -255,6 +142,42 @@ class JobQuerySet(models.QuerySet):
         query.add_update_values(changes)
         query.clear_select_clause()
         return self._returning(query, lambda ids: Job.objects.filter(pk__in=ids).update(**changes))
+
+    def delete_jobs(self) -> list[ChangedJob]:
+        """The one way jobs are deleted (the admin, pruning, the compat shim); returns them.
+
+        One DELETE, plus one statement per model that points at jobs: ``QuerySet.delete()``
+        would load every row first as soon as another model has a foreign key to Job with
+        SET_NULL or CASCADE; here each such relation is handled by one statement over a
+        subquery instead. With signal receivers on Job, or a relation rule other than
+        these, Django's delete is used.
+        """
+        relations = [r for r in Job._meta.related_objects if r.one_to_many or r.one_to_one]
+        simple = all(r.on_delete in (models.SET_NULL, models.CASCADE, models.DO_NOTHING) for r in relations)
+        if not simple or any(signal.has_listeners(Job) for signal in (pre_delete, post_delete)):
+            with transaction.atomic(using=self.db):
+                gone = [ChangedJob(*row) for row in self.select_for_update().values_list("pk", "task_path", "status")]
+                self.delete()
+            return gone
+        ids = self.order_by().values("pk")
+        with transaction.atomic(using=self.db):
+            for relation in relations:
+                related = relation.related_model._base_manager.using(self.db).filter(
+                    **{f"{relation.field.name}__in": ids})
+                if relation.on_delete is models.SET_NULL:
+                    related.update(**{relation.field.name: None})
+                elif relation.on_delete is models.CASCADE:
+                    related.delete()
+            return self.delete_returning()
+
+    def reschedule(self, run_after: datetime, *, priority: int) -> int:
+        """READY jobs moved to another run time and priority (django-background-tasks'
+        RESCHEDULE_EXISTING): to Django's API, enqueued with that run_after."""
+        return self.ready().update(run_after=run_after, task_run_after=run_after, priority=priority)
+
+    def merge_meta(self, values: dict) -> int:
+        """Set top-level keys of these jobs' ``meta`` in one UPDATE (the compat shim's bookkeeping)."""
+        return self.update(meta=JSONMerge("meta", values))
 
     def delete_returning(self) -> list[ChangedJob]:
         """One DELETE, no signals and no cascades (as ``_raw_delete``), handing back the rows deleted."""
@@ -304,12 +227,21 @@ class JSONMerge(models.Func):
 
     def __init__(self, column: str, value: dict):
         super().__init__(F(column), models.Value(value, output_field=models.JSONField()))
+        self.updates = value
 
     def as_postgresql(self, compiler, connection, **extra):
         return self._merge(compiler, connection, "(COALESCE({col}, '{{}}'::jsonb) || {val})")
 
     def as_sqlite(self, compiler, connection, **extra):
-        return self._merge(compiler, connection, "json_patch(COALESCE({col}, '{{}}'), {val})")
+        # json_set, key by key: json_patch (merge-patch) would drop keys whose value is null.
+        column, _value = self.get_source_expressions()
+        col_sql, col_params = compiler.compile(column)
+        pairs, params = [], []
+        for key, value in self.updates.items():
+            pairs.append("%s, json(%s)")
+            params += ["$." + json.dumps(str(key)), json.dumps(value)]
+        sql = f"json_set(CASE WHEN json_type({col_sql}) = 'object' THEN {col_sql} ELSE '{{}}' END, {', '.join(pairs)})"
+        return sql, (*col_params, *col_params, *params)
 
     def as_mysql(self, compiler, connection, **extra):
         return self._merge(compiler, connection, "JSON_MERGE_PATCH(COALESCE({col}, '{{}}'), {val})")
@@ -388,49 +320,6 @@ class Job(models.Model):
     def task_name(self) -> str:
         return self.task_path.rsplit(".", 1)[-1]
 
-    # -- named state changes for a running attempt, all fenced -------------------------
-
-    def _attempt(self):
-        """This job's current attempt, as long as ``self.worker_id`` still holds it.
-
-        A damaged row's attempt count may not be a number (text on SQLite): such a job
-        is fenced on its holder alone, which every claim sets.
-        """
-        held = Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING, worker_id=self.worker_id)
-        if isinstance(self.attempts, int) and not isinstance(self.attempts, bool):
-            held = held.filter(attempts=self.attempts)
-        return held
-
-    def mark_successful(self, return_value, *, now: datetime) -> bool:
-        """Record success; False if this attempt is no longer ours to record."""
-        return Job.objects.mark_successful_many([(self, return_value)], now=now) == {self.pk}
-
-    def mark_failed(self, error: dict, *, now: datetime, retry_at: datetime | None) -> bool:
-        """Record a failed attempt: back to READY at ``retry_at``, or FAILED for good."""
-        changes = dict(errors=[*self.errors, error], heartbeat_at=None, worker_ids=[*self.worker_ids, self.worker_id])
-        if retry_at is None:
-            changes.update(status=JobStatus.FAILED, finished_at=now)
-        else:
-            changes.update(status=JobStatus.READY, run_after=retry_at)
-        return bool(self._attempt().update(**changes))
-
-    def mark_handed_back(self) -> bool:
-        """Give an unfinished attempt back on shutdown; it does not count as an attempt."""
-        attempts = models.Case(models.When(attempts__gt=0, then=F("attempts") - 1), default=models.Value(0))
-        return bool(self._attempt().update(status=JobStatus.READY, attempts=attempts, heartbeat_at=None))
-
-    def mark_lost(self, error: dict, *, cutoff: datetime, now: datetime, retry_at: datetime | None) -> bool:
-        """Take back an attempt whose worker stopped heartbeating, as a failed attempt.
-
-        Fenced on the heartbeat too: if the worker beat again since we looked, it is alive.
-        """
-        changes = dict(errors=[*self.errors, error], heartbeat_at=None, worker_ids=[*self.worker_ids, self.worker_id])
-        if retry_at is None:
-            changes.update(status=JobStatus.FAILED, finished_at=now)
-        else:
-            changes.update(status=JobStatus.READY, run_after=retry_at)
-        return bool(self._attempt().filter(heartbeat_at__lt=cutoff).update(**changes))
-
 
 class WorkerProcess(models.Model):
     """One row per live worker process, for liveness and the admin's overview.
@@ -475,194 +364,3 @@ class QueueState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({'paused' if self.paused else 'running'})"
-
-
-# -- claim implementations (private to JobQuerySet.claim) ---------------------------------
-
-def _claimed_fields() -> list[str]:
-    """CLAIM_FIELDS in the model's field order, which ``Model.from_db`` expects."""
-    return [f.name for f in Job._meta.concrete_fields if f.name in CLAIM_FIELDS]
-
-
-def claim_sql(connection, *, worker_id: str, limit: int, now: datetime, queues,
-              backend: str = DEFAULT_TASK_BACKEND_ALIAS) -> tuple[str, list]:
-    """The claim statement for PostgreSQL and SQLite: UPDATE ... WHERE id IN (SELECT ...) RETURNING.
-
-    Exposed so that tests can EXPLAIN exactly what the workers run.
-    """
-    meta = Job._meta
-    qn = connection.ops.quote_name
-    table = qn(meta.db_table)
-    col = {name: qn(meta.get_field(name).column) for name in CLAIM_FIELDS}
-    now_db = meta.get_field("run_after").get_db_prep_value(now, connection)
-    queue_sql, queue_params = "", []
-    if queues:
-        queue_sql = f" AND {col['queue_name']} IN ({', '.join(['%s'] * len(queues))})"
-        queue_params = list(queues)
-    lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
-    # SQLite's planner, without statistics, would rather sort every READY row found through
-    # another index on status; the claim index already holds them in claim order.
-    hint = f" INDEXED BY {qn(CLAIM_INDEX)}" if connection.vendor == "sqlite" else ""
-    sql = (
-        # A damaged row at the integer column's maximum must not make every claim fail.
-        f"UPDATE {table} SET {col['status']} = %s, {col['attempts']} = CASE WHEN {col['attempts']} < {MAX_INT} "
-        f"THEN {col['attempts']} + 1 ELSE {col['attempts']} END, "
-        f"{col['worker_id']} = %s, {col['heartbeat_at']} = %s, {col['last_attempted_at']} = %s, "
-        f"{col['started_at']} = COALESCE({col['started_at']}, %s) "
-        f"WHERE {col['id']} IN (SELECT {col['id']} FROM {table}{hint} "
-        # 'READY' is written out, not a parameter: only a literal lets the planner prove
-        # that the partial claim index applies (SQLite never uses it for a parameter).
-        f"WHERE {col['status']} = '{JobStatus.READY.value}' AND {col['backend']} = %s "
-        f"AND {col['run_after']} <= %s{queue_sql}"
-        f"{_not_paused_sql(connection)} "
-        f"ORDER BY {col['priority']} DESC, {col['run_after']}, {col['id']} LIMIT %s{lock}) "
-        f"RETURNING {', '.join(column_sql(connection, name) for name in _claimed_fields())}"
-    )
-    params = [JobStatus.RUNNING.value, worker_id, now_db, now_db, now_db, backend, now_db,
-              *queue_params, limit]
-    return sql, params
-
-
-def _not_paused_sql(connection) -> str:
-    """The claim's filter for paused queues: a hashed subplan over a table of a few rows."""
-    qn = connection.ops.quote_name
-    meta = QueueState._meta
-    return (f" AND {qn(Job._meta.get_field('queue_name').column)} NOT IN "
-            f"(SELECT {qn(meta.get_field('name').column)} FROM {qn(meta.db_table)} "
-            f"WHERE {qn(meta.get_field('paused').column)})")
-
-
-def _claim_returning(connection, *, worker_id: str, limit: int, now: datetime, queues, backend: str) -> list[Job]:
-    sql, params = claim_sql(connection, worker_id=worker_id, limit=limit, now=now, queues=queues, backend=backend)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    return rows_to_jobs(connection, _claimed_fields(), rows)
-
-
-# What a damaged field of a job is read as, so that the job can still be failed and shown.
-_FALLBACKS = {"args": list, "kwargs": dict, "errors": list, "worker_ids": list, "meta": dict}
-_SHAPES = {"args": list, "kwargs": dict, "errors": list, "worker_ids": list, "meta": dict,
-           "attempts": int, "max_attempts": int, "priority": int, "task_path": str, "queue_name": str}
-
-
-def column_sql(connection, name: str) -> str:
-    """How the worker reads a column of Job: time columns as text.
-
-    The drivers convert times themselves, and raise inside the fetch (taking the
-    whole claim with them) for values a row writer can store: 'infinity' or a year
-    past 9999 on PostgreSQL, '2026-13-45' on SQLite. As text, the value reaches
-    ``rows_to_jobs``, which turns a bad one into damage of that one job.
-    """
-    field = Job._meta.get_field(name)
-    column = connection.ops.quote_name(field.column)
-    if isinstance(field, models.DateTimeField):
-        return f"CAST({column} AS TEXT)" if connection.vendor == "sqlite" else f"{column}::text"
-    return column
-
-
-def stored_datetime(value, connection) -> datetime | None:
-    """A time column read as text (see ``column_sql``) as the ORM would hand it back."""
-    if value is None or isinstance(value, datetime):
-        return value
-    parsed = parse_datetime(value)
-    if parsed is None:
-        raise ValueError(f"{value[:60]!r} is not a time")
-    if settings.USE_TZ and timezone.is_naive(parsed):
-        return timezone.make_aware(parsed, connection.timezone)
-    if not settings.USE_TZ and timezone.is_aware(parsed):
-        return timezone.make_naive(parsed, connection.timezone)
-    return parsed
-
-
-def rows_to_jobs(connection, names: Sequence[str], rows: Iterable[tuple]) -> list[Job]:
-    """Rows read with ``column_sql`` to Job instances, never raising on a stored value.
-
-    A value that does not convert (or has the wrong shape: arguments that are not a
-    list, a priority stored as text on SQLite, NULL where a value is required) is
-    replaced by a harmless stand-in and named in the job's ``damage`` list; the
-    worker fails such a job alone, without running it, instead of letting one row
-    stop every claim.
-    """
-    fields = [Job._meta.get_field(name) for name in names]
-    converters = []
-    for field in fields:
-        if isinstance(field, models.DateTimeField):
-            converters.append(lambda value, _field=field: stored_datetime(value, connection))
-        else:
-            expression = Col(Job._meta.db_table, field)
-            fns = connection.ops.get_db_converters(expression) + expression.get_db_converters(connection)
-            converters.append(lambda value, _fns=fns, _e=expression: _convert(value, _fns, _e, connection))
-    jobs = []
-    for row in rows:
-        values, damage = [], []
-        for raw, convert, field in zip(row, converters, fields):
-            name = field.name
-            try:
-                value = convert(raw)
-            except Exception as exc:  # noqa: BLE001 - a stored value must not stop the worker
-                damage.append(f"{name}: {type(exc).__name__}: {str(exc)[:200]}")
-                value = _FALLBACKS.get(name, lambda: None)()
-            else:
-                if isinstance(value, UnreadableJSON):
-                    damage.append(f"{name}: {value}")
-                    value = _FALLBACKS.get(name, lambda: None)()
-                elif value is None and not field.null:
-                    damage.append(f"{name}: missing (NULL or not a value of its type: {str(raw)[:60]!r})")
-                elif value is not None and name in _SHAPES and (not isinstance(value, _SHAPES[name])
-                                                                  or isinstance(value, bool)):
-                    damage.append(f"{name}: stored as {type(value).__name__} {str(value)[:60]!r}, "
-                                  f"expected {_SHAPES[name].__name__}")
-                    if name in _FALLBACKS:
-                        value = _FALLBACKS[name]()
-            values.append(value)
-        job = Job.from_db(connection.alias, list(names), values)
-        job.damage = damage
-        jobs.append(job)
-    return jobs
-
-
-def _convert(value, fns, expression, connection):
-    for fn in fns:
-        value = fn(value, expression, connection)
-    return value
-
-
-def load_jobs(queryset, names: Sequence[str]) -> list[Job]:
-    """The jobs ``queryset`` selects, with only ``names`` loaded, through ``rows_to_jobs``."""
-    names = [f.name for f in Job._meta.concrete_fields if f.name in set(names) | {"id"}]
-    connection = connections[queryset.db]
-    inner, params = queryset.values("pk").query.get_compiler(using=queryset.db).as_sql()
-    qn = connection.ops.quote_name
-    sql = (f"SELECT {', '.join(column_sql(connection, name) for name in names)} FROM {qn(Job._meta.db_table)} "
-           f"WHERE {qn('id')} IN ({inner})")
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    return rows_to_jobs(connection, names, rows)
-
-
-def claim_order(job: Job) -> tuple:
-    """The claim's order (priority, then run_after, then id), for whatever a row holds."""
-    priority = job.priority if isinstance(job.priority, int) else 0
-    run_after = job.run_after if isinstance(job.run_after, datetime) else None
-    return (-priority, run_after is not None, run_after or datetime.min, job.id)
-
-
-def _claim_select_then_update(queryset: JobQuerySet, *, worker_id: str, limit: int, now: datetime, queues,
-                              backend: str = DEFAULT_TASK_BACKEND_ALIAS) -> list[Job]:
-    """For databases without UPDATE ... RETURNING (MySQL 8, MariaDB): lock, then update."""
-    paused = QueueState.objects.filter(paused=True).values("name")
-    candidates = queryset.due(now).filter(backend=backend).exclude(queue_name__in=paused)
-    if queues:
-        candidates = candidates.filter(queue_name__in=list(queues))
-    with transaction.atomic(using=queryset.db):
-        ids = list(candidates.order_by("-priority", "run_after", "id")
-                   .select_for_update(skip_locked=True).values_list("id", flat=True)[:limit])
-        if not ids:
-            return []
-        Job.objects.filter(id__in=ids).update(
-            status=JobStatus.RUNNING, attempts=F("attempts") + 1, worker_id=worker_id, heartbeat_at=now,
-            last_attempted_at=now, started_at=models.functions.Coalesce("started_at", now),
-        )
-        return list(Job.objects.filter(id__in=ids).only(*CLAIM_FIELDS))

@@ -38,7 +38,7 @@ def prune(*, now: datetime, retain_successful: float, retain_failed: float, batc
                 ids = list(old.order_by("finished_at").values_list("id", flat=True)[:batch_size])
                 if not ids:
                     break
-                deleted += Job.objects.filter(id__in=ids).delete()[1].get("jobs.Job", 0)
+                deleted += len(Job.objects.filter(id__in=ids).delete_jobs())
         counts[name] = deleted
     logger.info("prune done dry_run=%s successful=%d failed=%d", dry_run, counts["successful"], counts["failed"])
     return counts

@@ -77,7 +77,6 @@ def launch(schedule: Schedule, run: ScheduleRun) -> ScheduleRun:
     """
     from jobs.backends import DatabaseBackend
     from jobs.framework import task_backends
-    from jobs.models import Job
     from jobs.resolve import resolve_task
 
     try:
@@ -89,13 +88,14 @@ def launch(schedule: Schedule, run: ScheduleRun) -> ScheduleRun:
         meta["manual"] = True
     try:
         with transaction.atomic(using=router.db_for_write(ScheduleRun)):
-            task = resolve_task(schedule.task)
-            result = task.using(queue_name=schedule.queue_name, priority=schedule.priority).enqueue(
-                *schedule.args, **schedule.kwargs)
-            run.result_id = str(result.id)
-            if isinstance(task_backends[task.backend], DatabaseBackend):
+            task = resolve_task(schedule.task).using(queue_name=schedule.queue_name, priority=schedule.priority)
+            backend = task_backends[task.backend]
+            if isinstance(backend, DatabaseBackend):  # the job says where it came from, from its first write
+                result = backend.enqueue(task, list(schedule.args), dict(schedule.kwargs), meta=meta)
                 run.job_id = int(result.id)
-                Job.objects.filter(pk=run.job_id).update(meta=meta)
+            else:
+                result = task.enqueue(*schedule.args, **schedule.kwargs)
+            run.result_id = str(result.id)
             run.save(update_fields=["job", "result_id"])
     except DatabaseError:
         raise

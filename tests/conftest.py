@@ -122,3 +122,60 @@ def pytest_collection_modifyitems(config, items):
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept
+
+
+class FakeClock:
+    """A worker's clock that moves only when told (``jobs.clock.Clock``'s two faces)."""
+
+    def __init__(self):
+        from django.utils import timezone
+
+        self._now, self._mono = timezone.now(), 1000.0
+
+    def now(self):
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def advance(self, seconds: float) -> None:
+        from datetime import timedelta
+
+        self._now += timedelta(seconds=seconds)
+        self._mono += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def liveness(worker=None, backend_alias: str = "default"):
+    """The liveness loop of ``worker`` (or of a worker that holds nothing), not started."""
+    from jobs.clock import REAL
+    from jobs.framework import task_backends
+    from jobs.worker.liveness import Liveness
+    from jobs.worker.loop import make_worker_id
+
+    return Liveness(worker_id=worker.id if worker else make_worker_id(), backend=task_backends[backend_alias],
+                    held=worker.pool.held_ids if worker else list, register=lambda: None,
+                    clock=worker.clock if worker else REAL)
+
+
+def sweep(now=None, backend_alias: str = "default") -> int:
+    """What any other worker's liveness loop does next: take back stale jobs; how many."""
+    from django.utils import timezone
+
+    return liveness(backend_alias=backend_alias).take_back_stale(now or timezone.now())
+
+
+def record_success(job, value) -> bool:
+    """Write ``job``'s success as its worker would (fenced); whether it was still that worker's."""
+    from django.utils import timezone
+
+    from jobs.sql import statements
+
+    written, _ = statements(connection).finish_and_claim([(job, value)], worker_id=job.worker_id,
+                                                         now=timezone.now(), limit=0, queues=None,
+                                                         backend=job.backend)
+    return job.id in written

@@ -606,12 +606,13 @@ def test_a_paused_queue_is_not_claimed_until_resumed(admin_client, run_worker):
 
 @pytest.mark.django_db(transaction=True)
 def test_pause_without_returning_applies_to_select_then_update_too():
-    from jobs.models import _claim_select_then_update
+    from jobs.sql.generic import GenericStatements
 
     tasks.add.using(queue_name="emails").enqueue(1, 1)
     ready = tasks.add.enqueue(2, 2)
     QueueState.objects.create(name="emails", paused=True)
-    claimed = _claim_select_then_update(Job.objects.all(), worker_id="w", limit=5, now=timezone.now(), queues=None)
+    claimed = GenericStatements(connection).claim(worker_id="w", limit=5, now=timezone.now(), queues=None,
+                                                  backend="default")
     assert [j.pk for j in claimed] == [int(ready.id)]
 
 

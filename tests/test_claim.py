@@ -8,7 +8,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from jobs.models import Job, JobStatus, claim_sql
+from jobs.models import Job, JobStatus
+from jobs.sql import claim_sql
 from tests import tasks
 
 

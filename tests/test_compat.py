@@ -16,6 +16,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from jobs import compat
+from jobs.clock import Clock
 from jobs.compat import BackgroundTask, TaskSchedule, background
 from jobs.execution import attempt_limit, resolve_task
 from jobs.framework import FRAMEWORK, InvalidTask, Task, default_task_backend
@@ -323,10 +324,10 @@ def test_repeat_skips_times_already_past_and_stops_at_repeat_until(run_worker, l
     assert nxt.run_after == long_ago + timedelta(hours=6)  # the next slot after now
     # Workers whose clock is ahead claim the next runs at their time (moving run_after would be
     # a reschedule, which the next run follows).
-    run_worker(now=lambda: timezone.now() + timedelta(minutes=31))
+    run_worker(clock=Clock(now=lambda: timezone.now() + timedelta(minutes=31)))
     last = successor_of(nxt)
     assert last.run_after == long_ago + timedelta(hours=7)  # repeat_until itself is still in
-    run_worker(now=lambda: timezone.now() + timedelta(minutes=91))
+    run_worker(clock=Clock(now=lambda: timezone.now() + timedelta(minutes=91)))
     assert successor_of(last) is None and len(runs(log)) == 3
 
 

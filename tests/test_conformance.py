@@ -27,11 +27,11 @@ from django.utils import timezone
 
 from jobs import compat, enqueue_many
 from jobs.framework import TaskResultStatus, task_backends, task_finished, task_started
-from jobs.models import Job, JobStatus, QueueState, claim_sql
-from jobs.worker import Worker
+from jobs.models import Job, JobStatus, QueueState
+from jobs.sql import claim_sql
 from tests import bgtasks_tasks as bg
 from tests import tasks
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import REPO, subprocess_env, sweep
 from tests.test_compat_bgtasks import bgtasks_python  # noqa: F401  (the real package's venv, a fixture)
 
 
@@ -100,9 +100,9 @@ def test_1_a_worker_takes_back_only_stale_jobs_of_its_backend_alias(transactiona
         result = tasks.add.using(backend="other").enqueue(1, 2)
         Job.objects.filter(pk=int(result.id)).update(status=JobStatus.RUNNING, attempts=1, worker_id="gone",
                                                       heartbeat_at=timezone.now() - timedelta(minutes=5))
-        assert Worker(burst=True).take_back_stale(timezone.now()) == 0
+        assert sweep() == 0
         assert job_of(result).status == JobStatus.RUNNING
-        assert Worker(backend_alias="other", burst=True).take_back_stale(timezone.now()) == 1
+        assert sweep(backend_alias="other") == 1
         assert job_of(result).status == JobStatus.READY
 
 
@@ -272,7 +272,7 @@ def test_3_a_lost_workers_last_attempt_taken_back_is_reported_finished(transacti
     Job.objects.claim(worker_id="gone", limit=1, now=timezone.now())
     Job.objects.update(heartbeat_at=timezone.now() - timedelta(minutes=5))
     with received(task_finished) as finished:
-        assert Worker(burst=True).take_back_stale(timezone.now()) == 1
+        assert sweep() == 1
     assert [(r.status, r.id) for r in finished] == [(TaskResultStatus.FAILED, result.id)]
     assert finished[0].errors[-1].exception_class_path == "jobs.exceptions.WorkerLost"
 
@@ -282,7 +282,7 @@ def test_3_a_retried_take_back_sends_nothing(transactional_db):
     Job.objects.claim(worker_id="gone", limit=1, now=timezone.now())
     Job.objects.update(heartbeat_at=timezone.now() - timedelta(minutes=5))
     with received(task_finished) as finished:
-        assert Worker(burst=True).take_back_stale(timezone.now()) == 1
+        assert sweep() == 1
     assert finished == [] and Job.objects.get().status == JobStatus.READY
 
 
@@ -398,7 +398,7 @@ def test_6_the_take_back_of_a_lost_attempt_applies_the_current_limit(transaction
     Job.objects.claim(worker_id="gone", limit=1, now=timezone.now())
     Job.objects.update(heartbeat_at=timezone.now() - timedelta(minutes=5))
     with options(max_attempts=1):
-        assert Worker(burst=True).take_back_stale(timezone.now()) == 1
+        assert sweep() == 1
     job = job_of(result)
     assert job.status == JobStatus.FAILED and job.attempts == 1 and "was lost" in job.errors[0]["message"]
 

@@ -83,7 +83,6 @@ def test_a_row_with_a_huge_integer_fails_alone_and_every_worker_goes_on(workers)
     ({"errors": "5"}, "errors"),
     ({"errors": f"[{HUGE_INT}]"}, "errors"),
     ({"worker_ids": '{"not": "a list"}'}, "worker_ids"),
-    ({"meta": "[]"}, "meta"),
 ])
 def test_each_kind_of_damaged_field_fails_that_job_naming_the_field(run_worker, columns, field):
     bad = row(priority=5)
@@ -92,6 +91,15 @@ def test_each_kind_of_damaged_field_fails_that_job_naming_the_field(run_worker, 
     run_worker()
     assert_failed_alone(bad.pk, "jobs.exceptions.DamagedJob", field)
     assert job(good.id).status == JobStatus.SUCCESSFUL and job(good.id).return_value == 5
+
+
+@pytest.mark.parametrize("columns", [{"meta": "[]"}, {"meta": f"[{HUGE_INT}]"}])
+def test_damage_to_what_a_run_does_not_read_does_not_stop_it(run_worker, columns):
+    """The worker reads what it needs to run and record a job; ``meta`` is not part of it."""
+    job_with_bad_meta = row(priority=5)
+    damage(job_with_bad_meta.pk, **columns)
+    run_worker()
+    assert Job.objects.only("status").get(pk=job_with_bad_meta.pk).status == JobStatus.SUCCESSFUL
 
 
 @pytest.mark.sqlite_only

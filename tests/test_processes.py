@@ -20,20 +20,27 @@ def status_counts() -> dict:
 def test_several_workers_run_every_job_exactly_once(workers, record_dir):
     path = str(record_dir / "runs")
     total = 1500
+    procs = [workers.start(), workers.start("--concurrency", "3"), workers.start()]
+    for proc in procs:  # every worker listening before the jobs come, so that all take part
+        workers.wait_for_output(proc, "worker started")
+    # Jobs of a few ms: no-op jobs would be done by whichever worker holds SQLite's lock first.
     with transaction.atomic():
-        ids = [tasks.record.enqueue(path, f"job-{i}").id for i in range(total)]
-    procs = [workers.start("--burst"), workers.start("--burst", "--concurrency", "3"), workers.start("--burst")]
+        ids = [tasks.slow_then_record.enqueue(path, f"job-{i}", 0.004).id for i in range(total)]
+    wait_for(lambda: Job.objects.filter(status=JobStatus.SUCCESSFUL).count() == total, timeout=180,
+             message="every job to finish")
     for proc in procs:
-        assert proc.wait(180) == 0, workers.output(proc)
-    lines = Path(path).read_text().splitlines()
-    counts = Counter(line.split()[0] for line in lines)
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        assert proc.wait(30) == 0, workers.output(proc)
+    lines = [line for line in Path(path).read_text().splitlines() if line.startswith("start ")]
+    counts = Counter(line.split()[1] for line in lines)
     assert len(counts) == total, "some jobs never ran"
     assert max(counts.values()) == 1, f"ran twice: {[t for t, n in counts.items() if n > 1][:5]}"
     assert status_counts() == {JobStatus.SUCCESSFUL: total}
     assert len(ids) == total
     # Every worker took part (no single process ran everything while the others idled).
-    started = [workers.output(p).count("job started") for p in procs]
-    assert all(n > 0 for n in started), started
+    finished = [workers.output(p).count("job finished") for p in procs]
+    assert all(n > 0 for n in finished), finished
 
 
 def test_a_job_of_a_killed_worker_is_taken_back_and_retried(workers, record_dir):

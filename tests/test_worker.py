@@ -1,6 +1,5 @@
 """The worker in-process (burst mode): outcomes, retries, timeouts, safety, fencing, take-back."""
 
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from jobs.framework import TaskResultStatus
 from jobs.models import Job, JobStatus
 from jobs.worker import Worker
 from tests import tasks
+from tests.conftest import liveness, record_success, sweep
 
 
 def job_of(result) -> Job:
@@ -200,14 +200,13 @@ def test_a_late_outcome_from_a_lost_attempt_is_discarded(transactional_db):
     now = timezone.now()
     (claimed_by_a,) = Job.objects.claim(worker_id="A", limit=1, now=now)
     Job.objects.filter(pk=claimed_by_a.pk).update(heartbeat_at=now - timedelta(seconds=60))
-    worker_b = Worker(burst=True)
-    assert worker_b.take_back_stale(timezone.now()) == 1
+    assert sweep() == 1
     job = job_of(result)
     assert job.status == JobStatus.READY and job.errors[0]["exception_class_path"] == "jobs.exceptions.WorkerLost"
     (claimed_by_b,) = Job.objects.claim(worker_id="B", limit=1, now=timezone.now() + timedelta(seconds=1))
     assert claimed_by_b.attempts == 2
-    assert claimed_by_a.mark_successful(999, now=timezone.now()) is False  # A wakes up: refused
-    assert claimed_by_b.mark_successful(3, now=timezone.now()) is True
+    assert record_success(claimed_by_a, 999) is False  # A wakes up: refused
+    assert record_success(claimed_by_b, 3) is True
     job = job_of(result)
     assert job.return_value == 3 and job.worker_ids == ["A", "B"]
 
@@ -215,7 +214,7 @@ def test_a_late_outcome_from_a_lost_attempt_is_discarded(transactional_db):
 def test_live_workers_jobs_are_not_taken_back(transactional_db):
     tasks.add.enqueue(1, 2)
     Job.objects.claim(worker_id="alive", limit=1, now=timezone.now())
-    assert Worker(burst=True).take_back_stale(timezone.now()) == 0
+    assert sweep() == 0
     assert Job.objects.get().status == JobStatus.RUNNING
 
 
@@ -224,7 +223,7 @@ def test_take_back_past_max_attempts_ends_failed(transactional_db):
     Job.objects.filter(pk=int(result.id)).update(attempts=2)
     Job.objects.claim(worker_id="gone", limit=1, now=timezone.now())
     Job.objects.update(heartbeat_at=timezone.now() - timedelta(minutes=5))
-    assert Worker(burst=True).take_back_stale(timezone.now()) == 1
+    assert sweep() == 1
     job = job_of(result)
     assert job.status == JobStatus.FAILED and job.attempts == 3 and "was lost" in job.errors[0]["message"]
 
@@ -244,36 +243,37 @@ def test_heartbeat_covers_jobs_waiting_in_the_prefetch_buffer(transactional_db):
     """Claimed but not yet started jobs are held too: no other worker may take them back."""
     for i in range(3):
         tasks.add.enqueue(i, i)
-    worker = Worker(burst=True)
-    worker.buffer.extend(Job.objects.claim(worker_id=worker.id, limit=3, now=timezone.now()))
+    worker = Worker(burst=True)  # not started: its slots take nothing
+    worker.pool.give(Job.objects.claim(worker_id=worker.id, limit=3, now=timezone.now()))
     Job.objects.update(heartbeat_at=timezone.now() - timedelta(seconds=60))
-    worker._heartbeat_and_sweep()
+    liveness(worker).beat_and_sweep(timezone.now())
     assert Job.objects.filter(status=JobStatus.RUNNING, heartbeat_at__gte=timezone.now() - timedelta(seconds=5)
                               ).count() == 3
     assert not any(job.errors for job in Job.objects.all())
 
 
-def test_prefetched_jobs_stuck_behind_a_slow_job_are_handed_back(transactional_db):
+def test_prefetched_jobs_stuck_behind_a_slow_job_are_handed_back(transactional_db, clock):
     for i in range(3):
         tasks.add.enqueue(i, i)
-    worker = Worker(burst=True)  # not started: it has no free slot to run them in
+    worker = Worker(burst=True, clock=clock)  # not started: it has no slot running to take them
     claimed = Job.objects.claim(worker_id=worker.id, limit=3, now=timezone.now())
-    for job, age in zip(claimed, (5.0, 0.5, 0.0)):
-        job.claimed_mono = time.monotonic() - age
-    worker.buffer.extend(claimed)
-    worker._step()
-    assert not worker.buffer
-    assert Job.objects.filter(status=JobStatus.READY, attempts=0).count() == 3
+    worker.pool.give(claimed[:1])
+    clock.advance(4.5)
+    worker.pool.give(claimed[1:])
+    clock.advance(0.5)  # the first waited 5 s, the others 0.5 s
+    worker.step()
+    assert worker.pool.held_ids() == [job.id for job in claimed[1:]]
+    assert list(Job.objects.filter(status=JobStatus.READY, attempts=0).values_list("pk", flat=True)) == [claimed[0].id]
 
 
-def test_freshly_prefetched_jobs_are_kept(transactional_db):
+def test_freshly_prefetched_jobs_are_kept(transactional_db, clock):
     tasks.add.enqueue(1, 1)
-    worker = Worker(burst=True)
+    worker = Worker(burst=True, clock=clock)
     (job,) = Job.objects.claim(worker_id=worker.id, limit=1, now=timezone.now())
-    job.claimed_mono = time.monotonic()
-    worker.buffer.append(job)
-    worker._step()
-    assert list(worker.buffer) == [job]
+    worker.pool.give([job])
+    clock.advance(0.5)
+    worker.step()
+    assert worker.pool.held_ids() == [job.id]
     assert Job.objects.get().status == JobStatus.RUNNING
 
 

@@ -17,7 +17,8 @@ from django.db.models import Count
 from django.utils import timezone
 
 import jobs
-from jobs.models import Job, JobStatus, claim_sql
+from jobs.models import Job, JobStatus
+from jobs.sql import claim_sql
 
 WORKER_ARGS = ["process_tasks", "--no-scheduler"]
 WORKER_VARIANTS = {"c2": [*WORKER_ARGS, "--concurrency", "2"]}

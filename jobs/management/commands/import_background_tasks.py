@@ -19,7 +19,6 @@ where it left off.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,6 +32,7 @@ from django.utils.dateparse import parse_datetime
 from jobs import compat
 from jobs.backends import serialise_arguments
 from jobs.conf import MAX_ATTEMPTS
+from jobs.errors import entry_from_traceback
 from jobs.exceptions import JobError
 from jobs.framework import (
     DEFAULT_TASK_BACKEND_ALIAS,
@@ -90,21 +90,6 @@ def aware(value) -> datetime | None:
         return timezone.make_naive(value) if timezone.is_aware(value) else value
     # Django stores UTC when USE_TZ is on.
     return value if timezone.is_aware(value) else value.replace(tzinfo=UTC)
-
-
-def error_from_last_error(text: str, *, attempt: int, failed_at: datetime) -> dict:
-    """django-background-tasks' ``last_error`` (a formatted traceback) as a ``Job.errors`` entry."""
-    last = next((line for line in reversed(text.strip().splitlines()) if line.strip()), "")
-    match = re.match(r"^([A-Za-z_][\w.]*)(?::\s?(.*))?$", last)
-    cls, message = (match.group(1), match.group(2) or "") if match else ("Exception", last)
-    return {
-        "attempt": attempt,
-        "exception_class_path": cls if "." in cls else f"builtins.{cls}",
-        "message": message,
-        "traceback": text,
-        "worker_id": "django-background-tasks",
-        "at": failed_at.isoformat(),
-    }
 
 
 class Command(BaseCommand):
@@ -212,7 +197,6 @@ class Command(BaseCommand):
         return None
 
     def _read_row(self, source, row: dict, report: Report):
-        from jobs.models import Job
 
         if row["failed_at"] is not None:
             report.failed += 1
@@ -269,12 +253,13 @@ class Command(BaseCommand):
         if row["last_error"]:
             # Its backoff was attempts**4 + 5 seconds, so the failure happened then.
             failed_at = run_at - timedelta(seconds=min(attempts ** 4 + 5, 365 * 86400))
-            errors.append(error_from_last_error(row["last_error"], attempt=attempts, failed_at=failed_at))
-        return Job(task_path=task.module_path, backend=self.backend.alias, queue_name=queue_name,
-                   priority=compat.map_priority(priority), args=args, kwargs=kwargs, run_after=run_at,
-                   task_run_after=run_at, enqueued_at=self.now, attempts=attempts,
-                   max_attempts=getattr(task, "max_attempts", None),  # else the limit in force at each attempt
-                   errors=errors, meta=meta)
+            errors.append(entry_from_traceback(row["last_error"], attempt=attempts, worker_id="django-background-tasks",
+                                                when=failed_at))
+        # What the backend inserts; no max_attempts unless the task has its own (else the one in force).
+        return dict(task_path=task.module_path, backend=self.backend.alias, queue_name=queue_name,
+                    priority=compat.map_priority(priority), args=args, kwargs=kwargs, run_after=run_at,
+                    task_run_after=run_at, enqueued_at=self.now, attempts=attempts,
+                    max_attempts=getattr(task, "max_attempts", None), errors=errors, meta=meta)
 
     def _import_batch(self, source, rows: list[dict], report: Report, *, dry_run: bool) -> None:
         from jobs.models import Job
@@ -289,12 +274,12 @@ class Command(BaseCommand):
             if connection.vendor == "postgresql" and not dry_run:
                 with connection.cursor() as cursor:
                     cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ADVISORY_LOCK_KEY])
-            ids = [job.meta[compat.META_KEY]["source_id"] for job in jobs]
+            ids = [job["meta"][compat.META_KEY]["source_id"] for job in jobs]
             done = set(Job.objects.using(db).filter(**{f"meta__{compat.META_KEY}__source_id__in": ids})
                        .values_list(f"meta__{compat.META_KEY}__source_id", flat=True))
-            new = [job for job in jobs if job.meta[compat.META_KEY]["source_id"] not in done]
+            new = [job for job in jobs if job["meta"][compat.META_KEY]["source_id"] not in done]
             if new and not dry_run:
-                Job.objects.using(db).bulk_create(new)
+                self.backend.insert_rows(new)
         report.imported += len(new)
         report.already += len(jobs) - len(new)
         if self.verbosity >= 2:

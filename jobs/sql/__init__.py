@@ -1,0 +1,27 @@
+"""The queue's SQL that is not plain ORM, as named statements, one module per database.
+
+Everything a worker does per job, and every enqueue, goes through these: the claim
+(the only statement that takes READY jobs), writing successes together with the
+next claim, single and bulk inserts, the stale sweep's read. ``statements(connection)``
+picks the vendor's set; ``generic`` is the ORM version for databases without
+``UPDATE ... RETURNING`` (MySQL, MariaDB), which this project does not test.
+"""
+
+from __future__ import annotations
+
+from .base import Statements, claim_sql  # noqa: F401
+
+
+def statements(connection) -> Statements:
+    """The named statements for ``connection``'s database."""
+    cached = getattr(connection, "_jobs_statements", None)
+    if cached is not None and cached.connection is connection:
+        return cached
+    if connection.vendor == "postgresql":
+        from .postgresql import PostgresStatements as cls
+    elif connection.vendor == "sqlite":
+        from .sqlite import SqliteStatements as cls
+    else:
+        from .generic import GenericStatements as cls
+    connection._jobs_statements = made = cls(connection)
+    return made

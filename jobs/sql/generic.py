@@ -1,0 +1,73 @@
+"""Other databases (MySQL 8, MariaDB): the same verbs through the ORM, without RETURNING.
+
+Not tested here (this project runs PostgreSQL and SQLite); kept so that the queue
+still works, more slowly, where Django does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from django.db import models, transaction
+from django.db.models import F
+
+from ..models import Job, JobStatus, QueueState
+from ..rows import CLAIMED, STALE, ClaimedJob, claim_order
+from .base import INSERT_DEFAULTS, INSERT_FIELDS, Statements
+
+
+def _as_claimed(values: dict) -> ClaimedJob:
+    return ClaimedJob(**values)
+
+
+class GenericStatements(Statements):
+    vendor = "generic"
+
+    def _jobs(self):
+        return Job.objects.using(self.connection.alias)
+
+    def insert_job(self, values: dict, *, notify: str | None) -> int:
+        return self._jobs().create(**{name: values.get(name, INSERT_DEFAULTS.get(name)) for name in INSERT_FIELDS}).pk
+
+    def insert_jobs(self, rows: Sequence[dict], *, notify: str | None) -> list[int]:
+        made = self._jobs().bulk_create(
+            [Job(**{name: row.get(name, INSERT_DEFAULTS.get(name)) for name in INSERT_FIELDS}) for row in rows])
+        return [job.pk for job in made]
+
+    def claim(self, *, worker_id: str, limit: int, now: datetime, queues, backend: str) -> list[ClaimedJob]:
+        paused = QueueState.objects.filter(paused=True).values("name")
+        candidates = self._jobs().filter(status=JobStatus.READY, run_after__lte=now, backend=backend).exclude(
+            queue_name__in=paused)
+        if queues:
+            candidates = candidates.filter(queue_name__in=list(queues))
+        with transaction.atomic(using=self.connection.alias):
+            ids = list(candidates.order_by("-priority", "run_after", "id")
+                       .select_for_update(skip_locked=True).values_list("id", flat=True)[:limit])
+            if not ids:
+                return []
+            self._jobs().filter(id__in=ids).update(
+                status=JobStatus.RUNNING, attempts=F("attempts") + 1, worker_id=worker_id, heartbeat_at=now,
+                last_attempted_at=now, started_at=models.functions.Coalesce("started_at", now))
+            jobs = [_as_claimed(values) for values in self._jobs().filter(id__in=ids).values(*CLAIMED)]
+        jobs.sort(key=claim_order)
+        return jobs
+
+    def finish_and_claim(self, successes, *, worker_id: str, now: datetime, limit: int, queues,
+                         backend: str) -> tuple[set[int], list[ClaimedJob]]:
+        written = set()
+        with transaction.atomic(using=self.connection.alias):
+            for job, value in successes:
+                if self._jobs().filter(pk=job.id, status=JobStatus.RUNNING, attempts=job.attempts,
+                                       worker_id=worker_id).update(
+                        status=JobStatus.SUCCESSFUL, return_value=value, finished_at=now, heartbeat_at=None,
+                        worker_ids=[*job.worker_ids, worker_id]):
+                    written.add(job.id)
+            claimed = self.claim(worker_id=worker_id, limit=limit, now=now, queues=queues,
+                                 backend=backend) if limit > 0 else []
+        return written, claimed
+
+    def stale(self, *, cutoff: datetime, backend: str, limit: int) -> list[ClaimedJob]:
+        rows = (self._jobs().filter(status=JobStatus.RUNNING, backend=backend, heartbeat_at__lt=cutoff)
+                .order_by("heartbeat_at").values(*STALE)[:limit])
+        return [_as_claimed(values) for values in rows]

@@ -1,0 +1,181 @@
+"""Every change a worker makes to the job table, and the one failure transition.
+
+A change made for a running attempt is *fenced*: it matches the attempt number and
+the worker that holds it, so a worker that was presumed lost and wakes up later
+cannot overwrite an attempt another worker has taken over (its write matches no
+row, and it says so). ``fail_attempt`` is the only way an attempt fails, whatever
+the reason: the task raised, it timed out, its worker was lost, it was cancelled.
+
+``WorkerStore`` is a worker's side of it, on the calling thread's connection: the
+batch (record outcomes, claim more), heartbeats, the stale sweep's read, hand-backs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import InterfaceError, OperationalError, connections, models, router, transaction
+from django.db.models import F
+
+from . import retry
+from .models import Job, JobStatus, WorkerProcess
+from .rows import ClaimedJob
+from .sql import statements
+
+logger = logging.getLogger(__name__)
+
+
+def _attempt(job: ClaimedJob, using: str):
+    """The row of ``job``'s current attempt, as long as ``job.worker_id`` still holds it.
+
+    A damaged row's attempt count may not be a number (text on SQLite): such a job is
+    fenced on its holder alone, which every claim sets.
+    """
+    held = Job.objects.using(using).filter(pk=job.id, status=JobStatus.RUNNING, worker_id=job.worker_id)
+    if isinstance(job.attempts, int) and not isinstance(job.attempts, bool):
+        held = held.filter(attempts=job.attempts)
+    return held
+
+
+def fail_attempt(job: ClaimedJob, error: dict, decision: retry.RetryDecision, *, now: datetime,
+                 final: str = JobStatus.FAILED, lost_before: datetime | None = None, using: str | None = None) -> bool:
+    """Record a failed attempt: back to READY after ``decision.delay``, or ``final`` for good.
+
+    The error joins the job's history (a history that could not be read as stored is
+    replaced) and the attempt's worker joins its workers. ``lost_before`` is the stale
+    sweep's extra fence: the take-back holds only if the worker has not beaten since.
+    Returns False when the attempt was no longer ``job.worker_id``'s to record.
+    """
+    using = using or router.db_for_write(Job)
+    errors = job.errors if isinstance(job.errors, list) else []
+    workers = job.worker_ids if isinstance(job.worker_ids, list) else []
+    changes = dict(errors=[*errors, error], heartbeat_at=None, worker_ids=[*workers, job.worker_id])
+    if decision.retry:
+        changes.update(status=JobStatus.READY, run_after=now + timedelta(seconds=decision.delay))
+    else:
+        changes.update(status=final, finished_at=now)
+    held = _attempt(job, using)
+    if lost_before is not None:
+        held = held.filter(heartbeat_at__lt=lost_before)
+    return bool(held.update(**changes))
+
+
+def hand_back(jobs: Sequence[ClaimedJob], *, using: str | None = None) -> int:
+    """Give unstarted or unfinished attempts back, READY; they do not count as attempts."""
+    using = using or router.db_for_write(Job)
+    attempts = models.Case(models.When(attempts__gt=0, then=F("attempts") - 1), default=models.Value(0))
+    given = 0
+    with transaction.atomic(using=using):
+        for job in jobs:
+            given += _attempt(job, using).update(status=JobStatus.READY, attempts=attempts, heartbeat_at=None)
+    return given
+
+
+@dataclass
+class Written:
+    """What a batch wrote: for each outcome, its status as written (None: the attempt was
+    no longer ours, so nothing was), and the jobs it claimed."""
+
+    outcomes: list[tuple[object, str | None]]
+    claimed: list[ClaimedJob]
+
+
+class WorkerStore:
+    """A worker's database verbs, on the connection of the thread that calls them."""
+
+    def __init__(self, *, worker_id: str, backend: str):
+        self.worker_id = worker_id
+        self.backend = backend
+        self.alias = router.db_for_write(Job)
+
+    @property
+    def connection(self):
+        return connections[self.alias]
+
+    def close(self) -> None:
+        """Drop this thread's connection (after a database error: the next call reconnects)."""
+        try:
+            self.connection.close()
+        except Exception:  # noqa: BLE001 - it is broken already
+            pass
+
+    # -- the process row ------------------------------------------------------------------
+
+    def register(self, *, queues: Sequence[str] | None, concurrency: int, now: datetime) -> None:
+        WorkerProcess.objects.using(self.alias).update_or_create(worker_id=self.worker_id, defaults=dict(
+            hostname=socket.gethostname(), pid=os.getpid(), queues=list(queues or []), concurrency=concurrency,
+            started_at=now, heartbeat_at=now))
+
+    def unregister(self) -> None:
+        WorkerProcess.objects.using(self.alias).filter(pk=self.worker_id).delete()
+
+    # -- the batch ------------------------------------------------------------------------
+
+    def claim(self, limit: int, *, queues, now: datetime) -> list[ClaimedJob]:
+        if limit <= 0:
+            return []
+        return statements(self.connection).claim(worker_id=self.worker_id, limit=limit, now=now, queues=queues,
+                                                 backend=self.backend)
+
+    def finish_and_claim(self, outcomes: Sequence, *, limit: int, queues, now: datetime) -> Written:
+        """Write the outcomes (fenced) and claim up to ``limit`` jobs: one transaction, and on
+        PostgreSQL one statement when every outcome is a success.
+
+        ``outcome.decision`` says what a failure comes to. Each failure is written in its
+        own savepoint, so that a value the database refuses (or a bug) loses that one
+        outcome, logged, instead of failing the whole batch again and again; its job is
+        taken back once its heartbeat stops. A lost connection still raises.
+        """
+        successes = [o for o in outcomes if o.succeeded]
+        failures = [o for o in outcomes if not o.succeeded]
+        sql = statements(self.connection)
+        arguments = dict(worker_id=self.worker_id, now=now, limit=limit, queues=queues, backend=self.backend)
+        if not failures:
+            written, claimed = sql.finish_and_claim([(o.job, o.return_value) for o in successes], **arguments)
+            return Written([(o, JobStatus.SUCCESSFUL if o.job.id in written else None) for o in successes], claimed)
+        with transaction.atomic(using=self.alias):
+            failed = [(o, self._isolated(o, now)) for o in failures]
+            written, claimed = sql.finish_and_claim([(o.job, o.return_value) for o in successes], **arguments)
+        done = [(o, JobStatus.SUCCESSFUL if o.job.id in written else None) for o in successes]
+        return Written(done + failed, claimed)
+
+    def _isolated(self, outcome, now: datetime) -> str | None:
+        decision = outcome.decision
+        try:
+            with transaction.atomic(using=self.alias):
+                if not fail_attempt(outcome.job, outcome.error, decision, now=now, final=outcome.final,
+                                    using=self.alias):
+                    return None
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception:  # noqa: BLE001
+            logger.exception("job outcome could not be written id=%s task=%s; it will be taken back as lost",
+                             outcome.job.id, outcome.job.task_path)
+            return None
+        return JobStatus.READY if decision.retry else outcome.final
+
+    def hand_back(self, jobs: Sequence[ClaimedJob]) -> int:
+        return hand_back(jobs, using=self.alias)
+
+    # -- liveness ---------------------------------------------------------------------------
+
+    def heartbeat(self, held: Sequence[int], *, now: datetime) -> bool:
+        """Beat for the process and every job it holds; False if the process row was gone."""
+        with transaction.atomic(using=self.alias):
+            alive = WorkerProcess.objects.using(self.alias).filter(pk=self.worker_id).update(heartbeat_at=now)
+            if held:
+                Job.objects.using(self.alias).filter(pk__in=list(held), worker_id=self.worker_id,
+                                                     status=JobStatus.RUNNING).update(heartbeat_at=now)
+        return bool(alive)
+
+    def stale(self, *, cutoff: datetime, limit: int = 100) -> list[ClaimedJob]:
+        return statements(self.connection).stale(cutoff=cutoff, backend=self.backend, limit=limit)
+
+    def forget_dead_processes(self, before: datetime) -> int:
+        """Rows of worker processes that died long ago say nothing useful any more."""
+        return WorkerProcess.objects.using(self.alias).filter(heartbeat_at__lt=before).delete()[0]

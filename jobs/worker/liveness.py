@@ -1,0 +1,116 @@
+"""Liveness, its own loop: this worker's heartbeat, and taking back other workers' lost jobs.
+
+Every ``stale_after / 3`` seconds, on its own thread and connection: beat for the
+process row and every job the pool holds, then fail the attempts of workers that
+stopped beating (killed, frozen, cut off) as a counted attempt whose error says the
+worker was lost, and retry them. PIDs are never looked at: they mean nothing
+across hosts. A database error waits (``jobs.backoff``) and tries again; the worker
+keeps running its jobs meanwhile, and its heartbeat resumes when the database does.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from django.db import connections
+
+from .. import retry
+from ..backoff import Backoff, first_line
+from ..clock import Clock
+from ..errors import error_entry
+from ..exceptions import DamagedJob, WorkerLost
+from ..execution import attempt_limit, send_finished
+from ..framework import TaskResultStatus
+from ..models import Job
+from ..resolve import resolve_task
+from ..rows import ClaimedJob
+from ..store import WorkerStore, fail_attempt
+
+logger = logging.getLogger("jobs.worker")
+
+SWEEP_LIMIT = 100  # stale jobs taken back per beat
+
+
+class Liveness:
+    def __init__(self, *, worker_id: str, backend, held: Callable[[], list[int]], register: Callable[[], None],
+                 clock: Clock):
+        self.worker_id = worker_id
+        self.backend = backend
+        self.options = backend.jobs_options
+        self.held = held  # the ids of every job this worker holds (the pool's)
+        self.register = register  # writes this worker's process row anew
+        self.clock = clock
+        self.store = WorkerStore(worker_id=worker_id, backend=backend.alias)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="jobs-liveness", daemon=True)
+
+    def __enter__(self) -> Liveness:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        backoff = Backoff()
+        try:
+            wait = 0.0  # the first beat at once: it also sweeps what others left behind
+            while not self.stop.wait(wait):
+                try:
+                    self.beat_and_sweep(self.clock.now())
+                except Exception as exc:  # noqa: BLE001 - the beat goes on when the database is back
+                    wait = backoff.failed()
+                    logger.warning("heartbeat failed worker=%s retry_in=%.1fs error=%s: %s", self.worker_id, wait,
+                                   type(exc).__name__, first_line(exc))
+                    self.store.close()
+                else:
+                    backoff.succeeded()
+                    wait = self.options.heartbeat_interval
+        finally:
+            connections.close_all()
+
+    def beat_and_sweep(self, now: datetime) -> int:
+        """One beat: the heartbeat, then the stale sweep; returns the jobs taken back."""
+        if not self.store.heartbeat(self.held(), now=now):
+            self.register()  # our row was cleaned away (say, after a long database outage)
+        return self.take_back_stale(now)
+
+    def take_back_stale(self, now: datetime) -> int:
+        """Fail the attempts of workers that stopped heartbeating, and retry them (or not)."""
+        stale_after = self.options.stale_after
+        cutoff = now - timedelta(seconds=stale_after)
+        taken = 0
+        for job in self.store.stale(cutoff=cutoff, limit=SWEEP_LIMIT):
+            last = job.heartbeat_at.isoformat() if isinstance(job.heartbeat_at, datetime) else "unknown"
+            exc = WorkerLost(f"worker {job.worker_id} was lost: no heartbeat for over {stale_after:g}s "
+                             f"(last at {last}); attempt {job.attempts} taken back by {self.worker_id}")
+            if job.damage:
+                exc = DamagedJob(f"{exc}; not retried: the row cannot be run as stored: {'; '.join(job.damage)}")
+                limit, decision = job.max_attempts, retry.RetryDecision(False, reason="damaged row")
+            else:
+                limit = attempt_limit(job, self.backend)
+                decision = retry.decide(attempt=job.attempts, max_attempts=limit, base=self.options.retry_backoff)
+            error = error_entry(exc, attempt=job.attempts, worker_id=job.worker_id, when=now, traceback=f"{exc}\n")
+            if not fail_attempt(job, error, decision, now=now, lost_before=cutoff, using=self.store.alias):
+                continue  # it beat again since we looked: alive after all
+            taken += 1
+            logger.warning("job taken back id=%s task=%s attempt=%s/%s lost_worker=%s outcome=%s", job.id,
+                           job.task_path, job.attempts, limit, job.worker_id, "RETRY" if decision.retry else "FAILED")
+            if not decision.retry and not job.damage:
+                self._send_finished(job)
+        self.store.forget_dead_processes(now - timedelta(seconds=max(stale_after * 10, 3600)))
+        return taken
+
+    def _send_finished(self, job: ClaimedJob) -> None:
+        """``task_finished`` (FAILED) for a job whose last attempt's worker was lost: it is finished too."""
+        try:
+            task = resolve_task(job.task_path)
+            whole = Job.objects.using(self.store.alias).get(pk=job.id)
+            # The row as written: its errors already end with this take-back.
+            send_finished(self.backend, self.backend.to_task_result(whole, task), status=TaskResultStatus.FAILED)
+        except Exception:  # noqa: BLE001 - no task to describe, or a receiver's bug: the job is FAILED all the same
+            logger.exception("task_finished not sent for a job taken back id=%s task=%s", job.id, job.task_path)

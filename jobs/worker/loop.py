@@ -1,0 +1,295 @@
+"""The worker: claim due jobs into free slots, run them, record what happened.
+
+The main thread only sequences. One turn of its loop (``step``), top to bottom:
+
+1. take in the outcomes the slots handed back, and fail attempts past their timeout;
+2. hand back prefetched jobs that waited too long behind a slower one;
+3. write the outcomes and claim as many due jobs as there are free slots (plus a
+   prefetch for fast jobs), in one transaction (``WorkerStore.finish_and_claim``);
+4. give the claimed jobs to the slots, then wait for an outcome, a wake-up or the poll.
+
+Everything else has its own owner: ``SlotPool`` the job threads, their deadlines and
+the jobs held; ``WorkerStore`` every database verb; ``Liveness`` (its own thread) the
+heartbeat and the take-back of other workers' lost jobs; ``jobs.wakeup`` the wake-up
+on enqueue.
+
+Threads, not processes, run the jobs: most jobs of a web site wait on I/O (mail,
+HTTP, the database), a thread costs nothing to hand a job to and shares the
+process's warm imports, and one process keeps memory low on a small server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from queue import SimpleQueue
+
+from django.db import DatabaseError, connections
+
+from ..backoff import Backoff, first_line
+from ..clock import REAL, Clock
+from ..execution import Outcome, attempt_limit, decide_retry, run_claimed
+from ..framework import task_backends
+from ..loops import worker_loops
+from ..models import JobStatus
+from ..store import WorkerStore, Written
+from ..wakeup import start_waker
+from .liveness import Liveness
+from .pool import WAKE, SlotPool
+
+logger = logging.getLogger("jobs.worker")
+
+# Prefetched jobs still waiting after this long (a job ran slower than expected) are
+# handed back for other workers.
+BUFFER_MAX_WAIT = 1.0
+# An outcome is written together with others, but waits at most this long (seconds).
+FLUSH_AFTER = 0.005
+
+
+def make_worker_id() -> str:
+    """Host, PID for people to read, and a random part that makes it unique."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    def __init__(self, *, backend_alias: str = "default", queues: list[str] | None = None, concurrency: int = 1,
+                 burst: bool = False, duration: float = 0, poll_interval: float | None = None,
+                 run_loops: bool = True, clock: Clock = REAL):
+        self.backend = task_backends[backend_alias]
+        self.options = self.backend.jobs_options
+        self.queues = sorted(set(queues)) if queues else None
+        self.concurrency = max(1, int(concurrency))
+        self.burst = burst
+        self.duration = duration
+        self.poll_interval = poll_interval if poll_interval is not None else self.options.poll_interval
+        self.run_loops = run_loops and not burst
+        self.clock = clock
+        self.id = make_worker_id()
+        self.inbox: SimpleQueue = SimpleQueue()
+        self.store = WorkerStore(worker_id=self.id, backend=self.backend.alias)
+        self.pool = SlotPool(size=self.concurrency, execute=self._execute, inbox=self.inbox, clock=clock)
+        self.stopping = threading.Event()  # stop claiming; let running jobs finish
+        self.stop_deadline: float | None = None  # when unfinished jobs are handed back
+        self.unwritten: list[Outcome] = []  # outcomes not yet in the database
+        self.unwritten_since = 0.0
+        self.processed = 0
+        self._backoff = Backoff()
+        self._started = 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def request_stop(self, *, grace: float | None = None, reason: str = "") -> None:
+        """Stop claiming; running jobs get ``grace`` seconds (None: as long as they need).
+
+        Safe from a signal handler: it only sets flags and puts into a SimpleQueue.
+        """
+        if not self.stopping.is_set():
+            logger.info("worker stopping worker=%s reason=%s", self.id, reason or "requested")
+        deadline = self.clock.monotonic() + grace if grace is not None else None
+        if deadline is not None and (self.stop_deadline is None or deadline < self.stop_deadline):
+            self.stop_deadline = deadline
+        self.stopping.set()
+        self.inbox.put(WAKE)
+
+    def wake(self) -> None:
+        """New work may be due: end the idle wait now (called from the waker thread)."""
+        if self.pool.has_free_slot():
+            self.inbox.put(WAKE)
+
+    def run(self) -> int:
+        self._started = self.clock.monotonic()
+        while self._db(self._register) is None and not self.stopping.is_set():
+            pass
+        liveness = Liveness(worker_id=self.id, backend=self.backend, held=self.pool.held_ids,
+                            register=self._register, clock=self.clock)
+        with self.pool, liveness:
+            start_waker(connections[self.store.alias], wake=self.wake, stop=self.stopping, queues=self.queues)
+            loops = self._start_loops()
+            logger.info("worker started worker=%s queues=%s concurrency=%d burst=%s", self.id,
+                        ",".join(self.queues or ["*"]), self.concurrency, self.burst)
+            try:
+                while not self._finished():
+                    self.step()
+            finally:
+                self._shutdown(loops)
+        return 0
+
+    def _finished(self) -> bool:
+        if not self.stopping.is_set():
+            return False
+        if self.pool.idle() and not self.unwritten:
+            return True
+        return self.stop_deadline is not None and self.clock.monotonic() >= self.stop_deadline
+
+    # -- one turn ---------------------------------------------------------------------------
+
+    def step(self) -> None:
+        self._take(self.pool.collect() + self.pool.expire())
+        if self.duration and self.clock.monotonic() - self._started >= self.duration:
+            self.request_stop(reason=f"duration {self.duration:g}s reached")
+        self._hand_back_waiting()
+        want = 0 if self.stopping.is_set() else self.pool.wanted()
+        if want or self._flush_due():
+            written = self._db(lambda: self.store.finish_and_claim(self.unwritten, limit=want, queues=self.queues,
+                                                                     now=self.clock.now()))
+            if written is None:
+                return  # database trouble: _db backed off already
+            self._written(written)
+            if self.burst and want and not written.claimed and self.pool.idle():
+                self.request_stop(reason="burst: no due jobs left")
+                return
+            if want and len(written.claimed) == want:
+                return  # a full batch: more may be due, go round at once
+        self._take(self.pool.collect(timeout=self._wait_time()))
+
+    def _take(self, outcomes: list[Outcome]) -> None:
+        """Outcomes in hand: decide each failure's fate now if the slot did not."""
+        for outcome in outcomes:
+            if not outcome.succeeded and outcome.decision is None:
+                outcome.decision = decide_retry(outcome.job, outcome, limit=attempt_limit(outcome.job, self.backend),
+                                                base=self.options.retry_backoff)
+        if outcomes and not self.unwritten:
+            self.unwritten_since = self.clock.monotonic()
+        self.unwritten.extend(outcomes)
+
+    def _written(self, written: Written) -> None:
+        self.pool.done_with([outcome.job for outcome, _status in written.outcomes])
+        self.processed += len(written.outcomes)
+        self.unwritten = []
+        self.pool.give(written.claimed)
+        for outcome, status in written.outcomes:
+            self._log_outcome(outcome, status)
+
+    def _flush_due(self) -> bool:
+        """Outcomes are written together, but none waits more than FLUSH_AFTER seconds."""
+        if not self.unwritten:
+            return False
+        return (self.stopping.is_set() or self.pool.waiting_since() is None
+                or self.clock.monotonic() - self.unwritten_since >= FLUSH_AFTER)
+
+    def _hand_back_waiting(self) -> None:
+        """Give back prefetched jobs that waited too long behind a job slower than expected (all
+        of them once stopping), so that an idle worker elsewhere can run them now."""
+        since = self.pool.waiting_since()
+        if since is None:
+            return
+        if self.stopping.is_set():
+            jobs = self.pool.take_waiting()
+        elif self.clock.monotonic() - since > BUFFER_MAX_WAIT:
+            jobs = self.pool.take_waiting(claimed_before=self.clock.monotonic() - BUFFER_MAX_WAIT)
+        else:
+            return
+        if self._db(lambda: self.store.hand_back(jobs)) is None:
+            self.pool.give(jobs)  # still ours: try again next turn
+            return
+        self.pool.done_with(jobs)
+        logger.info("prefetched jobs handed back worker=%s count=%d", self.id, len(jobs))
+
+    def _wait_time(self) -> float:
+        if self.stopping.is_set() and self.pool.idle() and not self.unwritten:
+            return 0.0  # nothing left to wait for: go and exit
+        now = self.clock.monotonic()
+        waits = [self.poll_interval if self.pool.has_free_slot() and not self.stopping.is_set() else 1.0]
+        for moment in (self.pool.next_deadline(), self.stop_deadline,
+                       self.unwritten_since + FLUSH_AFTER if self.unwritten else None,
+                       self._started + self.duration if self.duration else None):
+            if moment is not None:
+                waits.append(max(moment - now, 0.0))
+        return min(waits)
+
+    # -- in a slot's thread ---------------------------------------------------------------------
+
+    def _execute(self, job, slot) -> Outcome:
+        return run_claimed(job, slot, backend=self.backend, worker_id=self.id)
+
+    # -- the database, and what goes wrong with it ---------------------------------------------
+
+    def _db(self, fn):
+        """Run ``fn``; on any error log it, back off (interruptibly: outcomes still come in)
+        and return None. A dropped connection or a restarted PostgreSQL costs a few retries,
+        not the worker: the connection is closed and the next call reconnects."""
+        try:
+            value = fn()
+        except Exception as exc:  # noqa: BLE001 - the worker outlives whatever went wrong
+            wait = self._backoff.failed()
+            if isinstance(exc, DatabaseError):
+                logger.warning("database error worker=%s retry_in=%.1fs error=%s: %s", self.id, wait,
+                               type(exc).__name__, first_line(exc))
+            else:  # a bug: say where, loudly, and keep going
+                logger.exception("worker step failed worker=%s retry_in=%.1fs", self.id, wait)
+            self.store.close()
+            self._take(self.pool.collect(timeout=wait))
+            return None
+        self._backoff.succeeded()
+        return value if value is not None else True
+
+    def _register(self) -> None:
+        self.store.register(queues=self.queues, concurrency=self.concurrency, now=self.clock.now())
+
+    def _log_outcome(self, outcome: Outcome, status: str | None) -> None:
+        job = outcome.job
+        fields = (job.id, job.task_path, job.attempts, attempt_limit(job, self.backend), outcome.duration)
+        if status is None:
+            logger.warning("job outcome discarded id=%s task=%s attempt=%s/%s duration=%.3fs "
+                           "reason=attempt-no-longer-held", *fields)
+        elif status == JobStatus.SUCCESSFUL:
+            logger.info("job finished id=%s task=%s attempt=%s/%s duration=%.3fs outcome=SUCCESSFUL", *fields)
+        else:
+            decision, error = outcome.decision, outcome.error
+            note = f"retry in {decision.delay:.1f}s" if decision.retry else decision.reason
+            logger.warning("job finished id=%s task=%s attempt=%s/%s duration=%.3fs outcome=%s next=%s error=%s: %s",
+                           *fields, "RETRY" if status == JobStatus.READY else status, note.replace(" ", "-"),
+                           error["exception_class_path"], error["message"][:200])
+
+    # -- extra loops and shutdown -----------------------------------------------------------------
+
+    def _start_loops(self) -> list[threading.Thread]:
+        threads = []
+        if self.run_loops:
+            for name, loop in worker_loops().items():
+                thread = threading.Thread(target=self._run_loop, args=(name, loop), name=f"jobs-loop-{name}",
+                                          daemon=True)
+                thread.start()
+                threads.append(thread)
+        return threads
+
+    def _run_loop(self, name: str, loop) -> None:
+        try:
+            loop(self.stopping)
+        except Exception:
+            logger.exception("worker loop %s crashed worker=%s", name, self.id)
+        finally:
+            connections.close_all()
+
+    def _shutdown(self, loops: list[threading.Thread]) -> None:
+        """Write what finished, hand back what did not, and leave no trace of this process."""
+        self.stopping.set()
+        self.pool.stop_taking()
+        self._take(self.pool.collect())
+        for _ in range(5):
+            if not self.unwritten:
+                break
+            written = self._db(lambda: self.store.finish_and_claim(self.unwritten, limit=0, queues=self.queues,
+                                                                     now=self.clock.now()))
+            if written is not None:
+                self._written(written)
+        unfinished = self.pool.running() + self.pool.take_waiting()
+
+        def hand_back_and_leave():
+            with_transaction = self.store.hand_back(unfinished)
+            self.store.unregister()
+            return with_transaction
+
+        for _ in range(5):
+            if self._db(hand_back_and_leave) is not None:
+                for job in unfinished:
+                    logger.warning("job handed back id=%s task=%s attempt=%s (shutdown before it finished)",
+                                   job.id, job.task_path, job.attempts)
+                break
+        for thread in loops:
+            thread.join(timeout=5)
+        logger.info("worker stopped worker=%s processed=%d handed_back=%d", self.id, self.processed,
+                    len(unfinished))

@@ -1,0 +1,245 @@
+"""The job threads ("slots"), the claimed jobs they take, and their deadlines.
+
+A claim brings jobs into a FIFO buffer; a free slot takes the next one itself and
+hands its outcome to the worker's inbox, so the main thread hands out batches, not
+jobs. The pool knows every job this worker holds RUNNING in the database (waiting in
+the buffer, running, or finished but not yet written), which is what the heartbeat
+covers: a job left out would look lost to other workers.
+
+A sync job that overruns its timeout cannot be killed inside a thread: its slot is
+abandoned (told to stop by an exception raised in it, best effort) and replaced at
+once, and anything the stray thread still returns is dropped here, and fenced out
+by the database if it ever got that far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import threading
+from collections import deque
+from collections.abc import Callable
+from queue import Empty, SimpleQueue
+
+from django.db import connections
+
+from ..clock import Clock
+from ..exceptions import JobTimeout
+from ..execution import Outcome, failure
+from ..rows import ClaimedJob
+
+WAKE = object()  # put in the inbox to end the main loop's wait (a signal, new work, stop)
+
+# Prefetch: hold at most this much expected run time of claimed jobs beyond the free
+# slots, and at most this many jobs.
+PREFETCH_SECONDS = 0.02
+MAX_PREFETCH = 50
+
+
+class Slot:
+    """One job thread. Its fields are read and written under the pool's lock."""
+
+    def __init__(self, pool: SlotPool, index: int):
+        self.pool = pool
+        self.index = index
+        self.job: ClaimedJob | None = None
+        self.timeout: float | None = None
+        self.deadline: float | None = None
+        self.abandoned = False
+        self.thread = threading.Thread(target=self._loop, name=f"jobs-slot-{index}", daemon=True)
+
+    def arm(self, task) -> None:
+        """Start the clock on the job's timeout, once its task is known (from the slot's thread)."""
+        timeout = getattr(task, "timeout", None)
+        if timeout:
+            # Async tasks enforce their own timeout; this deadline is the backstop.
+            backstop = 1.0 if asyncio.iscoroutinefunction(task.func) else 0.0
+            with self.pool.lock:
+                self.timeout, self.deadline = timeout, self.pool.clock.monotonic() + timeout + backstop
+
+    def _loop(self) -> None:
+        pool = self.pool
+        try:
+            while True:
+                job = pool.next_job(self)
+                if job is None:
+                    return
+                try:
+                    outcome = pool.execute(job, self)
+                except BaseException as exc:  # a bug of ours (or of a signal receiver): fail the attempt
+                    if self.abandoned:
+                        raise
+                    outcome = failure(job, exc, worker_id=job.worker_id)
+                if not pool.finished(self, outcome):
+                    return  # abandoned meanwhile: its outcome is not ours to hand in
+        except BaseException:  # an abandoned slot may be interrupted anywhere
+            if not self.abandoned:
+                raise
+        finally:
+            connections.close_all()
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        ident = self.thread.ident
+        if ident is not None and self.thread.is_alive():
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(JobTimeout))
+
+
+class SlotPool:
+    def __init__(self, *, size: int, execute: Callable[[ClaimedJob, Slot], Outcome], inbox: SimpleQueue,
+                 clock: Clock):
+        self.execute = execute  # runs one job in a slot's thread; never raises
+        self.inbox = inbox  # outcomes (and WAKEs) for the main loop
+        self.clock = clock
+        self.lock = threading.Condition()
+        self.buffer: deque[ClaimedJob] = deque()
+        self.held: dict[int, ClaimedJob] = {}  # claimed and not yet written, by id
+        self.taking = True  # False once the worker stops: slots finish what they run, take no more
+        self.closed = False
+        self.avg_duration: float | None = None  # moving average of recent attempts, seconds
+        self.slots = [Slot(self, index) for index in range(size)]
+
+    def __enter__(self) -> SlotPool:
+        for slot in self.slots:
+            slot.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self.lock:
+            self.closed = True
+            for slot in self.slots:
+                if slot.job is not None:
+                    slot.abandoned = True  # shutdown: what still runs is handed back, not written
+            self.lock.notify_all()
+
+    # -- the slots' side ----------------------------------------------------------------------
+
+    def next_job(self, slot: Slot) -> ClaimedJob | None:
+        """Block until there is a job for ``slot`` (None: the pool is closing)."""
+        with self.lock:
+            while not (self.taking and self.buffer) and not self.closed and not slot.abandoned:
+                self.lock.wait()
+            if self.closed or slot.abandoned:
+                return None
+            slot.job, slot.timeout, slot.deadline = self.buffer.popleft(), None, None
+            return slot.job
+
+    def finished(self, slot: Slot, outcome: Outcome) -> bool:
+        """Hand ``outcome`` in; False if the slot was abandoned meanwhile (the outcome is dropped)."""
+        with self.lock:
+            if slot.abandoned or slot.job is not outcome.job:
+                return False
+            slot.job, slot.deadline = None, None
+        self.inbox.put(outcome)
+        return True
+
+    # -- the main loop's side -------------------------------------------------------------------
+
+    def give(self, jobs: list[ClaimedJob]) -> None:
+        if not jobs:
+            return
+        claimed_at = self.clock.monotonic()
+        with self.lock:
+            for job in jobs:
+                job.claimed_at = claimed_at
+                self.held[job.id] = job
+            self.buffer.extend(jobs)
+            self.lock.notify_all()
+
+    def collect(self, timeout: float = 0.0) -> list[Outcome]:
+        """The outcomes handed in so far, waiting up to ``timeout`` for the first (or a WAKE)."""
+        items = []
+        try:
+            items.append(self.inbox.get(timeout=timeout) if timeout > 0 else self.inbox.get_nowait())
+            while True:
+                items.append(self.inbox.get_nowait())
+        except Empty:
+            pass
+        outcomes = [item for item in items if item is not WAKE]
+        for outcome in outcomes:
+            if outcome.succeeded or outcome.duration:
+                previous = self.avg_duration if self.avg_duration is not None else outcome.duration
+                self.avg_duration = 0.8 * previous + 0.2 * outcome.duration
+        return outcomes
+
+    def expire(self) -> list[Outcome]:
+        """Fail the attempts that overran their timeout, abandoning (and replacing) their slots."""
+        now, expired = self.clock.monotonic(), []
+        with self.lock:
+            for index, slot in enumerate(self.slots):
+                job = slot.job
+                if job is None or slot.deadline is None or now < slot.deadline:
+                    continue
+                exc = JobTimeout(f"attempt {job.attempts} timed out after {slot.timeout:g}s; "
+                                 "the worker stopped waiting for it")
+                expired.append(failure(job, exc, worker_id=job.worker_id, duration=slot.timeout,
+                                       traceback=f"{exc}\n"))
+                slot.abandon()
+                self.slots[index] = fresh = Slot(self, slot.index)
+                fresh.thread.start()
+            if expired:
+                self.lock.notify_all()
+        return expired
+
+    def wanted(self) -> int:
+        """Jobs to claim now: one per free slot, plus prefetch, less those already waiting.
+
+        Prefetch holds as many more as fit in PREFETCH_SECONDS of expected run time: fast
+        jobs come many to a claim and many outcomes to a commit; slow jobs come one per
+        free slot, so a worker never sits on work another worker could run.
+        """
+        with self.lock:
+            if not self.taking:
+                return 0
+            free = sum(slot.job is None for slot in self.slots)
+            if len(self.buffer) >= free:
+                return 0  # enough in hand for every slot that frees up next
+            prefetch = 0
+            if self.avg_duration is not None:
+                prefetch = min(MAX_PREFETCH, int(PREFETCH_SECONDS * len(self.slots) / max(self.avg_duration, 1e-5)))
+            return free + prefetch - len(self.buffer)
+
+    def waiting_since(self) -> float | None:
+        """When the oldest job waiting in the buffer was claimed (monotonic), if any."""
+        with self.lock:
+            return self.buffer[0].claimed_at if self.buffer else None
+
+    def take_waiting(self, claimed_before: float | None = None) -> list[ClaimedJob]:
+        """Take jobs out of the buffer (those claimed before ``claimed_before``; None: all)."""
+        taken = []
+        with self.lock:
+            while self.buffer and (claimed_before is None or self.buffer[0].claimed_at < claimed_before):
+                taken.append(self.buffer.popleft())
+        return taken
+
+    def stop_taking(self) -> None:
+        with self.lock:
+            self.taking = False
+
+    def done_with(self, jobs) -> None:
+        """These jobs' outcomes are written (or they were handed back): no longer held."""
+        with self.lock:
+            for job in jobs:
+                self.held.pop(job.id, None)
+
+    def held_ids(self) -> list[int]:
+        with self.lock:
+            return list(self.held)
+
+    def running(self) -> list[ClaimedJob]:
+        with self.lock:
+            return [slot.job for slot in self.slots if slot.job is not None]
+
+    def has_free_slot(self) -> bool:
+        with self.lock:
+            return any(slot.job is None for slot in self.slots)
+
+    def idle(self) -> bool:
+        """Nothing running and nothing waiting to run."""
+        with self.lock:
+            return not self.buffer and all(slot.job is None for slot in self.slots)
+
+    def next_deadline(self) -> float | None:
+        with self.lock:
+            deadlines = [slot.deadline for slot in self.slots if slot.job is not None and slot.deadline is not None]
+        return min(deadlines) if deadlines else None
