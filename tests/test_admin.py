@@ -557,7 +557,7 @@ def test_overview(admin_client, django_assert_max_num_queries):
 @pytest.mark.postgres_only
 @pytest.mark.django_db
 def test_overview_counts_big_numbers_up_to_a_cap_then_estimates(admin_client, monkeypatch):
-    monkeypatch.setattr("jobs.overview.EXACT_UP_TO", 20)
+    monkeypatch.setattr("jobs.stats.EXACT_UP_TO", 20)
     make_jobs(60, JobStatus.SUCCESSFUL, queue_name="reports")
     make_jobs(5, JobStatus.FAILED, queue_name="reports")
     with connection.cursor() as cursor:
