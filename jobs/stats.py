@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import connections, router
 from django.db.models import Count, F, FloatField, Func, Max, Min, Q, Sum
 from django.db.models.functions import TruncMinute
+from django.db.models.lookups import LessThanOrEqual
 
 from .counts import EXACT_UP_TO, distinct_values, estimated_count
 from .models import Job, JobStatus, QueueState, WorkerProcess
@@ -288,12 +289,11 @@ def attempt_durations(now: datetime, minutes: int = THROUGHPUT_MINUTES) -> dict:
     cumulative like a Prometheus histogram, from one aggregate over the window's rows.
     """
     seconds = SecondsBetween("finished_at", "last_attempted_at")
-    recent = (Job.objects.order_by()
-              .filter(finished_at__gte=now - timedelta(minutes=minutes), last_attempted_at__isnull=False,
-                      status__in=[JobStatus.SUCCESSFUL, JobStatus.FAILED])
-              .alias(seconds=seconds))
-    row = recent.aggregate(count=Count("pk"), sum=Sum("seconds"),
-                           **{f"le{i}": Count("pk", filter=Q(seconds__lte=bound))
+    recent = Job.objects.order_by().filter(finished_at__gte=now - timedelta(minutes=minutes),
+                                           last_attempted_at__isnull=False,
+                                           status__in=[JobStatus.SUCCESSFUL, JobStatus.FAILED])
+    row = recent.aggregate(count=Count("pk"), sum=Sum(seconds),
+                           **{f"le{i}": Count("pk", filter=LessThanOrEqual(seconds, bound))
                               for i, bound in enumerate(DURATION_BUCKETS)})
     buckets = [(bound, row[f"le{i}"]) for i, bound in enumerate(DURATION_BUCKETS)]
     return {"buckets": [*buckets, (float("inf"), row["count"])], "count": row["count"],
