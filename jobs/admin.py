@@ -34,7 +34,7 @@ from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import models, transaction
-from django.db.models import F, Func, Q, TextField
+from django.db.models import F, Func, TextField
 from django.db.models.signals import post_delete, pre_delete
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -44,7 +44,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from . import counts, overview
+from . import counts, overview, search
 from .counts import distinct_values
 from .models import FINISHED_STATUSES, Job, JobStatus, QueueState, WorkerProcess
 from .templatetags.jobs_admin import human_duration, relative, when
@@ -185,7 +185,7 @@ class JobAdmin(admin.ModelAdmin):
             return queryset, False
         if term.lstrip("#").isdigit():
             return queryset.filter(pk=int(term.lstrip("#"))), False
-        return queryset.filter(Q(task_path__icontains=term) | Q(errors__icontains=term)), False
+        return search.text_search(queryset, term), False
 
     def changelist_view(self, request, extra_context=None):
         extra_context = {"title": "Jobs", **(extra_context or {}), "paused_queues": sorted(paused_queues(request)),
