@@ -107,8 +107,9 @@ def _table(header: list[str], rows: list[list[str]], numeric_from: int) -> list[
 def summary(snap: Snapshot, limits: Thresholds, found: list[str]) -> str:
     """The first line: OK or FAILING (when thresholds were given), then the headline numbers."""
     lag = human_duration(snap.max_lag_seconds) if snap.max_lag is not None else "none"
-    text = (f"{len(snap.queues)} queues, {len(snap.workers)} workers alive, longest lag {lag}, "
-            f"{snap.failed_24h} failed in 24 h")
+    queues, workers = len(snap.queues), len(snap.workers)
+    text = (f"{queues} queue{'' if queues == 1 else 's'}, {workers} worker{'' if workers == 1 else 's'} alive, "
+            f"longest lag {lag}, {snap.failed_24h} failed in 24 h")
     if found:
         return f"FAILING: {'; '.join(found)} | {text}"
     return f"OK: {text}" if limits.given else text

@@ -84,7 +84,7 @@ def test_human_report(busy_site):
     code, out, err = status()
     assert (code, err) == (0, "")
     first, *rest = out.splitlines()
-    assert first.startswith("4 queues, 1 workers alive, longest lag 5m")  # no threshold given: no OK
+    assert first.startswith("4 queues, 1 worker alive, longest lag 5m")  # no threshold given: no OK
     assert first.endswith("3 failed in 24 h")
     table = "\n".join(rest)
     emails = next(line for line in rest if line.startswith("emails"))
