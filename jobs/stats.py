@@ -184,11 +184,15 @@ def _capped_counts(rows: dict[str, QueueRow], now: datetime) -> None:
     queue, status, run_after = (qn(meta.get_field(f).column) for f in ("queue_name", "status", "run_after"))
     cap = EXACT_UP_TO + 1
     match = f"j.{queue} = q.name AND j.{status} = s.status"
+    # In the index's order: with a LIMIT alone, the planner takes a sequential scan whenever
+    # it believes index-only scans would visit the heap (pages not yet all-visible after bulk
+    # writes), and that scan reads the whole table for a rare status (3.5 s at 1M rows).
+    in_index_order = f"ORDER BY j.{queue}, j.{status}, j.{run_after}"
     sql = (
         f"SELECT q.name, s.status, "
-        f"(SELECT COUNT(*) FROM (SELECT 1 FROM {table} j WHERE {match} LIMIT %(cap)s) c), "
+        f"(SELECT COUNT(*) FROM (SELECT 1 FROM {table} j WHERE {match} {in_index_order} LIMIT %(cap)s) c), "
         f"CASE WHEN s.status = %(ready)s THEN (SELECT COUNT(*) FROM (SELECT 1 FROM {table} j "
-        f"WHERE {match} AND j.{run_after} <= %(now)s LIMIT %(cap)s) c) END, "
+        f"WHERE {match} AND j.{run_after} <= %(now)s {in_index_order} LIMIT %(cap)s) c) END, "
         f"CASE WHEN s.status = %(ready)s THEN (SELECT MIN(j.{run_after}) FROM {table} j "
         f"WHERE {match} AND j.{run_after} <= %(now)s) END "
         f"FROM unnest(%(queues)s::text[]) AS q(name) CROSS JOIN unnest(%(statuses)s::text[]) AS s(status)"

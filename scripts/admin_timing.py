@@ -140,6 +140,19 @@ def timed_queries():
     return collect()
 
 
+def planner_view() -> str:
+    """What the planner knows of jobs_job: pages all-visible (index-only scans need them), and autovacuum."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT c.relpages, c.relallvisible, c.reltuples::bigint, s.last_autovacuum, "
+                       "s.last_autoanalyze, s.n_mod_since_analyze FROM pg_class c JOIN pg_stat_user_tables s "
+                       "ON s.relid = c.oid WHERE c.relname = 'jobs_job'")
+        pages, visible, tuples, autovacuum, autoanalyze, modified = cursor.fetchone()
+    return (f"jobs_job: {pages:,} pages, {visible:,} all-visible, {tuples:,} rows; last autovacuum {autovacuum}, "
+            f"last autoanalyze {autoanalyze}, {modified:,} rows changed since")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -180,6 +193,7 @@ def main() -> int:
         version = cursor.fetchone()[0].split(" on ")[0]
     print(f"loaded in {time.perf_counter() - started:.0f} s: {count:,} rows, table {heap}, with indexes {total}")
     print(f"  {by_status}")
+    print(f"  {planner_view()}")
 
     user = User.objects.create_superuser("admin", "admin@example.com", "pw")
     client = Client(SERVER_NAME="localhost")
@@ -263,6 +277,7 @@ def main() -> int:
     results = [measure(name, url, 300) for name, url in pages]
     print(f"\n{'operations':<44}")
     results += [measure(name, url, 200) for name, url in operations]
+    print(f"\n{planner_view()}")
     missed = [(name, median, target) for name, median, target in results if median >= target]
     for name, median, target in missed:
         print(f"over target: {name} {median:.1f} ms (target < {target} ms)")

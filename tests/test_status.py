@@ -223,3 +223,31 @@ def test_big_counts_are_marked_as_estimates(db, monkeypatch):
     text = status()[1]
     assert "~" in next(line for line in text.splitlines() if line.startswith("reports"))
     assert "~ PostgreSQL's estimate: counts over" in text
+
+
+@pytest.mark.postgres_only
+def test_counts_read_the_queue_index_even_before_vacuum(transactional_db, monkeypatch):
+    """Fresh rows are not all-visible yet: the planner must still walk the index, not the table.
+
+    A small cap makes "LIMIT cap" of a sequential scan look cheap at this size, as the
+    real cap does at a million rows; for a rare status that scan reads the whole table.
+    """
+    from jobs import stats
+    from jobs.models import Job
+
+    monkeypatch.setattr("jobs.stats.EXACT_UP_TO", 100)
+    now = timezone.now()
+    Job.objects.bulk_create([Job(task_path="tests.tasks.add", queue_name=("default", "emails")[i % 2],
+                                 status=JobStatus.SUCCESSFUL if i % 50 else JobStatus.READY, run_after=now,
+                                 enqueued_at=now, finished_at=now) for i in range(40000)], batch_size=5000)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE jobs_job")  # statistics, but no VACUUM: no page is all-visible
+        cursor.execute("SELECT relallvisible FROM pg_class WHERE relname = 'jobs_job'")
+        assert cursor.fetchone()[0] == 0
+    with CaptureQueriesContext(connection) as ctx:
+        stats.snapshot(now)
+    counts = next(q["sql"] for q in ctx.captured_queries if "unnest(" in q["sql"])
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + counts)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "Seq Scan on jobs_job" not in plan and "jobs_job_queue_idx" in plan, plan
