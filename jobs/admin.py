@@ -35,7 +35,7 @@ from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import router, transaction
-from django.db.models import F, Func, Q, TextField
+from django.db.models import F, Func, TextField
 from django.http import Http404, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, get_script_prefix, get_urlconf, path, reverse
@@ -44,7 +44,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from . import counts, overview
+from . import counts, overview, search
 from .backends import DatabaseBackend
 from .counts import distinct_values
 from .execution import attempt_limit
@@ -222,7 +222,7 @@ class JobAdmin(admin.ModelAdmin):
         number = term.lstrip("#")
         if number.isascii() and number.isdigit() and len(number) <= 18:  # "²" is a digit to str.isdigit()
             return queryset.filter(pk=int(number)), False
-        return queryset.filter(Q(task_path__icontains=term) | Q(errors__icontains=term)), False
+        return search.text_search(queryset, term), False
 
     def changelist_view(self, request, extra_context=None):
         extra_context = {"title": "Jobs", **(extra_context or {}), "paused_queues": sorted(paused_queues(request)),

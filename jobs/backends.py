@@ -29,6 +29,7 @@ from .framework import (
     TaskResult,
     TaskResultDoesNotExist,
     TaskResultStatus,
+    task_backends,
     task_enqueued,
 )
 from .resolve import SETTING as TASK_MODULES_SETTING
@@ -290,3 +291,17 @@ class DatabaseBackend(BaseTaskBackend):
                 obj=f"TASKS[{self.alias!r}]['OPTIONS'][{exc.key!r}]",
                 id="jobs.E001",
             )
+
+
+def database_backend(alias: str) -> DatabaseBackend:
+    """``TASKS[alias]``, which must be this backend; a ValueError naming the alias otherwise.
+
+    For commands that take ``--backend``: they turn the message into a CommandError.
+    """
+    try:
+        backend = task_backends[alias]
+    except Exception as exc:  # an unknown alias, a backend that does not import, bad OPTIONS
+        raise ValueError(f"TASKS has no usable backend {alias!r}: {exc}") from exc
+    if not isinstance(backend, DatabaseBackend):
+        raise ValueError(f"TASKS[{alias!r}] is {type(backend).__name__}, not jobs.backends.DatabaseBackend")
+    return backend

@@ -2,8 +2,8 @@
 
 Everything a deployment changes comes from the environment: ``DATABASE_URL``
 (absent: a SQLite file next to this repository), ``DJANGO_SECRET_KEY``,
-``DJANGO_DEBUG`` and ``DJANGO_ALLOWED_HOSTS``. A settings module that does
-``from queue_project.settings import *`` can override any of it.
+``DJANGO_DEBUG``, ``DJANGO_ALLOWED_HOSTS`` and ``JOBS_METRICS_TOKEN``. A settings
+module that does ``from queue_project.settings import *`` can override any of it.
 """
 
 import os
@@ -105,6 +105,10 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# The bearer token that /jobs/metrics and /jobs/health accept besides staff sessions
+# (README, Operations); empty: staff sessions only.
+JOBS_METRICS_TOKEN = os.environ.get("JOBS_METRICS_TOKEN", "")
 
 TASKS = {
     "default": {

@@ -1,4 +1,4 @@
-"""How fast the jobs admin answers with a million jobs in PostgreSQL.
+"""How fast the jobs admin and the operations views answer with a million jobs in PostgreSQL.
 
     .venv/bin/python scripts/admin_timing.py [--rows 1000000] [--runs 15] [--explain]
 
@@ -9,13 +9,19 @@ autovacuum would, then requests each admin page through Django's test client (th
 whole request: middleware, session, queries, templates) and prints the median, the
 90th percentile and the slowest of ``--runs`` requests after two warm-up requests,
 with the page's queries and their time. ``--explain`` prints the plan of every query.
+The same for the operations: ``manage.py jobs_status --json`` (in this process, through
+``call_command``), ``/jobs/metrics``, ``/jobs/health`` and the admin's search of error
+text (a term in every failed job, a term in one job, a term in none).
 
-This is a measurement, not a test: the target is under 300 ms per page.
+This is a measurement, not a test: the target is under 300 ms per page and under
+200 ms for each operation.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import os
 import statistics
 import sys
@@ -62,7 +68,8 @@ def load(rows: int) -> None:
     queues = "ARRAY[" + ", ".join(f"'{t[1]}'" for t in TASKS) + "]"
     fails = "ARRAY[" + ", ".join(str(t[3]) for t in TASKS) + "]"
     error = ("jsonb_build_object('attempt', a, 'exception_class_path', 'httpx.ConnectTimeout', "
-             "'message', 'timed out connecting to payments.example.com:443', 'traceback', %(tb)s::text, "
+             "'message', CASE WHEN k = 3 THEN 'card declined for order-' || g "
+             "ELSE 'timed out connecting to payments.example.com:443' END, 'traceback', %(tb)s::text, "
              "'worker_id', 'web-1:4242:9f3ab2c1', 'at', to_jsonb(enq + a * interval '10 seconds'))")
     sql = f"""
     INSERT INTO jobs_job (task_path, backend, queue_name, priority, args, kwargs, status, run_after, enqueued_at,
@@ -133,11 +140,27 @@ def timed_queries():
     return collect()
 
 
+def planner_view() -> str:
+    """What the planner knows of jobs_job: pages all-visible (index-only scans need them), and autovacuum."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT c.relpages, c.relallvisible, c.reltuples::bigint, s.last_autovacuum, "
+                       "s.last_autoanalyze, s.n_mod_since_analyze FROM pg_class c JOIN pg_stat_user_tables s "
+                       "ON s.relid = c.oid WHERE c.relname = 'jobs_job'")
+        pages, visible, tuples, autovacuum, autoanalyze, modified = cursor.fetchone()
+    return (f"jobs_job: {pages:,} pages, {visible:,} all-visible, {tuples:,} rows; last autovacuum {autovacuum}, "
+            f"last autoanalyze {autoanalyze}, {modified:,} rows changed since")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--explain", action="store_true", help="print each query's plan (EXPLAIN ANALYZE)")
+    parser.add_argument("--as-loaded", action="store_true",
+                        help="measure right after the load's VACUUM, even when it left pages not all-visible")
+    parser.add_argument("--only", metavar="TEXT", default="", help="measure only the pages and operations named so")
     options = parser.parse_args()
 
     from tests.pgserver import start_server
@@ -163,6 +186,16 @@ def main() -> int:
     load(options.rows)
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE jobs_job")
+        # A VACUUM that ran while an autovacuum worker still held an older snapshot leaves the
+        # pages not all-visible, and index-only scans then visit the heap; autovacuum's next round
+        # would mend that, so do as it would (the figures are for a table in its steady state;
+        # --as-loaded keeps the state right after the load).
+        for _ in range(5 if not options.as_loaded else 0):
+            cursor.execute("SELECT relallvisible >= relpages * 0.99 FROM pg_class WHERE relname = 'jobs_job'")
+            if cursor.fetchone()[0]:
+                break
+            time.sleep(1)
+            cursor.execute("VACUUM jobs_job")
         cursor.execute("SELECT pg_size_pretty(pg_total_relation_size('jobs_job')), "
                        "pg_size_pretty(pg_relation_size('jobs_job')), count(*) FROM jobs_job")
         total, heap, count = cursor.fetchone()
@@ -172,18 +205,26 @@ def main() -> int:
         version = cursor.fetchone()[0].split(" on ")[0]
     print(f"loaded in {time.perf_counter() - started:.0f} s: {count:,} rows, table {heap}, with indexes {total}")
     print(f"  {by_status}")
+    print(f"  {planner_view()}")
 
     user = User.objects.create_superuser("admin", "admin@example.com", "pw")
     client = Client(SERVER_NAME="localhost")
     client.force_login(user)
-    from jobs.models import Job
+    from jobs.models import Job, WorkerProcess
 
     some_failed = Job.objects.filter(status="FAILED").order_by("-id").values_list("id", flat=True)[500]
+    one_order = (Job.objects.filter(status="FAILED", task_path="shop.tasks.charge_card").order_by("-id")
+                 .values_list("args", flat=True)[300][1])  # "order-N": in the error text of this job only
     from datetime import timedelta
     from urllib.parse import urlencode
 
     from django.utils import timezone
 
+    # Two live workers for the whole run (the health check answers 200, the status lists them).
+    later = timezone.now() + timedelta(hours=6)
+    for n, worker_id in enumerate(["web-1:4242:9f3ab2c1", "web-2:4243:77aa01be"]):
+        WorkerProcess.objects.create(worker_id=worker_id, hostname=f"web-{n + 1}", pid=4242 + n, concurrency=4,
+                                     started_at=timezone.now(), heartbeat_at=later)
     today = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
     past_week = urlencode({"enqueued_at__gte": str(today - timedelta(days=7)),
                            "enqueued_at__lt": str(today + timedelta(days=1))})
@@ -197,29 +238,42 @@ def main() -> int:
         ("job list, search by id", f"/admin/jobs/job/?q=%23{some_failed}"),
         ("job page (failed, 3 tracebacks)", f"/admin/jobs/job/{some_failed}/change/"),
         ("overview", "/admin/jobs/queuestate/"),
-        # Not a target: a text search reads every row (no trigram index), shown for honesty.
-        ("(search error text: reads all rows)", "/admin/jobs/job/?q=payments.example"),
+    ]
+    operations = [
+        ("jobs_status --json", None),
+        ("metrics", "/jobs/metrics"),
+        ("health", "/jobs/health"),
+        ("search error text: in every failure", "/admin/jobs/job/?q=payments.example"),
+        (f"search error text: one job ({one_order})", f"/admin/jobs/job/?q={one_order}"),
+        ("search error text: no job", "/admin/jobs/job/?q=no+such+error+text"),
+        ("search part of a task path", "/admin/jobs/job/?q=charge_card"),
     ]
     print(f"\n{version}; Django {django.get_version()}; {options.runs} requests per page after 2 warm-ups\n")
-    print(f"{'page':<34} {'median':>8} {'p90':>8} {'max':>8}  queries (median ms each)")
-    results = []
-    for name, url in pages:
+    print(f"{'page':<44} {'median':>8} {'p90':>8} {'max':>8}  queries (median ms each)")
+
+    def request(url):
+        if url is None:
+            out = io.StringIO()
+            call_command("jobs_status", "--json", stdout=out)
+            assert json.loads(out.getvalue())["workers"], "no live worker in the status"
+            return
+        assert client.get(url).status_code == 200, url
+
+    def measure(name, url, target):
         for _ in range(2):
-            assert client.get(url).status_code == 200, url
+            request(url)
         times, query_logs = [], []
         for _ in range(options.runs):
             with timed_queries() as log:
                 start = time.perf_counter()
-                response = client.get(url)
+                request(url)
                 times.append((time.perf_counter() - start) * 1000)
-            assert response.status_code == 200
             query_logs.append(log)
         times.sort()
         p90 = times[min(len(times) - 1, int(len(times) * 0.9))]
         median = statistics.median(times)
-        results.append((name, median))
         per_query = [statistics.median(run[i][0] for run in query_logs) for i in range(len(query_logs[0]))]
-        print(f"{name:<34} {median:>6.1f}ms {p90:>6.1f}ms {times[-1]:>6.1f}ms  "
+        print(f"{name:<44} {median:>6.1f}ms {p90:>6.1f}ms {times[-1]:>6.1f}ms  "
               f"{len(per_query)}: {' '.join(f'{q:.1f}' for q in per_query)}")
         if options.explain:
             for _, sql, params in query_logs[0]:
@@ -228,10 +282,23 @@ def main() -> int:
                         cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
                         plan = "\n      ".join(row[0] for row in cursor.fetchall())
                     print(f"    {sql[:160]}\n      {plan}\n")
-    slowest = max((r for r in results if not r[0].startswith("(")), key=lambda r: r[1])
-    print(f"\nslowest median: {slowest[0]} {slowest[1]:.1f} ms (target < 300 ms)")
+        return name, median, target
+
+    pages = [(name, url) for name, url in pages if options.only in name]
+    operations = [(name, url) for name, url in operations if options.only in name]
+    results = [measure(name, url, 300) for name, url in pages]
+    print(f"\n{'operations':<44}")
+    results += [measure(name, url, 200) for name, url in operations]
+    print(f"\n{planner_view()}")
+    missed = [(name, median, target) for name, median, target in results if median >= target]
+    for name, median, target in missed:
+        print(f"over target: {name} {median:.1f} ms (target < {target} ms)")
+    for label, part, target in (("page", results[:len(pages)], 300), ("operation", results[len(pages):], 200)):
+        if part:
+            name, median, _ = max(part, key=lambda r: r[1])
+            print(f"slowest {label}: {name} {median:.1f} ms (target < {target} ms)")
     server.destroy()
-    return 0 if slowest[1] < 300 else 1
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":

@@ -189,10 +189,11 @@ def test_the_list_costs_the_same_queries_for_5_rows_as_for_50(admin_client, djan
     make_jobs(20, JobStatus.FAILED, queue_name="emails", task_path="tests.tasks.always_fails")
     make_jobs(20, JobStatus.SUCCESSFUL, queue_name="reports", task_path="tests.tasks.noop")
     make_jobs(5, JobStatus.RUNNING)
-    # session, user, paused queues, the queue and task choices, the (capped) count, the page
+    # session, user, paused queues, the queue and task choices, the (capped) count, the page;
+    # a text search also reads the task paths it matches (jobs/search.py)
     with django_assert_num_queries(few):
         response = admin_client.get(url)
-    assert few <= 7
+    assert few <= (8 if "q=" in url else 7)
     assert response.status_code == 200
 
 
@@ -559,7 +560,7 @@ def test_overview(admin_client, django_assert_max_num_queries):
 @pytest.mark.postgres_only
 @pytest.mark.django_db
 def test_overview_counts_big_numbers_up_to_a_cap_then_estimates(admin_client, monkeypatch):
-    monkeypatch.setattr("jobs.overview.EXACT_UP_TO", 20)
+    monkeypatch.setattr("jobs.stats.EXACT_UP_TO", 20)
     make_jobs(60, JobStatus.SUCCESSFUL, queue_name="reports")
     make_jobs(5, JobStatus.FAILED, queue_name="reports")
     with connection.cursor() as cursor:

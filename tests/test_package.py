@@ -98,9 +98,10 @@ def test_wheel_metadata(dist):
         "croniter>=2.0",
         "cron-descriptor>=1.4",
         "psycopg[binary]>=3.2;extra=='postgres'",
+        "prometheus-client>=0.17;extra=='metrics'",
     } <= requires
     assert not [line for line in requires if "dj-database-url" in line.lower()]  # the demo project's, not ours
-    assert "postgres" in metadata.get_all("Provides-Extra")
+    assert {"postgres", "metrics"} <= set(metadata.get_all("Provides-Extra"))
     classifiers = set(metadata.get_all("Classifier"))
     assert {"Framework :: Django :: 5.2", "Framework :: Django :: 6", "Programming Language :: Python :: 3.11",
             "Programming Language :: Python :: 3.13", "Typing :: Typed"} <= classifiers
