@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from functools import cached_property
+from dataclasses import MISSING, fields
+from functools import cache, cached_property
+from itertools import accumulate
 from types import SimpleNamespace
 
 from django.apps import apps
@@ -40,16 +42,16 @@ from .resolve import refusal, resolve_task
 MAX_NESTING = 500
 
 
-def nesting_depth(value) -> int:
-    """How deeply lists and dicts nest in ``value`` (0 for a scalar), without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is not None:
-            deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in children)
-    return deepest
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def json_depth(text: str) -> int:
+    """How deeply lists and objects nest in the JSON ``text`` (0 for a scalar), at C speed:
+    strings dropped, then the running count of the brackets left."""
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
 
 
 # A NUL character (\u0000 in JSON, after an odd number of backslashes) and a lone UTF-16
@@ -57,11 +59,11 @@ def nesting_depth(value) -> int:
 _UNSTORABLE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000|[\ud800-\udfff]")
 
 
-def _dumps(value) -> str:
+def _dumps(value, *, depth: int = MAX_NESTING) -> str:
+    """``value`` as the JSON text the database will store, or ValueError/TypeError saying why not."""
     text = json.dumps(value, allow_nan=False, ensure_ascii=False)
-    # Counting brackets is a cheap upper bound on the depth; only a value that could be
-    # too deep is walked.
-    if text.count("[") + text.count("{") > MAX_NESTING and nesting_depth(json.loads(text)) > MAX_NESTING:
+    # Counting brackets is a cheap upper bound on the depth; only text that could be too deep is measured.
+    if text.count("[") + text.count("{") > depth and json_depth(text) > depth:
         raise ValueError(f"nested more than {MAX_NESTING} levels deep")
     if _UNSTORABLE.search(text):
         raise ValueError("a string holds a NUL character or a lone surrogate, which the database cannot store")
@@ -95,6 +97,33 @@ def serialise_arguments(task: Task, args, kwargs) -> tuple[list, dict]:
     return json_args, json_kwargs
 
 
+def _checked_batch(calls: list) -> tuple[str, list]:
+    """(the JSON text of ``calls``, the calls as JSON gives them back): one dump and one load for
+    the whole batch, and the same checks as one call's (two levels more: the batch, the call)."""
+    for _args, kwargs in calls:
+        if not all(isinstance(key, str) for key in kwargs):
+            raise TypeError("keyword argument names must be strings")
+    text = _dumps(calls, depth=MAX_NESTING + 2)
+    return text, json.loads(text)
+
+
+@cache
+def _result_fields() -> tuple[tuple[str, object], ...]:
+    return tuple((f.name, None if f.default is MISSING else f.default) for f in fields(TaskResult))
+
+
+def new_result(values: dict) -> TaskResult:
+    """A TaskResult of values that are JSON already (read from a row, or just serialised).
+
+    Built without its ``__post_init__``, which walks the arguments once more to
+    normalise them to JSON types: a fifth of bulk enqueue's time, for nothing.
+    """
+    result = object.__new__(TaskResult)
+    for name, default in _result_fields():
+        object.__setattr__(result, name, values.get(name, default))
+    return result
+
+
 def result_status(job_status: str) -> TaskResultStatus:
     """Django knows four states; a cancelled job is, to it, one that failed."""
     if job_status == "CANCELLED":
@@ -102,6 +131,7 @@ def result_status(job_status: str) -> TaskResultStatus:
     return TaskResultStatus(job_status)
 
 
+BULK_BATCH = 5000  # calls per statement of a bulk enqueue
 # What a new job's TaskResult reads beyond its inserted columns.
 FRESH = dict(status="READY", worker_id="", worker_ids=[], errors=[], started_at=None, finished_at=None,
              last_attempted_at=None, return_value=None)
@@ -188,23 +218,33 @@ class DatabaseBackend(BaseTaskBackend):
         """Enqueue one job per ``(args, kwargs)`` pair in a few INSERTs, all or nothing.
 
         Every call's arguments are checked before anything is written; a bad one raises
-        naming its index. Workers are woken once, on commit.
+        naming its index. The calls travel as one JSON text per 5000, checked and
+        stored as a whole; workers are woken once, on commit.
         """
         self.validate_task(task)
         self.validate_runnable(task)
+        calls = [[list(args), kwargs] for args, kwargs in calls]
+        try:
+            batches = [_checked_batch(calls[start:start + BULK_BATCH]) for start in range(0, len(calls), BULK_BATCH)]
+        except (TypeError, ValueError, RecursionError):
+            for index, (args, kwargs) in enumerate(calls):  # name the culprit
+                try:
+                    serialise_arguments(task, args, kwargs)
+                except TypeError as exc:
+                    raise TypeError(f"call {index}: {exc}") from exc
+            raise
         now = timezone.now()
-        rows = []
-        for index, (args, kwargs) in enumerate(calls):
-            try:
-                json_args, json_kwargs = serialise_arguments(task, args, kwargs)
-            except TypeError as exc:
-                raise TypeError(f"call {index}: {exc}") from exc
-            rows.append(self.row_values(task, now, args=json_args, kwargs=json_kwargs))
+        common = self.row_values(task, now)
         due = task.run_after is None or task.run_after <= now
-        ids = self.insert_rows(rows, notify=task.queue_name if due else None)
-        # What to_task_result reads, without paying for a model instance per job.
-        results = [self.to_task_result(SimpleNamespace(pk=pk, **FRESH, **row), task, result_task=task)
-                   for pk, row in zip(ids, rows)]
+        from .models import Job
+
+        with transaction.atomic(using=router.db_for_write(Job)):
+            ids = self._statements().insert_calls(common, [text for text, _ in batches],
+                                                  notify=task.queue_name if due else None)
+        base = dict(task=task, status=TaskResultStatus.READY, enqueued_at=now, started_at=None, finished_at=None,
+                    last_attempted_at=None, backend=self.alias)
+        results = [new_result(dict(base, id=str(pk), args=args, kwargs=kwargs, errors=[], worker_ids=[]))
+                   for pk, (args, kwargs) in zip(ids, (call for _, loaded in batches for call in loaded))]
         for result in results:
             task_enqueued.send(type(self), task_result=result)
         return results
@@ -253,7 +293,7 @@ class DatabaseBackend(BaseTaskBackend):
         worker_ids = list(job.worker_ids)
         if job.status == "RUNNING":
             worker_ids.append(job.worker_id)  # the attempt under way counts too
-        result = TaskResult(
+        result = new_result(dict(
             task=result_task or task.using(priority=job.priority, queue_name=job.queue_name,
                                            run_after=job.task_run_after, backend=self.alias),
             id=str(job.pk),
@@ -268,7 +308,7 @@ class DatabaseBackend(BaseTaskBackend):
             errors=[TaskError(exception_class_path=e["exception_class_path"], traceback=e["traceback"])
                     for e in job.errors],
             worker_ids=worker_ids,
-        )
+        ))
         if job.status == "SUCCESSFUL":
             object.__setattr__(result, "_return_value", job.return_value)
         return result

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 logger = logging.getLogger(__name__)
 
 CHANNEL = "jobs_enqueued"
-SQLITE_PROBE_INTERVAL = 0.01  # seconds between data_version reads on SQLite
+SQLITE_PROBE_INTERVAL = 0.002  # seconds between data_version reads on SQLite (one costs ~5 µs)
 
 # Keys of Django's OPTIONS for PostgreSQL that are not libpq connection parameters.
 _DJANGO_ONLY_OPTIONS = {"isolation_level", "server_side_binding", "pool", "assume_role", "cursor_factory",

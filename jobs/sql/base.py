@@ -17,6 +17,9 @@ INSERT_FIELDS = ("task_path", "backend", "queue_name", "priority", "args", "kwar
                  "task_run_after", "enqueued_at", "attempts", "max_attempts", "worker_id", "worker_ids", "errors",
                  "meta")
 JSON_FIELDS = frozenset({"args", "kwargs", "worker_ids", "errors", "meta", "return_value"})
+TIME_FIELDS = frozenset({"run_after", "task_run_after", "enqueued_at"})
+# A bulk enqueue's columns: all but the arguments are the same for every job of the call.
+COMMON_FIELDS = tuple(name for name in INSERT_FIELDS if name not in ("args", "kwargs"))
 INSERT_DEFAULTS = {"status": JobStatus.READY.value, "task_run_after": None, "attempts": 0, "max_attempts": None,
                    "worker_id": "", "worker_ids": [], "errors": [], "meta": {}}
 
@@ -35,16 +38,17 @@ class Statements:
     # -- values as the database takes them --------------------------------------------
 
     def time(self, value: datetime | None):
-        return Job._meta.get_field("run_after").get_db_prep_value(value, self.connection)
+        """A time as this database takes it (SQLite: text in UTC; PostgreSQL: the datetime)."""
+        return self.connection.ops.adapt_datetimefield_value(value)
 
-    def insert_values(self, values: dict) -> list:
-        """One row's parameters for INSERT_FIELDS: JSON as text, times as the database takes them."""
+    def insert_values(self, values: dict, names: Sequence[str] = INSERT_FIELDS) -> list:
+        """One row's parameters for ``names``: JSON as text, times as the database takes them."""
         row = []
-        for name in INSERT_FIELDS:
+        for name in names:
             value = values[name] if name in values else INSERT_DEFAULTS[name]
             if name in JSON_FIELDS:
-                value = json.dumps(value)
-            elif name in ("run_after", "task_run_after", "enqueued_at"):
+                value = "[]" if value == [] else "{}" if value == {} else json.dumps(value)
+            elif name in TIME_FIELDS:
                 value = self.time(value)
             row.append(value)
         return row
@@ -55,6 +59,12 @@ class Statements:
         raise NotImplementedError
 
     def insert_jobs(self, rows: Sequence[dict], *, notify: str | None) -> list[int]:
+        """Insert jobs that differ in any column (the importer's); their ids, in order."""
+        raise NotImplementedError
+
+    def insert_calls(self, common: dict, batches: Sequence[str], *, notify: str | None) -> list[int]:
+        """Insert one job per call of each batch (the JSON text of ``[[args, kwargs], ...]``),
+        every other column from ``common``; their ids, in order."""
         raise NotImplementedError
 
     def claim(self, *, worker_id: str, limit: int, now: datetime, queues, backend: str) -> list[ClaimedJob]:

@@ -6,6 +6,7 @@ still works, more slowly, where Django does.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -34,6 +35,10 @@ class GenericStatements(Statements):
         made = self._jobs().bulk_create(
             [Job(**{name: row.get(name, INSERT_DEFAULTS.get(name)) for name in INSERT_FIELDS}) for row in rows])
         return [job.pk for job in made]
+
+    def insert_calls(self, common: dict, batches: Sequence[str], *, notify: str | None) -> list[int]:
+        calls = [call for text in batches for call in json.loads(text)]
+        return self.insert_jobs([dict(common, args=args, kwargs=kwargs) for args, kwargs in calls], notify=notify)
 
     def claim(self, *, worker_id: str, limit: int, now: datetime, queues, backend: str) -> list[ClaimedJob]:
         paused = QueueState.objects.filter(paused=True).values("name")

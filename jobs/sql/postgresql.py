@@ -22,7 +22,7 @@ import psycopg
 from ..models import JobStatus
 from ..rows import CLAIMED, STALE, ClaimedJob, columns_sql, read_rows
 from ..wakeup import CHANNEL
-from .base import INSERT_FIELDS, JSON_FIELDS, Statements, claim_sql
+from .base import COMMON_FIELDS, INSERT_FIELDS, JSON_FIELDS, Statements, claim_sql
 
 BULK_BATCH = 5000
 # The type of each inserted column's parameter.
@@ -38,6 +38,10 @@ class PostgresStatements(Statements):
 
     def __init__(self, connection):
         super().__init__(connection)
+        # Django leaves psycopg's own preparing off (prepare_threshold None) by default; an
+        # explicit None in OPTIONS is how a PgBouncer user says "no prepared statements".
+        self.prepare = None if "prepare_threshold" in connection.settings_dict.get("OPTIONS", {}) and \
+            connection.settings_dict["OPTIONS"]["prepare_threshold"] is None else True
         col, table = self.col, self.table
         names = ", ".join(col[name] for name in INSERT_FIELDS)
         values = ", ".join(f"%s::{TYPES[name]}" for name in INSERT_FIELDS)
@@ -50,15 +54,21 @@ class PostgresStatements(Statements):
                              for name in INSERT_FIELDS)
         self._bulk = (f"INSERT INTO {table} ({names}) SELECT {selected} FROM unnest({arrays}) WITH ORDINALITY "
                       f"AS v({names}, ord) ORDER BY v.ord RETURNING {col['id']}")
+        # A bulk enqueue: the calls as one jsonb array, every other column one parameter.
+        common = ", ".join(f"%s::{TYPES[name]}" for name in COMMON_FIELDS)
+        self._calls = (f"INSERT INTO {table} ({', '.join(col[name] for name in (*COMMON_FIELDS, 'args', 'kwargs'))}) "
+                       f"SELECT {common}, v.call -> 0, v.call -> 1 FROM jsonb_array_elements(%s::jsonb) "
+                       f"WITH ORDINALITY AS v(call, ord) ORDER BY v.ord RETURNING {col['id']}")
+
+    def time(self, value):
+        return value  # psycopg sends an aware datetime as timestamptz
 
     def _run(self, sql: str, params, *, fetch: bool = True):
         """Execute with server-side binding, prepared once per connection."""
         connection = self.connection
         connection.ensure_connection()
-        raw = connection.connection
-        prepare = None if getattr(raw, "prepare_threshold", 5) is None else True
-        with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
-            cursor.execute(sql, params, prepare=prepare)
+        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+            cursor.execute(sql, params, prepare=self.prepare)
             return cursor.fetchall() if fetch else cursor.rowcount
 
     # -- enqueue ----------------------------------------------------------------------------
@@ -76,6 +86,16 @@ class PostgresStatements(Statements):
             batch = [self.insert_values(row) for row in rows[start:start + BULK_BATCH]]
             columns = [list(column) for column in zip(*batch)]
             ids.extend(row[0] for row in self._run(self._bulk, columns))
+        if ids and notify is not None:
+            self._run(f"SELECT pg_notify('{CHANNEL}', %s)", [notify])
+        return ids
+
+    def insert_calls(self, common: dict, batches: Sequence[str], *, notify: str | None) -> list[int]:
+        constants = self.insert_values(common, COMMON_FIELDS)
+        ids: list[int] = []
+        for text in batches:
+            # Ids come from one sequence in insertion order, which ORDER BY v.ord made the calls' order.
+            ids.extend(sorted(row[0] for row in self._run(self._calls, [*constants, text])))
         if ids and notify is not None:
             self._run(f"SELECT pg_notify('{CHANNEL}', %s)", [notify])
         return ids

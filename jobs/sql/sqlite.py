@@ -15,7 +15,7 @@ from django.db import transaction
 
 from ..models import JobStatus
 from ..rows import STALE, ClaimedJob, columns_sql, read_rows
-from .base import INSERT_FIELDS, Statements, claim_sql
+from .base import COMMON_FIELDS, INSERT_FIELDS, Statements, claim_sql
 
 # SQLite allows 32,766 parameters per statement; 16 columns a row.
 BULK_BATCH = 500
@@ -53,6 +53,17 @@ class SqliteStatements(Statements):
             sql = (f"INSERT INTO {self.table} ({self._names}) VALUES {', '.join([self._row] * len(batch))} "
                    f"RETURNING {self.col['id']}")
             ids.extend(row[0] for row in self._fetch(sql, params))
+        return ids
+
+    def insert_calls(self, common: dict, batches: Sequence[str], *, notify: str | None) -> list[int]:
+        col = self.col
+        constants = self.insert_values(common, COMMON_FIELDS)
+        sql = (f"INSERT INTO {self.table} ({', '.join(col[name] for name in (*COMMON_FIELDS, 'args', 'kwargs'))}) "
+               f"SELECT {', '.join(['%s'] * len(COMMON_FIELDS))}, json_extract(v.value, '$[0]'), "
+               f"json_extract(v.value, '$[1]') FROM json_each(%s) AS v ORDER BY v.key RETURNING {col['id']}")
+        ids: list[int] = []
+        for text in batches:
+            ids.extend(sorted(row[0] for row in self._fetch(sql, [*constants, text])))
         return ids
 
     def claim(self, *, worker_id: str, limit: int, now: datetime, queues, backend: str) -> list[ClaimedJob]:
