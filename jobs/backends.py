@@ -34,6 +34,7 @@ from .framework import (
     task_backends,
     task_enqueued,
 )
+from .limits import MAX_CONCURRENCY, MAX_KEY, limit_key, parse_rate, unique_key
 from .resolve import SETTING as TASK_MODULES_SETTING
 from .resolve import refusal, resolve_task
 
@@ -171,6 +172,31 @@ class DatabaseBackend(BaseTaskBackend):
         backoff = getattr(task, "backoff", None)
         if backoff is not None and not callable(backoff):
             raise InvalidTask(f"{task.module_path}: backoff must be callable, got {backoff!r}")
+        self._validate_control(task)
+
+    def _validate_control(self, task: Task) -> None:
+        """Job control's options (jobs.limits): bad ones are refused when the task is declared."""
+        path = task.module_path
+        unique = getattr(task, "unique", False)
+        if not isinstance(unique, bool) and not callable(unique):
+            raise InvalidTask(f"{path}: unique must be True, False or a callable (*args, **kwargs) -> str, "
+                              f"got {unique!r}")
+        key, limit = getattr(task, "concurrency_key", None), getattr(task, "concurrency_limit", None)
+        if key is not None and not callable(key) and not (isinstance(key, str) and 0 < len(key) <= MAX_KEY):
+            raise InvalidTask(f"{path}: concurrency_key must be a non-empty str of at most {MAX_KEY} characters "
+                              f"or a callable (*args, **kwargs) -> str, got {key!r}")
+        if limit is not None:
+            if key is None:
+                raise InvalidTask(f"{path}: concurrency_limit needs a concurrency_key")
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CONCURRENCY:
+                raise InvalidTask(f"{path}: concurrency_limit must be an integer from 1 to {MAX_CONCURRENCY}, "
+                                  f"got {limit!r}")
+        rate = getattr(task, "rate_limit", None)
+        if rate is not None:
+            try:
+                parse_rate(rate)
+            except ValueError as exc:
+                raise InvalidTask(f"{path}: {exc}") from None
 
     def validate_runnable(self, task: Task) -> None:
         """Refuse to enqueue a job that no worker would import (see ``jobs.resolve``).
@@ -201,14 +227,27 @@ class DatabaseBackend(BaseTaskBackend):
         """Django's enqueue: one INSERT in the caller's transaction (and on PostgreSQL the
         wake-up in the same statement). ``meta`` is where the job came from (the
         scheduler's run, a django-background-tasks call): written with the row, never
-        patched in afterwards."""
+        patched in afterwards. A unique task whose key a READY job holds writes nothing
+        and hands back that job's result (same id)."""
         self.validate_task(task)
         self.validate_runnable(task)
         json_args, json_kwargs = serialise_arguments(task, args, kwargs)
         now = timezone.now()
         values = self.row_values(task, now, args=json_args, kwargs=json_kwargs, meta=meta or {})
         due = task.run_after is None or task.run_after <= now
-        job_id = self._statements().insert_job(values, notify=task.queue_name if due else None)
+        statements = self._statements()
+        if values["limit_key"]:
+            statements.ensure_limits([values["limit_key"]])
+        for _ in range(3):
+            job_id = statements.insert_job(values, notify=task.queue_name if due else None)
+            if job_id is not None:
+                break
+            # A READY job has this unique key: it is the result (unless a worker took it just now).
+            existing = statements.ready_unique(self.alias, [values["unique_key"]]).get(values["unique_key"])
+            if existing is not None:
+                return self.get_result(existing)
+        else:
+            raise RuntimeError(f"{task.module_path}: unique key {values['unique_key']!r} kept changing hands")
         result = self.to_task_result(SimpleNamespace(pk=job_id, **FRESH, **values), task, result_task=task)
         task_enqueued.send(type(self), task_result=result)
         return result
@@ -219,7 +258,9 @@ class DatabaseBackend(BaseTaskBackend):
 
         Every call's arguments are checked before anything is written; a bad one raises
         naming its index. The calls travel as one JSON text per 5000, checked and
-        stored as a whole; workers are woken once, on commit.
+        stored as a whole; workers are woken once, on commit. Calls of a unique task
+        that share a key (with each other, or with a READY job) make one job: their
+        results are that job's.
         """
         self.validate_task(task)
         self.validate_runnable(task)
@@ -233,27 +274,58 @@ class DatabaseBackend(BaseTaskBackend):
                 except TypeError as exc:
                     raise TypeError(f"call {index}: {exc}") from exc
             raise
+        loaded = [call for _, batch in batches for call in batch]
+        keyed = bool(getattr(task, "unique", False) or getattr(task, "concurrency_key", None)
+                     or getattr(task, "rate_limit", None))
+        if keyed:  # each call's keys travel with it
+            loaded = [[args, kwargs, unique_key(task, args, kwargs), limit_key(task, args, kwargs)]
+                      for args, kwargs in loaded]
+            texts = [json.dumps(loaded[start:start + BULK_BATCH]) for start in range(0, len(loaded), BULK_BATCH)]
+        else:
+            texts = [text for text, _ in batches]
         now = timezone.now()
         common = self.row_values(task, now)
         due = task.run_after is None or task.run_after <= now
         from .models import Job
 
+        statements = self._statements()
         with transaction.atomic(using=router.db_for_write(Job)):
-            ids = self._statements().insert_calls(common, [text for text, _ in batches],
-                                                  notify=task.queue_name if due else None)
+            limit_keys = [call[3] for call in loaded if keyed and call[3]]
+            if limit_keys:
+                statements.ensure_limits(limit_keys)
+            inserted = statements.insert_calls(common, texts, notify=task.queue_name if due else None)
+            if getattr(task, "unique", False):
+                by_key = {key: pk for pk, key in inserted}
+                by_key.update(statements.ready_unique(self.alias, [c[2] for c in loaded if c[2] not in by_key]))
+                ids = [by_key[call[2]] for call in loaded]
+            else:
+                ids = [pk for pk, _ in inserted]
         base = dict(task=task, status=TaskResultStatus.READY, enqueued_at=now, started_at=None, finished_at=None,
                     last_attempted_at=None, backend=self.alias)
-        results = [new_result(dict(base, id=str(pk), args=args, kwargs=kwargs, errors=[], worker_ids=[]))
-                   for pk, (args, kwargs) in zip(ids, (call for _, loaded in batches for call in loaded))]
-        for result in results:
-            task_enqueued.send(type(self), task_result=result)
+        new_ids = {pk for pk, _ in inserted}
+        made: dict[int, TaskResult] = {}
+        results = []
+        for pk, call in zip(ids, loaded):
+            if pk not in made:  # the first call of a key made its job; a READY one made it before
+                made[pk] = (new_result(dict(base, id=str(pk), args=call[0], kwargs=call[1], errors=[],
+                                            worker_ids=[])) if pk in new_ids else self.get_result(pk))
+            results.append(made[pk])
+        for pk, result in made.items():
+            if pk in new_ids:
+                task_enqueued.send(type(self), task_result=result)
         return results
 
     def row_values(self, task: Task, now, **values) -> dict:
         """The columns of a new job of ``task`` (its arguments already JSON), as ``jobs.sql`` inserts them."""
-        return dict(task_path=task.module_path, backend=self.alias, queue_name=task.queue_name,
-                    priority=task.priority, run_after=task.run_after or now, task_run_after=task.run_after,
-                    enqueued_at=now, max_attempts=getattr(task, "max_attempts", None), **values)
+        args, kwargs = values.get("args"), values.get("kwargs")
+        row = dict(task_path=task.module_path, backend=self.alias, queue_name=task.queue_name,
+                   priority=task.priority, run_after=task.run_after or now, task_run_after=task.run_after,
+                   enqueued_at=now, max_attempts=getattr(task, "max_attempts", None),
+                   concurrency_limit=getattr(task, "concurrency_limit", None),
+                   rate_limit=getattr(task, "rate_limit", None), **values)
+        if args is not None:  # one call: its keys (a bulk enqueue sends each call's with the call)
+            row["unique_key"], row["limit_key"] = unique_key(task, args, kwargs), limit_key(task, args, kwargs)
+        return row
 
     def insert_rows(self, rows: Sequence[dict], *, notify: str | None = None) -> list[int]:
         """Insert many prepared jobs in one transaction (bulk enqueue, the importer); their ids, in order."""

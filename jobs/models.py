@@ -64,7 +64,9 @@ class JobStatus(models.TextChoices):
     CANCELLED = "CANCELLED", "Cancelled"
 
 
-CLAIM_INDEX = "jobs_job_claim_idx"  # the partial index of due READY jobs, in claim order
+CLAIM_INDEX = "jobs_job_claim_idx"  # the partial index of READY jobs without limits, in claim order
+LIMITED_INDEX = "jobs_job_limited_idx"  # READY jobs with a limit key, by key, in claim order
+UNIQUE_READY = "jobs_job_unique_ready"  # the partial unique index of unique jobs' keys
 
 FINISHED_STATUSES = (JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.CANCELLED)
 
@@ -112,7 +114,13 @@ class JobQuerySet(models.QuerySet):
         are left alone: a running attempt is the worker's. Returns the jobs requeued.
         """
         now = now or timezone.now()
-        return self.filter(status__in=FINISHED_STATUSES).update_returning(
+        finished = self.filter(status__in=FINISHED_STATUSES)
+        # A unique job comes back only if no READY job holds its key, and one job per key at most.
+        held = Job.objects.filter(status=JobStatus.READY, unique_key__isnull=False).values("unique_key")
+        latest = finished.filter(unique_key__isnull=False).values("unique_key").annotate(
+            latest=models.Max("id")).values("latest")
+        finished = finished.filter(Q(unique_key__isnull=True) | (~Q(unique_key__in=held) & Q(pk__in=latest)))
+        return finished.update_returning(
             status=JobStatus.READY, run_after=now, attempts=0, started_at=None, last_attempted_at=None,
             finished_at=None, worker_id="", heartbeat_at=None, return_value=None,
             meta=JSONMerge("meta", {"requeued": {"at": now.isoformat(), "by": by}}),
@@ -288,6 +296,19 @@ class Job(models.Model):
                               help_text="One entry per failed attempt, oldest first.")
     meta = SafeJSONField(default=dict, blank=True,
                             help_text="Where the job came from (schedule, import, ...).")
+    # Job control (jobs.task(unique=..., concurrency_key=..., rate_limit=...); see jobs/limits.py).
+    # NULL, not "", is "none": the partial indexes below hold only the jobs that have one.
+    unique_key = models.CharField(max_length=255, null=True, blank=True,  # noqa: DJ001
+                                  help_text="At most one READY job of this backend has it.")
+    limit_key = models.CharField(max_length=255, null=True, blank=True,  # noqa: DJ001
+                                 help_text="The key its concurrency and rate limits count on.")
+    concurrency_limit = models.PositiveIntegerField(null=True, blank=True,
+                                                    help_text="Jobs of limit_key RUNNING at once, at most.")
+    rate_limit = models.CharField(max_length=32, null=True, blank=True,  # noqa: DJ001
+                                  help_text="Attempts of limit_key started per period, at most (N/s, N/m, N/h).")
+    cancel_requested_at = models.DateTimeField(null=True, blank=True,
+                                               help_text="A cancel was asked while it ran: its worker stops it.")
+    progress = SafeJSONField(null=True, blank=True, help_text="What the running task last said of its progress.")
 
     objects = JobQuerySet.as_manager()
 
@@ -298,7 +319,11 @@ class Job(models.Model):
             # rows, however many millions, are not in this index at all, and another alias's
             # backlog is skipped by the seek on the leading column.
             models.Index("backend", F("priority").desc(), "run_after", "id", name=CLAIM_INDEX,
-                         condition=Q(status="READY")),
+                         condition=Q(status="READY", limit_key__isnull=True)),
+            # Jobs with a concurrency or rate limit, by key: the claim takes each key's first
+            # jobs when the key has room, and never reads through a key's held-back backlog.
+            models.Index("backend", "limit_key", F("priority").desc(), "run_after", "id", name=LIMITED_INDEX,
+                         condition=Q(status="READY", limit_key__isnull=False)),
             # The stale sweep reads only RUNNING rows.
             models.Index(fields=["heartbeat_at"], name="jobs_job_running_idx", condition=Q(status="RUNNING")),
             # The admin (jobs/admin.py). Each list filter reads its own index newest first; the
@@ -309,8 +334,14 @@ class Job(models.Model):
             models.Index(fields=["queue_name", "status", "backend", "run_after"], name="jobs_job_queue_idx"),
             models.Index(fields=["task_path", "id"], name="jobs_job_task_idx"),
             models.Index(fields=["enqueued_at"], name="jobs_job_enqueued_idx"),
-            # The overview's throughput chart and failing tasks read recent finishes only.
-            models.Index(fields=["finished_at"], name="jobs_job_finished_idx"),
+            # The overview's throughput chart, failing tasks and pruning read finishes only: jobs
+            # not finished are not in it, so enqueues and claims never write to it.
+            models.Index(fields=["finished_at"], name="jobs_job_finished_idx", condition=Q(finished_at__isnull=False)),
+        ]
+        constraints = [
+            # Unique jobs: the database, not a check-then-insert, keeps a key to one READY job.
+            models.UniqueConstraint(fields=["backend", "unique_key"], name=UNIQUE_READY,
+                                    condition=Q(status="READY", unique_key__isnull=False)),
         ]
 
     def __str__(self) -> str:
@@ -319,6 +350,26 @@ class Job(models.Model):
     @property
     def task_name(self) -> str:
         return self.task_path.rsplit(".", 1)[-1]
+
+
+class JobLimit(models.Model):
+    """The state of one limit key, which the claim locks and reads (jobs/limits.py).
+
+    ``running``: jobs of the key RUNNING now (the claim adds, every way out of RUNNING
+    takes away, in the same transaction). ``starts``: when the key's latest attempts
+    started (epoch seconds, oldest first, as many as its rate allows), for its rate
+    limit's sliding window. A row is made when the first job of its key is enqueued.
+    """
+
+    key = models.CharField(max_length=255, primary_key=True)
+    running = models.IntegerField(default=0)
+    starts = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        verbose_name = "limit key"
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.running} running)"
 
 
 class WorkerProcess(models.Model):

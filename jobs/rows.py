@@ -53,6 +53,10 @@ class ClaimedJob:
     errors: Any = field(default_factory=list)
     worker_ids: Any = field(default_factory=list)
     return_value: Any = None
+    unique_key: str | None = None
+    limit_key: str | None = None
+    concurrency_limit: Any = None
+    rate_limit: str | None = None
     damage: list[str] = field(default_factory=list)  # what could not be read as stored
     claimed_at: float = 0.0  # the worker's monotonic clock when it claimed the job
 
@@ -64,16 +68,17 @@ class ClaimedJob:
 # What the worker reads of a claimed job: what it needs to run it and to record it.
 CLAIMED = ("id", "task_path", "backend", "queue_name", "priority", "args", "kwargs", "run_after", "task_run_after",
            "enqueued_at", "started_at", "last_attempted_at", "attempts", "max_attempts", "worker_id",
-           "heartbeat_at", "errors", "worker_ids")
+           "heartbeat_at", "errors", "worker_ids", "unique_key", "limit_key", "concurrency_limit", "rate_limit")
 # What the stale sweep reads: enough to fail an attempt, not its arguments.
 STALE = ("id", "task_path", "backend", "attempts", "max_attempts", "worker_id", "heartbeat_at", "errors",
-         "worker_ids")
+         "worker_ids", "unique_key", "limit_key", "concurrency_limit")
 
 # Stand-ins for damaged values, so that a damaged job can still be failed and shown.
 _FALLBACKS = {"args": list, "kwargs": dict, "errors": list, "worker_ids": list, "meta": dict}
 _SHAPES = {"args": list, "kwargs": dict, "errors": list, "worker_ids": list, "meta": dict, "id": int,
            "attempts": int, "max_attempts": int, "priority": int, "task_path": str, "queue_name": str,
-           "backend": str, "worker_id": str}
+           "backend": str, "worker_id": str, "unique_key": str, "limit_key": str, "concurrency_limit": int,
+           "rate_limit": str}
 
 
 def column_sql(connection, name: str, table: str = "") -> str:

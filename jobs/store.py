@@ -19,11 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import InterfaceError, OperationalError, connections, models, router, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connections, models, router, transaction
 from django.db.models import F
+from django.utils import timezone
 
 from . import retry
-from .models import Job, JobStatus, WorkerProcess
+from .models import Job, JobStatus, JSONMerge, WorkerProcess
 from .rows import ClaimedJob
 from .sql import statements
 
@@ -55,25 +56,49 @@ def fail_attempt(job: ClaimedJob, error: dict, decision: retry.RetryDecision, *,
     errors = job.errors if isinstance(job.errors, list) else []
     workers = job.worker_ids if isinstance(job.worker_ids, list) else []
     changes = dict(errors=[*errors, error], heartbeat_at=None, worker_ids=[*workers, job.worker_id])
-    if decision.retry:
-        changes.update(status=JobStatus.READY, run_after=now + timedelta(seconds=decision.delay))
-    else:
-        changes.update(status=final, finished_at=now)
     held = _attempt(job, using)
     if lost_before is not None:
         held = held.filter(heartbeat_at__lt=lost_before)
-    return bool(held.update(**changes))
+    with transaction.atomic(using=using):
+        if decision.retry:
+            try:
+                with transaction.atomic(using=using):
+                    written = held.update(**changes, status=JobStatus.READY,
+                                          run_after=now + timedelta(seconds=decision.delay))
+            except IntegrityError:
+                # A READY job with its unique key was enqueued while it ran: that job stands for the retry.
+                superseded = {**error, "message": f"{error['message']} (not retried: a job with the same unique key "
+                                                  "is queued)"}
+                written = held.update(**{**changes, "errors": [*errors, superseded]}, status=JobStatus.FAILED,
+                                      finished_at=now)
+        else:
+            written = held.update(**changes, status=final, finished_at=now)
+        if written:
+            statements(connections[using]).release([job])
+    return bool(written)
 
 
 def hand_back(jobs: Sequence[ClaimedJob], *, using: str | None = None) -> int:
     """Give unstarted or unfinished attempts back, READY; they do not count as attempts."""
     using = using or router.db_for_write(Job)
     attempts = models.Case(models.When(attempts__gt=0, then=F("attempts") - 1), default=models.Value(0))
-    given = 0
+    given = []
     with transaction.atomic(using=using):
         for job in jobs:
-            given += _attempt(job, using).update(status=JobStatus.READY, attempts=attempts, heartbeat_at=None)
-    return given
+            try:
+                with transaction.atomic(using=using):
+                    back = _attempt(job, using).update(status=JobStatus.READY, attempts=attempts, heartbeat_at=None)
+            except IntegrityError:
+                # A READY job with its unique key exists: it will run; this one is not needed again.
+                back = _attempt(job, using).update(status=JobStatus.CANCELLED, attempts=attempts, heartbeat_at=None,
+                                                   finished_at=timezone.now(), meta=JSONMerge("meta", {"cancelled": {
+                                                       "at": timezone.now().isoformat(), "by": job.worker_id,
+                                                       "reason": "handed back while a job with the same unique key "
+                                                                 "was queued"}}))
+            if back:
+                given.append(job)
+        statements(connections[using]).release(given)
+    return len(given)
 
 
 @dataclass

@@ -1,13 +1,33 @@
-"""What the vendors' statements share: column names, the claim's SQL, parameters for inserts."""
+"""What the vendors' statements share: column names, parameters for inserts, and the claim.
+
+The claim takes two kinds of READY jobs, in one order (priority, then run_after,
+then enqueue order):
+
+- jobs without limits, through the claim index, as many as asked;
+- jobs with a limit key (a concurrency key or a rate limit), through the limited
+  index, key by key: each key's first jobs, as many as the key has room for now.
+
+A key's room comes from its ``JobLimit`` row (jobs running, recent starts), read
+under a row lock (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: a key another worker is
+claiming right now is skipped, not waited for; SQLite's write lock serialises every
+claim anyway) and changed in the same transaction as the claim. A key's held-back
+backlog is never read: what the claim reads grows with the number of keys that have
+READY jobs, not with the jobs waiting behind them. When no job with a limit is
+READY (each claim says whether one is), none of this runs.
+"""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 
-from ..models import CLAIM_INDEX, Job, JobStatus, QueueState
-from ..rows import CLAIMED, ClaimedJob, claim_order, columns_sql, read_rows
+from django.db import transaction
+
+from .. import limits
+from ..models import CLAIM_INDEX, LIMITED_INDEX, Job, JobLimit, JobStatus, QueueState
+from ..rows import CLAIMED, ClaimedJob, claim_order, read_rows
 
 MAX_INT = 2**31 - 1  # the largest value of an integer column on PostgreSQL (and MySQL)
 
@@ -15,13 +35,15 @@ MAX_INT = 2**31 - 1  # the largest value of an integer column on PostgreSQL (and
 # an insert may set: the importer brings attempts and errors).
 INSERT_FIELDS = ("task_path", "backend", "queue_name", "priority", "args", "kwargs", "status", "run_after",
                  "task_run_after", "enqueued_at", "attempts", "max_attempts", "worker_id", "worker_ids", "errors",
-                 "meta")
+                 "meta", "unique_key", "limit_key", "concurrency_limit", "rate_limit")
 JSON_FIELDS = frozenset({"args", "kwargs", "worker_ids", "errors", "meta", "return_value"})
 TIME_FIELDS = frozenset({"run_after", "task_run_after", "enqueued_at"})
-# A bulk enqueue's columns: all but the arguments are the same for every job of the call.
-COMMON_FIELDS = tuple(name for name in INSERT_FIELDS if name not in ("args", "kwargs"))
+# A bulk enqueue's columns: the same for every job of the call but these, which come with each call.
+PER_CALL = ("args", "kwargs", "unique_key", "limit_key")
+COMMON_FIELDS = tuple(name for name in INSERT_FIELDS if name not in PER_CALL)
 INSERT_DEFAULTS = {"status": JobStatus.READY.value, "task_run_after": None, "attempts": 0, "max_attempts": None,
-                   "worker_id": "", "worker_ids": [], "errors": [], "meta": {}}
+                   "worker_id": "", "worker_ids": [], "errors": [], "meta": {}, "unique_key": None,
+                   "limit_key": None, "concurrency_limit": None, "rate_limit": None}
 
 
 class Statements:
@@ -32,8 +54,12 @@ class Statements:
     def __init__(self, connection):
         self.connection = connection
         qn = connection.ops.quote_name
+        self.qn = qn
         self.table = qn(Job._meta.db_table)
+        self.limit_table = qn(JobLimit._meta.db_table)
         self.col = {f.name: qn(f.column) for f in Job._meta.concrete_fields}
+        # Whether the last claim saw READY jobs with a limit key (then the next one looks at keys).
+        self.limited_ready = True
 
     # -- values as the database takes them --------------------------------------------
 
@@ -53,22 +79,104 @@ class Statements:
             row.append(value)
         return row
 
-    # -- the verbs (overridden per vendor) ----------------------------------------------
+    # -- enqueue (per vendor) -----------------------------------------------------------
 
-    def insert_job(self, values: dict, *, notify: str | None) -> int:
+    def insert_job(self, values: dict, *, notify: str | None) -> int | None:
+        """Insert one job; its id, or None when a READY job has its unique key already."""
         raise NotImplementedError
 
     def insert_jobs(self, rows: Sequence[dict], *, notify: str | None) -> list[int]:
         """Insert jobs that differ in any column (the importer's); their ids, in order."""
         raise NotImplementedError
 
-    def insert_calls(self, common: dict, batches: Sequence[str], *, notify: str | None) -> list[int]:
-        """Insert one job per call of each batch (the JSON text of ``[[args, kwargs], ...]``),
-        every other column from ``common``; their ids, in order."""
+    def insert_calls(self, common: dict, batches: Sequence[str], *, notify: str | None) -> list[tuple[int, str]]:
+        """Insert one job per call of each batch (the JSON text of ``[[args, kwargs, unique_key,
+        limit_key], ...]``), every other column from ``common``; (id, unique key) of each job
+        inserted, in order (a call whose unique key a READY job holds inserts nothing)."""
         raise NotImplementedError
 
-    def claim(self, *, worker_id: str, limit: int, now: datetime, queues, backend: str) -> list[ClaimedJob]:
+    def ready_unique(self, backend: str, keys: Sequence[str]) -> dict[str, int]:
+        """The READY job holding each of these unique keys, by key."""
+        rows = Job.objects.using(self.connection.alias).filter(
+            backend=backend, status=JobStatus.READY, unique_key__in=list(keys)).values_list("unique_key", "id")
+        return dict(rows)
+
+    def ensure_limits(self, keys: Sequence[str]) -> None:
+        """A JobLimit row for each key (the claim locks it), made once, never locked here."""
         raise NotImplementedError
+
+    # -- the claim --------------------------------------------------------------------
+
+    def claim(self, *, worker_id: str, limit: int, now: datetime, queues, backend: str) -> list[ClaimedJob]:
+        """Take up to ``limit`` due jobs of ``backend`` for ``worker_id``, marking them RUNNING."""
+        if limit <= 0:
+            return []
+        if not self.limited_ready:
+            jobs = self.claim_plain(worker_id=worker_id, limit=limit, now=now, queues=queues, backend=backend)
+            if not self.limited_ready or len(jobs) == limit:
+                return jobs
+            # Jobs with limits just became READY: look at their keys now, not a poll later.
+            return jobs + self.claim(worker_id=worker_id, limit=limit - len(jobs), now=now, queues=queues,
+                                     backend=backend)
+        with transaction.atomic(using=self.connection.alias):
+            return self._claim_limited(worker_id=worker_id, limit=limit, now=now, queues=queues, backend=backend)
+
+    def claim_plain(self, *, worker_id: str, limit: int, now: datetime, queues, backend: str) -> list[ClaimedJob]:
+        """The claim of jobs without limits only (and whether jobs with limits are READY)."""
+        return self.claim_rows(worker_id=worker_id, limit=limit, now=now, queues=queues, backend=backend, rooms={})
+
+    def _claim_limited(self, *, worker_id: str, limit: int, now: datetime, queues, backend: str) -> list[ClaimedJob]:
+        epoch = now.timestamp()
+        heads = self.limited_heads(now=now, queues=queues, backend=backend)  # a look without locks
+        hopeful = [head for head in heads if _room(head, *head[3:], epoch) > 0]
+        if not hopeful:
+            return self.claim_plain(worker_id=worker_id, limit=limit, now=now, queues=queues, backend=backend)
+        locked = self.lock_limits([head[0] for head in hopeful])  # {key: (running, starts)}, fresh
+        rooms, by_key = {}, {head[0]: head for head in hopeful}
+        for key, (running, starts) in locked.items():
+            free = _room(by_key[key], running, starts, epoch)
+            if free > 0:
+                rooms[key] = min(free, limit)
+        jobs = self.claim_rows(worker_id=worker_id, limit=limit, now=now, queues=queues, backend=backend,
+                               rooms=rooms)
+        updates = []
+        for key, count in Counter(job.limit_key for job in jobs if job.limit_key in rooms).items():
+            running, starts = locked[key]
+            counted = sum(1 for job in jobs if job.limit_key == key and job.concurrency_limit is not None)
+            updates.append((key, counted, limits.recorded_starts(starts, count, now=epoch,
+                                                                 rate=_rate(by_key[key][2]))))
+        self.save_limits(updates)
+        return jobs
+
+    # -- the claim's parts (per vendor) ------------------------------------------------
+
+    def claim_rows(self, *, worker_id: str, limit: int, now: datetime, queues, backend: str,
+                   rooms: dict[str, int]) -> list[ClaimedJob]:
+        """One statement: jobs without limits, plus up to ``rooms[key]`` jobs of each key, at most
+        ``limit`` in all, in claim order; sets ``self.limited_ready``."""
+        raise NotImplementedError
+
+    def limited_heads(self, *, now: datetime, queues, backend: str) -> list[tuple]:
+        """(key, concurrency_limit, rate_limit, running, starts) of each limit key with a due job
+        (the limits of its first one), read without locks."""
+        raise NotImplementedError
+
+    def lock_limits(self, keys: Sequence[str]) -> dict[str, tuple[int, list]]:
+        """The JobLimit rows of ``keys`` that no other transaction holds, locked: {key: (running, starts)}."""
+        raise NotImplementedError
+
+    def save_limits(self, updates: Sequence[tuple[str, int, list]]) -> None:
+        """(key, jobs to add to running, the new start log) for locked keys."""
+        raise NotImplementedError
+
+    def release(self, jobs: Sequence[ClaimedJob]) -> None:
+        """These jobs leave RUNNING: they no longer count on their keys (in the caller's transaction)."""
+        counts = Counter(job.limit_key for job in jobs if job.limit_key and job.concurrency_limit is not None)
+        for key, count in counts.items():
+            JobLimit.objects.using(self.connection.alias).filter(key=key).update(
+                running=_at_least_zero(count))
+
+    # -- the worker's other verbs (per vendor) -------------------------------------------
 
     def finish_and_claim(self, successes, *, worker_id: str, now: datetime, limit: int, queues,
                          backend: str) -> tuple[set[int], list[ClaimedJob]]:
@@ -86,53 +194,61 @@ class Statements:
         jobs.sort(key=claim_order)
         return jobs
 
+    def where_due(self, alias: str, *, queues, limited: bool) -> tuple[str, int]:
+        """The claim's filter of ``alias``'s rows (parameters: backend, now, then the queues)."""
+        col = self.col
+        limit_test = "IS NOT NULL" if limited else "IS NULL"
+        queue_sql = f" AND {alias}.{col['queue_name']} IN ({', '.join(['%s'] * len(queues))})" if queues else ""
+        # 'READY' is written out, not a parameter: only a literal lets the planner prove that the
+        # partial index applies (SQLite never uses one for a parameter).
+        return (f"{alias}.{col['status']} = '{JobStatus.READY.value}' AND {alias}.{col['limit_key']} {limit_test} "
+                f"AND {alias}.{col['backend']} = %s AND {alias}.{col['run_after']} <= %s{queue_sql}"
+                f"{not_paused_sql(self.connection, alias)}")
 
-def not_paused_sql(connection) -> str:
+    def index_hint(self, limited: bool) -> str:
+        """SQLite's planner, without statistics, would rather sort every READY row found through
+        another index on status; the partial indexes already hold them in claim order."""
+        if self.vendor != "sqlite":
+            return ""
+        return f" INDEXED BY {self.qn(LIMITED_INDEX if limited else CLAIM_INDEX)}"
+
+
+def _rate(text: str | None):
+    try:
+        return limits.parse_rate(text) if text else None
+    except ValueError:  # a damaged row: no rate limit rather than no claims
+        return None
+
+
+def _room(head: tuple, running, starts, epoch: float) -> int:
+    _key, concurrency_limit, rate_text = head[:3]
+    if not isinstance(starts, list):
+        starts = []
+    return limits.room(running=running or 0, concurrency_limit=concurrency_limit,
+                       starts=[s for s in starts if isinstance(s, (int, float))], rate=_rate(rate_text), now=epoch)
+
+
+def _at_least_zero(count: int):
+    from django.db.models import F
+    from django.db.models.functions import Greatest
+
+    return Greatest(F("running") - count, 0)
+
+
+def not_paused_sql(connection, alias: str = "") -> str:
     """The claim's filter for paused queues: a hashed subplan over a table of a few rows."""
     qn = connection.ops.quote_name
     meta = QueueState._meta
-    return (f" AND {qn(Job._meta.get_field('queue_name').column)} NOT IN "
+    column = qn(Job._meta.get_field("queue_name").column)
+    return (f" AND {alias + '.' if alias else ''}{column} NOT IN "
             f"(SELECT {qn(meta.get_field('name').column)} FROM {qn(meta.db_table)} "
             f"WHERE {qn(meta.get_field('paused').column)})")
 
 
 def claim_sql(connection, *, worker_id: str, limit: int, now: datetime, queues, backend: str = "default",
-              returning: bool = True) -> tuple[str, list]:
-    """The claim, for PostgreSQL and SQLite: UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING.
+              rooms: dict[str, int] | None = None) -> tuple[str, list]:
+    """The claim statement the workers run (exposed so that tests can EXPLAIN it)."""
+    from . import statements
 
-    One statement: the rows are chosen by priority, then ``run_after``, then enqueue
-    order, locked with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL so that concurrent
-    workers take disjoint rows without waiting, and handed back by ``RETURNING``. On
-    SQLite the single UPDATE runs under the database's write lock, which makes it just
-    as exclusive across processes. Exposed so that tests can EXPLAIN what workers run.
-    """
-    qn = connection.ops.quote_name
-    table = qn(Job._meta.db_table)
-    col = {f.name: qn(f.column) for f in Job._meta.concrete_fields}
-    now_db = Job._meta.get_field("run_after").get_db_prep_value(now, connection)
-    queue_sql, queue_params = "", []
-    if queues:
-        queue_sql = f" AND {col['queue_name']} IN ({', '.join(['%s'] * len(queues))})"
-        queue_params = list(queues)
-    lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
-    # SQLite's planner, without statistics, would rather sort every READY row found through
-    # another index on status; the claim index already holds them in claim order.
-    hint = f" INDEXED BY {qn(CLAIM_INDEX)}" if connection.vendor == "sqlite" else ""
-    sql = (
-        # A damaged row at the integer column's maximum must not make every claim fail.
-        f"UPDATE {table} SET {col['status']} = '{JobStatus.RUNNING.value}', {col['attempts']} = "
-        f"CASE WHEN {col['attempts']} < {MAX_INT} THEN {col['attempts']} + 1 ELSE {col['attempts']} END, "
-        f"{col['worker_id']} = %s, {col['heartbeat_at']} = %s, {col['last_attempted_at']} = %s, "
-        f"{col['started_at']} = COALESCE({col['started_at']}, %s) "
-        f"WHERE {col['id']} IN (SELECT {col['id']} FROM {table}{hint} "
-        # 'READY' is written out, not a parameter: only a literal lets the planner prove
-        # that the partial claim index applies (SQLite never uses it for a parameter).
-        f"WHERE {col['status']} = '{JobStatus.READY.value}' AND {col['backend']} = %s "
-        f"AND {col['run_after']} <= %s{queue_sql}"
-        f"{not_paused_sql(connection)} "
-        f"ORDER BY {col['priority']} DESC, {col['run_after']}, {col['id']} LIMIT %s{lock})"
-    )
-    if returning:
-        sql += f" RETURNING {columns_sql(connection, CLAIMED)}"
-    params = [worker_id, now_db, now_db, now_db, backend, now_db, *queue_params, limit]
-    return sql, params
+    return statements(connection).claim_sql(worker_id=worker_id, limit=limit, now=now, queues=queues,
+                                            backend=backend, rooms=rooms or {})

@@ -1,7 +1,8 @@
 """Other databases (MySQL 8, MariaDB): the same verbs through the ORM, without RETURNING.
 
 Not tested here (this project runs PostgreSQL and SQLite); kept so that the queue
-still works, more slowly, where Django does.
+still works, more slowly, where Django does. Concurrency and rate limits are not
+enforced here: the claim takes jobs with limits like any other.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import datetime
 from django.db import models, transaction
 from django.db.models import F
 
-from ..models import Job, JobStatus, QueueState
+from ..models import Job, JobLimit, JobStatus, QueueState
 from ..rows import CLAIMED, STALE, ClaimedJob, claim_order
 from .base import INSERT_DEFAULTS, INSERT_FIELDS, Statements
 
@@ -28,19 +29,40 @@ class GenericStatements(Statements):
     def _jobs(self):
         return Job.objects.using(self.connection.alias)
 
-    def insert_job(self, values: dict, *, notify: str | None) -> int:
-        return self._jobs().create(**{name: values.get(name, INSERT_DEFAULTS.get(name)) for name in INSERT_FIELDS}).pk
+    def insert_job(self, values: dict, *, notify: str | None) -> int | None:
+        from django.db import IntegrityError
+
+        try:
+            with transaction.atomic(using=self.connection.alias):
+                return self._jobs().create(
+                    **{name: values.get(name, INSERT_DEFAULTS.get(name)) for name in INSERT_FIELDS}).pk
+        except IntegrityError:
+            if values.get("unique_key"):
+                return None
+            raise
 
     def insert_jobs(self, rows: Sequence[dict], *, notify: str | None) -> list[int]:
         made = self._jobs().bulk_create(
             [Job(**{name: row.get(name, INSERT_DEFAULTS.get(name)) for name in INSERT_FIELDS}) for row in rows])
         return [job.pk for job in made]
 
-    def insert_calls(self, common: dict, batches: Sequence[str], *, notify: str | None) -> list[int]:
-        calls = [call for text in batches for call in json.loads(text)]
-        return self.insert_jobs([dict(common, args=args, kwargs=kwargs) for args, kwargs in calls], notify=notify)
+    def insert_calls(self, common: dict, batches: Sequence[str], *, notify: str | None) -> list[tuple[int, str]]:
+        inserted = []
+        for call in (call for text in batches for call in json.loads(text)):
+            args, kwargs, unique, limit = (call + [None, None])[:4]
+            job_id = self.insert_job(dict(common, args=args, kwargs=kwargs, unique_key=unique, limit_key=limit),
+                                     notify=notify)
+            if job_id is not None:
+                inserted.append((job_id, unique))
+        return inserted
+
+    def ensure_limits(self, keys: Sequence[str]) -> None:
+        for key in dict.fromkeys(keys):
+            JobLimit.objects.using(self.connection.alias).get_or_create(key=key)
 
     def claim(self, *, worker_id: str, limit: int, now: datetime, queues, backend: str) -> list[ClaimedJob]:
+        if limit <= 0:
+            return []
         paused = QueueState.objects.filter(paused=True).values("name")
         candidates = self._jobs().filter(status=JobStatus.READY, run_after__lte=now, backend=backend).exclude(
             queue_name__in=paused)

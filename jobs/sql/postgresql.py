@@ -5,10 +5,11 @@ the claim costs more to plan (0.6-1.2 ms, against 0.45 ms to run) than to execut
 These statements go through psycopg's own cursor with server-side binding and
 ``prepare=True``: parsed and planned once per connection. (A project behind a
 transaction-pooling PgBouncer older than 1.21 sets ``"prepare_threshold": None`` in
-its DATABASES OPTIONS, as psycopg asks; that is honoured here too.)
+its DATABASES OPTIONS, as psycopg asks; then nothing is prepared here either.)
 
 A worker's batch, recording the successes it has and claiming the next jobs, is one
-statement of two data-modifying CTEs: one round trip and one commit.
+statement of data-modifying CTEs: one round trip and one commit (with jobs of limit
+keys in play, a short transaction of a few statements: see ``jobs.sql.base``).
 """
 
 from __future__ import annotations
@@ -18,17 +19,19 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import psycopg
+from django.db import transaction
 
 from ..models import JobStatus
 from ..rows import CLAIMED, STALE, ClaimedJob, columns_sql, read_rows
 from ..wakeup import CHANNEL
-from .base import COMMON_FIELDS, INSERT_FIELDS, JSON_FIELDS, Statements, claim_sql
+from .base import COMMON_FIELDS, INSERT_FIELDS, JSON_FIELDS, MAX_INT, Statements
 
 BULK_BATCH = 5000
 # The type of each inserted column's parameter.
 TYPES = {name: "jsonb" for name in JSON_FIELDS} | {
     "task_path": "text", "backend": "text", "queue_name": "text", "status": "text", "worker_id": "text",
-    "priority": "integer", "attempts": "integer", "max_attempts": "integer",
+    "unique_key": "text", "limit_key": "text", "rate_limit": "text",
+    "priority": "integer", "attempts": "integer", "max_attempts": "integer", "concurrency_limit": "integer",
     "run_after": "timestamptz", "task_run_after": "timestamptz", "enqueued_at": "timestamptz",
 }
 
@@ -40,28 +43,30 @@ class PostgresStatements(Statements):
         super().__init__(connection)
         # Django leaves psycopg's own preparing off (prepare_threshold None) by default; an
         # explicit None in OPTIONS is how a PgBouncer user says "no prepared statements".
-        self.prepare = None if "prepare_threshold" in connection.settings_dict.get("OPTIONS", {}) and \
-            connection.settings_dict["OPTIONS"]["prepare_threshold"] is None else True
+        options = connection.settings_dict.get("OPTIONS", {})
+        self.prepare = None if "prepare_threshold" in options and options["prepare_threshold"] is None else True
         col, table = self.col, self.table
         names = ", ".join(col[name] for name in INSERT_FIELDS)
+        # A unique job's key taken by a READY job: nothing inserted, nothing returned.
+        self.on_conflict = (f"ON CONFLICT ({col['backend']}, {col['unique_key']}) WHERE {col['status']} = "
+                            f"'{JobStatus.READY.value}' AND {col['unique_key']} IS NOT NULL DO NOTHING")
         values = ", ".join(f"%s::{TYPES[name]}" for name in INSERT_FIELDS)
-        self._insert = f"INSERT INTO {table} ({names}) VALUES ({values}) RETURNING {col['id']}"
+        self._insert = f"INSERT INTO {table} ({names}) VALUES ({values}) {self.on_conflict} RETURNING {col['id']}"
         # pg_notify in the same statement: delivered on commit, dropped on rollback, no extra round trip.
         self._insert_notify = f"WITH job AS ({self._insert}) SELECT job.id, pg_notify('{CHANNEL}', %s) FROM job"
-        # Bulk: each column one array (JSON as text), turned back into rows in order.
+        # The importer's rows: each column one array (JSON as text), turned back into rows in order.
         arrays = ", ".join(f"%s::{'text' if name in JSON_FIELDS else TYPES[name]}[]" for name in INSERT_FIELDS)
         selected = ", ".join(f"v.{col[name]}::jsonb" if name in JSON_FIELDS else f"v.{col[name]}"
                              for name in INSERT_FIELDS)
         self._bulk = (f"INSERT INTO {table} ({names}) SELECT {selected} FROM unnest({arrays}) WITH ORDINALITY "
-                      f"AS v({names}, ord) ORDER BY v.ord RETURNING {col['id']}")
+                      f"AS v({names}, ord) ORDER BY v.ord {self.on_conflict} RETURNING {col['id']}")
         # A bulk enqueue: the calls as one jsonb array, every other column one parameter.
         common = ", ".join(f"%s::{TYPES[name]}" for name in COMMON_FIELDS)
-        self._calls = (f"INSERT INTO {table} ({', '.join(col[name] for name in (*COMMON_FIELDS, 'args', 'kwargs'))}) "
-                       f"SELECT {common}, v.call -> 0, v.call -> 1 FROM jsonb_array_elements(%s::jsonb) "
-                       f"WITH ORDINALITY AS v(call, ord) ORDER BY v.ord RETURNING {col['id']}")
-
-    def time(self, value):
-        return value  # psycopg sends an aware datetime as timestamptz
+        per_call = ", ".join(col[name] for name in ("args", "kwargs", "unique_key", "limit_key"))
+        self._calls = (f"INSERT INTO {table} ({', '.join(col[name] for name in COMMON_FIELDS)}, {per_call}) "
+                       f"SELECT {common}, v.call -> 0, v.call -> 1, v.call ->> 2, v.call ->> 3 "
+                       f"FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS v(call, ord) ORDER BY v.ord "
+                       f"{self.on_conflict} RETURNING {col['id']}, {col['unique_key']}")
 
     def _run(self, sql: str, params, *, fetch: bool = True):
         """Execute with server-side binding, prepared once per connection."""
@@ -71,68 +76,176 @@ class PostgresStatements(Statements):
             cursor.execute(sql, params, prepare=self.prepare)
             return cursor.fetchall() if fetch else cursor.rowcount
 
+    def time(self, value):
+        return value  # psycopg sends an aware datetime as timestamptz
+
     # -- enqueue ----------------------------------------------------------------------------
 
-    def insert_job(self, values: dict, *, notify: str | None) -> int:
+    def insert_job(self, values: dict, *, notify: str | None) -> int | None:
         params = self.insert_values(values)
-        if notify is None:
-            return self._run(self._insert, params)[0][0]
-        return self._run(self._insert_notify, [*params, notify])[0][0]
+        rows = self._run(self._insert, params) if notify is None else \
+            self._run(self._insert_notify, [*params, notify])
+        return rows[0][0] if rows else None
 
     def insert_jobs(self, rows: Sequence[dict], *, notify: str | None) -> list[int]:
-        """Bulk: one statement per 5000 jobs with one array parameter per column."""
         ids: list[int] = []
         for start in range(0, len(rows), BULK_BATCH):
             batch = [self.insert_values(row) for row in rows[start:start + BULK_BATCH]]
             columns = [list(column) for column in zip(*batch)]
-            ids.extend(row[0] for row in self._run(self._bulk, columns))
-        if ids and notify is not None:
-            self._run(f"SELECT pg_notify('{CHANNEL}', %s)", [notify])
+            ids.extend(sorted(row[0] for row in self._run(self._bulk, columns)))
+        self._notify(ids, notify)
         return ids
 
-    def insert_calls(self, common: dict, batches: Sequence[str], *, notify: str | None) -> list[int]:
+    def insert_calls(self, common: dict, batches: Sequence[str], *, notify: str | None) -> list[tuple[int, str]]:
         constants = self.insert_values(common, COMMON_FIELDS)
-        ids: list[int] = []
+        inserted: list[tuple[int, str]] = []
         for text in batches:
             # Ids come from one sequence in insertion order, which ORDER BY v.ord made the calls' order.
-            ids.extend(sorted(row[0] for row in self._run(self._calls, [*constants, text])))
-        if ids and notify is not None:
-            self._run(f"SELECT pg_notify('{CHANNEL}', %s)", [notify])
-        return ids
+            inserted.extend(sorted(tuple(row) for row in self._run(self._calls, [*constants, text])))
+        self._notify(inserted, notify)
+        return inserted
 
-    # -- the worker ---------------------------------------------------------------------------
+    def _notify(self, inserted, queue: str | None) -> None:
+        if inserted and queue is not None:
+            self._run(f"SELECT pg_notify('{CHANNEL}', %s)", [queue])
 
-    def claim(self, *, worker_id: str, limit: int, now: datetime, queues, backend: str) -> list[ClaimedJob]:
-        sql, params = claim_sql(self.connection, worker_id=worker_id, limit=limit, now=now, queues=queues,
-                                backend=backend)
-        return self.claimed(self._run(sql, params))
+    def ensure_limits(self, keys: Sequence[str]) -> None:
+        self._run(f"INSERT INTO {self.limit_table} ({self.qn('key')}, running, starts) SELECT DISTINCT k, 0, '[]'::jsonb "
+                  f"FROM unnest(%s::text[]) AS k ON CONFLICT (key) DO NOTHING", [list(keys)], fetch=False)
+
+    # -- the claim ------------------------------------------------------------------------------
+
+    def _claim_ctes(self, *, worker_id: str, limit: int, now: datetime, queues, backend: str,
+                    rooms: dict[str, int]) -> tuple[str, list]:
+        """``claimed AS (UPDATE ... RETURNING ...)`` and the CTEs before it, and their parameters."""
+        col, table = self.col, self.table
+        order = f"{col['priority']} DESC, {col['run_after']}, {col['id']}"
+        picked = f"{col['id']}, {col['priority']}, {col['run_after']}"
+        plain, plain_count = self.where_due("j", queues=queues, limited=False), 2 + len(queues or ())
+        limited = self.where_due("j", queues=queues, limited=True)
+        due_params = [backend, now, *(queues or ())]
+        sql = (
+            f"free AS (SELECT {picked} FROM {table} j WHERE {plain} ORDER BY {order} LIMIT %s "
+            f"FOR UPDATE SKIP LOCKED), "
+            f"keyed AS (SELECT k.* FROM unnest(%s::text[], %s::integer[]) AS b(key, room) CROSS JOIN LATERAL "
+            f"(SELECT {picked} FROM {table} j WHERE {limited} AND j.{col['limit_key']} = b.key "
+            f"ORDER BY {order} LIMIT b.room FOR UPDATE SKIP LOCKED) k), "
+            f"chosen AS (SELECT c.{col['id']} FROM (SELECT * FROM free UNION ALL SELECT * FROM keyed) c "
+            f"ORDER BY c.{col['priority']} DESC, c.{col['run_after']}, c.{col['id']} LIMIT %s), "
+            f"claimed AS (UPDATE {table} SET {col['status']} = '{JobStatus.RUNNING.value}', {col['attempts']} = "
+            # A damaged row at the integer column's maximum must not make every claim fail.
+            f"CASE WHEN {col['attempts']} < {MAX_INT} THEN {col['attempts']} + 1 ELSE {col['attempts']} END, "
+            f"{col['worker_id']} = %s, {col['heartbeat_at']} = %s, {col['last_attempted_at']} = %s, "
+            f"{col['started_at']} = COALESCE({col['started_at']}, %s) "
+            f"WHERE {col['id']} IN (SELECT {col['id']} FROM chosen) RETURNING {columns_sql(self.connection, CLAIMED)})"
+        )
+        assert plain_count == len(due_params)
+        params = [*due_params, limit, list(rooms), list(rooms.values()), *due_params, limit,
+                  worker_id, now, now, now]
+        return sql, params
+
+    def _limited_ready_sql(self) -> str:
+        col = self.col
+        return (f"EXISTS (SELECT 1 FROM {self.table} x WHERE x.{col['status']} = '{JobStatus.READY.value}' "
+                f"AND x.{col['limit_key']} IS NOT NULL AND x.{col['backend']} = %s)")
+
+    def claim_sql(self, *, worker_id: str, limit: int, now: datetime, queues, backend: str,
+                  rooms: dict[str, int]) -> tuple[str, list]:
+        ctes, params = self._claim_ctes(worker_id=worker_id, limit=limit, now=now, queues=queues, backend=backend,
+                                        rooms=rooms)
+        sql = (f"WITH {ctes} SELECT f.limited, claimed.* FROM (SELECT {self._limited_ready_sql()} AS limited) f "
+               f"LEFT JOIN claimed ON true")
+        return sql, [*params, backend]
+
+    def claim_rows(self, *, worker_id: str, limit: int, now: datetime, queues, backend: str,
+                   rooms: dict[str, int]) -> list[ClaimedJob]:
+        sql, params = self.claim_sql(worker_id=worker_id, limit=limit, now=now, queues=queues, backend=backend,
+                                     rooms=rooms)
+        rows = self._run(sql, params)
+        self.limited_ready = bool(rows and rows[0][0])
+        return self.claimed([row[1:] for row in rows])
+
+    def limited_heads(self, *, now: datetime, queues, backend: str) -> list[tuple]:
+        col, table = self.col, self.table
+        ready = (f"{col['status']} = '{JobStatus.READY.value}' AND {col['limit_key']} IS NOT NULL "
+                 f"AND {col['backend']} = %s")
+        sql = (
+            # The keys with READY jobs, one index probe each (a loose scan of the limited index).
+            f"WITH RECURSIVE keys(k) AS ((SELECT {col['limit_key']} FROM {table} WHERE {ready} "
+            f"ORDER BY {col['limit_key']} LIMIT 1) UNION ALL SELECT (SELECT {col['limit_key']} FROM {table} "
+            f"WHERE {ready} AND {col['limit_key']} > keys.k ORDER BY {col['limit_key']} LIMIT 1) FROM keys "
+            f"WHERE keys.k IS NOT NULL) "
+            f"SELECT keys.k, head.{col['concurrency_limit']}, head.{col['rate_limit']}, l.running, l.starts "
+            f"FROM keys CROSS JOIN LATERAL (SELECT {col['concurrency_limit']}, {col['rate_limit']} FROM {table} j "
+            f"WHERE {self.where_due('j', queues=queues, limited=True)} AND j.{col['limit_key']} = keys.k "
+            f"ORDER BY j.{col['priority']} DESC, j.{col['run_after']}, j.{col['id']} LIMIT 1) head "
+            f"LEFT JOIN {self.limit_table} l ON l.key = keys.k WHERE keys.k IS NOT NULL"
+        )
+        rows = self._run(sql, [backend, backend, backend, now, *(queues or ())])
+        return [(key, conc, rate, running or 0, _starts(starts)) for key, conc, rate, running, starts in rows]
+
+    def lock_limits(self, keys: Sequence[str]) -> dict[str, tuple[int, list]]:
+        self.ensure_limits(keys)  # a key whose row went missing gets one (counting from 0)
+        rows = self._run(f"SELECT key, running, starts FROM {self.limit_table} WHERE key = ANY(%s::text[]) "
+                         f"FOR UPDATE SKIP LOCKED", [list(keys)])
+        return {key: (running, _starts(starts)) for key, running, starts in rows}
+
+    def save_limits(self, updates: Sequence[tuple[str, int, list]]) -> None:
+        if not updates:
+            return
+        keys, added, logs = zip(*updates)
+        self._run(f"UPDATE {self.limit_table} l SET running = l.running + u.added, starts = u.starts::jsonb "
+                  f"FROM unnest(%s::text[], %s::integer[], %s::text[]) AS u(key, added, starts) WHERE l.key = u.key",
+                  [list(keys), list(added), [json.dumps(log) for log in logs]], fetch=False)
+
+    # -- the worker's batch ----------------------------------------------------------------------
 
     def finish_and_claim(self, successes, *, worker_id: str, now: datetime, limit: int, queues,
                          backend: str) -> tuple[set[int], list[ClaimedJob]]:
+        limited_done = [job for job, _ in successes if job.limit_key and job.concurrency_limit is not None]
+        if limited_done or (self.limited_ready and limit > 0):
+            # Jobs of limit keys: a short transaction of a few statements (see jobs.sql.base).
+            with transaction.atomic(using=self.connection.alias):
+                written = self._record(successes, worker_id=worker_id, now=now)
+                self.release([job for job in limited_done if job.id in written])
+                return written, self.claim(worker_id=worker_id, limit=limit, now=now, queues=queues,
+                                           backend=backend)
         if not successes:
-            return set(), (self.claim(worker_id=worker_id, limit=limit, now=now, queues=queues, backend=backend)
-                           if limit > 0 else [])
-        col, table = self.col, self.table
-        claim, claim_params = claim_sql(self.connection, worker_id=worker_id, limit=max(limit, 0), now=now,
-                                        queues=queues, backend=backend, returning=False)
-        claim_params[-1] = max(limit, 0)
-        sql = (
-            f"WITH done AS (UPDATE {table} j SET {col['status']} = '{JobStatus.SUCCESSFUL.value}', "
-            f"{col['return_value']} = v.value::jsonb, {col['finished_at']} = %s, {col['heartbeat_at']} = NULL, "
-            f"{col['worker_ids']} = j.{col['worker_ids']} || to_jsonb(j.{col['worker_id']}) "
-            f"FROM unnest(%s::bigint[], %s::integer[], %s::text[]) AS v(id, attempts, value) "
-            f"WHERE j.{col['id']} = v.id AND j.{col['status']} = '{JobStatus.RUNNING.value}' "
-            f"AND j.{col['attempts']} = v.attempts AND j.{col['worker_id']} = %s RETURNING j.{col['id']}), "
-            f"claimed AS ({claim} RETURNING {columns_sql(self.connection, CLAIMED)}) "
-            f"SELECT (SELECT array_agg({col['id']}) FROM done), claimed.* FROM (SELECT 1) AS one "
-            f"LEFT JOIN claimed ON true"
-        )
-        ids = [job.id for job, _ in successes]
-        attempts = [job.attempts for job, _ in successes]
-        values = [None if value is None else json.dumps(value) for _, value in successes]
-        rows = self._run(sql, [now, ids, attempts, values, worker_id, *claim_params])
+            return set(), self.claim(worker_id=worker_id, limit=limit, now=now, queues=queues, backend=backend)
+        # The common case: the successes and the next claim in one statement.
+        ctes, claim_params = self._claim_ctes(worker_id=worker_id, limit=max(limit, 0), now=now, queues=queues,
+                                              backend=backend, rooms={})
+        sql = (f"WITH {self._done_cte()}, {ctes} SELECT (SELECT array_agg({self.col['id']}) FROM done), "
+               f"{self._limited_ready_sql()}, claimed.* FROM (SELECT 1) AS one LEFT JOIN claimed ON true")
+        rows = self._run(sql, [*self._done_params(successes, worker_id, now), *claim_params, backend])
+        self.limited_ready = bool(rows and rows[0][1])
         written = set(rows[0][0] or ()) if rows else set()
-        return written, self.claimed([row[1:] for row in rows])
+        jobs = self.claimed([row[2:] for row in rows])
+        if self.limited_ready and len(jobs) < limit:  # jobs with limits just became READY: look at their keys
+            jobs += self.claim(worker_id=worker_id, limit=limit - len(jobs), now=now, queues=queues,
+                               backend=backend)
+        return written, jobs
+
+    def _done_cte(self) -> str:
+        col, table = self.col, self.table
+        return (f"done AS (UPDATE {table} j SET {col['status']} = '{JobStatus.SUCCESSFUL.value}', "
+                f"{col['return_value']} = v.value::jsonb, {col['finished_at']} = %s, {col['heartbeat_at']} = NULL, "
+                f"{col['worker_ids']} = j.{col['worker_ids']} || to_jsonb(j.{col['worker_id']}) "
+                f"FROM unnest(%s::bigint[], %s::integer[], %s::text[]) AS v(id, attempts, value) "
+                f"WHERE j.{col['id']} = v.id AND j.{col['status']} = '{JobStatus.RUNNING.value}' "
+                f"AND j.{col['attempts']} = v.attempts AND j.{col['worker_id']} = %s RETURNING j.{col['id']})")
+
+    @staticmethod
+    def _done_params(successes, worker_id: str, now: datetime) -> list:
+        return [now, [job.id for job, _ in successes], [job.attempts for job, _ in successes],
+                [None if value is None else json.dumps(value) for _, value in successes], worker_id]
+
+    def _record(self, successes, *, worker_id: str, now: datetime) -> set[int]:
+        if not successes:
+            return set()
+        rows = self._run(f"WITH {self._done_cte()} SELECT {self.col['id']} FROM done",
+                         self._done_params(successes, worker_id, now))
+        return {row[0] for row in rows}
 
     def stale(self, *, cutoff: datetime, backend: str, limit: int) -> list[ClaimedJob]:
         col = self.col
@@ -141,3 +254,12 @@ class PostgresStatements(Statements):
                f"AND {col['heartbeat_at']} < %s ORDER BY {col['heartbeat_at']} LIMIT %s")
         return read_rows(self.connection, STALE, self._run(sql, [backend, cutoff, limit]))
 
+
+def _starts(value) -> list:
+    """A start log as stored (jsonb text through Django's loader), or [] if unreadable."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return []
+    return value if isinstance(value, list) else []

@@ -2,7 +2,8 @@
 
 Python's sqlite3 keeps each statement compiled (per SQL text), so the worker's are
 written once and reused. A worker's batch is one IMMEDIATE transaction: the
-successes by ``executemany`` of one UPDATE, then the claim.
+successes by ``executemany`` of one UPDATE, then the claim. Every writer holds the
+database's one write lock, so a claim needs no row locks to be exclusive.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from datetime import datetime
 from django.db import transaction
 
 from ..models import JobStatus
-from ..rows import STALE, ClaimedJob, columns_sql, read_rows
-from .base import COMMON_FIELDS, INSERT_FIELDS, Statements, claim_sql
+from ..rows import CLAIMED, STALE, ClaimedJob, columns_sql, read_rows
+from .base import COMMON_FIELDS, INSERT_FIELDS, MAX_INT, Statements
 
-# SQLite allows 32,766 parameters per statement; 16 columns a row.
+# SQLite allows 32,766 parameters per statement; 20 columns a row.
 BULK_BATCH = 500
 
 
@@ -29,7 +30,11 @@ class SqliteStatements(Statements):
         col, table = self.col, self.table
         self._names = ", ".join(col[name] for name in INSERT_FIELDS)
         self._row = "(" + ", ".join(["%s"] * len(INSERT_FIELDS)) + ")"
-        self._insert = f"INSERT INTO {table} ({self._names}) VALUES {self._row} RETURNING {col['id']}"
+        # A unique job's key taken by a READY job: nothing inserted, nothing returned.
+        self.on_conflict = (f"ON CONFLICT ({col['backend']}, {col['unique_key']}) WHERE {col['status']} = "
+                            f"'{JobStatus.READY.value}' AND {col['unique_key']} IS NOT NULL DO NOTHING")
+        self._insert = (f"INSERT INTO {table} ({self._names}) VALUES {self._row} {self.on_conflict} "
+                        f"RETURNING {col['id']}")
         self._success = (
             f"UPDATE {table} SET {col['status']} = '{JobStatus.SUCCESSFUL.value}', {col['return_value']} = %s, "
             f"{col['finished_at']} = %s, {col['heartbeat_at']} = NULL, {col['worker_ids']} = %s "
@@ -41,9 +46,12 @@ class SqliteStatements(Statements):
             cursor.execute(sql, params)
             return cursor.fetchall()
 
-    def insert_job(self, values: dict, *, notify: str | None) -> int:
+    # -- enqueue ----------------------------------------------------------------------------
+
+    def insert_job(self, values: dict, *, notify: str | None) -> int | None:
         # Workers notice a commit through PRAGMA data_version (jobs.wakeup): nothing to send.
-        return self._fetch(self._insert, self.insert_values(values))[0][0]
+        rows = self._fetch(self._insert, self.insert_values(values))
+        return rows[0][0] if rows else None
 
     def insert_jobs(self, rows: Sequence[dict], *, notify: str | None) -> list[int]:
         ids: list[int] = []
@@ -51,30 +59,119 @@ class SqliteStatements(Statements):
             batch = rows[start:start + BULK_BATCH]
             params = [value for row in batch for value in self.insert_values(row)]
             sql = (f"INSERT INTO {self.table} ({self._names}) VALUES {', '.join([self._row] * len(batch))} "
-                   f"RETURNING {self.col['id']}")
-            ids.extend(row[0] for row in self._fetch(sql, params))
+                   f"{self.on_conflict} RETURNING {self.col['id']}")
+            ids.extend(sorted(row[0] for row in self._fetch(sql, params)))
         return ids
 
-    def insert_calls(self, common: dict, batches: Sequence[str], *, notify: str | None) -> list[int]:
+    def insert_calls(self, common: dict, batches: Sequence[str], *, notify: str | None) -> list[tuple[int, str]]:
         col = self.col
         constants = self.insert_values(common, COMMON_FIELDS)
-        sql = (f"INSERT INTO {self.table} ({', '.join(col[name] for name in (*COMMON_FIELDS, 'args', 'kwargs'))}) "
+        per_call = ", ".join(col[name] for name in ("args", "kwargs", "unique_key", "limit_key"))
+        sql = (f"INSERT INTO {self.table} ({', '.join(col[name] for name in COMMON_FIELDS)}, {per_call}) "
                f"SELECT {', '.join(['%s'] * len(COMMON_FIELDS))}, json_extract(v.value, '$[0]'), "
-               f"json_extract(v.value, '$[1]') FROM json_each(%s) AS v ORDER BY v.key RETURNING {col['id']}")
-        ids: list[int] = []
+               f"json_extract(v.value, '$[1]'), json_extract(v.value, '$[2]'), json_extract(v.value, '$[3]') "
+               # WHERE true: SQLite's grammar needs it between a SELECT and ON CONFLICT.
+               f"FROM json_each(%s) AS v WHERE true ORDER BY v.key {self.on_conflict} "
+               f"RETURNING {col['id']}, {col['unique_key']}")
+        inserted: list[tuple[int, str]] = []
         for text in batches:
-            ids.extend(sorted(row[0] for row in self._fetch(sql, [*constants, text])))
-        return ids
+            inserted.extend(sorted(tuple(row) for row in self._fetch(sql, [*constants, text])))
+        return inserted
 
-    def claim(self, *, worker_id: str, limit: int, now: datetime, queues, backend: str) -> list[ClaimedJob]:
-        sql, params = claim_sql(self.connection, worker_id=worker_id, limit=limit, now=now, queues=queues,
-                                backend=backend)
-        return self.claimed(self._fetch(sql, params))
+    def ensure_limits(self, keys: Sequence[str]) -> None:
+        with self.connection.cursor() as cursor:
+            cursor.executemany(f"INSERT OR IGNORE INTO {self.limit_table} ({self.qn('key')}, running, starts) "
+                               f"VALUES (%s, 0, '[]')", [(key,) for key in dict.fromkeys(keys)])
+
+    # -- the claim ------------------------------------------------------------------------------
+
+    def claim_sql(self, *, worker_id: str, limit: int, now: datetime, queues, backend: str,
+                  rooms: dict[str, int]) -> tuple[str, list]:
+        col, table = self.col, self.table
+        order = f"{col['priority']} DESC, {col['run_after']}, {col['id']}"
+        picked = f"{col['id']}, {col['priority']}, {col['run_after']}"
+        now_db = self.time(now)
+        due_params = [backend, now_db, *(queues or ())]
+        parts = [f"SELECT * FROM (SELECT {picked} FROM {table} j{self.index_hint(False)} "
+                 f"WHERE {self.where_due('j', queues=queues, limited=False)} ORDER BY {order} LIMIT %s)"]
+        params = [*due_params, limit]
+        for key, free in rooms.items():  # each key's first jobs, as many as it has room for
+            parts.append(f"SELECT * FROM (SELECT {picked} FROM {table} j{self.index_hint(True)} "
+                         f"WHERE {self.where_due('j', queues=queues, limited=True)} AND j.{col['limit_key']} = %s "
+                         f"ORDER BY {order} LIMIT %s)")
+            params += [*due_params, key, free]
+        if rooms:  # the keys' first jobs and the others, merged in claim order (a sort of a few rows)
+            chosen = f"SELECT {col['id']} FROM ({' UNION ALL '.join(parts)}) ORDER BY {order} LIMIT %s"
+            params.append(limit)
+        else:  # the claim index already yields them in claim order
+            chosen = (f"SELECT {col['id']} FROM {table} j{self.index_hint(False)} "
+                      f"WHERE {self.where_due('j', queues=queues, limited=False)} ORDER BY {order} LIMIT %s")
+        sql = (
+            f"UPDATE {table} SET {col['status']} = '{JobStatus.RUNNING.value}', {col['attempts']} = "
+            # A damaged row at the integer column's maximum must not make every claim fail.
+            f"CASE WHEN {col['attempts']} < {MAX_INT} THEN {col['attempts']} + 1 ELSE {col['attempts']} END, "
+            f"{col['worker_id']} = %s, {col['heartbeat_at']} = %s, {col['last_attempted_at']} = %s, "
+            f"{col['started_at']} = COALESCE({col['started_at']}, %s) "
+            f"WHERE {col['id']} IN ({chosen}) RETURNING {columns_sql(self.connection, CLAIMED)}"
+        )
+        return sql, [worker_id, now_db, now_db, now_db, *params]
+
+    def claim_rows(self, *, worker_id: str, limit: int, now: datetime, queues, backend: str,
+                   rooms: dict[str, int]) -> list[ClaimedJob]:
+        sql, params = self.claim_sql(worker_id=worker_id, limit=limit, now=now, queues=queues, backend=backend,
+                                     rooms=rooms)
+        jobs = self.claimed(self._fetch(sql, params))
+        col = self.col
+        self.limited_ready = bool(self._fetch(
+            f"SELECT 1 FROM {self.table}{self.index_hint(True)} WHERE {col['status']} = '{JobStatus.READY.value}' "
+            f"AND {col['limit_key']} IS NOT NULL AND {col['backend']} = %s LIMIT 1", [backend]))
+        return jobs
+
+    def limited_heads(self, *, now: datetime, queues, backend: str) -> list[tuple]:
+        col, table = self.col, self.table
+        ready = (f"{col['status']} = '{JobStatus.READY.value}' AND {col['limit_key']} IS NOT NULL "
+                 f"AND {col['backend']} = %s")
+        head = (f"SELECT json_array(j.{col['concurrency_limit']}, j.{col['rate_limit']}) FROM {table} j"
+                f"{self.index_hint(True)} WHERE {self.where_due('j', queues=queues, limited=True)} "
+                f"AND j.{col['limit_key']} = keys.k ORDER BY j.{col['priority']} DESC, j.{col['run_after']}, "
+                f"j.{col['id']} LIMIT 1")
+        sql = (
+            # The keys with READY jobs, one index probe each (a loose scan of the limited index).
+            f"WITH RECURSIVE keys(k) AS (SELECT MIN({col['limit_key']}) FROM {table}{self.index_hint(True)} "
+            f"WHERE {ready} UNION ALL SELECT (SELECT MIN({col['limit_key']}) FROM {table}{self.index_hint(True)} "
+            f"WHERE {ready} AND {col['limit_key']} > keys.k) FROM keys WHERE keys.k IS NOT NULL) "
+            f"SELECT k, head, l.running, l.starts FROM (SELECT keys.k AS k, ({head}) AS head FROM keys "
+            f"WHERE keys.k IS NOT NULL) LEFT JOIN {self.limit_table} l ON l.{self.qn('key')} = k "
+            f"WHERE head IS NOT NULL"
+        )
+        rows = self._fetch(sql, [backend, backend, backend, self.time(now), *(queues or ())])
+        heads = []
+        for key, head, running, starts in rows:
+            concurrency, rate = json.loads(head)
+            heads.append((key, concurrency, rate, running or 0, _starts(starts)))
+        return heads
+
+    def lock_limits(self, keys: Sequence[str]) -> dict[str, tuple[int, list]]:
+        # Inside the claim's IMMEDIATE transaction: nobody else writes until it commits.
+        self.ensure_limits(keys)
+        marks = ", ".join(["%s"] * len(keys))
+        rows = self._fetch(f"SELECT {self.qn('key')}, running, starts FROM {self.limit_table} "
+                           f"WHERE {self.qn('key')} IN ({marks})", list(keys))
+        return {key: (running, _starts(starts)) for key, running, starts in rows}
+
+    def save_limits(self, updates: Sequence[tuple[str, int, list]]) -> None:
+        with self.connection.cursor() as cursor:
+            cursor.executemany(f"UPDATE {self.limit_table} SET running = running + %s, starts = %s "
+                               f"WHERE {self.qn('key')} = %s",
+                               [(added, json.dumps(log), key) for key, added, log in updates])
+
+    # -- the worker's batch ----------------------------------------------------------------------
 
     def finish_and_claim(self, successes, *, worker_id: str, now: datetime, limit: int, queues,
                          backend: str) -> tuple[set[int], list[ClaimedJob]]:
         with transaction.atomic(using=self.connection.alias):
             written = self._record(successes, worker_id=worker_id, now=now)
+            self.release([job for job, _ in successes if job.id in written])
             claimed = self.claim(worker_id=worker_id, limit=limit, now=now, queues=queues,
                                  backend=backend) if limit > 0 else []
         return written, claimed
@@ -106,3 +203,12 @@ class SqliteStatements(Statements):
                f"WHERE {col['status']} = '{JobStatus.RUNNING.value}' AND {col['backend']} = %s "
                f"AND {col['heartbeat_at']} < %s ORDER BY {col['heartbeat_at']} LIMIT %s")
         return read_rows(self.connection, STALE, self._fetch(sql, [backend, self.time(cutoff), limit]))
+
+
+def _starts(value) -> list:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return []
+    return value if isinstance(value, list) else []
