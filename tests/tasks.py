@@ -181,3 +181,44 @@ def task_as_seen(context):
     """What the running task is told about itself: the run_after and backend of its TaskResult's task."""
     task = context.task_result.task
     return {"run_after": task.run_after.isoformat() if task.run_after else None, "backend": task.backend}
+
+
+# -- job control (tests/test_job_control.py) ------------------------------------------------
+
+@task(unique=True)
+def unique_add(a, b):
+    return a + b
+
+
+@task(unique=lambda account, **_: f"account-{account}", max_attempts=2)
+def sync_account(account, note=""):
+    if note == "fail":
+        raise RuntimeError("sync failed")
+    return account
+
+
+def _span(path: str, token: str, seconds: float) -> None:
+    """Record when this run started and ended (wall clock), for overlap counts across processes."""
+    start = time.time()
+    time.sleep(seconds)
+    _record(path, f"{token} {start:.6f} {time.time():.6f} pid={os.getpid()}")
+
+
+@task(concurrency_key=lambda key, path, token, seconds: key, concurrency_limit=2)
+def limited(key, path, token, seconds):
+    _span(path, f"{key}:{token}", seconds)
+
+
+@task(concurrency_key="one-at-a-time", max_attempts=5)
+def one_at_a_time(path, token, seconds):
+    _span(path, token, seconds)
+
+
+@task(rate_limit="5/s")
+def rated(path, token):
+    _record(path, f"{token} {time.time():.6f}")
+
+
+@django_task
+def quick(path, token):
+    _record(path, f"{token} {time.time():.6f}")
