@@ -1,7 +1,9 @@
 """A database-backed job queue for Django: a Django Tasks backend and its worker.
 
-``from jobs import task`` is Django's ``@task`` plus ``max_attempts``, ``timeout``
-and ``backoff``. Nothing here imports models at import time.
+``from jobs import task`` is Django's ``@task`` plus the queue's options (``max_attempts``,
+``timeout``, ``backoff``, ``unique``, ``concurrency_key``, ``rate_limit``); ``cancel``,
+``cancel_requested``, ``set_progress`` and ``get_progress`` control running jobs.
+Nothing here imports models at import time.
 """
 
 from .decorators import task
@@ -22,4 +24,35 @@ def enqueue_many(task, calls, *, batch_size: int = 1000):
     return backend.enqueue_many(task, calls, batch_size=batch_size)
 
 
-__all__ = ["__version__", "enqueue_many", "task"]
+def cancel(result_id, reason: str = "", *, by: str = "") -> str:
+    """Cancel a job: READY ones at once, RUNNING ones by asking their worker (``jobs.control``).
+
+    Returns ``"cancelled"``, ``"requested"`` or ``"finished"`` (a finished job is left as it was).
+    """
+    from .control import cancel
+
+    return cancel(result_id, reason, by=by)
+
+
+def cancel_requested() -> bool:
+    """Inside a running task: whether someone asked to cancel its job."""
+    from .control import cancel_requested
+
+    return cancel_requested()
+
+
+def set_progress(done, total=None, message: str = "") -> None:
+    """Inside a running task: record how far it has got (written a few times a second at most)."""
+    from .control import set_progress
+
+    set_progress(done, total, message)
+
+
+def get_progress(result_id) -> dict | None:
+    """A job's latest progress, ``{"done", "total", "message", "updated_at"}``, or None."""
+    from .control import get_progress
+
+    return get_progress(result_id)
+
+
+__all__ = ["__version__", "cancel", "cancel_requested", "enqueue_many", "get_progress", "set_progress", "task"]

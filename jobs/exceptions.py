@@ -37,6 +37,10 @@ class JobTimeout(JobError, TimeoutError):
     """An attempt ran longer than its task's ``timeout``."""
 
 
+class JobCancelled(JobError):
+    """The job was cancelled (``jobs.cancel``) while it ran, or before its claimed attempt began."""
+
+
 class WorkerLost(JobError):
     """The worker running the attempt stopped heartbeating (killed, host lost)."""
 
@@ -53,4 +57,4 @@ class DoNotRetry(Exception):  # noqa: N818  (a verdict, not an error kind)
 
 
 # Failures that a retry cannot mend: the job ends FAILED at once.
-PERMANENT = (TaskNotFound, NotATask, DamagedJob)
+PERMANENT = (TaskNotFound, NotATask, DamagedJob, JobCancelled)

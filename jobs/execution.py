@@ -17,10 +17,18 @@ from typing import Any
 from django.db import connections
 from django.utils import timezone
 
-from . import retry
+from . import control, retry
 from .backends import to_json
 from .errors import error_entry
-from .exceptions import PERMANENT, DamagedJob, DoNotRetry, JobTimeout, ResultNotSerialisable, TransactionLeftOpen
+from .exceptions import (
+    PERMANENT,
+    DamagedJob,
+    DoNotRetry,
+    JobCancelled,
+    JobTimeout,
+    ResultNotSerialisable,
+    TransactionLeftOpen,
+)
 from .framework import Task, TaskContext, TaskError, TaskResultStatus, task_finished, task_started
 from .models import Job
 from .resolve import resolve_task
@@ -107,7 +115,17 @@ def run_claimed(job, slot, *, backend, worker_id: str) -> Outcome:
     except PERMANENT as exc:
         return failure(job, exc, worker_id=worker_id, permanent=True)
     slot.arm(task)
-    return run_attempt(job, task, backend=backend, worker_id=worker_id)
+    attempt = slot.attempt
+    control.running(attempt)
+    try:
+        outcome = run_attempt(job, task, backend=backend, worker_id=worker_id, attempt=attempt)
+    finally:
+        control.running(None)
+    try:
+        attempt.flush()  # the progress it set last, if the throttle held it back
+    except Exception:  # noqa: BLE001 - progress is a courtesy: never lose the outcome over it
+        logger.exception("progress not written id=%s task=%s", job.id, job.task_path)
+    return outcome
 
 
 def reset_connections() -> list[str]:
@@ -163,22 +181,32 @@ def _discard(conn) -> None:
     del connections[conn.alias]
 
 
-def _call(task: Task, result, job: Job):
+def _call(task: Task, result, job: Job, attempt: control.Attempt | None):
     args = [TaskContext(task_result=result), *job.args] if task.takes_context else list(job.args)
+    if not asyncio.iscoroutinefunction(task.func):
+        return task.call(*args, **job.kwargs)
     timeout = getattr(task, "timeout", None)
-    if timeout and asyncio.iscoroutinefunction(task.func):
+
+    async def run():
+        if attempt is not None:  # so that a cancel from another thread reaches this coroutine
+            attempt.loop, attempt.task = asyncio.get_running_loop(), asyncio.current_task()
+            if attempt.cancel.is_set():
+                raise asyncio.CancelledError
+        called = task.func(*args, **job.kwargs)
         # A coroutine can really be cancelled, so the async path enforces its own timeout.
-        async def bounded():
-            return await asyncio.wait_for(task.func(*args, **job.kwargs), timeout)
+        return await (asyncio.wait_for(called, timeout) if timeout else called)
 
-        try:
-            return asyncio.run(bounded())
-        except TimeoutError:
-            raise JobTimeout(f"attempt timed out after {timeout:g}s") from None
-    return task.call(*args, **job.kwargs)
+    try:
+        with asyncio.Runner() as runner:
+            return runner.run(run())
+    except TimeoutError:
+        raise JobTimeout(f"attempt timed out after {timeout:g}s") from None
+    finally:
+        if attempt is not None:
+            attempt.loop = attempt.task = None
 
 
-def run_attempt(job: Job, task: Task, *, backend, worker_id: str) -> Outcome:
+def run_attempt(job: Job, task: Task, *, backend, worker_id: str, attempt: control.Attempt | None = None) -> Outcome:
     """Call the task for this attempt. Never raises: every failure is an Outcome.
 
     A failure's retry decision is taken here, under the attempt limit in force now,
@@ -192,15 +220,21 @@ def run_attempt(job: Job, task: Task, *, backend, worker_id: str) -> Outcome:
     except Exception as exc:  # noqa: BLE001 - the row holds what the framework refuses (a priority of 500)
         damaged = DamagedJob(f"job {job.pk} cannot be run as stored: {type(exc).__name__}: {exc}")
         return failure(job, damaged, worker_id=worker_id, permanent=True)
+    if attempt is not None and attempt.cancel.is_set():  # cancelled before it began
+        return _cancelled(job, attempt, result, backend=backend, worker_id=worker_id, started=started)
     task_started.send(sender=type(backend), task_result=result)
     try:
-        raw_value = _call(task, result, job)
+        raw_value = _call(task, result, job, attempt)
     except BaseException as exc:  # a job's SystemExit must not stop the worker either
         left_open = reset_connections()
+        if attempt is not None and attempt.cancel.is_set():
+            return _cancelled(job, attempt, result, backend=backend, worker_id=worker_id, started=started)
         # Still inside the handler: receivers of task_finished see the exception (Django's log one does).
         return _failed(job, task, exc, result, backend=backend, worker_id=worker_id, started=started,
                        note=_left_open_note(left_open))
     left_open = reset_connections()
+    if attempt is not None and attempt.cancel.is_set():  # it heeded cancel_requested() and returned
+        return _cancelled(job, attempt, result, backend=backend, worker_id=worker_id, started=started)
     if left_open:  # whatever it returned, what it wrote in that transaction is gone
         return _failed(job, task, TransactionLeftOpen(_left_open_note(left_open)), result, backend=backend,
                        worker_id=worker_id, started=started)
@@ -225,6 +259,23 @@ def _failed(job: Job, task: Task, exc: BaseException, result, *, backend, worker
                                     base=backend.jobs_options.retry_backoff)
     if not outcome.decision.retry:
         send_finished(backend, result, status=TaskResultStatus.FAILED, error=outcome.error)
+    return outcome
+
+
+def cancelled(job, attempt: control.Attempt | None, *, worker_id: str, duration: float = 0.0,
+              how: str = "cancelled while it ran") -> Outcome:
+    """The outcome of a cancelled attempt: CANCELLED for good, whatever the task did."""
+    asked = attempt.asked_at.isoformat() if attempt is not None and attempt.asked_at else "now"
+    exc = JobCancelled(f"attempt {job.attempts} {how} (cancel asked at {asked})")
+    outcome = failure(job, exc, worker_id=worker_id, duration=duration, permanent=True, traceback=f"{exc}\n")
+    outcome.final = "CANCELLED"
+    outcome.decision = retry.RetryDecision(False, reason="cancelled")
+    return outcome
+
+
+def _cancelled(job, attempt, result, *, backend, worker_id: str, started: float) -> Outcome:
+    outcome = cancelled(job, attempt, worker_id=worker_id, duration=time.monotonic() - started)
+    send_finished(backend, result, status=TaskResultStatus.FAILED, error=outcome.error)
     return outcome
 
 

@@ -57,6 +57,7 @@ class ClaimedJob:
     limit_key: str | None = None
     concurrency_limit: Any = None
     rate_limit: str | None = None
+    cancel_requested_at: datetime | None = None
     damage: list[str] = field(default_factory=list)  # what could not be read as stored
     claimed_at: float = 0.0  # the worker's monotonic clock when it claimed the job
 
@@ -71,7 +72,7 @@ CLAIMED = ("id", "task_path", "backend", "queue_name", "priority", "args", "kwar
            "heartbeat_at", "errors", "worker_ids", "unique_key", "limit_key", "concurrency_limit", "rate_limit")
 # What the stale sweep reads: enough to fail an attempt, not its arguments.
 STALE = ("id", "task_path", "backend", "attempts", "max_attempts", "worker_id", "heartbeat_at", "errors",
-         "worker_ids", "unique_key", "limit_key", "concurrency_limit")
+         "worker_ids", "unique_key", "limit_key", "concurrency_limit", "cancel_requested_at")
 
 # Stand-ins for damaged values, so that a damaged job can still be failed and shown.
 _FALLBACKS = {"args": list, "kwargs": dict, "errors": list, "worker_ids": list, "meta": dict}

@@ -85,6 +85,11 @@ def hand_back(jobs: Sequence[ClaimedJob], *, using: str | None = None) -> int:
     given = []
     with transaction.atomic(using=using):
         for job in jobs:
+            # Someone asked to cancel it while it ran: it does not go back, it is cancelled.
+            if _attempt(job, using).filter(cancel_requested_at__isnull=False).update(
+                    status=JobStatus.CANCELLED, heartbeat_at=None, finished_at=timezone.now()):
+                given.append(job)
+                continue
             try:
                 with transaction.atomic(using=using):
                     back = _attempt(job, using).update(status=JobStatus.READY, attempts=attempts, heartbeat_at=None)
@@ -189,14 +194,18 @@ class WorkerStore:
 
     # -- liveness ---------------------------------------------------------------------------
 
-    def heartbeat(self, held: Sequence[int], *, now: datetime) -> bool:
-        """Beat for the process and every job it holds; False if the process row was gone."""
+    def heartbeat(self, held: Sequence[int], *, now: datetime) -> tuple[bool, list[tuple[int, datetime]]]:
+        """Beat for the process and every job it holds: (False if the process row was gone, the
+        held jobs someone asked to cancel, with when)."""
+        asked: list[tuple[int, datetime]] = []
         with transaction.atomic(using=self.alias):
             alive = WorkerProcess.objects.using(self.alias).filter(pk=self.worker_id).update(heartbeat_at=now)
             if held:
-                Job.objects.using(self.alias).filter(pk__in=list(held), worker_id=self.worker_id,
-                                                     status=JobStatus.RUNNING).update(heartbeat_at=now)
-        return bool(alive)
+                mine = Job.objects.using(self.alias).filter(pk__in=list(held), worker_id=self.worker_id,
+                                                            status=JobStatus.RUNNING)
+                mine.update(heartbeat_at=now)
+                asked = list(mine.filter(cancel_requested_at__isnull=False).values_list("pk", "cancel_requested_at"))
+        return bool(alive), asked
 
     def stale(self, *, cutoff: datetime, limit: int = 100) -> list[ClaimedJob]:
         return statements(self.connection).stale(cutoff=cutoff, backend=self.backend, limit=limit)

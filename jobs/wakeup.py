@@ -2,6 +2,8 @@
 
 PostgreSQL: enqueue runs ``pg_notify`` in the enqueueing transaction (delivered on
 commit, dropped on rollback) and each worker LISTENs on its own connection.
+A cancel of a running job comes the same way on PostgreSQL (its own channel, the
+job id as payload); on SQLite the worker finds it at its next heartbeat.
 SQLite: a probe reads ``PRAGMA data_version`` every few milliseconds on its own
 connection; the number changes whenever another connection commits, which costs
 no disk read. Either way polling stays as the fallback.
@@ -24,30 +26,25 @@ _DJANGO_ONLY_OPTIONS = {"isolation_level", "server_side_binding", "pool", "assum
                         "context", "prepare_threshold"}
 
 
-def notify_enqueued(connection, queue_name: str) -> None:
-    """Tell listening workers that ``queue_name`` has a new job (on commit)."""
+def start_waker(connection, *, wake: Callable[[], None], stop: threading.Event, queues: Sequence[str] | None,
+                on_cancel: Callable[[int], None] = lambda job_id: None) -> threading.Thread | None:
+    """A daemon thread that calls ``wake()`` when new work may be there, and on PostgreSQL
+    ``on_cancel(job_id)`` when a running job is to be cancelled; None if unsupported."""
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, queue_name])
-
-
-def start_waker(connection, *, wake: Callable[[], None], stop: threading.Event,
-                queues: Sequence[str] | None) -> threading.Thread | None:
-    """A daemon thread that calls ``wake()`` when new work may be there; None if unsupported."""
-    if connection.vendor == "postgresql":
-        target = _listen_postgres
+        target, args = _listen_postgres, (connection.settings_dict, wake, stop, queues, on_cancel)
     elif connection.vendor == "sqlite":
-        target = _probe_sqlite
+        target, args = _probe_sqlite, (connection.settings_dict, wake, stop, queues)
     else:
         return None
-    thread = threading.Thread(target=target, args=(connection.settings_dict, wake, stop, queues),
-                              name="jobs-waker", daemon=True)
+    thread = threading.Thread(target=target, args=args, name="jobs-waker", daemon=True)
     thread.start()
     return thread
 
 
-def _listen_postgres(settings: dict, wake, stop: threading.Event, queues) -> None:
+def _listen_postgres(settings: dict, wake, stop: threading.Event, queues, on_cancel) -> None:
     import psycopg
+
+    from .control import CANCEL_CHANNEL
 
     params = {"dbname": settings["NAME"], "user": settings.get("USER") or None,
               "password": settings.get("PASSWORD") or None, "host": settings.get("HOST") or None,
@@ -59,11 +56,15 @@ def _listen_postgres(settings: dict, wake, stop: threading.Event, queues) -> Non
         try:
             with psycopg.connect(**{k: v for k, v in params.items() if v is not None}, autocommit=True) as conn:
                 conn.execute(f"LISTEN {CHANNEL}")
+                conn.execute(f"LISTEN {CANCEL_CHANNEL}")
                 backoff = 0.0
                 wake()  # anything enqueued while we were not listening
                 while not stop.is_set():
                     for notify in conn.notifies(timeout=0.5):
-                        if wanted is None or notify.payload in wanted:
+                        if notify.channel == CANCEL_CHANNEL:
+                            if notify.payload.isdigit():
+                                on_cancel(int(notify.payload))
+                        elif wanted is None or notify.payload in wanted:
                             wake()
         except psycopg.Error as exc:
             backoff = min(max(backoff * 2, 0.2), 10.0)

@@ -222,3 +222,60 @@ def rated(path, token):
 @django_task
 def quick(path, token):
     _record(path, f"{token} {time.time():.6f}")
+
+
+# -- cancel and progress (tests/test_cancel_progress.py) -------------------------------------
+
+def _wait_for_file(path: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@task(max_attempts=3)
+def cooperative(path):
+    """Work until asked to stop, checking jobs.cancel_requested() as it goes."""
+    import jobs
+
+    _record(path, "started")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if jobs.cancel_requested():
+            _record(path, "saw the cancel")
+            return "stopped early"
+        time.sleep(0.01)
+    return "ran to the end"
+
+
+@task(max_attempts=3)
+async def async_waits(path):
+    _record(path, "started")
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        _record(path, "cancelled")
+        raise
+    return "woke"
+
+
+@task(max_attempts=3)
+def stubborn(path):
+    """Ignores cancel_requested() and sleeps in short naps (an interrupt lands between two)."""
+    _record(path, "started")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    _record(path, "ran to the end")
+
+
+@task
+def reports_progress(gate, steps):
+    import jobs
+
+    for done in range(1, steps + 1):
+        jobs.set_progress(done, steps, f"step {done}")
+    _wait_for_file(gate, 60)
+    return "done"

@@ -136,7 +136,7 @@ class PostgresStatements(Statements):
             # A damaged row at the integer column's maximum must not make every claim fail.
             f"CASE WHEN {col['attempts']} < {MAX_INT} THEN {col['attempts']} + 1 ELSE {col['attempts']} END, "
             f"{col['worker_id']} = %s, {col['heartbeat_at']} = %s, {col['last_attempted_at']} = %s, "
-            f"{col['started_at']} = COALESCE({col['started_at']}, %s) "
+            f"{col['started_at']} = COALESCE({col['started_at']}, %s), {col['progress']} = NULL "
             f"WHERE {col['id']} IN (SELECT {col['id']} FROM chosen) RETURNING {columns_sql(self.connection, CLAIMED)})"
         )
         assert plain_count == len(due_params)

@@ -111,7 +111,7 @@ class SqliteStatements(Statements):
             # A damaged row at the integer column's maximum must not make every claim fail.
             f"CASE WHEN {col['attempts']} < {MAX_INT} THEN {col['attempts']} + 1 ELSE {col['attempts']} END, "
             f"{col['worker_id']} = %s, {col['heartbeat_at']} = %s, {col['last_attempted_at']} = %s, "
-            f"{col['started_at']} = COALESCE({col['started_at']}, %s) "
+            f"{col['started_at']} = COALESCE({col['started_at']}, %s), {col['progress']} = NULL "
             f"WHERE {col['id']} IN ({chosen}) RETURNING {columns_sql(self.connection, CLAIMED)}"
         )
         return sql, [worker_id, now_db, now_db, now_db, *params]

@@ -24,7 +24,7 @@ from ..errors import error_entry
 from ..exceptions import DamagedJob, WorkerLost
 from ..execution import attempt_limit, send_finished
 from ..framework import TaskResultStatus
-from ..models import Job
+from ..models import Job, JobStatus
 from ..resolve import resolve_task
 from ..rows import ClaimedJob
 from ..store import WorkerStore, fail_attempt
@@ -36,12 +36,13 @@ SWEEP_LIMIT = 100  # stale jobs taken back per beat
 
 class Liveness:
     def __init__(self, *, worker_id: str, backend, held: Callable[[], list[int]], register: Callable[[], None],
-                 clock: Clock):
+                 clock: Clock, cancel: Callable[[int, datetime], object] = lambda job_id, asked_at: None):
         self.worker_id = worker_id
         self.backend = backend
         self.options = backend.jobs_options
         self.held = held  # the ids of every job this worker holds (the pool's)
         self.register = register  # writes this worker's process row anew
+        self.cancel = cancel  # stops a held job someone asked to cancel (the pool's)
         self.clock = clock
         self.store = WorkerStore(worker_id=worker_id, backend=backend.alias)
         self.stop = threading.Event()
@@ -75,8 +76,11 @@ class Liveness:
 
     def beat_and_sweep(self, now: datetime) -> int:
         """One beat: the heartbeat, then the stale sweep; returns the jobs taken back."""
-        if not self.store.heartbeat(self.held(), now=now):
+        alive, asked = self.store.heartbeat(self.held(), now=now)
+        if not alive:
             self.register()  # our row was cleaned away (say, after a long database outage)
+        for job_id, asked_at in asked:  # on PostgreSQL the wake-up channel said so sooner
+            self.cancel(job_id, asked_at)
         return self.take_back_stale(now)
 
     def take_back_stale(self, now: datetime) -> int:
@@ -88,19 +92,24 @@ class Liveness:
             last = job.heartbeat_at.isoformat() if isinstance(job.heartbeat_at, datetime) else "unknown"
             exc = WorkerLost(f"worker {job.worker_id} was lost: no heartbeat for over {stale_after:g}s "
                              f"(last at {last}); attempt {job.attempts} taken back by {self.worker_id}")
+            final = JobStatus.FAILED
             if job.damage:
                 exc = DamagedJob(f"{exc}; not retried: the row cannot be run as stored: {'; '.join(job.damage)}")
                 limit, decision = job.max_attempts, retry.RetryDecision(False, reason="damaged row")
+            elif job.cancel_requested_at is not None:  # it was being cancelled: it stays so
+                limit, decision, final = job.max_attempts, retry.RetryDecision(False, reason="cancelled"), \
+                    JobStatus.CANCELLED
             else:
                 limit = attempt_limit(job, self.backend)
                 decision = retry.decide(attempt=job.attempts, max_attempts=limit, base=self.options.retry_backoff)
             error = error_entry(exc, attempt=job.attempts, worker_id=job.worker_id, when=now, traceback=f"{exc}\n")
-            if not fail_attempt(job, error, decision, now=now, lost_before=cutoff, using=self.store.alias):
+            if not fail_attempt(job, error, decision, now=now, final=final, lost_before=cutoff,
+                                using=self.store.alias):
                 continue  # it beat again since we looked: alive after all
             taken += 1
             logger.warning("job taken back id=%s task=%s attempt=%s/%s lost_worker=%s outcome=%s", job.id,
-                           job.task_path, job.attempts, limit, job.worker_id, "RETRY" if decision.retry else "FAILED")
-            if not decision.retry and not job.damage:
+                           job.task_path, job.attempts, limit, job.worker_id, "RETRY" if decision.retry else final)
+            if not decision.retry and not job.damage and final == JobStatus.FAILED:
                 self._send_finished(job)
         self.store.forget_dead_processes(now - timedelta(seconds=max(stale_after * 10, 3600)))
         return taken

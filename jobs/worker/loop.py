@@ -31,6 +31,7 @@ from django.db import DatabaseError, connections
 
 from ..backoff import Backoff, first_line
 from ..clock import REAL, Clock
+from ..control import write_progress
 from ..execution import Outcome, attempt_limit, decide_retry, run_claimed
 from ..framework import task_backends
 from ..loops import worker_loops
@@ -104,9 +105,10 @@ class Worker:
         while self._db(self._register) is None and not self.stopping.is_set():
             pass
         liveness = Liveness(worker_id=self.id, backend=self.backend, held=self.pool.held_ids,
-                            register=self._register, clock=self.clock)
+                            register=self._register, clock=self.clock, cancel=self.pool.cancel)
         with self.pool, liveness:
-            start_waker(connections[self.store.alias], wake=self.wake, stop=self.stopping, queues=self.queues)
+            start_waker(connections[self.store.alias], wake=self.wake, stop=self.stopping, queues=self.queues,
+                        on_cancel=self.pool.cancel)
             loops = self._start_loops()
             logger.info("worker started worker=%s queues=%s concurrency=%d burst=%s", self.id,
                         ",".join(self.queues or ["*"]), self.concurrency, self.burst)
@@ -131,6 +133,9 @@ class Worker:
         if self.duration and self.clock.monotonic() - self._started >= self.duration:
             self.request_stop(reason=f"duration {self.duration:g}s reached")
         self._hand_back_waiting()
+        progress = self.pool.due_progress()  # a task busy elsewhere: its last progress, written for it
+        if progress:
+            self._db(lambda: write_progress(progress))
         want = 0 if self.stopping.is_set() else self.pool.wanted()
         if want or self._flush_due():
             written = self._db(lambda: self.store.finish_and_claim(self.unwritten, limit=want, queues=self.queues,

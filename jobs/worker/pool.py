@@ -23,9 +23,11 @@ from queue import Empty, SimpleQueue
 
 from django.db import connections
 
+from .. import control
 from ..clock import Clock
+from ..control import CANCEL_GRACE
 from ..exceptions import JobTimeout
-from ..execution import Outcome, failure
+from ..execution import Outcome, cancelled, failure
 from ..rows import ClaimedJob
 
 WAKE = object()  # put in the inbox to end the main loop's wait (a signal, new work, stop)
@@ -43,8 +45,10 @@ class Slot:
         self.pool = pool
         self.index = index
         self.job: ClaimedJob | None = None
+        self.attempt: control.Attempt | None = None  # the running attempt's cancel flag and progress
         self.timeout: float | None = None
         self.deadline: float | None = None
+        self.cancel_deadline: float | None = None  # a cancel was asked: interrupted if still running then
         self.abandoned = False
         self.thread = threading.Thread(target=self._loop, name=f"jobs-slot-{index}", daemon=True)
 
@@ -121,15 +125,17 @@ class SlotPool:
                 self.lock.wait()
             if self.closed or slot.abandoned:
                 return None
-            slot.job, slot.timeout, slot.deadline = self.buffer.popleft(), None, None
-            return slot.job
+            job = self.buffer.popleft()
+            slot.job, slot.timeout, slot.deadline, slot.cancel_deadline = job, None, None, None
+            slot.attempt = control.Attempt(job_id=job.id, attempts=job.attempts, worker_id=job.worker_id)
+            return job
 
     def finished(self, slot: Slot, outcome: Outcome) -> bool:
         """Hand ``outcome`` in; False if the slot was abandoned meanwhile (the outcome is dropped)."""
         with self.lock:
             if slot.abandoned or slot.job is not outcome.job:
                 return False
-            slot.job, slot.deadline = None, None
+            slot.job, slot.deadline, slot.cancel_deadline, slot.attempt = None, None, None, None
         self.inbox.put(outcome)
         return True
 
@@ -163,23 +169,50 @@ class SlotPool:
         return outcomes
 
     def expire(self) -> list[Outcome]:
-        """Fail the attempts that overran their timeout, abandoning (and replacing) their slots."""
+        """Fail the attempts that overran their timeout (or a cancel's grace), abandoning (and
+        replacing) their slots."""
         now, expired = self.clock.monotonic(), []
         with self.lock:
             for index, slot in enumerate(self.slots):
                 job = slot.job
-                if job is None or slot.deadline is None or now < slot.deadline:
+                if job is None:
                     continue
-                exc = JobTimeout(f"attempt {job.attempts} timed out after {slot.timeout:g}s; "
-                                 "the worker stopped waiting for it")
-                expired.append(failure(job, exc, worker_id=job.worker_id, duration=slot.timeout,
-                                       traceback=f"{exc}\n"))
+                if slot.cancel_deadline is not None and now >= slot.cancel_deadline:
+                    expired.append(cancelled(job, slot.attempt, worker_id=job.worker_id, duration=CANCEL_GRACE,
+                                             how=f"was cancelled and had not returned {CANCEL_GRACE:g}s later: "
+                                                 "interrupted"))
+                elif slot.deadline is not None and now >= slot.deadline:
+                    exc = JobTimeout(f"attempt {job.attempts} timed out after {slot.timeout:g}s; "
+                                     "the worker stopped waiting for it")
+                    expired.append(failure(job, exc, worker_id=job.worker_id, duration=slot.timeout,
+                                           traceback=f"{exc}\n"))
+                else:
+                    continue
                 slot.abandon()
                 self.slots[index] = fresh = Slot(self, slot.index)
                 fresh.thread.start()
             if expired:
                 self.lock.notify_all()
         return expired
+
+    def cancel(self, job_id: int, asked_at=None) -> Outcome | None:
+        """Stop a job this worker holds (from any thread): a running one is asked, and
+        interrupted CANCEL_GRACE seconds later if it has not returned; one still waiting in
+        the buffer is taken out, and its (cancelled) outcome is handed back."""
+        with self.lock:
+            for slot in self.slots:
+                if slot.job is not None and slot.job.id == job_id and slot.attempt is not None:
+                    if slot.cancel_deadline is None:
+                        slot.cancel_deadline = self.clock.monotonic() + CANCEL_GRACE
+                        slot.attempt.request_cancel(asked_at)
+                    return None
+            waiting = next((job for job in self.buffer if job.id == job_id), None)
+            if waiting is None:
+                return None
+            self.buffer.remove(waiting)
+        outcome = cancelled(waiting, None, worker_id=waiting.worker_id, how="was cancelled before it began")
+        self.inbox.put(outcome)
+        return outcome
 
     def wanted(self) -> int:
         """Jobs to claim now: one per free slot, plus prefetch, less those already waiting.
@@ -240,6 +273,17 @@ class SlotPool:
             return not self.buffer and all(slot.job is None for slot in self.slots)
 
     def next_deadline(self) -> float | None:
+        """The next moment an attempt's timeout (or a cancel's grace) runs out, or a progress held
+        back by its throttle is due to be written, if any."""
         with self.lock:
-            deadlines = [slot.deadline for slot in self.slots if slot.job is not None and slot.deadline is not None]
+            attempts = [slot.attempt for slot in self.slots if slot.job is not None and slot.attempt is not None]
+            deadlines = [moment for slot in self.slots if slot.job is not None
+                         for moment in (slot.deadline, slot.cancel_deadline) if moment is not None]
+        deadlines += [moment for moment in (a.progress_due_at() for a in attempts) if moment is not None]
         return min(deadlines) if deadlines else None
+
+    def due_progress(self) -> list:
+        """(attempt, value) of each running attempt whose throttled progress may be written now."""
+        with self.lock:
+            attempts = [slot.attempt for slot in self.slots if slot.job is not None and slot.attempt is not None]
+        return [(attempt, value) for attempt in attempts if (value := attempt.due_progress()) is not None]
