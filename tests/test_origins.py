@@ -15,6 +15,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -162,6 +164,20 @@ def test_origin_text_and_links_are_escaped(admin_client, renderer):
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;b&gt;label" in page
 
 
+@pytest.mark.django_db
+def test_a_huge_origin_is_cut_on_the_page(admin_client):
+    job = make_job({"verbose_name": "v" * 5_000_000, "creator": {"repr": "c" * 5_000_000}})  # written by hand
+    page = page_of(admin_client, job).content.decode()
+    assert len(page) < 200_000 and "v" * 400 in page
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("meta", [[1, 2], "text", 7])
+def test_meta_that_is_not_an_object_asks_no_renderer(admin_client, meta):
+    response = page_of(admin_client, make_job(meta))
+    assert response.context["origins"] == [] and response.context["other_meta"] is None
+
+
 # -- the scheduler's renderer --------------------------------------------------------------------
 
 def test_the_scheduler_renderer_links_to_the_schedule_and_the_run():
@@ -198,8 +214,12 @@ def test_a_scheduled_job_page_links_to_its_schedule_and_its_run(admin_client):
                                        args=[1, 2], next_fire_at=datetime(2025, 1, 1, 12, 5, tzinfo=UTC))
     Scheduler().tick(datetime(2025, 1, 1, 12, 5, tzinfo=UTC))
     run_now(schedule)
+    with CaptureQueriesContext(connection) as plain:
+        page_of(admin_client, make_job({}))
     for run in ScheduleRun.objects.all():
-        response = page_of(admin_client, Job.objects.get(pk=run.job_id))
+        with CaptureQueriesContext(connection) as scheduled:
+            response = page_of(admin_client, Job.objects.get(pk=run.job_id))
+        assert len(scheduled) == len(plain)  # the renderers read no rows
         page = response.content.decode()
         assert f'href="/admin/scheduler/schedulerun/{run.pk}/change/"' in page
         assert 'href="/admin/scheduler/schedule/?q=nightly"' in page
