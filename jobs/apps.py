@@ -15,6 +15,12 @@ class JobsConfig(AppConfig):
         from django.conf import settings
 
         from . import checks  # noqa: F401  (registers the app's system checks)
+        from .compat import render_origin
+        from .origins import register_origin
+
+        # The django-background-tasks shim says where its jobs came from like any other app
+        # would: here rather than at import of jobs.compat, which a web process may never do.
+        register_origin("compat", render_origin)
 
         if not settings.is_overridden("TASKS"):
             settings.TASKS = DEFAULT_TASKS

@@ -4,7 +4,8 @@ A project written for django-background-tasks 1.2.x moves over by changing one
 import line. Its call semantics (scheduling options popped out of the caller's own
 keyword arguments, a registry of task names) are exactly what the rest of this
 project avoids, so they are quarantined here: nothing else imports this module but
-``manage.py import_background_tasks``.
+``manage.py import_background_tasks`` and ``JobsConfig.ready()``, which registers
+``render_origin`` for the admin's job page.
 
 What ``@background`` gives you
     A ``BackgroundTask``: a real Django task (a ``jobs.task`` with extra fields),
@@ -27,7 +28,8 @@ How its options map
     hash as django-background-tasks': name plus JSON parameters) are deleted first.
     ``verbose_name`` and ``creator``: ``Job.meta["verbose_name"]`` and
     ``Job.meta["creator"]`` (``{"content_type": "app.model", "object_id", "repr"}``),
-    shown by the admin with the rest of the meta; ``created_by(obj)`` finds them.
+    shown by the admin's job page as its origin (``render_origin``, registered by
+    ``JobsConfig.ready()``); ``created_by(obj)`` finds them.
     ``repeat`` / ``repeat_until``: see ``_continue_repetition``: the next run is
     enqueued when a run starts, so a run that fails (or whose worker dies) never
     ends the repetition, and no run is scheduled after ``repeat_until``.
@@ -52,6 +54,7 @@ from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import router, transaction
+from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.module_loading import module_has_submodule
@@ -60,12 +63,13 @@ from .backends import DatabaseBackend, serialise_arguments, to_json
 from .decorators import JobTask
 from .exceptions import DoNotRetry, JobError
 from .framework import DEFAULT_TASK_QUEUE_NAME, Task
+from .origins import Link, Origin
 from .resolve import resolve_task
 
 __all__ = [
     "DAILY", "EVERY_2_WEEKS", "EVERY_4_WEEKS", "HOURLY", "NEVER", "WEEKLY",
     "BackgroundTask", "BackgroundTaskError", "InvalidTaskError", "TaskSchedule", "autodiscover", "background",
-    "created_by", "get_task", "map_priority", "registered_tasks", "task_hash",
+    "created_by", "get_task", "map_priority", "registered_tasks", "render_origin", "task_hash",
 ]
 
 # django-background-tasks' repeat choices (``background_task.models.Task.DAILY`` etc.), in seconds.
@@ -458,3 +462,36 @@ def created_by(creator):
     info = _creator_meta(creator)
     return Job.objects.filter(meta__creator__content_type=info["content_type"],
                               meta__creator__object_id=info["object_id"])
+
+
+def render_origin(meta: Mapping[str, Any]) -> Origin | None:
+    """The job page's origin of a job made by ``@background`` (or by ``import_background_tasks``).
+
+    Consumes ``verbose_name`` and ``creator``; ``meta["background_task"]`` (hash, the
+    original priority, repetition, ids of the neighbouring runs) stays under "Meta",
+    and its previous and next runs are linked.
+    """
+    info = meta.get(META_KEY)
+    info = info if isinstance(info, Mapping) else {}
+    verbose_name, creator = meta.get("verbose_name"), meta.get("creator")
+    if not (info or verbose_name or creator):
+        return None
+    if isinstance(creator, Mapping):
+        creator = creator.get("repr") or f"{creator.get('content_type')} #{creator.get('object_id')}"
+    name = verbose_name or info.get("name")
+    parts = [str(name) if name else "", f"(creator {creator})" if creator else ""]
+    links = []
+    for key, text in (("previous_job", "the previous run"), ("next_job", "the next run")):
+        if url := _job_admin_url(info.get(key)):
+            links.append(Link(text, url))
+    return Origin("django-background-tasks call", " ".join(part for part in parts if part), links,
+                  consumed={"verbose_name", "creator"})
+
+
+def _job_admin_url(job_id) -> str:
+    if not isinstance(job_id, int) or isinstance(job_id, bool):
+        return ""
+    try:
+        return reverse("admin:jobs_job_change", args=[job_id])
+    except NoReverseMatch:
+        return ""

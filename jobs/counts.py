@@ -1,6 +1,6 @@
 """Counting and listing distinct values without reading the whole job table.
 
-Used by the admin (jobs/admin.py, jobs/overview.py). A ``COUNT(*)`` over millions of
+Used by the admin (jobs/admin/) and jobs/stats.py. A ``COUNT(*)`` over millions of
 rows costs a scan on every page view; these helpers cost a bounded number of index
 entries instead, and say when a number is an estimate.
 """

@@ -1,6 +1,6 @@
 """The state of the queue, read from the database in a handful of queries.
 
-One snapshot serves every reader: the admin's overview (jobs/overview.py), ``manage.py
+One snapshot serves every reader: the admin's overview (jobs/admin/queues.py), ``manage.py
 jobs_status`` and the ``metrics`` view (jobs/views.py). Each reader runs in its own
 process (a web worker, a cron job) while workers on other machines change the rows,
 so nothing is kept in memory: every number is read when asked for.

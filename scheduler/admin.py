@@ -15,12 +15,12 @@ from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince, timeuntil
 from django.utils.translation import ngettext
 
+from jobs.templatetags.jobs_admin import status_label
+
 from .cron import CronError, describe, get_zone
 from .models import Schedule, ScheduleRun
 from .runner import run_now
 
-STATUS_LABELS = {"READY": "Ready", "RUNNING": "Running", "SUCCESSFUL": "Successful", "FAILED": "Failed",
-                 "CANCELLED": "Cancelled"}
 RECENT_RUNS = 20
 
 
@@ -48,7 +48,7 @@ def outcome_html(run_error: str, job_id, job_status: str | None, result_id: str 
         return f"Enqueued (result {result_id})" if result_id else "-"
     if job_status is None:
         return f"job #{job_id} (deleted)"
-    label = f"{STATUS_LABELS.get(job_status, job_status)} (job #{job_id})"
+    label = f"{status_label(job_status)} (job #{job_id})"
     url = _job_url(job_id)
     return format_html('<a href="{}">{}</a>', url, label) if url else label
 

@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from .cron import ONE_US, CronError, CronSchedule, get_zone
 from .models import Misfire, Schedule, ScheduleRun
+from .origin import job_meta
 from .sync import sync_schedules
 
 logger = logging.getLogger(__name__)
@@ -63,10 +64,6 @@ def plan(cron: CronSchedule, pending: datetime, now: datetime, *, misfire: str,
     return cron.latest(now, floor=pending, count=cap)
 
 
-def _iso(value: datetime | None, zone) -> str | None:
-    return value.astimezone(zone).isoformat() if value is not None else None
-
-
 def launch(schedule: Schedule, run: ScheduleRun) -> ScheduleRun:
     """Enqueue the schedule's job for ``run`` and link the two; call inside a transaction.
 
@@ -83,9 +80,7 @@ def launch(schedule: Schedule, run: ScheduleRun) -> ScheduleRun:
         zone = get_zone(schedule.timezone)
     except CronError:
         zone = timezone.get_current_timezone()
-    meta = {"schedule": schedule.name, "fire_time": _iso(run.fire_time, zone), "schedule_run": run.pk}
-    if run.fire_time is None:
-        meta["manual"] = True
+    meta = job_meta(schedule.name, run.fire_time, run.pk, zone)
     try:
         with transaction.atomic(using=router.db_for_write(ScheduleRun)):
             task = resolve_task(schedule.task).using(queue_name=schedule.queue_name, priority=schedule.priority)

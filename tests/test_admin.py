@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from jobs.admin import EstimatedCountPaginator
+from jobs.admin.changelist import EstimatedCountPaginator
 from jobs.counts import distinct_values
 from jobs.models import Job, JobStatus, QueueState, WorkerProcess
 from tests import tasks
@@ -573,6 +573,14 @@ def test_overview_counts_big_numbers_up_to_a_cap_then_estimates(admin_client, mo
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("value,refresh", [("10", "10"), ("2", "2"), ("1", ""), ("301", ""), ("²", ""), ("x", "")])
+def test_overview_refreshes_only_every_2_to_300_seconds(admin_client, value, refresh):
+    response = admin_client.get(OVERVIEW, {"refresh": value})  # "²" is a digit to str.isdigit(), not to int()
+    assert response.status_code == 200 and response.context["refresh"] == refresh
+    assert ('http-equiv="refresh"' in response.content.decode()) == bool(refresh)
+
+
+@pytest.mark.django_db
 def test_overview_queries_do_not_grow_with_rows(admin_client, django_assert_num_queries):
     make_jobs(2)
     with CaptureQueriesContext(connection) as ctx:
@@ -699,16 +707,6 @@ def test_reverse_names():
     assert reverse("admin:jobs_job_requeue", args=[5]) == "/admin/jobs/job/5/requeue/"
 
 
-def test_chart_axis_and_svg():
-    from jobs.overview import _axis, throughput_svg
-
-    assert [_axis(peak) for peak in (0, 8, 47, 250)] == [(1, 4), (2, 10), (20, 60), (100, 300)]
-    now = timezone.now().replace(second=0, microsecond=0)
-    svg = throughput_svg([(now - timedelta(minutes=59 - i), i % 3, i % 2) for i in range(60)])
-    assert svg.count("<g>") == 60 and svg.count('class="bad"') == 30 and svg.count('class="ok"') == 40
-    assert f"{now:%H:%M}  2 successful, 1 failed" in svg and ">now</text>" in svg
-
-
 # -- what hostile or huge rows do to the pages (issue 9) --------------------------------------
 
 @pytest.mark.parametrize("term", ["²", "#²", "x" * 100_000, "#" + "9" * 30, "9" * 30, "%_\\", "\x00"])
@@ -719,7 +717,7 @@ def test_searches_that_are_not_ids_or_are_huge_answer_200(admin_client, term):
 
 
 def test_the_list_shows_only_the_start_of_a_huge_error(admin_client):
-    from jobs.admin import LIST_ERROR_CHARS
+    from jobs.admin.changelist import LIST_ERROR_CHARS
 
     make_jobs(20, JobStatus.FAILED, errors=[error(1, message="boom " * 400_000)])  # 2 MB each
     response = admin_client.get(LIST)

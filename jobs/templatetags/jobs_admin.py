@@ -1,4 +1,4 @@
-"""Formatting for the jobs admin: durations, compact times, estimated counts."""
+"""Formatting for the jobs admin: durations, compact times, status labels, estimated counts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,18 @@ from django import template
 from django.utils import timezone
 from django.utils.html import format_html
 
+from ..models import JobStatus
+
 register = template.Library()
+
+
+@register.filter
+def status_label(status: str) -> str:
+    """"Ready", "Failed", ...: the label of ``JobStatus`` (the one list of them), else the stored value."""
+    try:
+        return JobStatus(status).label
+    except ValueError:
+        return status
 
 
 @register.filter

@@ -1,0 +1,154 @@
+"""What the admin changes: the list's bulk actions and the job page's one-job buttons.
+
+Every change is one UPDATE or DELETE, however many rows are selected ("select all N"
+included), plus one INSERT of the admin's history (jobs/history.py), in one
+transaction: who did what to which jobs. Actions need Django's change (or delete)
+permission, and every write is a POST through the admin's CSRF protection.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.models import CHANGE, DELETION
+from django.db import router, transaction
+from django.template.response import TemplateResponse
+from django.urls import reverse
+
+from ..history import log_actions
+from ..models import Job, JobStatus
+from ..templatetags.jobs_admin import status_label
+from .common import crumbs, plural_jobs
+
+# What the admin's history says of a requeue and of "run now" (a cancel adds its reason).
+REQUEUED = "Requeued: due now, attempts start again."
+MADE_DUE = "Made due now."
+DEFAULT_CANCEL_REASON = "cancelled from the admin"
+
+
+class JobActionForm(helpers.ActionForm):
+    reason = forms.CharField(required=False, max_length=500, label="", widget=forms.TextInput(
+        attrs={"placeholder": "Reason (for cancel)", "size": 22, "class": "jobs-reason"}))
+
+
+def record_change(request, change, message: str, action_flag: int = CHANGE) -> int:
+    """Run ``change`` (it returns the jobs it changed) and log them in the admin's history, in one
+    transaction; how many changed."""
+    with transaction.atomic(using=router.db_for_write(Job)):
+        changed = change()
+        log_actions(request.user.pk, Job, changed, action_flag=action_flag, message=message)
+    return len(changed)
+
+
+def cancel_reason(request) -> str:
+    return (request.POST.get("reason") or "").strip() or DEFAULT_CANCEL_REASON
+
+
+def selected_count(request) -> tuple[int, bool]:
+    """How many rows the action was asked to touch, and whether that number is exact."""
+    changelist = getattr(request, "_jobs_changelist", None)  # set by JobAdmin.get_changelist_instance
+    if request.POST.get("select_across") in ("1", "True", "true", "on") and changelist is not None:
+        return changelist.result_count, not getattr(changelist.paginator, "count_is_estimate", False)
+    return len(request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)), True
+
+
+def report(modeladmin, request, changed: int, done: str, rule: str) -> None:
+    """Say how many jobs changed and, when the selection is counted exactly, how many were left and why."""
+    selected, exact = selected_count(request)
+    modeladmin.message_user(request, done.format(plural_jobs(changed)),
+                            messages.SUCCESS if changed else messages.WARNING)
+    left = selected - changed
+    if exact and left > 0:
+        modeladmin.message_user(request, f"{plural_jobs(left).capitalize()} of the selection "
+                                         f"{'was' if left == 1 else 'were'} left as "
+                                         f"{'it was' if left == 1 else 'they were'}: {rule}", messages.WARNING)
+    elif not exact and changed == 0:
+        modeladmin.message_user(request, f"Nothing changed: {rule}", messages.WARNING)
+
+
+# -- the list's actions ------------------------------------------------------------------
+
+@admin.action(permissions=["change"], description="Requeue selected jobs")
+def requeue_jobs(modeladmin, request, queryset):
+    changed = record_change(request, lambda: queryset.requeue(by=request.user.get_username()), REQUEUED)
+    report(modeladmin, request, changed, "Requeued {} (due now, attempts start again).",
+           "only failed, successful or cancelled jobs can be requeued; a running job belongs to "
+           "its worker until its attempt ends, and a ready job is already queued.")
+
+
+@admin.action(permissions=["change"], description="Cancel selected jobs")
+def cancel_jobs(modeladmin, request, queryset):
+    reason = cancel_reason(request)
+    changed = record_change(request, lambda: queryset.cancel(reason, by=request.user.get_username()),
+                            f"Cancelled: {reason}")
+    report(modeladmin, request, changed, "Cancelled {}: they will not run.",
+           "only ready jobs can be cancelled; a running job cannot be stopped from here, and a "
+           "finished one has nothing left to cancel.")
+
+
+@admin.action(permissions=["change"], description="Run selected jobs now")
+def run_jobs_now(modeladmin, request, queryset):
+    changed = record_change(request, queryset.run_now, MADE_DUE)
+    report(modeladmin, request, changed, "Made {} due now.",
+           "only ready jobs waiting for a later time (a delay or a retry) are moved forward; the "
+           "others were already due, are running or have finished.")
+
+
+# Named like the site-wide action it replaces, which would list every row before deleting.
+@admin.action(permissions=["delete"], description="Delete selected jobs")
+def delete_selected(modeladmin, request, queryset):
+    if request.POST.get("post") == "yes":
+        deleted = record_change(request, lambda: queryset.exclude(status=JobStatus.RUNNING).delete_jobs(), "",
+                                action_flag=DELETION)
+        report(modeladmin, request, deleted, "Deleted {}.", "running jobs are not deleted: their worker holds them.")
+        return None
+    selected, exact = selected_count(request)
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": "Delete jobs?",
+        "opts": modeladmin.opts,
+        "selected_count": selected,
+        "count_is_exact": exact,
+        "select_across": request.POST.get("select_across", "0"),
+        "selected_ids": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        "form_url": request.get_full_path(),
+        **crumbs((reverse("admin:jobs_job_changelist"), "Jobs"), ("", "Delete jobs")),
+    }
+    return TemplateResponse(request, "admin/jobs/job/delete_jobs.html", context)
+
+
+# -- the job page's buttons: the same changes, on one job --------------------------------
+
+def _current_status(pk: int) -> str:
+    status = Job.objects.filter(pk=pk).values_list("status", flat=True).first()
+    return status_label(status).lower() if status else "gone"
+
+
+def act_on_one(modeladmin, request, pk: int, verb: str) -> None:
+    """Requeue, cancel or run now (``verb``) the job ``pk``, and say what came of it."""
+    one = Job.objects.filter(pk=pk)
+    by = request.user.get_username()
+    say = modeladmin.message_user
+    if verb == "requeue":
+        if record_change(request, lambda: one.requeue(by=by), REQUEUED):
+            say(request, f"Job #{pk} requeued: due now, attempts start again; its earlier errors stay below.",
+                messages.SUCCESS)
+        else:
+            say(request, f"Job #{pk} was not requeued: it is {_current_status(pk)}, and only finished jobs can be "
+                         "(a running job belongs to its worker until its attempt ends).", messages.WARNING)
+    elif verb == "cancel":
+        reason = cancel_reason(request)
+        if record_change(request, lambda: one.cancel(reason, by=by), f"Cancelled: {reason}"):
+            say(request, f"Job #{pk} cancelled: it will not run.", messages.SUCCESS)
+        else:
+            say(request, f"Job #{pk} was not cancelled: it is {_current_status(pk)}, and only ready jobs can be.",
+                messages.WARNING)
+    elif verb == "run-now":
+        if record_change(request, one.run_now, MADE_DUE):
+            say(request, f"Job #{pk} is due now.", messages.SUCCESS)
+        else:
+            say(request, f"Job #{pk} was not waiting for a later time.", messages.WARNING)
+    else:
+        raise ValueError(f"no such job action: {verb!r}")
