@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db import connections, router
+from django.db import router
 from django.utils import timezone
 
 CANCEL_GRACE = 10.0  # seconds a sync task has to return after being asked to stop
@@ -175,7 +175,7 @@ def cancel(result_id, reason: str = "", *, by: str = "") -> str:
     was); TaskResultDoesNotExist for an id that is no job.
     """
     from .framework import TaskResultDoesNotExist
-    from .models import Job, JobStatus, JSONMerge
+    from .models import Job, JobStatus
 
     try:
         pk = int(result_id)
@@ -185,12 +185,7 @@ def cancel(result_id, reason: str = "", *, by: str = "") -> str:
     reason = str(reason)[:MAX_MESSAGE]
     if one.cancel(reason, by=by):
         return CANCELLED
-    now = timezone.now()
-    asked = {"cancelled": {"at": now.isoformat(), "by": by, "reason": reason, "while": "running"}}
-    using = router.db_for_write(Job)
-    if one.filter(status=JobStatus.RUNNING, cancel_requested_at__isnull=True).update(
-            cancel_requested_at=now, meta=JSONMerge("meta", asked)):
-        notify_cancel(connections[using], pk)
+    if one.request_cancel(reason, by=by):
         return REQUESTED
     status = one.values_list("status", flat=True).first()
     if status is None:
@@ -198,8 +193,10 @@ def cancel(result_id, reason: str = "", *, by: str = "") -> str:
     return REQUESTED if status == JobStatus.RUNNING else FINISHED
 
 
-def notify_cancel(connection, job_id: int) -> None:
-    """PostgreSQL: tell the workers at once (on commit); elsewhere the heartbeat finds the flag."""
-    if connection.vendor == "postgresql":
+def notify_cancel(connection, job_ids) -> None:
+    """PostgreSQL: tell the workers at once (on commit), one notification per job, in one
+    statement; elsewhere their heartbeat finds the flag."""
+    if connection.vendor == "postgresql" and job_ids:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, %s)", [CANCEL_CHANNEL, str(job_id)])
+            cursor.execute("SELECT pg_notify(%s, id::text) FROM unnest(%s::bigint[]) AS id",
+                           [CANCEL_CHANNEL, list(job_ids)])

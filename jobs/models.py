@@ -139,6 +139,23 @@ class JobQuerySet(models.QuerySet):
             meta=JSONMerge("meta", {"cancelled": {"at": now.isoformat(), "by": by, "reason": reason}}),
         )
 
+    def request_cancel(self, reason: str, now: datetime | None = None, *, by: str = "") -> list[ChangedJob]:
+        """RUNNING jobs: ask their workers to stop them (``jobs.control``); returns the jobs asked.
+
+        Only the flag and ``meta["cancelled"]`` are written: the attempt is the worker's, which
+        ends it CANCELLED. On PostgreSQL the workers hear it at once (on commit).
+        """
+        from .control import notify_cancel
+
+        now = now or timezone.now()
+        asked = self.running().filter(cancel_requested_at__isnull=True).update_returning(
+            cancel_requested_at=now,
+            meta=JSONMerge("meta", {"cancelled": {"at": now.isoformat(), "by": by, "reason": reason,
+                                                  "while": "running"}}),
+        )
+        notify_cancel(connections[self.db], [job.pk for job in asked])
+        return asked
+
     def run_now(self, now: datetime | None = None) -> list[ChangedJob]:
         """READY jobs waiting for a later ``run_after`` (a delay or a retry) become due now; returns them."""
         now = now or timezone.now()

@@ -25,7 +25,7 @@ from django.db.models.functions import TruncMinute
 from django.db.models.lookups import LessThanOrEqual
 
 from .counts import EXACT_UP_TO, distinct_values, estimated_count
-from .models import Job, JobStatus, QueueState, WorkerProcess
+from .models import Job, JobLimit, JobStatus, QueueState, WorkerProcess
 
 THROUGHPUT_MINUTES = 60  # jobs finished per minute, over this many minutes
 FAILING_HOURS = 24  # failures by task, over this many hours
@@ -79,6 +79,7 @@ class Snapshot:
     workers: list[dict]  # {"worker": WorkerProcess, "running": busy slots, "heartbeat_age": seconds}
     stale_after: float
     backends: list[str] = field(default_factory=list)  # the TASKS aliases that store jobs here
+    limit_keys: list[dict] = field(default_factory=list)  # {"key", "running", "waiting"}, most waiting first
 
     @property
     def several_backends(self) -> bool:
@@ -274,12 +275,29 @@ def workers_alive(now: datetime, stale: float) -> list[dict]:
              "heartbeat_age": max((now - w.heartbeat_at).total_seconds(), 0.0)} for w in alive]
 
 
-def snapshot(now: datetime, *, backend: str | None = None) -> Snapshot:
+def limit_keys(limit: int = 20) -> list[dict]:
+    """The concurrency and rate keys with the most jobs waiting (READY) or running, at most ``limit``.
+
+    Waiting counts read the limited index's READY entries (jobs of limit keys only); running
+    counts are the keys' own rows.
+    """
+    waiting = dict(Job.objects.order_by().filter(status=JobStatus.READY, limit_key__isnull=False)
+                   .values_list("limit_key").annotate(n=Count("*")).order_by("-n", "limit_key")[:limit])
+    running = dict(JobLimit.objects.filter(Q(running__gt=0) | Q(key__in=list(waiting)))
+                   .order_by("-running").values_list("key", "running")[:limit * 2])
+    keys = sorted(set(waiting) | {key for key, n in running.items() if n > 0},
+                  key=lambda key: (-waiting.get(key, 0), -running.get(key, 0), key))[:limit]
+    return [{"key": key, "running": running.get(key, 0), "waiting": waiting.get(key, 0)} for key in keys]
+
+
+def snapshot(now: datetime, *, backend: str | None = None, keys: bool = False) -> Snapshot:
     """Everything above in one object. ``backend``: a TASKS alias whose queues and stale_after
-    to use (default: every database backend, and the shortest stale_after)."""
+    to use (default: every database backend, and the shortest stale_after); ``keys``: the
+    limit keys too (two more queries: the admin's overview shows them)."""
     stale = stale_after(backend)
     return Snapshot(now=now, queues=queue_rows(now, backend), minutes=throughput(now), failing=failing_tasks(now),
-                    workers=workers_alive(now, stale), stale_after=stale, backends=sorted(database_backends(backend)))
+                    workers=workers_alive(now, stale), stale_after=stale, backends=sorted(database_backends(backend)),
+                    limit_keys=limit_keys() if keys else [])
 
 
 # -- for the health and metrics views: one query each -------------------------------------

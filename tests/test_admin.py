@@ -189,11 +189,11 @@ def test_the_list_costs_the_same_queries_for_5_rows_as_for_50(admin_client, djan
     make_jobs(20, JobStatus.FAILED, queue_name="emails", task_path="tests.tasks.always_fails")
     make_jobs(20, JobStatus.SUCCESSFUL, queue_name="reports", task_path="tests.tasks.noop")
     make_jobs(5, JobStatus.RUNNING)
-    # session, user, paused queues, the queue and task choices, the (capped) count, the page;
-    # a text search also reads the task paths it matches (jobs/search.py)
+    # session, user, paused queues, the queue, task and limit key choices, the (capped) count, the
+    # page; a text search also reads the task paths it matches (jobs/search.py)
     with django_assert_num_queries(few):
         response = admin_client.get(url)
-    assert few <= (8 if "q=" in url else 7)
+    assert few <= (9 if "q=" in url else 8)
     assert response.status_code == 200
 
 
@@ -349,10 +349,14 @@ def test_cancel_action_with_a_reason_and_cancelled_jobs_never_run(admin_client, 
     ids = [int(r.id) for r in results] + [running.pk, done.pk]
     with CaptureQueriesContext(connection) as ctx:
         response = post_action(admin_client, "cancel_jobs", ids, reason="customer asked")
-    assert len(writes(ctx.captured_queries)) == 1
+    assert len(writes(ctx.captured_queries)) == 2  # one UPDATE of the READY jobs, one of the RUNNING ones
     notes = messages_of(response)
-    assert notes[0] == "Cancelled 3 jobs: they will not run."
-    assert "only ready jobs can be cancelled; a running job cannot be stopped from here" in notes[1]
+    assert notes[0] == "Cancelled 4 jobs: the ready ones will not run, and the workers of 1 job running were asked " \
+                       "to stop them."
+    assert "only ready and running jobs can be cancelled" in notes[1]  # the finished one was left
+    asked = Job.objects.get(pk=running.pk)
+    assert asked.status == JobStatus.RUNNING and asked.cancel_requested_at is not None  # its worker ends it
+    assert asked.meta["cancelled"]["reason"] == "customer asked"
     run_worker()
     assert not (record_dir / "runs.txt").exists()
     for result in results:
@@ -482,12 +486,16 @@ def test_job_page_buttons(admin_client):
     assert Job.objects.get(pk=failed.pk).status == JobStatus.READY
 
     page = admin_client.get(f"/admin/jobs/job/{running.pk}/change/").content.decode()
-    assert "/requeue/" not in page and "cannot be requeued, cancelled or deleted from here" in page
+    assert "/requeue/" not in page and "cannot be requeued or deleted from here" in page
+    assert f"/admin/jobs/job/{running.pk}/cancel/" in page
     response = admin_client.post(f"/admin/jobs/job/{running.pk}/requeue/", follow=True)
     assert "was not requeued: it is running" in messages_of(response)[0]
     response = admin_client.post(f"/admin/jobs/job/{running.pk}/cancel/", follow=True)
-    assert "was not cancelled: it is running" in messages_of(response)[0]
-    assert Job.objects.get(pk=running.pk).status == JobStatus.RUNNING
+    assert "its worker was asked to stop it" in messages_of(response)[0]
+    asked = Job.objects.get(pk=running.pk)
+    assert asked.status == JobStatus.RUNNING and asked.cancel_requested_at is not None
+    page = admin_client.get(f"/admin/jobs/job/{running.pk}/change/").content.decode()
+    assert "Cancelling:" in page and f"/admin/jobs/job/{running.pk}/cancel/" not in page
 
     page = admin_client.get(f"/admin/jobs/job/{later.pk}/change/").content.decode()
     assert f"/admin/jobs/job/{later.pk}/run-now/" in page
@@ -536,7 +544,7 @@ def test_overview(admin_client, django_assert_max_num_queries):
     WorkerProcess.objects.create(worker_id="alive:1:a", hostname="alive", pid=1, started_at=now, heartbeat_at=now)
     WorkerProcess.objects.create(worker_id="gone:2:b", hostname="gone", pid=2, started_at=now,
                                  heartbeat_at=now - timedelta(minutes=5))
-    with django_assert_max_num_queries(9):
+    with django_assert_max_num_queries(11):
         response = admin_client.get(OVERVIEW)
     data = response.context["overview"]
     emails = next(q for q in data.queues if q.name == "emails")
@@ -759,3 +767,33 @@ def test_download_needs_view_permission(db):
     url = reverse("admin:jobs_job_download", args=[job.pk, "args"])
     assert nobody.get(url).status_code == 403
     assert staff("viewer", "view_job").get(url).status_code == 200
+
+
+# -- job control in the admin (issue 12) ---------------------------------------------------------
+
+def test_held_back_jobs_say_why_and_the_keys_show(admin_client):
+    from jobs.models import JobLimit
+
+    path = "/tmp/unused"
+    running = tasks.one_at_a_time.enqueue(path, "first", 0)
+    Job.objects.claim(worker_id="w", limit=1, now=timezone.now())
+    waiting = tasks.one_at_a_time.enqueue(path, "second", 0)
+    assert JobLimit.objects.get(key="one-at-a-time").running == 1
+    page = admin_client.get(LIST).content.decode()
+    assert "held back" in page and "held back by key one-at-a-time: 1 of 1 running" in page
+    job_page = admin_client.get(f"{LIST}{waiting.id}/change/").content.decode()
+    assert "held back by key one-at-a-time" in job_page and "Limit key" in job_page
+    assert admin_client.get(LIST, {"limit_key": "one-at-a-time"}).context["cl"].result_count == 2
+    overview = admin_client.get(OVERVIEW).content.decode()
+    assert 'id="limit-keys"' in overview and "one-at-a-time" in overview
+    assert Job.objects.get(pk=int(running.id)).status == JobStatus.RUNNING
+
+
+def test_progress_shows_as_a_bar(admin_client):
+    (running,) = make_jobs(1, JobStatus.RUNNING, progress={"done": 3, "total": 4, "message": "copying <files>",
+                                                            "updated_at": timezone.now().isoformat()})
+    page = admin_client.get(LIST).content.decode()
+    assert 'class="jobs-progress-bar" style="width:75%"' in page and "3/4" in page
+    assert "copying &lt;files&gt;" in page  # escaped
+    job_page = admin_client.get(f"{LIST}{running.pk}/change/").content.decode()
+    assert 'id="job-progress"' in job_page

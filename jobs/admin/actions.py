@@ -79,12 +79,19 @@ def requeue_jobs(modeladmin, request, queryset):
 
 @admin.action(permissions=["change"], description="Cancel selected jobs")
 def cancel_jobs(modeladmin, request, queryset):
-    reason = cancel_reason(request)
-    changed = record_change(request, lambda: queryset.cancel(reason, by=request.user.get_username()),
-                            f"Cancelled: {reason}")
-    report(modeladmin, request, changed, "Cancelled {}: they will not run.",
-           "only ready jobs can be cancelled; a running job cannot be stopped from here, and a "
-           "finished one has nothing left to cancel.")
+    reason, by = cancel_reason(request), request.user.get_username()
+    asked: list = []
+
+    def change():
+        cancelled = queryset.cancel(reason, by=by)
+        asked.extend(queryset.request_cancel(reason, by=by))
+        return cancelled + asked
+
+    changed = record_change(request, change, f"Cancelled: {reason}")
+    report(modeladmin, request, changed, "Cancelled {}: the ready ones will not run" + (
+        f", and the workers of {plural_jobs(len(asked))} running were asked to stop them." if asked else "."),
+           "only ready and running jobs can be cancelled (a running one whose cancel was asked already is "
+           "left to its worker); a finished one has nothing left to cancel.")
 
 
 @admin.action(permissions=["change"], description="Run selected jobs now")
@@ -142,9 +149,12 @@ def act_on_one(modeladmin, request, pk: int, verb: str) -> None:
         reason = cancel_reason(request)
         if record_change(request, lambda: one.cancel(reason, by=by), f"Cancelled: {reason}"):
             say(request, f"Job #{pk} cancelled: it will not run.", messages.SUCCESS)
+        elif record_change(request, lambda: one.request_cancel(reason, by=by), f"Cancelled: {reason}"):
+            say(request, f"Job #{pk} is running: its worker was asked to stop it (it ends CANCELLED within a "
+                         "heartbeat, and is interrupted if it has not returned 10 s later).", messages.SUCCESS)
         else:
-            say(request, f"Job #{pk} was not cancelled: it is {_current_status(pk)}, and only ready jobs can be.",
-                messages.WARNING)
+            say(request, f"Job #{pk} was not cancelled: it is {_current_status(pk)}, and only ready and running "
+                         "jobs can be.", messages.WARNING)
     elif verb == "run-now":
         if record_change(request, one.run_now, MADE_DUE):
             say(request, f"Job #{pk} is due now.", messages.SUCCESS)

@@ -16,6 +16,7 @@ from django.db.models import F, Func, TextField
 from django.utils.functional import cached_property
 
 from .. import counts, search
+from .control import held_back_reasons
 
 # Columns the list never shows; the job page reads the whole row. (The backend alias is read:
 # the attempt limit shown depends on it.)
@@ -71,6 +72,14 @@ class JobChangeList(ChangeList):
     def get_queryset(self, request, *args, **kwargs):
         queryset = super().get_queryset(request, *args, **kwargs)
         return queryset.defer(*LIST_DEFERRED).annotate(last_error=LastErrorMessage())
+
+    def get_results(self, request):
+        super().get_results(request)
+        # Why READY jobs of limit keys wait: one query for the page (only when the page has such jobs).
+        self.result_list = list(self.result_list)
+        reasons = held_back_reasons(self.result_list)
+        for job in self.result_list:
+            job.held_back = reasons.get(job.pk, "")
 
 
 def search_jobs(queryset, search_term: str):

@@ -14,6 +14,7 @@ from django.utils.html import format_html
 from ..models import JobStatus
 from ..templatetags.jobs_admin import human_duration, relative, when
 from .common import attempt_limit_of, job_url, status_badge
+from .control import progress_bar
 
 ERROR_LINE_CHARS = 140  # of the last error's message, under the task's name
 
@@ -41,7 +42,17 @@ def status_column(job):
     if job.status == JobStatus.READY and job.run_after > timezone.now():
         note = ("retry " if job.attempts else "") + relative(job.run_after)
         return format_html('{} <span class="jobs-note">{}</span>', badge, note)
+    held = getattr(job, "held_back", "")  # set for the page by JobChangeList (one query)
+    if held:
+        return format_html('{} <span class="jobs-note jobs-held" title="{}">held back</span>', badge, held)
+    if job.status == JobStatus.RUNNING and job.cancel_requested_at:
+        return format_html('{} <span class="jobs-note">cancelling</span>', badge)
     return badge
+
+
+@admin.display(description="progress")
+def progress_column(job):
+    return progress_bar(job.progress) if job.status != JobStatus.READY else ""
 
 
 @admin.display(description="attempts")

@@ -1,4 +1,4 @@
-"""The job list's filters (besides status and date, Django's own): queue, backend, task.
+"""The job list's filters (besides status and date, Django's own): queue, backend, task, limit key.
 
 Choices never come from a scan of the table: queues and tasks from a loose index scan
 (``jobs.counts.distinct_values``, one probe per value), backends from settings. A new
@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.contrib import admin
 
 from ..counts import distinct_values
-from ..models import QueueState
+from ..models import JobLimit, QueueState
 from ..stats import configured_queues, database_backends
 
 
@@ -57,3 +57,14 @@ class TaskFilter(ColumnFilter):
 
     def lookups(self, request, model_admin):
         return [(name, name) for name in distinct_values("task_path")]
+
+
+class LimitKeyFilter(ColumnFilter):
+    """Jobs of one concurrency (or rate) key; choices from the keys' own small table."""
+
+    title = "limit key"
+    parameter_name = "limit_key"
+    field = "limit_key"
+
+    def lookups(self, request, model_admin):
+        return [(key, key) for key in JobLimit.objects.order_by("key").values_list("key", flat=True)[:200]]

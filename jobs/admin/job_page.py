@@ -24,6 +24,7 @@ from ..origins import Origin, consumed_keys, origins_of
 from ..stats import stale_after
 from ..templatetags.jobs_admin import human_duration, relative
 from .common import as_json, attempt_limit_of, status_badge
+from .control import held_back_reasons, progress_bar
 
 PAGE_VALUE_CHARS = 20_000  # of each JSON value
 PAGE_ATTEMPTS = 50  # failed attempts shown, newest first
@@ -209,7 +210,13 @@ def job_page(job: Job) -> dict:
         "wait": (job.started_at - job.enqueued_at) if job.started_at else None,
         "is_due_later": job.status == JobStatus.READY and job.run_after > now,
         "can_requeue": job.status in FINISHED_STATUSES,
-        "can_cancel": job.status == JobStatus.READY,
+        "can_cancel": job.status == JobStatus.READY or (job.status == JobStatus.RUNNING
+                                                         and not job.cancel_requested_at),
+        "held_back": held_back_reasons([job]).get(job.pk, ""),
+        "progress_bar": progress_bar(job.progress),
+        "keys": [(label, value) for label, value in (
+            ("Unique key", job.unique_key), ("Limit key", job.limit_key),
+            ("Concurrency limit", job.concurrency_limit), ("Rate limit", job.rate_limit)) if value],
         "badge": status_badge(job.status),
         "changelist_url": reverse("admin:jobs_job_changelist"),
         "attempt_limit": attempt_limit_of(job),

@@ -22,17 +22,18 @@ from ..models import Job, JobStatus, UnreadableJSON
 from . import actions, columns
 from .changelist import EstimatedCountPaginator, JobChangeList, search_jobs
 from .common import as_json, crumbs
-from .filters import BackendFilter, QueueFilter, TaskFilter, paused_queues
+from .filters import BackendFilter, LimitKeyFilter, QueueFilter, TaskFilter, paused_queues
 from .job_page import DOWNLOADS, job_page
 
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
     list_display = ("id", columns.task_column, columns.queue_column, "priority", columns.status_column,
-                    columns.attempts_column, columns.enqueued_column, columns.started_column,
-                    columns.finished_column, columns.duration_column)
+                    columns.attempts_column, columns.progress_column, columns.enqueued_column,
+                    columns.started_column, columns.finished_column, columns.duration_column)
     list_display_links = ("id",)
-    list_filter = ("status", QueueFilter, BackendFilter, TaskFilter, ("enqueued_at", admin.DateFieldListFilter))
+    list_filter = ("status", QueueFilter, BackendFilter, TaskFilter, LimitKeyFilter,
+                   ("enqueued_at", admin.DateFieldListFilter))
     search_fields = ("task_path",)  # the search itself is get_search_results below
     search_help_text = "Job id (#123), part of a task path, or text of an error message or traceback."
     ordering = ("-id",)

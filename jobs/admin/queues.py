@@ -46,7 +46,7 @@ class Overview(stats.Snapshot):
 
 
 def build(now: datetime) -> Overview:
-    return Overview(**vars(stats.snapshot(now)))
+    return Overview(**vars(stats.snapshot(now, keys=True)))
 
 
 def refresh_seconds(value: str) -> str:

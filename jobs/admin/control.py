@@ -1,0 +1,49 @@
+"""What the admin shows of job control: why a READY job waits, the keys, progress.
+
+A READY job with a limit key may be held back by it (its concurrency key at its limit,
+or its rate used up); the list and the job page say which, read from the keys'
+``JobLimit`` rows: one query for a whole page of the list.
+"""
+
+from __future__ import annotations
+
+from django.utils import timezone
+from django.utils.html import format_html
+
+from ..limits import held_back, parse_rate
+from ..models import JobLimit, JobStatus
+
+
+def held_back_reasons(jobs) -> dict[int, str]:
+    """{job id: why it waits} for the READY jobs among ``jobs`` that a limit holds back (one query)."""
+    keyed = [job for job in jobs if job.status == JobStatus.READY and getattr(job, "limit_key", None)]
+    if not keyed:
+        return {}
+    rows = {row.key: row for row in JobLimit.objects.filter(key__in={job.limit_key for job in keyed})}
+    now = timezone.now().timestamp()
+    reasons = {}
+    for job in keyed:
+        row = rows.get(job.limit_key)
+        try:
+            rate = parse_rate(job.rate_limit) if job.rate_limit else None
+        except ValueError:
+            rate = None
+        starts = [s for s in (row.starts if row and isinstance(row.starts, list) else []) if isinstance(s, (int, float))]
+        why = held_back(running=row.running if row else 0, concurrency_limit=job.concurrency_limit, starts=starts,
+                        rate=rate, now=now)
+        if why:
+            reasons[job.pk] = f"held back by key {job.limit_key}: {why}"
+    return reasons
+
+
+def progress_bar(progress) -> str:
+    """A job's progress as a small bar (with a percentage when the total is known), or ""."""
+    if not isinstance(progress, dict) or not isinstance(progress.get("done"), (int, float)):
+        return ""
+    done, total, message = progress.get("done"), progress.get("total"), str(progress.get("message") or "")[:200]
+    if isinstance(total, (int, float)) and total > 0:
+        percent = max(0.0, min(100.0, 100.0 * done / total))
+        return format_html('<span class="jobs-progress" title="{}"><span class="jobs-progress-bar" '
+                           'style="width:{}%"></span></span> <span class="jobs-quiet">{}/{}</span>',
+                           message, f"{percent:.0f}", f"{done:g}", f"{total:g}")
+    return format_html('<span class="jobs-quiet" title="{}">{} done</span>', message, f"{done:g}")
