@@ -40,8 +40,11 @@ def _local(schedule: Schedule, value) -> str:
     return value.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
-def outcome_html(run_error: str, job_id, job_status: str | None, result_id: str = ""):
+def outcome_html(run_error: str, job_id, job_status: str | None, result_id: str = "", *, skipped: bool = False,
+                 skip_reason: str = ""):
     """'Successful (job #12)' linked to the job, or why there is no job."""
+    if skipped:  # overlap off: "Skipped: previous run (job #41) still running"
+        return f"Skipped: {skip_reason}" if skip_reason else "Skipped"
     if run_error:
         return format_html('<span title="{}">Not enqueued</span>', run_error)
     if job_id is None:
@@ -66,6 +69,8 @@ class LastRunSubqueries:
             last_run_job_status=Subquery(latest.values("job__status")[:1]),
             last_run_error=Subquery(latest.values("error")[:1]),
             last_run_result_id=Subquery(latest.values("result_id")[:1]),
+            last_run_skipped=Subquery(latest.values("skipped")[:1]),
+            last_run_skip_reason=Subquery(latest.values("skip_reason")[:1]),
         )
 
 
@@ -74,16 +79,16 @@ class ScheduleAdmin(admin.ModelAdmin):
     list_display = ["name", "cron_display", "timezone", "next_run", "last_run", "enabled", "in_settings"]
     list_display_links = ["name"]
     list_editable = ["enabled"]
-    list_filter = ["enabled", "in_settings", "queue_name", "misfire"]
+    list_filter = ["enabled", "in_settings", "queue_name", "misfire", "overlap"]
     search_fields = ["name", "task"]
     actions = ["run_now_action"]
     fieldsets = [
         (None, {"fields": ["name", "enabled", "in_settings"]}),
-        ("When", {"fields": ["cron", "cron_description", "timezone", "misfire", "next_run", "last_run"]}),
+        ("When", {"fields": ["cron", "cron_description", "timezone", "misfire", "overlap", "next_run", "last_run"]}),
         ("What", {"fields": ["task", "args", "kwargs", "queue_name", "priority"]}),
         ("Recent runs", {"fields": ["recent_runs"]}),
     ]
-    readonly_fields = ["name", "in_settings", "cron", "cron_description", "timezone", "misfire", "next_run",
+    readonly_fields = ["name", "in_settings", "cron", "cron_description", "timezone", "misfire", "overlap", "next_run",
                        "last_run", "task", "args", "kwargs", "queue_name", "priority", "recent_runs"]
 
     def get_queryset(self, request):
@@ -130,7 +135,8 @@ class ScheduleAdmin(admin.ModelAdmin):
         fire_time = obj.last_run_fire_time
         when = _local(obj, fire_time) if fire_time else f"run now, {_local(obj, enqueued_at)}"
         outcome = outcome_html(obj.last_run_error, obj.last_run_job_id, obj.last_run_job_status,
-                               obj.last_run_result_id)
+                               obj.last_run_result_id, skipped=obj.last_run_skipped,
+                               skip_reason=obj.last_run_skip_reason)
         return format_html("{}<br><small>{} ago</small> &middot; {}", when, timesince(enqueued_at), outcome)
 
     @admin.display(description="Recent runs")
@@ -141,7 +147,7 @@ class ScheduleAdmin(admin.ModelAdmin):
         rows = format_html_join(
             "", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
             ((_local(obj, run.fire_time) if run.fire_time else "run now", _local(obj, run.enqueued_at),
-              outcome_html(run.error, run.job_id, _job_status(run), run.result_id)) for run in runs),
+              run_outcome_html(run)) for run in runs),
         )
         return format_html("<table><thead><tr><th>Fire time</th><th>Enqueued</th><th>Outcome</th></tr></thead>"
                            "<tbody>{}</tbody></table>", rows)
@@ -150,14 +156,24 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     @admin.action(permissions=["change"], description="Run now")
     def run_now_action(self, request, queryset):
+        """One job per schedule; a schedule with overlap off is skipped while its previous job is unfinished."""
         runs = [run_now(schedule) for schedule in queryset]
-        enqueued = [run for run in runs if not run.error]
-        failed = [run for run in runs if run.error]
+        enqueued = [run for run in runs if not run.error and not run.skipped]
         if enqueued:
             self.message_user(request, ngettext("Enqueued %(count)d job.", "Enqueued %(count)d jobs.",
                                                 len(enqueued)) % {"count": len(enqueued)}, messages.SUCCESS)
-        for run in failed:
-            self.message_user(request, f"Not enqueued for {run.schedule.name}: {run.error}", messages.ERROR)
+        for run in runs:
+            if run.skipped:
+                self.message_user(request, f"Not run for {run.schedule.name}: {run.skip_reason} (overlap is off "
+                                           "for this schedule)", messages.WARNING)
+            elif run.error:
+                self.message_user(request, f"Not enqueued for {run.schedule.name}: {run.error}", messages.ERROR)
+
+
+def run_outcome_html(run: ScheduleRun):
+    """The outcome of one run (``job`` selected with it)."""
+    return outcome_html(run.error, run.job_id, _job_status(run), run.result_id, skipped=run.skipped,
+                        skip_reason=run.skip_reason)
 
 
 def _job_status(run: ScheduleRun) -> str | None:
@@ -175,7 +191,7 @@ class ScheduleRunAdmin(admin.ModelAdmin):
     """Every run, read-only: which fire time made which job."""
 
     list_display = ["schedule", "fire_time_display", "enqueued_at", "outcome"]
-    list_filter = ["schedule"]
+    list_filter = ["schedule", "skipped"]
     list_select_related = ["schedule", "job"]
     date_hierarchy = "enqueued_at"
 
@@ -191,4 +207,4 @@ class ScheduleRunAdmin(admin.ModelAdmin):
 
     @admin.display(description="Outcome")
     def outcome(self, obj):
-        return outcome_html(obj.error, obj.job_id, _job_status(obj), obj.result_id)
+        return run_outcome_html(obj)

@@ -15,6 +15,7 @@ CHECK_IDS = {
     "queue_name": "scheduler.E006",
     "priority": "scheduler.E007",
     "misfire": "scheduler.E008",
+    "overlap": "scheduler.E010",
 }
 UNKNOWN_KEY_ID = "scheduler.E009"
 

@@ -16,7 +16,7 @@ from django.core.signals import setting_changed
 
 from .cron import CronError, cron_schedule, get_zone, normalise
 
-KEYS = ("task", "cron", "args", "kwargs", "queue_name", "priority", "timezone", "misfire")
+KEYS = ("task", "cron", "args", "kwargs", "queue_name", "priority", "timezone", "misfire", "overlap")
 REQUIRED = ("task", "cron")
 MISFIRE_CHOICES = ("once", "skip", "all")
 MIN_PRIORITY, MAX_PRIORITY = -100, 100
@@ -53,6 +53,7 @@ class ScheduleEntry:
     priority: int = 0
     timezone: str = "UTC"
     misfire: str = "once"
+    overlap: bool = True
 
     def cron_schedule(self):
         return cron_schedule(self.cron, self.timezone)
@@ -61,7 +62,7 @@ class ScheduleEntry:
         """The entry as ``Schedule`` model fields."""
         return {"task": self.task, "cron": self.cron, "args": list(self.args), "kwargs": dict(self.kwargs),
                 "queue_name": self.queue_name, "priority": self.priority, "timezone": self.timezone,
-                "misfire": self.misfire}
+                "misfire": self.misfire, "overlap": self.overlap}
 
 
 def _json(value, what: str) -> str | None:
@@ -154,6 +155,8 @@ def problems(name, raw, *, default_timezone: str | None = None) -> list[Problem]
     if "misfire" in raw and raw["misfire"] not in MISFIRE_CHOICES:
         found.append(Problem(name, "misfire", f"must be one of {', '.join(map(repr, MISFIRE_CHOICES))}, "
                                               f"got {raw['misfire']!r}"))
+    if "overlap" in raw and not isinstance(raw["overlap"], bool):  # "false" and 0 are mistakes, not False
+        found.append(Problem(name, "overlap", f"must be True or False, got {raw['overlap']!r}"))
     return found
 
 
@@ -169,7 +172,7 @@ def parse_entry(name: str, raw: dict) -> ScheduleEntry:
         name=name, task=raw["task"], cron=" ".join(raw["cron"].split()), args=tuple(raw.get("args", ())),
         kwargs=dict(raw.get("kwargs", {})), queue_name=raw.get("queue_name", "default"),
         priority=raw.get("priority", 0), timezone=raw.get("timezone", settings.TIME_ZONE),
-        misfire=raw.get("misfire", "once"),
+        misfire=raw.get("misfire", "once"), overlap=raw.get("overlap", True),
     )
 
 

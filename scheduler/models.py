@@ -2,7 +2,9 @@
 
 ``ScheduleRun`` is unique on (schedule, fire time): however many schedulers run
 at once, the database lets exactly one of them insert a given tick, and the job
-is enqueued in the same transaction as that row.
+is enqueued in the same transaction as that row. A fire time skipped because the
+schedule does not overlap gets its row too, marked skipped, so that every fire
+time is accounted for exactly once.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class Schedule(models.Model):
     priority = models.SmallIntegerField(default=0)
     timezone = models.CharField(max_length=64, help_text="The cron expression is read in this time zone.")
     misfire = models.CharField(max_length=8, choices=Misfire.choices, default=Misfire.ONCE)
+    overlap = models.BooleanField(
+        default=True, help_text="Off: a fire time is skipped while the previous run's job is READY or RUNNING.")
     enabled = models.BooleanField(
         default=True, help_text="Switched off here, a schedule stays off across restarts until switched on again.")
     in_settings = models.BooleanField(
@@ -73,6 +77,12 @@ class Schedule(models.Model):
         self.save(update_fields=fields)
 
 
+class ScheduleRunQuerySet(models.QuerySet):
+    def latest_with_job(self):
+        """The newest run that made a job, as a sliced queryset (one probe of ``scheduler_run_with_job_idx``)."""
+        return self.filter(job__isnull=False).order_by("-id")[:1]
+
+
 class ScheduleRun(models.Model):
     """One job a schedule made: for a fire time, or on request (``fire_time`` None)."""
 
@@ -86,6 +96,12 @@ class ScheduleRun(models.Model):
                             related_name="schedule_runs")
     result_id = models.CharField(max_length=64, blank=True, help_text="The TaskResult id the backend returned.")
     error = models.TextField(blank=True, help_text="Why no job was enqueued, if none was.")
+    skipped = models.BooleanField(
+        default=False, help_text="Not enqueued on purpose: overlap is off and the previous run's job had not finished.")
+    skip_reason = models.CharField(max_length=200, blank=True,
+                                   help_text="Why it was skipped, e.g. 'previous run (job #41) still running'.")
+
+    objects = ScheduleRunQuerySet.as_manager()
 
     class Meta:
         ordering = ["-enqueued_at", "-id"]
@@ -94,7 +110,13 @@ class ScheduleRun(models.Model):
             # runs have no fire time, and NULLs never collide.
             models.UniqueConstraint(fields=["schedule", "fire_time"], name="scheduler_run_once_per_fire_time"),
         ]
-        indexes = [models.Index(fields=["schedule", "-enqueued_at"], name="scheduler_run_latest_idx")]
+        indexes = [
+            models.Index(fields=["schedule", "-enqueued_at"], name="scheduler_run_latest_idx"),
+            # The previous run that made a job, in one probe however many skipped runs came since
+            # (ScheduleRunQuerySet.latest_with_job, for schedules with overlap off).
+            models.Index(fields=["schedule", "-id"], name="scheduler_run_with_job_idx",
+                         condition=models.Q(job__isnull=False)),
+        ]
 
     def __str__(self) -> str:
         when = self.fire_time.isoformat() if self.fire_time else f"run now at {self.enqueued_at.isoformat()}"

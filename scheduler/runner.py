@@ -7,6 +7,8 @@ fire times to run (the misfire policy), and for each insert the run row and
 enqueue the job through the task's own Django Tasks API. The run row is unique on
 (schedule, fire time), so even schedulers that do not see each other's locks
 (SQLite without IMMEDIATE transactions, a stale read) cannot enqueue a tick twice.
+A schedule with ``overlap`` off first asks whether its previous run's job is still
+READY or RUNNING; if so the fire time's row is written marked skipped, and no job.
 
 The loop sleeps on ``stop.wait()`` until the next fire time of any schedule (at
 most ``recheck`` seconds, to notice schedules switched on in the admin), so it
@@ -22,7 +24,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.db import DatabaseError, IntegrityError, connections, router, transaction
+from django.db.models import Subquery
 from django.utils import timezone
+
+from jobs.models import Job, JobStatus
 
 from .cron import ONE_US, CronError, CronSchedule, get_zone
 from .models import Misfire, Schedule, ScheduleRun
@@ -67,6 +72,8 @@ def plan(cron: CronSchedule, pending: datetime, now: datetime, *, misfire: str,
 def launch(schedule: Schedule, run: ScheduleRun) -> ScheduleRun:
     """Enqueue the schedule's job for ``run`` and link the two; call inside a transaction.
 
+    A skipped run (overlap off) enqueues nothing: it is only logged.
+
     A task that cannot be enqueued (it does not import, an argument is refused)
     leaves the run with its error and no job: that fire time is done, not retried.
     A database error propagates, so the caller's transaction rolls back and the
@@ -80,6 +87,11 @@ def launch(schedule: Schedule, run: ScheduleRun) -> ScheduleRun:
         zone = get_zone(schedule.timezone)
     except CronError:
         zone = timezone.get_current_timezone()
+    if run.skipped:
+        logger.info("schedule run skipped schedule=%s fire_time=%s reason=%r", schedule.name,
+                    run.fire_time.astimezone(zone).isoformat() if run.fire_time else "run-now",
+                    run.skip_reason)
+        return run
     meta = job_meta(schedule.name, run.fire_time, run.pk, zone)
     try:
         with transaction.atomic(using=router.db_for_write(ScheduleRun)):
@@ -105,12 +117,53 @@ def launch(schedule: Schedule, run: ScheduleRun) -> ScheduleRun:
     return run
 
 
+_UNFINISHED = {JobStatus.READY: "still waiting to run", JobStatus.RUNNING: "still running"}
+
+
+def unfinished_previous_job(schedule: Schedule) -> str:
+    """Why a new run of ``schedule`` must not start now, or "" when it may.
+
+    Only a schedule with ``overlap`` off is held back, while the job of its
+    previous run (the latest one that made a job, "Run now" included: skipped
+    runs made none) is READY (a retry waiting counts) or RUNNING. One query, one
+    probe of ``scheduler_run_with_job_idx``; a job deleted by pruning is finished.
+    Call it inside the transaction that then writes the run, with the schedule
+    row locked, so that no other scheduler decides between the two.
+    """
+    if schedule.overlap:
+        return ""
+    previous_job_id = ScheduleRun.objects.filter(schedule=schedule).latest_with_job().values("job_id")
+    unfinished = (Job.objects.filter(pk=Subquery(previous_job_id), status__in=list(_UNFINISHED))
+                  .values_list("pk", "status").first())
+    if unfinished is None:
+        return ""
+    job_id, status = unfinished
+    return f"previous run (job #{job_id}) {_UNFINISHED[status]}"
+
+
+def new_run(schedule: Schedule, fire_time: datetime | None, now: datetime) -> ScheduleRun:
+    """Insert the run row for ``fire_time`` (None: "Run now"), marked skipped if overlap holds it back.
+
+    Call inside the caller's transaction; an IntegrityError (in a savepoint, so the
+    transaction goes on) means that fire time has its row already.
+    """
+    reason = unfinished_previous_job(schedule)
+    with transaction.atomic(using=router.db_for_write(ScheduleRun)):
+        return ScheduleRun.objects.create(schedule=schedule, fire_time=fire_time, enqueued_at=now,
+                                          skipped=bool(reason), skip_reason=reason)
+
+
 def run_now(schedule: Schedule, now: datetime | None = None) -> ScheduleRun:
-    """Enqueue one job for ``schedule`` at once (the admin's "Run now"); no fire time."""
+    """Enqueue one job for ``schedule`` at once (the admin's "Run now"); no fire time.
+
+    A schedule with ``overlap`` off is held to it here too: the run is skipped
+    while the previous run's job is unfinished. The schedule row is locked (waiting
+    for a scheduler that has it), so that a tick cannot decide at the same moment.
+    """
     now = now or timezone.now()
     with transaction.atomic(using=router.db_for_write(ScheduleRun)):
-        run = ScheduleRun.objects.create(schedule=schedule, fire_time=None, enqueued_at=now)
-        return launch(schedule, run)
+        schedule = Schedule.objects.select_for_update().get(pk=schedule.pk)
+        return launch(schedule, new_run(schedule, None, now))
 
 
 class Scheduler:
@@ -171,8 +224,7 @@ class Scheduler:
 
     def _enqueue(self, schedule: Schedule, fire_time: datetime, now: datetime) -> ScheduleRun | None:
         try:
-            with transaction.atomic(using=self.db_alias):
-                run = ScheduleRun.objects.create(schedule=schedule, fire_time=fire_time, enqueued_at=now)
+            run = new_run(schedule, fire_time, now)
         except IntegrityError:
             logger.info("schedule run already enqueued by another scheduler schedule=%s fire_time=%s",
                         schedule.name, fire_time.isoformat())
@@ -194,13 +246,18 @@ class Scheduler:
         return sync_schedules(now)
 
     def prune(self) -> int:
-        """Delete run rows beyond the newest ``keep_runs`` of each schedule."""
+        """Delete run rows beyond the newest ``keep_runs`` of each schedule.
+
+        The latest run that made a job is kept however old: with overlap off, it is
+        the previous run (after a long job, all the newest runs may be skipped ones).
+        """
         deleted = 0
         for schedule_id in Schedule.objects.values_list("pk", flat=True):
             runs = ScheduleRun.objects.filter(schedule_id=schedule_id)
             threshold = runs.order_by("-id").values_list("id", flat=True)[self.keep_runs:self.keep_runs + 1]
             if threshold:
-                deleted += runs.filter(id__lte=threshold[0]).delete()[0]
+                previous = list(runs.latest_with_job().values_list("id", flat=True))
+                deleted += runs.filter(id__lte=threshold[0]).exclude(id__in=previous).delete()[0]
         return deleted
 
     # -- the loop ----------------------------------------------------------------------

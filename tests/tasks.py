@@ -86,6 +86,15 @@ def slow_then_record(path, token, seconds):
     return token
 
 
+@django_task(takes_context=True)
+def records_span(context, path, seconds):
+    """Sleep ``seconds`` between a start and an end line naming the job (wall clock): when each run ran."""
+    job_id = context.task_result.id
+    _record(path, f"start {job_id} {time.time():.6f}")
+    time.sleep(seconds)
+    _record(path, f"end {job_id} {time.time():.6f}")
+
+
 @django_task
 def returns_object():
     return object()

@@ -3,6 +3,8 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
@@ -126,3 +128,59 @@ def test_a_purged_job_leaves_its_run_as_history(admin_client):
     assert run.job_id == job_id
     assert f"job #{job_id} (deleted)" in admin_client.get(CHANGELIST).content.decode()
     assert f"job #{job_id} (deleted)" in admin_client.get(f"{CHANGELIST}{schedule.pk}/change/").content.decode()
+
+
+# -- overlap off: skipped runs -------------------------------------------------------------
+
+RUNS = "/admin/scheduler/schedulerun/"
+
+
+def history_with_skipped_runs(name: str, fire_times: int) -> tuple[Schedule, Job]:
+    """An every-2-s schedule with overlap off, ``fire_times`` late: one job (left RUNNING), the rest skipped."""
+    start = datetime(2025, 1, 1, 12, tzinfo=UTC)
+    schedule = make_schedule(name, "* * * * * */2", "UTC", overlap=False, next_fire_at=start)
+    Scheduler().fire(schedule.pk, start)
+    job = Job.objects.get(meta__schedule=name)
+    Job.objects.filter(pk=job.pk).update(status="RUNNING")  # as its worker would
+    if fire_times > 1:
+        Scheduler().fire(schedule.pk, start + timedelta(seconds=2 * (fire_times - 1)))
+    return schedule, job
+
+
+def test_skipped_runs_show_on_the_schedule_its_recent_runs_and_the_runs_list(admin_client):
+    schedule, job = history_with_skipped_runs("no-overlap", 3)
+    skipped = f"Skipped: previous run (job #{job.pk}) still running"
+    assert skipped in admin_client.get(CHANGELIST).content.decode()  # the last run, in the list
+    detail = admin_client.get(f"{CHANGELIST}{schedule.pk}/change/").content.decode()
+    assert detail.count(skipped) == 3 and f"Running (job #{job.pk})" in detail  # last run + recent runs
+    assert "Overlap" in detail
+    runs = admin_client.get(RUNS).content.decode()
+    assert runs.count(skipped) == 2 and f"Running (job #{job.pk})" in runs
+    only_skipped = admin_client.get(f"{RUNS}?skipped__exact=1").content.decode()
+    assert only_skipped.count(skipped) == 2 and f"Running (job #{job.pk})" not in only_skipped
+
+
+@pytest.mark.parametrize("url", [CHANGELIST, RUNS, "change"])
+def test_pages_with_skipped_runs_cost_the_same_queries_for_few_rows_as_for_many(admin_client,
+                                                                                 django_assert_num_queries, url):
+    first, _ = history_with_skipped_runs("first", 3)
+    page = f"{CHANGELIST}{first.pk}/change/" if url == "change" else url
+    with CaptureQueriesContext(connection) as few:
+        assert admin_client.get(page).status_code == 200
+    Schedule.objects.filter(pk=first.pk).update(next_fire_at=datetime(2025, 1, 1, 12, 0, 6, tzinfo=UTC))
+    Job.objects.update(status="SUCCESSFUL")
+    Scheduler().fire(first.pk, datetime(2025, 1, 1, 12, 0, 30, tzinfo=UTC))  # 13 more runs, 12 skipped
+    for n in range(6):
+        history_with_skipped_runs(f"more-{n}", 5)
+    with django_assert_num_queries(len(few.captured_queries)):
+        assert admin_client.get(page).status_code == 200
+
+
+def test_run_now_says_why_a_schedule_that_does_not_overlap_was_not_run(admin_client):
+    schedule, job = history_with_skipped_runs("no-overlap", 1)
+    response = admin_client.post(CHANGELIST, {"action": "run_now_action", "_selected_action": [schedule.pk]},
+                                 follow=True)
+    page = response.content.decode()
+    assert (f"Not run for no-overlap: previous run (job #{job.pk}) still running (overlap is off for this schedule)"
+            in page) and "Enqueued" not in page
+    assert Job.objects.count() == 1 and ScheduleRun.objects.get(fire_time=None).skipped

@@ -26,14 +26,16 @@ def test_defaults_fill_in_everything_but_task_and_cron():
         parsed = scheduled_jobs()
     assert parsed.entries == (ScheduleEntry(name="nightly", task="tests.tasks.add", cron="*/5 * * * *", args=(),
                                             kwargs={}, queue_name="default", priority=0, timezone="Europe/Berlin",
-                                            misfire="once"),)
+                                            misfire="once", overlap=True),)
     assert parsed.problems == ()
 
 
 def test_every_key_accepted():
     entry = {**GOOD, "cron": "@daily", "args": [1, 2], "kwargs": {}, "queue_name": "reports", "priority": -100,
-             "timezone": "America/New_York", "misfire": "all"}
+             "timezone": "America/New_York", "misfire": "all", "overlap": False}
     assert errors_for(entry) == []
+    with override_settings(SCHEDULED_JOBS={"nightly": entry}):
+        assert scheduled_jobs().entries[0].overlap is False
 
 
 def test_the_projects_own_example_schedules_pass():
@@ -57,6 +59,10 @@ def test_the_projects_own_example_schedules_pass():
     ({**GOOD, "queue_name": "nowhere"}, "['queue_name']", "not in TASKS['default']['QUEUES']", "scheduler.E006"),
     ({**GOOD, "priority": 101}, "['priority']", "from -100 to 100", "scheduler.E007"),
     ({**GOOD, "misfire": "never"}, "['misfire']", "must be one of", "scheduler.E008"),
+    ({**GOOD, "overlap": "false"}, "['overlap']", "must be True or False, got 'false'", "scheduler.E010"),
+    ({**GOOD, "overlap": 0}, "['overlap']", "must be True or False, got 0", "scheduler.E010"),
+    ({**GOOD, "overlap": None}, "['overlap']", "must be True or False, got None", "scheduler.E010"),
+    ({**GOOD, "overlaps": False}, "['overlaps']", "unknown key", "scheduler.E009"),
     ("*/5 * * * *", "", "must be a dict", "scheduler.E001"),
 ])
 @pytest.mark.django_db  # model checks (JSONField support) open a connection

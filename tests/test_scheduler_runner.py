@@ -336,3 +336,155 @@ def test_an_invalid_entry_is_left_alone_and_not_marked_removed(caplog):
     nightly = Schedule.objects.get(name="nightly")
     assert nightly.in_settings and nightly.cron == "0 3 * * *"
     assert "SCHEDULED_JOBS['nightly']['cron']" in caplog.text
+
+
+# -- overlap off: a fire time is skipped while the previous run's job is unfinished -----------
+
+def set_job_status(job_id: int, status: str) -> None:
+    """Stand in for the worker: the previous job reaches ``status`` ("deleted": pruned)."""
+    jobs = Job.objects.filter(pk=job_id)
+    jobs.delete() if status == "deleted" else jobs.update(status=status)
+
+
+@pytest.mark.parametrize("overlap, previous, reason", [
+    (False, "READY", "still waiting to run"),  # not started yet (or a retry waiting): it will run
+    (False, "RUNNING", "still running"),
+    (False, "SUCCESSFUL", ""),
+    (False, "FAILED", ""),
+    (False, "CANCELLED", ""),
+    (False, "deleted", ""),  # pruned: finished long ago
+    (True, "RUNNING", ""),  # the default: overlapping is allowed
+])
+def test_a_fire_time_is_skipped_only_while_the_previous_job_is_unfinished(overlap, previous, reason, caplog):
+    schedule = make_schedule(start=utc(2025, 1, 1, 12, 1), overlap=overlap)
+    scheduler = Scheduler()
+    scheduler.tick(utc(2025, 1, 1, 12, 5))
+    first = ScheduleRun.objects.get()
+    set_job_status(first.job_id, previous)
+
+    with caplog.at_level(logging.INFO, logger="scheduler.runner"):
+        assert scheduler.tick(utc(2025, 1, 1, 12, 10)) == utc(2025, 1, 1, 12, 15)
+    second = ScheduleRun.objects.get(fire_time=utc(2025, 1, 1, 12, 10))
+    if reason:
+        assert second.skipped and second.skip_reason == f"previous run (job #{first.job_id}) {reason}"
+        assert (second.job_id, second.result_id, second.error) == (None, "", "")
+        assert jobs_of(schedule).count() == 1
+        assert "schedule run skipped schedule=every-5-min fire_time=2025-01-01T12:10:00+00:00" in caplog.text
+        assert f"job #{first.job_id}" in caplog.text
+    else:
+        assert not second.skipped and second.skip_reason == "" and second.job_id is not None
+        assert Job.objects.filter(pk=second.job_id, meta__schedule_run=second.pk).exists()
+    schedule.refresh_from_db()  # that fire time is done either way: not tried again
+    assert schedule.next_fire_at == utc(2025, 1, 1, 12, 15) and schedule.last_fire_at == utc(2025, 1, 1, 12, 10)
+    assert fire_times(schedule) == [utc(2025, 1, 1, 12, 5), utc(2025, 1, 1, 12, 10)]
+
+
+def test_skipped_runs_are_not_the_previous_run():
+    """The check looks past the skipped runs to the last one that made a job."""
+    schedule = make_schedule(start=utc(2025, 1, 1, 12, 1), overlap=False)
+    scheduler = Scheduler()
+    scheduler.tick(utc(2025, 1, 1, 12, 5))
+    first_job = ScheduleRun.objects.get().job_id
+    set_job_status(first_job, "RUNNING")
+    for minute in (10, 15):
+        scheduler.tick(utc(2025, 1, 1, 12, minute))
+    set_job_status(first_job, "SUCCESSFUL")
+    scheduler.tick(utc(2025, 1, 1, 12, 20))
+    scheduler.tick(utc(2025, 1, 1, 12, 25))  # the 12:20 job is READY: skipped, naming it
+    runs = list(ScheduleRun.objects.filter(schedule=schedule).order_by("fire_time"))
+    second_job = runs[3].job_id
+    assert [(run.fire_time.minute, run.skipped, run.job_id) for run in runs] == [
+        (5, False, first_job), (10, True, None), (15, True, None), (20, False, second_job), (25, True, None)]
+    assert runs[4].skip_reason == f"previous run (job #{second_job}) still waiting to run"
+
+
+def test_fire_times_handled_in_one_tick_do_not_overlap_each_other():
+    """A late tick (or misfire "all") runs the first due fire time; the rest wait on its job."""
+    late = make_schedule("two-seconds", "* * * * * */2", start=utc(2025, 1, 1, 12), overlap=False)
+    caught_up = make_schedule("minutely", "* * * * *", next_fire_at=DOWN_SINCE, misfire="all", overlap=False)
+    Scheduler().fire(late.pk, utc(2025, 1, 1, 12, 0, 7))  # 2, 4, 6 s: within the grace
+    Scheduler().fire(caught_up.pk, utc(2025, 1, 1, 13, 0, 40))  # an hour down: 61 missed fire times
+    for schedule, count in ((late, 3), (caught_up, 61)):
+        runs = list(ScheduleRun.objects.filter(schedule=schedule).order_by("fire_time"))
+        assert len(runs) == count and not runs[0].skipped and all(run.skipped for run in runs[1:])
+        assert {run.skip_reason for run in runs[1:]} == {f"previous run (job #{runs[0].job_id}) still waiting to run"}
+        assert jobs_of(schedule).count() == 1
+
+
+def test_run_now_is_held_to_overlap_too_and_its_job_holds_the_ticks_back():
+    schedule = make_schedule(start=utc(2025, 1, 1, 12, 1), overlap=False)
+    manual = run_now(schedule)
+    assert manual.job_id and not manual.skipped
+    again = run_now(schedule)  # a second click while the first job waits
+    assert again.skipped and again.manual
+    assert again.skip_reason == f"previous run (job #{manual.job_id}) still waiting to run"
+    Scheduler().tick(utc(2025, 1, 1, 12, 5))  # the manual job is the previous run of the tick too
+    assert ScheduleRun.objects.get(fire_time=utc(2025, 1, 1, 12, 5)).skipped
+    set_job_status(manual.job_id, "SUCCESSFUL")
+    assert run_now(schedule).job_id is not None
+    assert jobs_of(schedule).count() == 2
+
+
+def test_the_overlap_check_costs_one_query():
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    counts = {}
+    for overlap in (True, False):
+        schedule = make_schedule(f"overlap-{overlap}", start=utc(2025, 1, 1, 12, 1), overlap=overlap)
+        Scheduler().fire(schedule.pk, utc(2025, 1, 1, 12, 5))
+        set_job_status(ScheduleRun.objects.get(schedule=schedule).job_id, "SUCCESSFUL")
+        with CaptureQueriesContext(connection) as queries:
+            assert len(Scheduler().fire(schedule.pk, utc(2025, 1, 1, 12, 10))) == 1
+        counts[overlap] = len(queries)
+    assert counts[False] == counts[True] + 1, counts
+
+
+def test_prune_keeps_the_run_whose_job_is_still_running():
+    """After many skipped fire times, the run holding the previous job is older than the newest kept."""
+    schedule = make_schedule("two-seconds", "* * * * * */2", start=utc(2025, 1, 1, 12), overlap=False)
+    scheduler = Scheduler(keep_runs=3)
+    scheduler.tick(utc(2025, 1, 1, 12, 0, 2))
+    running = ScheduleRun.objects.get()
+    set_job_status(running.job_id, "RUNNING")
+    for second in range(4, 20, 2):
+        scheduler.tick(utc(2025, 1, 1, 12, 0, second))
+    assert scheduler.prune() == 5  # 9 runs: the 3 newest and the running job's are kept
+    assert ScheduleRun.objects.filter(pk=running.pk).exists()
+    scheduler.tick(utc(2025, 1, 1, 12, 0, 20))
+    assert ScheduleRun.objects.get(fire_time=utc(2025, 1, 1, 12, 0, 20)).skipped  # still held back
+    assert jobs_of(schedule).count() == 1
+
+
+def test_the_previous_run_is_found_by_the_index_among_many_skipped_runs():
+    from django.db import connection
+
+    schedule = make_schedule("two-seconds", "* * * * * */2", start=utc(2025, 1, 1, 12), overlap=False)
+    other = make_schedule("other", "* * * * * */2", start=utc(2025, 1, 1, 12))
+    start = utc(2025, 1, 1, 12)
+    ScheduleRun.objects.bulk_create(
+        ScheduleRun(schedule=owner, fire_time=start + timedelta(seconds=2 * i), enqueued_at=start, skipped=True,
+                    skip_reason="previous run (job #1) still running")
+        for owner in (schedule, other) for i in range(3000))
+    sql, params = ScheduleRun.objects.filter(schedule=schedule).latest_with_job().values("job_id").query.sql_with_params()
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("ANALYZE scheduler_schedulerun")
+            cursor.execute("EXPLAIN " + sql, params)
+        else:
+            cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
+        plan = "\n".join(str(row[-1]) for row in cursor.fetchall())
+    assert "scheduler_run_with_job_idx" in plan, plan
+    assert "TEMP B-TREE" not in plan and "Seq Scan" not in plan, plan
+
+
+def test_sync_sets_overlap_without_moving_the_next_fire_time():
+    entry = {"task": "tests.tasks.noop", "cron": "*/5 * * * *"}
+    with override_settings(SCHEDULED_JOBS={"sync": entry}):
+        sync_schedules(utc(2025, 1, 1, 12, 1))
+    schedule = Schedule.objects.get()
+    assert schedule.overlap and schedule.next_fire_at == utc(2025, 1, 1, 12, 5)
+    with override_settings(SCHEDULED_JOBS={"sync": {**entry, "overlap": False}}):
+        report = sync_schedules(utc(2025, 1, 1, 12, 3))
+    schedule.refresh_from_db()
+    assert report.updated == ["sync"] and not schedule.overlap and schedule.next_fire_at == utc(2025, 1, 1, 12, 5)
