@@ -28,6 +28,7 @@ from ..models import Job
 from ..resolve import resolve_task
 from ..rows import ClaimedJob
 from ..store import WorkerStore, fail_attempt
+from .failures import announce_failure, job_fields
 
 logger = logging.getLogger("jobs.worker")
 
@@ -98,19 +99,27 @@ class Liveness:
             if not fail_attempt(job, error, decision, now=now, lost_before=cutoff, using=self.store.alias):
                 continue  # it beat again since we looked: alive after all
             taken += 1
-            logger.warning("job taken back id=%s task=%s attempt=%s/%s lost_worker=%s outcome=%s", job.id,
-                           job.task_path, job.attempts, limit, job.worker_id, "RETRY" if decision.retry else "FAILED")
-            if not decision.retry and not job.damage:
-                self._send_finished(job)
+            # A final take-back is a final failure: at ERROR with the WorkerLost (for Sentry and mail handlers).
+            logger.log(logging.WARNING if decision.retry else logging.ERROR,
+                       "job taken back id=%s task=%s attempt=%s/%s lost_worker=%s outcome=%s", job.id,
+                       job.task_path, job.attempts, limit, job.worker_id, "RETRY" if decision.retry else "FAILED",
+                       exc_info=None if decision.retry else exc, extra=job_fields(job, limit))
+            if not decision.retry:
+                result = None if job.damage else self._send_finished(job)
+                announce_failure(self.backend, job, error=error, exception=exc, task_result=result)
         self.store.forget_dead_processes(now - timedelta(seconds=max(stale_after * 10, 3600)))
         return taken
 
-    def _send_finished(self, job: ClaimedJob) -> None:
-        """``task_finished`` (FAILED) for a job whose last attempt's worker was lost: it is finished too."""
+    def _send_finished(self, job: ClaimedJob):
+        """``task_finished`` (FAILED) for a job whose last attempt's worker was lost: it is finished
+        too. Returns the TaskResult sent (None if there is no task to describe)."""
+        result = None
         try:
             task = resolve_task(job.task_path)
             whole = Job.objects.using(self.store.alias).get(pk=job.id)
             # The row as written: its errors already end with this take-back.
-            send_finished(self.backend, self.backend.to_task_result(whole, task), status=TaskResultStatus.FAILED)
+            result = self.backend.to_task_result(whole, task)
+            send_finished(self.backend, result, status=TaskResultStatus.FAILED)
         except Exception:  # noqa: BLE001 - no task to describe, or a receiver's bug: the job is FAILED all the same
             logger.exception("task_finished not sent for a job taken back id=%s task=%s", job.id, job.task_path)
+        return result

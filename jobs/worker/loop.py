@@ -37,6 +37,7 @@ from ..loops import worker_loops
 from ..models import JobStatus
 from ..store import WorkerStore, Written
 from ..wakeup import start_waker
+from .failures import announce_failure, job_fields
 from .liveness import Liveness
 from .pool import WAKE, SlotPool
 
@@ -162,6 +163,8 @@ class Worker:
         self.pool.give(written.claimed)
         for outcome, status in written.outcomes:
             self._log_outcome(outcome, status)
+            if status == JobStatus.FAILED:  # failed for good, and written: once per job
+                announce_failure(self.backend, outcome.job, error=outcome.error, exception=outcome.exc)
 
     def _flush_due(self) -> bool:
         """Outcomes are written together, but none waits more than FLUSH_AFTER seconds."""
@@ -230,19 +233,26 @@ class Worker:
         self.store.register(queues=self.queues, concurrency=self.concurrency, now=self.clock.now())
 
     def _log_outcome(self, outcome: Outcome, status: str | None) -> None:
+        """One line per outcome written: a final failure at ERROR with its exception (for
+        Sentry and mail handlers), a retry or a discarded outcome at WARNING."""
         job = outcome.job
-        fields = (job.id, job.task_path, job.attempts, attempt_limit(job, self.backend), outcome.duration)
+        limit = attempt_limit(job, self.backend)
+        fields, extra = (job.id, job.task_path, job.attempts, limit, outcome.duration), job_fields(job, limit)
         if status is None:
             logger.warning("job outcome discarded id=%s task=%s attempt=%s/%s duration=%.3fs "
-                           "reason=attempt-no-longer-held", *fields)
+                           "reason=attempt-no-longer-held", *fields, extra=extra)
         elif status == JobStatus.SUCCESSFUL:
-            logger.info("job finished id=%s task=%s attempt=%s/%s duration=%.3fs outcome=SUCCESSFUL", *fields)
+            logger.info("job finished id=%s task=%s attempt=%s/%s duration=%.3fs outcome=SUCCESSFUL", *fields,
+                        extra=extra)
         else:
             decision, error = outcome.decision, outcome.error
             note = f"retry in {decision.delay:.1f}s" if decision.retry else decision.reason
-            logger.warning("job finished id=%s task=%s attempt=%s/%s duration=%.3fs outcome=%s next=%s error=%s: %s",
-                           *fields, "RETRY" if status == JobStatus.READY else status, note.replace(" ", "-"),
-                           error["exception_class_path"], error["message"][:200])
+            failed = status == JobStatus.FAILED
+            logger.log(logging.ERROR if failed else logging.WARNING,
+                       "job finished id=%s task=%s attempt=%s/%s duration=%.3fs outcome=%s next=%s error=%s: %s",
+                       *fields, "RETRY" if status == JobStatus.READY else status, note.replace(" ", "-"),
+                       error["exception_class_path"], error["message"][:200],
+                       exc_info=outcome.exc if failed else None, extra=extra)
 
     # -- extra loops and shutdown -----------------------------------------------------------------
 
