@@ -38,8 +38,10 @@ from ..models import JobStatus
 from ..store import WorkerStore, Written
 from ..wakeup import start_waker
 from .failures import announce_failure, job_fields
+from .limits import Limits
 from .liveness import Liveness
 from .pool import WAKE, SlotPool
+from .systemd import Notifier
 
 logger = logging.getLogger("jobs.worker")
 
@@ -58,7 +60,8 @@ def make_worker_id() -> str:
 class Worker:
     def __init__(self, *, backend_alias: str = "default", queues: list[str] | None = None, concurrency: int = 1,
                  burst: bool = False, duration: float = 0, poll_interval: float | None = None,
-                 run_loops: bool = True, clock: Clock = REAL):
+                 run_loops: bool = True, max_jobs: int = 0, max_memory: int = 0, notifier: Notifier | None = None,
+                 clock: Clock = REAL):
         self.backend = task_backends[backend_alias]
         self.options = self.backend.jobs_options
         self.queues = sorted(set(queues)) if queues else None
@@ -68,6 +71,8 @@ class Worker:
         self.poll_interval = poll_interval if poll_interval is not None else self.options.poll_interval
         self.run_loops = run_loops and not burst
         self.clock = clock
+        self.limits = Limits(max_jobs=max_jobs, max_memory=max_memory)  # ends it for a fresh one
+        self.notifier = notifier or Notifier()  # systemd's: nothing without NOTIFY_SOCKET
         self.id = make_worker_id()
         self.inbox: SimpleQueue = SimpleQueue()
         self.store = WorkerStore(worker_id=self.id, backend=self.backend.alias)
@@ -111,6 +116,8 @@ class Worker:
             loops = self._start_loops()
             logger.info("worker started worker=%s queues=%s concurrency=%d burst=%s", self.id,
                         ",".join(self.queues or ["*"]), self.concurrency, self.burst)
+            self.notifier.ready(f"worker {self.id}: queues {','.join(self.queues or ['*'])}, "
+                                f"concurrency {self.concurrency}")
             try:
                 while not self._finished():
                     self.step()
@@ -128,9 +135,14 @@ class Worker:
     # -- one turn ---------------------------------------------------------------------------
 
     def step(self) -> None:
+        self.notifier.ping(self.clock.monotonic())  # from this loop only: a hung loop is restarted
         self._take(self.pool.collect() + self.pool.expire())
         if self.duration and self.clock.monotonic() - self._started >= self.duration:
             self.request_stop(reason=f"duration {self.duration:g}s reached")
+        if not self.stopping.is_set():  # --max-jobs counts the outcomes in hand, so none claims past it
+            limit = self.limits.reached(jobs_done=self.processed + len(self.unwritten), now=self.clock.monotonic())
+            if limit:
+                self.request_stop(reason=limit)
         self._hand_back_waiting()
         want = 0 if self.stopping.is_set() else self.pool.wanted()
         if want or self._flush_due():
@@ -196,7 +208,7 @@ class Worker:
             return 0.0  # nothing left to wait for: go and exit
         now = self.clock.monotonic()
         waits = [self.poll_interval if self.pool.has_free_slot() and not self.stopping.is_set() else 1.0]
-        for moment in (self.pool.next_deadline(), self.stop_deadline,
+        for moment in (self.pool.next_deadline(), self.stop_deadline, self.notifier.next_ping(),
                        self.unwritten_since + FLUSH_AFTER if self.unwritten else None,
                        self._started + self.duration if self.duration else None):
             if moment is not None:
@@ -224,6 +236,9 @@ class Worker:
             else:  # a bug: say where, loudly, and keep going
                 logger.exception("worker step failed worker=%s retry_in=%.1fs", self.id, wait)
             self.store.close()
+            next_ping = self.notifier.next_ping()
+            if next_ping is not None:  # the watchdog's ping must not wait for the backoff
+                wait = min(wait, max(next_ping - self.clock.monotonic(), 0.0))
             self._take(self.pool.collect(timeout=wait))
             return None
         self._backoff.succeeded()
@@ -276,6 +291,7 @@ class Worker:
 
     def _shutdown(self, loops: list[threading.Thread]) -> None:
         """Write what finished, hand back what did not, and leave no trace of this process."""
+        self.notifier.stopping(f"worker {self.id}: stopping")
         self.stopping.set()
         self.pool.stop_taking()
         self._take(self.pool.collect())
@@ -303,3 +319,4 @@ class Worker:
             thread.join(timeout=5)
         logger.info("worker stopped worker=%s processed=%d handed_back=%d", self.id, self.processed,
                     len(unfinished))
+        self.notifier.close()
