@@ -15,6 +15,7 @@ import uuid
 
 import pytest
 from django.db import connections
+from django.utils import timezone
 
 from jobs.models import Job, JobStatus, WorkerProcess
 from jobs.signals import job_failed
@@ -34,7 +35,7 @@ def assert_left_clean() -> None:
     """Nothing RUNNING, every unfinished job READY as if never claimed, no worker row left."""
     assert not Job.objects.filter(status=JobStatus.RUNNING).exists()
     assert not Job.objects.filter(status=JobStatus.READY).exclude(attempts=0).exists()
-    assert not WorkerProcess.objects.exists()
+    assert not WorkerProcess.objects.exists(), list(WorkerProcess.objects.values())
 
 
 def alive(pid: int) -> bool:
@@ -43,6 +44,16 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_a_beat_after_the_worker_left_does_not_bring_its_process_row_back(run_worker):
+    """Liveness writes a process row anew when it was cleaned away, but not once the worker is
+    stopping: a beat between the shutdown's unregister and the liveness thread's end did, leaving the
+    row of a worker that had exited (counted alive by jobs_status and health for stale_after)."""
+    worker = run_worker()  # registered, ran nothing, left
+    assert not WorkerProcess.objects.exists()
+    worker.liveness.beat_and_sweep(timezone.now())  # what its liveness thread could still do then
+    assert not WorkerProcess.objects.exists()
 
 
 # -- --max-jobs --------------------------------------------------------------------------------

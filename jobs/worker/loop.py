@@ -77,6 +77,8 @@ class Worker:
         self.inbox: SimpleQueue = SimpleQueue()
         self.store = WorkerStore(worker_id=self.id, backend=self.backend.alias)
         self.pool = SlotPool(size=self.concurrency, execute=self._execute, inbox=self.inbox, clock=clock)
+        self.liveness = Liveness(worker_id=self.id, backend=self.backend, held=self.pool.held_ids,
+                                 register=self._register_again, clock=clock)
         self.stopping = threading.Event()  # stop claiming; let running jobs finish
         self.stop_deadline: float | None = None  # when unfinished jobs are handed back
         self.unwritten: list[Outcome] = []  # outcomes not yet in the database
@@ -109,9 +111,7 @@ class Worker:
         self._started = self.clock.monotonic()
         while self._db(self._register) is None and not self.stopping.is_set():
             pass
-        liveness = Liveness(worker_id=self.id, backend=self.backend, held=self.pool.held_ids,
-                            register=self._register, clock=self.clock)
-        with self.pool, liveness:
+        with self.pool, self.liveness:
             start_waker(connections[self.store.alias], wake=self.wake, stop=self.stopping, queues=self.queues)
             loops = self._start_loops()
             logger.info("worker started worker=%s queues=%s concurrency=%d burst=%s", self.id,
@@ -246,6 +246,13 @@ class Worker:
 
     def _register(self) -> None:
         self.store.register(queues=self.queues, concurrency=self.concurrency, now=self.clock.now())
+
+    def _register_again(self) -> None:
+        """Liveness found the process row gone (cleaned away during a long outage): write it anew,
+        unless the worker is stopping, when it is gone because the worker unregistered (a beat
+        between that and the end of the liveness thread left the row of a worker that had left)."""
+        if not self.stopping.is_set():
+            self._register()
 
     def _log_outcome(self, outcome: Outcome, status: str | None) -> None:
         """One line per outcome written: a final failure at ERROR with its exception (for
