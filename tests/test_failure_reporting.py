@@ -201,6 +201,20 @@ def test_a_final_failure_fenced_out_sends_nothing_the_take_back_reports_it(trans
         ["jobs.exceptions.WorkerLost"]
 
 
+def test_a_receiver_that_exits_does_not_end_the_worker(run_worker, logged):
+    def exits(sender, **kwargs):
+        raise SystemExit(3)  # send_robust lets it through: BaseException
+
+    with failures(exits):
+        bad = tasks.always_fails.using(priority=5).enqueue()
+        Job.objects.filter(pk=int(bad.id)).update(attempts=2)
+        good = tasks.add.enqueue(2, 2)
+        run_worker()
+    assert Job.objects.get(pk=int(good.id)).status == JobStatus.SUCCESSFUL
+    assert Job.objects.get(pk=int(bad.id)).status == JobStatus.FAILED
+    assert [r.levelname for r in logged.records if "job_failed receiver raised" in r.getMessage()] == ["ERROR"]
+
+
 def test_a_receiver_that_raises_is_logged_and_neither_the_others_nor_the_worker_stop(run_worker, logged):
     def broken(sender, **kwargs):
         raise ValueError("receiver bug")

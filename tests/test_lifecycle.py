@@ -156,6 +156,31 @@ def test_reload_restarts_the_worker_when_a_module_it_imported_changes_and_stops_
     assert_left_clean()
 
 
+def test_a_worker_that_dies_under_reload_is_started_again_once_a_file_changes(workers):
+    module = REPO / "tests" / "settings.py"  # imported by the parent itself: watched from the start
+    proc = workers.start("--reload", "-v", "2")
+    workers.wait_for_output(proc, "worker started")
+    (child,) = child_pids(workers.output(proc))
+    os.kill(child, signal.SIGKILL)  # as a crash would end it
+    workers.wait_for_output(proc, "reload: the worker exited with status 137; it restarts when a file changes")
+    assert proc.poll() is None  # the parent waits for the fix
+    before = module.stat()
+    try:
+        os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+        wait_for(lambda: workers.output(proc).count("worker started") == 2, message="a new worker")
+    finally:
+        os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, workers.output(proc)
+
+
+def test_reload_is_for_the_command_line(transactional_db):
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="--reload works from the command line only"):
+        call_command("process_tasks", "--reload")
+
+
 def test_a_worker_whose_reloading_parent_dies_stops_by_itself(workers):
     proc = workers.start("--reload")
     workers.wait_for_output(proc, "worker started")

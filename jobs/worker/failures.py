@@ -33,9 +33,14 @@ def announce_failure(backend, job, *, error: dict, exception: BaseException | No
         return
     if task_result is _UNKNOWN:
         task_result = _result(backend, job.id)
-    responses = job_failed.send_robust(sender, backend=backend.alias, job_id=job.id, task_path=job.task_path,
-                                       attempts=job.attempts, error=error, exception=exception,
-                                       task_result=task_result)
+    try:
+        responses = job_failed.send_robust(sender, backend=backend.alias, job_id=job.id, task_path=job.task_path,
+                                           attempts=job.attempts, error=error, exception=exception,
+                                           task_result=task_result)
+    except BaseException:  # SystemExit from a receiver (send_robust catches Exception only): not the worker's end
+        logger.exception("job_failed receiver raised id=%s task=%s; later receivers were not called", job.id,
+                         job.task_path)
+        return
     for receiver, response in responses:
         if isinstance(response, Exception):
             name = f"{getattr(receiver, '__module__', '?')}.{getattr(receiver, '__qualname__', repr(receiver))}"

@@ -31,6 +31,8 @@ from collections.abc import Mapping, MutableMapping
 logger = logging.getLogger("jobs.worker")
 
 ENVIRONMENT = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+# A watchdog shorter than a few turns of the loop cannot be kept; pinging faster would only spin it.
+MIN_PING_EVERY = 0.05
 
 
 def socket_address(text: str) -> str | bytes | None:
@@ -70,7 +72,7 @@ class Notifier:
 
     def __init__(self, address: str | bytes | None = None, *, watchdog: float | None = None):
         self.address = address
-        self.ping_every = watchdog / 4 if address is not None and watchdog else None
+        self.ping_every = max(watchdog / 4, MIN_PING_EVERY) if address is not None and watchdog else None
         self.last_ping = float("-inf")
         self._socket: socket.socket | None = None
         self._failed = False
