@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from django.db import connections
@@ -123,6 +124,16 @@ def child_pids(output: str) -> list[int]:
     return [int(pid) for pid in re.findall(r"reload: started the worker \(pid (\d+)\)", output)]
 
 
+def touch_until_restarted(module: Path, workers, proc) -> None:
+    """Move ``module``'s modification time a second on, wait for a second worker to start, move it back."""
+    before = module.stat()
+    try:
+        os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+        wait_for(lambda: workers.output(proc).count("worker started") == 2, message="a new worker")
+    finally:
+        os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
 def test_reload_restarts_the_worker_when_a_module_it_imported_changes_and_stops_cleanly(workers, record_dir):
     runs = record_dir / "runs"
     module = REPO / "tests" / "tasks.py"
@@ -133,12 +144,7 @@ def test_reload_restarts_the_worker_when_a_module_it_imported_changes_and_stops_
     wait_for(lambda: re.search(r"now also watching .*tests/tasks\.py", workers.output(proc)),
              message="the parent to watch the module the worker imported")
     (first_child,) = child_pids(workers.output(proc))
-    before = module.stat()
-    try:
-        os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
-        wait_for(lambda: workers.output(proc).count("worker started") == 2, message="a new worker")
-    finally:
-        os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
+    touch_until_restarted(module, workers, proc)
     out = workers.output(proc)
     assert f"tests/tasks.py changed; restarting the worker (pid {first_child})" in out
     assert "reason=SIGTERM" in out  # stopped as systemctl stop would: gracefully
@@ -164,12 +170,7 @@ def test_a_worker_that_dies_under_reload_is_started_again_once_a_file_changes(wo
     os.kill(child, signal.SIGKILL)  # as a crash would end it
     workers.wait_for_output(proc, "reload: the worker exited with status 137; it restarts when a file changes")
     assert proc.poll() is None  # the parent waits for the fix
-    before = module.stat()
-    try:
-        os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
-        wait_for(lambda: workers.output(proc).count("worker started") == 2, message="a new worker")
-    finally:
-        os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
+    touch_until_restarted(module, workers, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0, workers.output(proc)
 
