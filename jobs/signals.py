@@ -28,8 +28,8 @@ Its keyword arguments:
     describing it; for a refused or damaged row, the ``JobError`` saying why).
 ``task_result``
     The job's ``TaskResult`` as ``get_result`` returns it now (FAILED, every error), or
-    None when the row cannot be described as one (a path that is not a task, a
-    damaged row). It costs one query, made only when the signal has receivers.
+    None when the row cannot be described as one (a path that is not a task, a row
+    too damaged to read). It costs one query, made only when the signal has receivers.
 
 Receivers run in the worker's main loop (or its liveness thread, for a take-back):
 keep them quick, and hand slow work (a mail, an HTTP call) to something else, such
