@@ -288,3 +288,30 @@ def reports_progress(gate, steps):
         jobs.set_progress(done, steps, f"step {done}")
     _wait_for_file(gate, 60)
     return "done"
+
+
+@task(max_attempts=1)
+def slow_then_fail(path, seconds):
+    """Mark the start, sleep, then fail for good (its only attempt): lets tests act while it runs."""
+    _record(path, f"start pid={os.getpid()}")
+    time.sleep(seconds)
+    raise RuntimeError("failed after sleeping")
+
+
+_LEAKED = []  # what leaks_memory keeps, as leaky task code would
+
+
+@django_task
+def leaks_memory(megabytes, seconds):
+    """Keep ``megabytes`` MiB for the rest of the process's life, then sleep ``seconds``."""
+    _LEAKED.append(b"\x01" * (megabytes * 1024 * 1024))  # written, so really resident
+    time.sleep(seconds)
+    return len(_LEAKED)
+
+
+@django_task
+def worker_rss():
+    """The resident memory of the worker process that runs it, in bytes."""
+    from jobs.worker.limits import rss_bytes
+
+    return rss_bytes()

@@ -359,11 +359,15 @@ def test_process_tasks_log_std_sends_prints_to_the_log(workers):
     assert "INFO jobs.output shouting hi there" in out, out
 
 
-def test_process_tasks_dev_says_what_to_use_instead(workers):
+def test_process_tasks_dev_is_reload(workers, log):
+    """django-background-tasks' auto-reload option: ``--reload`` (see test_lifecycle); a worker that
+    ends by itself (here ``--burst``) ends the reloading parent too."""
+    t.notify(str(log), "dev")
     proc = workers.start("--dev", "--burst")
-    assert proc.wait(60) == 0
+    assert proc.wait(60) == 0, workers.output(proc)
     out = workers.output(proc)
-    assert "--dev (auto-reload on code changes) is not supported" in out and "watchmedo" in out
+    assert "reload: started the worker" in out and "reload: the worker exited with status 0; exiting" in out
+    assert [r["task"] for r in runs(log)] == ["notify"]
 
 
 def test_process_tasks_accepts_the_old_unit_file_options(transactional_db, log):

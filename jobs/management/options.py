@@ -18,6 +18,10 @@ MAX_SECONDS = 100 * 365.25 * 86400
 # allows 100 by default) and all share one GIL, so past a few hundred a process only waits on
 # locks: run more worker processes instead.
 MAX_CONCURRENCY = 256
+# --max-memory, in MiB: past a tebibyte it is a typo.
+MAX_MEMORY_MB = 1024 * 1024
+# --max-jobs: a worker that runs a billion jobs before it is recycled is not being recycled.
+MAX_JOBS = 1_000_000_000
 # Rows per statement or transaction of the batched commands: SQLite takes at most 32,766
 # parameters per statement, and a longer transaction holds its locks longer.
 MAX_BATCH_SIZE = 10_000

@@ -28,6 +28,7 @@ from ..models import Job, JobStatus
 from ..resolve import resolve_task
 from ..rows import ClaimedJob
 from ..store import WorkerStore, fail_attempt
+from .failures import announce_failure, job_fields
 
 logger = logging.getLogger("jobs.worker")
 
@@ -107,19 +108,29 @@ class Liveness:
                                 using=self.store.alias):
                 continue  # it beat again since we looked: alive after all
             taken += 1
-            logger.warning("job taken back id=%s task=%s attempt=%s/%s lost_worker=%s outcome=%s", job.id,
-                           job.task_path, job.attempts, limit, job.worker_id, "RETRY" if decision.retry else final)
-            if not decision.retry and not job.damage and final == JobStatus.FAILED:
-                self._send_finished(job)
+            # A final failure is logged at ERROR with the WorkerLost (for Sentry and mail handlers);
+            # a retry, or a cancel that the lost worker never finished, at WARNING.
+            failed = not decision.retry and final == JobStatus.FAILED
+            logger.log(logging.ERROR if failed else logging.WARNING,
+                       "job taken back id=%s task=%s attempt=%s/%s lost_worker=%s outcome=%s", job.id,
+                       job.task_path, job.attempts, limit, job.worker_id, "RETRY" if decision.retry else final,
+                       exc_info=exc if failed else None, extra=job_fields(job, limit))
+            if failed:
+                result = None if job.damage else self._send_finished(job)
+                announce_failure(self.backend, job, error=error, exception=exc, task_result=result)
         self.store.forget_dead_processes(now - timedelta(seconds=max(stale_after * 10, 3600)))
         return taken
 
-    def _send_finished(self, job: ClaimedJob) -> None:
-        """``task_finished`` (FAILED) for a job whose last attempt's worker was lost: it is finished too."""
+    def _send_finished(self, job: ClaimedJob):
+        """``task_finished`` (FAILED) for a job whose last attempt's worker was lost: it is finished
+        too. Returns the TaskResult sent (None if there is no task to describe)."""
+        result = None
         try:
             task = resolve_task(job.task_path)
             whole = Job.objects.using(self.store.alias).get(pk=job.id)
             # The row as written: its errors already end with this take-back.
-            send_finished(self.backend, self.backend.to_task_result(whole, task), status=TaskResultStatus.FAILED)
+            result = self.backend.to_task_result(whole, task)
+            send_finished(self.backend, result, status=TaskResultStatus.FAILED)
         except Exception:  # noqa: BLE001 - no task to describe, or a receiver's bug: the job is FAILED all the same
             logger.exception("task_finished not sent for a job taken back id=%s task=%s", job.id, job.task_path)
+        return result

@@ -38,8 +38,11 @@ from ..loops import worker_loops
 from ..models import JobStatus
 from ..store import WorkerStore, Written
 from ..wakeup import start_waker
+from .failures import announce_failure, job_fields
+from .limits import Limits
 from .liveness import Liveness
 from .pool import WAKE, SlotPool
+from .systemd import Notifier
 
 logger = logging.getLogger("jobs.worker")
 
@@ -58,7 +61,8 @@ def make_worker_id() -> str:
 class Worker:
     def __init__(self, *, backend_alias: str = "default", queues: list[str] | None = None, concurrency: int = 1,
                  burst: bool = False, duration: float = 0, poll_interval: float | None = None,
-                 run_loops: bool = True, clock: Clock = REAL):
+                 run_loops: bool = True, max_jobs: int = 0, max_memory: int = 0, notifier: Notifier | None = None,
+                 clock: Clock = REAL):
         self.backend = task_backends[backend_alias]
         self.options = self.backend.jobs_options
         self.queues = sorted(set(queues)) if queues else None
@@ -68,10 +72,14 @@ class Worker:
         self.poll_interval = poll_interval if poll_interval is not None else self.options.poll_interval
         self.run_loops = run_loops and not burst
         self.clock = clock
+        self.limits = Limits(max_jobs=max_jobs, max_memory=max_memory)  # ends it for a fresh one
+        self.notifier = notifier or Notifier()  # systemd's: nothing without NOTIFY_SOCKET
         self.id = make_worker_id()
         self.inbox: SimpleQueue = SimpleQueue()
         self.store = WorkerStore(worker_id=self.id, backend=self.backend.alias)
         self.pool = SlotPool(size=self.concurrency, execute=self._execute, inbox=self.inbox, clock=clock)
+        self.liveness = Liveness(worker_id=self.id, backend=self.backend, held=self.pool.held_ids,
+                                 register=self._register_again, clock=clock, cancel=self.pool.cancel)
         self.stopping = threading.Event()  # stop claiming; let running jobs finish
         self.stop_deadline: float | None = None  # when unfinished jobs are handed back
         self.unwritten: list[Outcome] = []  # outcomes not yet in the database
@@ -104,14 +112,14 @@ class Worker:
         self._started = self.clock.monotonic()
         while self._db(self._register) is None and not self.stopping.is_set():
             pass
-        liveness = Liveness(worker_id=self.id, backend=self.backend, held=self.pool.held_ids,
-                            register=self._register, clock=self.clock, cancel=self.pool.cancel)
-        with self.pool, liveness:
+        with self.pool, self.liveness:
             start_waker(connections[self.store.alias], wake=self.wake, stop=self.stopping, queues=self.queues,
                         on_cancel=self.pool.cancel)
             loops = self._start_loops()
             logger.info("worker started worker=%s queues=%s concurrency=%d burst=%s", self.id,
                         ",".join(self.queues or ["*"]), self.concurrency, self.burst)
+            self.notifier.ready(f"worker {self.id}: queues {','.join(self.queues or ['*'])}, "
+                                f"concurrency {self.concurrency}")
             try:
                 while not self._finished():
                     self.step()
@@ -129,9 +137,14 @@ class Worker:
     # -- one turn ---------------------------------------------------------------------------
 
     def step(self) -> None:
+        self.notifier.ping(self.clock.monotonic())  # from this loop only: a hung loop is restarted
         self._take(self.pool.collect() + self.pool.expire())
         if self.duration and self.clock.monotonic() - self._started >= self.duration:
             self.request_stop(reason=f"duration {self.duration:g}s reached")
+        if not self.stopping.is_set():  # --max-jobs counts the outcomes in hand, so none claims past it
+            limit = self.limits.reached(jobs_done=self.processed + len(self.unwritten), now=self.clock.monotonic())
+            if limit:
+                self.request_stop(reason=limit)
         self._hand_back_waiting()
         progress = self.pool.due_progress()  # a task busy elsewhere: its last progress, written for it
         if progress:
@@ -167,6 +180,8 @@ class Worker:
         self.pool.give(written.claimed)
         for outcome, status in written.outcomes:
             self._log_outcome(outcome, status)
+            if status == JobStatus.FAILED:  # failed for good, and written: once per job
+                announce_failure(self.backend, outcome.job, error=outcome.error, exception=outcome.exc)
 
     def _flush_due(self) -> bool:
         """Outcomes are written together, but none waits more than FLUSH_AFTER seconds."""
@@ -198,7 +213,7 @@ class Worker:
             return 0.0  # nothing left to wait for: go and exit
         now = self.clock.monotonic()
         waits = [self.poll_interval if self.pool.has_free_slot() and not self.stopping.is_set() else 1.0]
-        for moment in (self.pool.next_deadline(), self.stop_deadline,
+        for moment in (self.pool.next_deadline(), self.stop_deadline, self.notifier.next_ping(),
                        self.unwritten_since + FLUSH_AFTER if self.unwritten else None,
                        self._started + self.duration if self.duration else None):
             if moment is not None:
@@ -226,6 +241,9 @@ class Worker:
             else:  # a bug: say where, loudly, and keep going
                 logger.exception("worker step failed worker=%s retry_in=%.1fs", self.id, wait)
             self.store.close()
+            next_ping = self.notifier.next_ping()
+            if next_ping is not None:  # the watchdog's ping must not wait for the backoff
+                wait = min(wait, max(next_ping - self.clock.monotonic(), 0.0))
             self._take(self.pool.collect(timeout=wait))
             return None
         self._backoff.succeeded()
@@ -234,20 +252,34 @@ class Worker:
     def _register(self) -> None:
         self.store.register(queues=self.queues, concurrency=self.concurrency, now=self.clock.now())
 
+    def _register_again(self) -> None:
+        """Liveness found the process row gone (cleaned away during a long outage): write it anew,
+        unless the worker is stopping, when it is gone because the worker unregistered (a beat
+        between that and the end of the liveness thread left the row of a worker that had left)."""
+        if not self.stopping.is_set():
+            self._register()
+
     def _log_outcome(self, outcome: Outcome, status: str | None) -> None:
+        """One line per outcome written: a final failure at ERROR with its exception (for
+        Sentry and mail handlers), a retry or a discarded outcome at WARNING."""
         job = outcome.job
-        fields = (job.id, job.task_path, job.attempts, attempt_limit(job, self.backend), outcome.duration)
+        limit = attempt_limit(job, self.backend)
+        fields, extra = (job.id, job.task_path, job.attempts, limit, outcome.duration), job_fields(job, limit)
         if status is None:
             logger.warning("job outcome discarded id=%s task=%s attempt=%s/%s duration=%.3fs "
-                           "reason=attempt-no-longer-held", *fields)
+                           "reason=attempt-no-longer-held", *fields, extra=extra)
         elif status == JobStatus.SUCCESSFUL:
-            logger.info("job finished id=%s task=%s attempt=%s/%s duration=%.3fs outcome=SUCCESSFUL", *fields)
+            logger.info("job finished id=%s task=%s attempt=%s/%s duration=%.3fs outcome=SUCCESSFUL", *fields,
+                        extra=extra)
         else:
             decision, error = outcome.decision, outcome.error
             note = f"retry in {decision.delay:.1f}s" if decision.retry else decision.reason
-            logger.warning("job finished id=%s task=%s attempt=%s/%s duration=%.3fs outcome=%s next=%s error=%s: %s",
-                           *fields, "RETRY" if status == JobStatus.READY else status, note.replace(" ", "-"),
-                           error["exception_class_path"], error["message"][:200])
+            failed = status == JobStatus.FAILED
+            logger.log(logging.ERROR if failed else logging.WARNING,
+                       "job finished id=%s task=%s attempt=%s/%s duration=%.3fs outcome=%s next=%s error=%s: %s",
+                       *fields, "RETRY" if status == JobStatus.READY else status, note.replace(" ", "-"),
+                       error["exception_class_path"], error["message"][:200],
+                       exc_info=outcome.exc if failed else None, extra=extra)
 
     # -- extra loops and shutdown -----------------------------------------------------------------
 
@@ -271,6 +303,7 @@ class Worker:
 
     def _shutdown(self, loops: list[threading.Thread]) -> None:
         """Write what finished, hand back what did not, and leave no trace of this process."""
+        self.notifier.stopping(f"worker {self.id}: stopping")
         self.stopping.set()
         self.pool.stop_taking()
         self._take(self.pool.collect())
@@ -298,3 +331,4 @@ class Worker:
             thread.join(timeout=5)
         logger.info("worker stopped worker=%s processed=%d handed_back=%d", self.id, self.processed,
                     len(unfinished))
+        self.notifier.close()

@@ -12,8 +12,11 @@ import threading
 from django.core.management.base import BaseCommand, CommandError
 
 from jobs.framework import DEFAULT_TASK_BACKEND_ALIAS, FRAMEWORK, task_backends
-from jobs.management.options import MAX_CONCURRENCY, backend_alias, bounded_int, seconds
+from jobs.management import reload
+from jobs.management.options import MAX_CONCURRENCY, MAX_JOBS, MAX_MEMORY_MB, backend_alias, bounded_int, seconds
 from jobs.worker import Worker
+from jobs.worker.limits import rss_bytes
+from jobs.worker.systemd import Notifier
 
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
 
@@ -88,30 +91,43 @@ class Command(BaseCommand):
         parser.add_argument("--no-scheduler", action="store_true", help="Do not run the scheduler in this worker.")
         parser.add_argument("--backend", type=backend_alias, default=DEFAULT_TASK_BACKEND_ALIAS,
                             help="TASKS alias (default 'default'): only its jobs, under its OPTIONS.")
+        parser.add_argument("--max-jobs", type=bounded_int(0, MAX_JOBS), default=0, metavar="N",
+                            help="Stop claiming once N jobs have finished (each attempt counts), let running ones "
+                                 "finish, exit 0: for a supervisor to start a fresh worker. 0 (default): no limit.")
+        parser.add_argument("--max-memory", type=bounded_int(0, MAX_MEMORY_MB), default=0, metavar="MB",
+                            help="Stop claiming once this process's resident memory passes MB MiB, let running "
+                                 "jobs finish, exit 0. 0 (default): no limit.")
+        parser.add_argument("--reload", "--dev", action="store_true", dest="reload",
+                            help="Development: restart the worker when its code changes (--dev is "
+                                 "django-background-tasks' name for it).")
         # Kept from django-background-tasks, so that existing unit files and crontabs keep working.
         parser.add_argument("--log-std", action="store_true",
                             help="Send what jobs print to stdout/stderr to the logger 'jobs.output' (INFO/ERROR).")
-        parser.add_argument("--dev", action="store_true",
-                            help="Not supported (django-background-tasks' auto-reload): a message says what to use.")
 
     def handle(self, *args, **options):
         self._configure_logging(options["verbosity"])
-        if options["dev"]:
-            self.stderr.write("process_tasks: --dev (auto-reload on code changes) is not supported and is ignored; "
-                              "restart the worker after changing code, or run it under a file watcher, e.g. "
-                              "watchmedo auto-restart --recursive --pattern='*.py' -- python manage.py process_tasks")
-        if options["log_std"]:
-            _redirect_std_to_logging()
         alias = options["backend"]
         backend = task_backends[alias]
         unknown = sorted(set(options["queues"] or []) - backend.queues) if backend.queues else []
         if unknown:
             raise CommandError(f"--queue {unknown[0]!r} is not in TASKS[{alias!r}]['QUEUES'] "
                                f"({', '.join(sorted(backend.queues))})")
+        if options["max_memory"] and rss_bytes() is None:
+            raise CommandError("--max-memory: this platform does not tell a process its memory use")
+        if options["reload"] and not reload.started_by_reloader():
+            return_code = reload.run_with_reloader()  # the worker runs in a child process, restarted on changes
+            if return_code:
+                raise SystemExit(return_code)
+            return
+        if options["log_std"]:
+            _redirect_std_to_logging()
         worker = Worker(backend_alias=alias, queues=options["queues"], concurrency=options["concurrency"],
                         burst=options["burst"], duration=options["duration"], poll_interval=options["sleep"],
-                        run_loops=not options["no_scheduler"])
+                        run_loops=not options["no_scheduler"], max_jobs=options["max_jobs"],
+                        max_memory=options["max_memory"], notifier=Notifier.from_environ(unset=True))
         self._install_signal_handlers(worker)
+        if reload.started_by_reloader():
+            reload.follow_parent(worker)
         return_code = worker.run()
         if return_code:
             raise SystemExit(return_code)

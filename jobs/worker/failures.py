@@ -1,0 +1,57 @@
+"""A job's outcome told to whoever watches: the fields of its log record, and ``job_failed``.
+
+The worker's main loop (for the outcomes it writes) and its liveness thread (for the
+lost workers' attempts it takes back) both report a job that failed for good the
+same way: an ERROR record with the exception, so that Sentry's logging integration
+and Django's ``AdminEmailHandler`` see it, then ``jobs.signals.job_failed``, once,
+after the write (an outcome the database discarded reaches neither).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import exception_class_path, exception_message
+from ..signals import job_failed
+
+logger = logging.getLogger("jobs.worker")
+
+_UNKNOWN = object()
+
+
+def job_fields(job, limit) -> dict:
+    """A job's fields for a log record's ``extra``: JSON formatters and Sentry show them as keys."""
+    return {"job_id": job.id, "task": job.task_path, "attempt": job.attempts, "max_attempts": limit}
+
+
+def announce_failure(backend, job, *, error: dict, exception: BaseException | None, task_result=_UNKNOWN) -> None:
+    """Send ``job_failed`` for ``job``, whose final failure is written. A receiver that
+    raises is logged (Django logs its traceback on ``django.dispatch``) and the others
+    still run; the worker goes on."""
+    sender = type(backend)
+    if not job_failed.has_listeners(sender):
+        return
+    if task_result is _UNKNOWN:
+        task_result = _result(backend, job.id)
+    try:
+        responses = job_failed.send_robust(sender, backend=backend.alias, job_id=job.id, task_path=job.task_path,
+                                           attempts=job.attempts, error=error, exception=exception,
+                                           task_result=task_result)
+    except BaseException:  # SystemExit from a receiver (send_robust catches Exception only): not the worker's end
+        logger.exception("job_failed receiver raised id=%s task=%s; later receivers were not called", job.id,
+                         job.task_path)
+        return
+    for receiver, response in responses:
+        if isinstance(response, Exception):
+            name = f"{getattr(receiver, '__module__', '?')}.{getattr(receiver, '__qualname__', repr(receiver))}"
+            logger.warning("job_failed receiver raised id=%s task=%s receiver=%s error=%s: %s", job.id,
+                           job.task_path, name, exception_class_path(response), exception_message(response)[:200])
+
+
+def _result(backend, job_id: int):
+    """The job's TaskResult as ``get_result`` says, or None when the row cannot be described."""
+    try:
+        return backend.get_result(job_id)
+    except Exception:  # noqa: BLE001 - a path that is not a task, a damaged row: no TaskResult
+        return None
+
