@@ -218,6 +218,11 @@ def limited(key, path, token, seconds):
     _span(path, f"{key}:{token}", seconds)
 
 
+@task(concurrency_key=lambda key: key)
+def one_per_key(key):
+    return key
+
+
 @task(concurrency_key="one-at-a-time", max_attempts=5)
 def one_at_a_time(path, token, seconds):
     _span(path, token, seconds)

@@ -155,6 +155,19 @@ def test_a_lost_workers_job_frees_its_place(run_worker, record_dir):
     assert JobStatus.SUCCESSFUL in statuses and Job.objects.get(pk=int(waiting.id)).status == JobStatus.SUCCESSFUL
 
 
+def test_a_claim_over_many_keys_with_room_takes_the_best_jobs_first(transactional_db):
+    """1,200 keys each with a job and room (more keys than SQLite lets one statement name): a claim
+    of 3 takes the three jobs first in claim order, whichever keys they are on."""
+    jobs.enqueue_many(tasks.one_per_key, [((f"k{i:04}",), {}) for i in range(1200)])
+    best = [tasks.one_per_key.using(priority=priority).enqueue(f"k{i:04}")
+            for i, priority in ((700, 9), (5, 8), (1100, 7))]
+    claimed = Job.objects.claim(worker_id="w", limit=3, now=timezone.now())
+    assert [job.id for job in claimed] == [int(r.id) for r in best]
+    more = Job.objects.claim(worker_id="w", limit=1000, now=timezone.now())  # more than a worker asks for
+    assert len(more) >= 400 and len({job.limit_key for job in more}) == len(more)
+    assert {job.limit_key for job in more}.isdisjoint({"k0700", "k0005", "k1100"})  # still at their limit
+
+
 # -- rate limits -------------------------------------------------------------------------------
 
 def test_a_rate_limit_holds_over_every_window_and_the_worker_does_not_spin(workers, record_dir):

@@ -13,7 +13,9 @@ claiming right now is skipped, not waited for; SQLite's write lock serialises ev
 claim anyway) and changed in the same transaction as the claim. A key's held-back
 backlog is never read: what the claim reads grows with the number of keys that have
 READY jobs, not with the jobs waiting behind them. When no job with a limit is
-READY (each claim says whether one is), none of this runs.
+READY (each claim says whether one is), none of this runs. Of the keys with room,
+only the ``limit`` whose first jobs come first in claim order take part: no claim
+can take a job from more keys than it takes jobs.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from django.db import transaction
 
 from .. import limits
 from ..models import CLAIM_INDEX, LIMITED_INDEX, Job, JobLimit, JobStatus, QueueState
-from ..rows import CLAIMED, ClaimedJob, claim_order, read_rows
+from ..rows import CLAIMED, ClaimedJob, claim_order, columns_sql, read_rows
 
+KEYS_FULL_FOR = timedelta(seconds=0.1)  # see Statements.keys_full()
 MAX_INT = 2**31 - 1  # the largest value of an integer column on PostgreSQL (and MySQL)
 
 # The columns an insert writes, in this order (every NOT NULL one, and the optional ones
@@ -46,10 +50,22 @@ INSERT_DEFAULTS = {"status": JobStatus.READY.value, "task_run_after": None, "att
                    "limit_key": None, "concurrency_limit": None, "rate_limit": None}
 
 
+class Head(NamedTuple):
+    """A limit key with due READY jobs, as its first one (in claim order) and its JobLimit row say."""
+
+    key: str
+    concurrency_limit: int | None
+    rate_limit: str | None
+    running: int
+    starts: list
+    order: tuple  # (-priority, run_after, id) of that first job: its place in claim order
+
+
 class Statements:
     """The named statements of one connection; subclasses are the vendors."""
 
     vendor = ""
+    max_keys = 10_000  # keys one claim statement may name (SQLite: its compound SELECT limit, 500)
 
     def __init__(self, connection):
         self.connection = connection
@@ -58,8 +74,10 @@ class Statements:
         self.table = qn(Job._meta.db_table)
         self.limit_table = qn(JobLimit._meta.db_table)
         self.col = {f.name: qn(f.column) for f in Job._meta.concrete_fields}
+        self.claimed_columns = columns_sql(connection, CLAIMED)  # what a claim returns, built once
         # Whether the last claim saw READY jobs with a limit key (then the next one looks at keys).
         self.limited_ready = True
+        self.keys_full_until: datetime | None = None  # see keys_full()
 
     # -- values as the database takes them --------------------------------------------
 
@@ -111,15 +129,27 @@ class Statements:
         """Take up to ``limit`` due jobs of ``backend`` for ``worker_id``, marking them RUNNING."""
         if limit <= 0:
             return []
-        if not self.limited_ready:
+        if not self.limited_ready or self.keys_full(now):
             jobs = self.claim_plain(worker_id=worker_id, limit=limit, now=now, queues=queues, backend=backend)
             if not self.limited_ready or len(jobs) == limit:
                 return jobs
-            # Jobs with limits just became READY: look at their keys now, not a poll later.
+            # Jobs with limits just became READY, or too few others: look at the keys now, not a poll later.
+            self.keys_full_until = None
             return jobs + self.claim(worker_id=worker_id, limit=limit - len(jobs), now=now, queues=queues,
                                      backend=backend)
         with transaction.atomic(using=self.connection.alias):
             return self._claim_limited(worker_id=worker_id, limit=limit, now=now, queues=queues, backend=backend)
+
+    def keys_full(self, now: datetime) -> bool:
+        """Whether the last look found every key at its limit, less than KEYS_FULL_FOR ago.
+
+        Meanwhile a claim that jobs without limits fill takes only those: a busy worker does
+        not read every key's head for each batch while the keys stay full. A claim that comes
+        up short, and a release by this connection, look at the keys again at once; a key
+        freed by another worker waits at most KEYS_FULL_FOR here (that worker looks at once).
+        """
+        until = self.keys_full_until
+        return until is not None and until - KEYS_FULL_FOR <= now < until
 
     def claim_plain(self, *, worker_id: str, limit: int, now: datetime, queues, backend: str) -> list[ClaimedJob]:
         """The claim of jobs without limits only (and whether jobs with limits are READY)."""
@@ -128,11 +158,13 @@ class Statements:
     def _claim_limited(self, *, worker_id: str, limit: int, now: datetime, queues, backend: str) -> list[ClaimedJob]:
         epoch = now.timestamp()
         heads = self.limited_heads(now=now, queues=queues, backend=backend)  # a look without locks
-        hopeful = [head for head in heads if _room(head, *head[3:], epoch) > 0]
+        hopeful = sorted((head for head in heads if _room(head, head.running, head.starts, epoch) > 0),
+                         key=lambda head: head.order)[:min(limit, self.max_keys)]
+        self.keys_full_until = None if hopeful else now + KEYS_FULL_FOR
         if not hopeful:
             return self.claim_plain(worker_id=worker_id, limit=limit, now=now, queues=queues, backend=backend)
-        locked = self.lock_limits([head[0] for head in hopeful])  # {key: (running, starts)}, fresh
-        rooms, by_key = {}, {head[0]: head for head in hopeful}
+        locked = self.lock_limits([head.key for head in hopeful])  # {key: (running, starts)}, fresh
+        rooms, by_key = {}, {head.key: head for head in hopeful}
         for key, (running, starts) in locked.items():
             free = _room(by_key[key], running, starts, epoch)
             if free > 0:
@@ -144,7 +176,7 @@ class Statements:
             running, starts = locked[key]
             counted = sum(1 for job in jobs if job.limit_key == key and job.concurrency_limit is not None)
             updates.append((key, counted, limits.recorded_starts(starts, count, now=epoch,
-                                                                 rate=_rate(by_key[key][2]))))
+                                                                 rate=_rate(by_key[key].rate_limit))))
         self.save_limits(updates)
         return jobs
 
@@ -156,9 +188,9 @@ class Statements:
         ``limit`` in all, in claim order; sets ``self.limited_ready``."""
         raise NotImplementedError
 
-    def limited_heads(self, *, now: datetime, queues, backend: str) -> list[tuple]:
-        """(key, concurrency_limit, rate_limit, running, starts) of each limit key with a due job
-        (the limits of its first one), read without locks."""
+    def limited_heads(self, *, now: datetime, queues, backend: str) -> list[Head]:
+        """Each limit key with a due job that may have room (with the limits of its first due job),
+        read without locks; a key at its concurrency limit may be left out."""
         raise NotImplementedError
 
     def lock_limits(self, keys: Sequence[str]) -> dict[str, tuple[int, list]]:
@@ -172,6 +204,8 @@ class Statements:
     def release(self, jobs: Sequence[ClaimedJob]) -> None:
         """These jobs leave RUNNING: they no longer count on their keys (in the caller's transaction)."""
         counts = Counter(job.limit_key for job in jobs if job.limit_key and job.concurrency_limit is not None)
+        if counts:
+            self.keys_full_until = None  # a key has room again
         for key, count in counts.items():
             JobLimit.objects.using(self.connection.alias).filter(key=key).update(
                 running=_at_least_zero(count))
@@ -213,6 +247,11 @@ class Statements:
         return f" INDEXED BY {self.qn(LIMITED_INDEX if limited else CLAIM_INDEX)}"
 
 
+def claim_position(priority, run_after, pk) -> tuple:
+    """A job's place in claim order, as a sort key (a damaged priority sorts as 0, not as an error)."""
+    return (-priority if isinstance(priority, int) else 0, run_after, pk)
+
+
 def _rate(text: str | None):
     try:
         return limits.parse_rate(text) if text else None
@@ -220,12 +259,12 @@ def _rate(text: str | None):
         return None
 
 
-def _room(head: tuple, running, starts, epoch: float) -> int:
-    _key, concurrency_limit, rate_text = head[:3]
+def _room(head: Head, running, starts, epoch: float) -> int:
     if not isinstance(starts, list):
         starts = []
-    return limits.room(running=running or 0, concurrency_limit=concurrency_limit,
-                       starts=[s for s in starts if isinstance(s, (int, float))], rate=_rate(rate_text), now=epoch)
+    return limits.room(running=running or 0, concurrency_limit=head.concurrency_limit,
+                       starts=[s for s in starts if isinstance(s, (int, float))], rate=_rate(head.rate_limit),
+                       now=epoch)
 
 
 def _at_least_zero(count: int):

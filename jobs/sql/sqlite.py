@@ -15,8 +15,8 @@ from datetime import datetime
 from django.db import transaction
 
 from ..models import JobStatus
-from ..rows import CLAIMED, STALE, ClaimedJob, columns_sql, read_rows
-from .base import COMMON_FIELDS, INSERT_FIELDS, MAX_INT, Statements
+from ..rows import STALE, ClaimedJob, columns_sql, read_rows
+from .base import COMMON_FIELDS, INSERT_FIELDS, MAX_INT, Head, Statements, claim_position
 
 # SQLite allows 32,766 parameters per statement; 20 columns a row.
 BULK_BATCH = 500
@@ -24,6 +24,7 @@ BULK_BATCH = 500
 
 class SqliteStatements(Statements):
     vendor = "sqlite"
+    max_keys = 400
 
     def __init__(self, connection):
         super().__init__(connection)
@@ -112,7 +113,7 @@ class SqliteStatements(Statements):
             f"CASE WHEN {col['attempts']} < {MAX_INT} THEN {col['attempts']} + 1 ELSE {col['attempts']} END, "
             f"{col['worker_id']} = %s, {col['heartbeat_at']} = %s, {col['last_attempted_at']} = %s, "
             f"{col['started_at']} = COALESCE({col['started_at']}, %s), {col['progress']} = NULL "
-            f"WHERE {col['id']} IN ({chosen}) RETURNING {columns_sql(self.connection, CLAIMED)}"
+            f"WHERE {col['id']} IN ({chosen}) RETURNING {self.claimed_columns}"
         )
         return sql, [worker_id, now_db, now_db, now_db, *params]
 
@@ -127,11 +128,12 @@ class SqliteStatements(Statements):
             f"AND {col['limit_key']} IS NOT NULL AND {col['backend']} = %s LIMIT 1", [backend]))
         return jobs
 
-    def limited_heads(self, *, now: datetime, queues, backend: str) -> list[tuple]:
+    def limited_heads(self, *, now: datetime, queues, backend: str) -> list[Head]:
         col, table = self.col, self.table
         ready = (f"{col['status']} = '{JobStatus.READY.value}' AND {col['limit_key']} IS NOT NULL "
                  f"AND {col['backend']} = %s")
-        head = (f"SELECT json_array(j.{col['concurrency_limit']}, j.{col['rate_limit']}) FROM {table} j"
+        head = (f"SELECT json_array(j.{col['concurrency_limit']}, j.{col['rate_limit']}, j.{col['priority']}, "
+                f"j.{col['run_after']}, j.{col['id']}) FROM {table} j"
                 f"{self.index_hint(True)} WHERE {self.where_due('j', queues=queues, limited=True)} "
                 f"AND j.{col['limit_key']} = keys.k ORDER BY j.{col['priority']} DESC, j.{col['run_after']}, "
                 f"j.{col['id']} LIMIT 1")
@@ -147,8 +149,11 @@ class SqliteStatements(Statements):
         rows = self._fetch(sql, [backend, backend, backend, self.time(now), *(queues or ())])
         heads = []
         for key, head, running, starts in rows:
-            concurrency, rate = json.loads(head)
-            heads.append((key, concurrency, rate, running or 0, _starts(starts)))
+            concurrency, rate, priority, run_after, pk = json.loads(head)
+            if running and concurrency is not None and rate is None and running >= concurrency:
+                continue  # at its limit: no room
+            heads.append(Head(key, concurrency, rate, running or 0, _starts(starts),
+                              claim_position(priority, run_after, pk)))
         return heads
 
     def lock_limits(self, keys: Sequence[str]) -> dict[str, tuple[int, list]]:
