@@ -12,6 +12,8 @@ Workloads (bench/README.md says how each is measured):
     W3  enqueue-to-start latency p50/p95 against an idle worker
     W4  two worker processes of ours draining together: duplicates and misses
     W5  our claim cost with 0 and with 1,000,000 finished rows in the table
+    W6  our claim cost with 100,000 READY jobs of which 99% are held back by their
+        concurrency key (10, 100 and 1,000 keys at their limit)
 
 Every queue runs in its own interpreter (ours: the project's venv; the peers:
 venvs under .bench/venvs built on first use). PostgreSQL is a throwaway server
@@ -53,7 +55,7 @@ from bench.harness.venvs import ensure_venv
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO_ROOT / ".bench"
 CHART_DIR = Path(__file__).resolve().parent / "chart"
-WORKLOADS = ("w1", "w2", "w3", "w4", "w5")
+WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6")
 
 # Rough rates (jobs/s) on a 2-core machine; only for the progress bar's estimate.
 RATE_HINTS = {
@@ -80,11 +82,15 @@ class Profile:
     w5_rows: int
     w5_claims: int
     w5_drain_n: int
+    w6_jobs: int = 100_000
+    w6_keys: tuple[int, ...] = (10, 100, 1000)
+    w6_claims: int = 300
 
 
 PROFILES = {
     "quick": Profile(
         "quick", ours_n=2000, reps=1, latency_ours=10, w4_n=2000, w5_rows=100_000, w5_claims=200, w5_drain_n=1000,
+        w6_keys=(100,), w6_claims=100,
         peer_n={"django-background-tasks": {"sqlite": 60, "postgres": 60},
                 "django-tasks-db": {"sqlite": 400, "postgres": 200},
                 "django-q2": {"sqlite": 200, "postgres": 100},
@@ -124,7 +130,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       "stays capped, at 1000); about an hour")
     parser.add_argument("-n", "--jobs", type=int, help="jobs per drain for ours (peers: at most this many)")
     parser.add_argument("--reps", type=int, help="repetitions (default 3; --quick: 1)")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of w1..w5")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of w1..w6")
     parser.add_argument("--peers", help="comma-separated subset of: " + ", ".join(p.name for p in PEERS)
                         + " ('none' for ours alone)")
     parser.add_argument("--db", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
@@ -164,6 +170,7 @@ class Results:
     w4: list[dict] = field(default_factory=list)
     w5: list[dict] = field(default_factory=list)
     w5_fill: list[dict] = field(default_factory=list)
+    w6: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -256,6 +263,12 @@ class Bench:
                         steps.append(Step(f"W5 ours {db} {state} rep {rep}/{reps}",
                                           3 + self.profile.w5_claims * 0.002 + self.cost(self.ours, db, n),
                                           lambda d=db, s=state, r=rep: self.w5(d, s, r)))
+        if "w6" in work and self.ours:
+            for db in self.providers:
+                for keys in self.profile.w6_keys:
+                    steps.append(Step(f"W6 ours {db}: {self.profile.w6_jobs:,} READY, {keys:,} keys at their limit",
+                                      10 + self.profile.w6_jobs / 20_000 + reps * self.profile.w6_claims * 0.01,
+                                      lambda d=db, k=keys: self.w6(d, k, reps)))
         return steps
 
     def latency_samples(self, adapter: DriverAdapter) -> int:
@@ -396,6 +409,20 @@ class Bench:
         self.say(f"rep {rep}  W5 ours {db:<8} {state:<6} claim {cost['median_s'] * 1e6:7.0f} us/job  "
                  f"drain {drained.jobs_per_s:8,.1f} jobs/s")
 
+    def w6(self, db: str, keys: int, reps: int) -> None:
+        """One database: the held-back jobs, then ``reps`` rounds of timed claims (each takes free
+        jobs, and every 10th the next job of a key just freed)."""
+        jobs_total, held_share = self.profile.w6_jobs, 0.99
+        with self.providers[db].fresh(f"ours_w6_{keys}") as url:
+            self.ours.setup(url)
+            fill = self.ours.call("fill_held_back", jobs_total, keys, held_share, timeout=1800)
+            for rep in range(1, reps + 1):
+                cost = self.ours.call("held_back_claim_cost", self.profile.w6_claims)
+                self.results.w6.append({"db": db, "rep": rep, "keys": keys, "ready": fill["ready"],
+                                        "held_back": fill["held_back"], "fill_s": fill["insert_s"], **cost})
+                self.say(f"rep {rep}  W6 ours {db:<8} {keys:>5,} keys  claim p50 {cost['median_s'] * 1000:6.2f} ms  "
+                         f"p95 {cost['p95_s'] * 1000:6.2f} ms  (key freed: {cost['keyed_median_s'] * 1000:.2f} ms)")
+
 
 # -- set-up and output -------------------------------------------------------------------------
 
@@ -531,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": {"ours_n": args.jobs or profile.ours_n, "reps": args.reps or profile.reps,
                   "peer_n": profile.peer_n if not args.no_cap else "same as ours", "w4_n": profile.w4_n,
                   "w5_rows": profile.w5_rows, "w5_claims": profile.w5_claims, "w5_drain_n": profile.w5_drain_n,
+                  "w6_jobs": profile.w6_jobs, "w6_keys": list(profile.w6_keys), "w6_claims": profile.w6_claims,
                   "latency_ours": profile.latency_ours, "latency_peers": profile.latency_peers},
         "machine": {**machine_facts(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "databases": databases,
@@ -538,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "errors": results.errors,
         "runs": {"w1": results.w1, "w2": results.w2, "w3": results.w3, "w4": results.w4, "w5": results.w5,
-                 "w5_fill": results.w5_fill},
+                 "w5_fill": results.w5_fill, "w6": results.w6},
     }
     payload["wall_s"] = round(time.perf_counter() - wall_started, 1)
     report.write_json(args.out, payload)  # first: a problem below must not lose the measurements

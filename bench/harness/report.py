@@ -59,7 +59,9 @@ def summarize(results, profile, ours_name: str = "ours") -> dict:
     w3 = _summarize_w3(results.w3, ours_name)
     w4 = _summarize_w4(results.w4)
     w5 = _summarize_w5(results.w5, results.w5_fill)
-    return {"w1": w1, "w2": w2, "w3": w3, "w4": w4, "w5": w5, "targets": targets(w1, w2, w3, w4, w5, ours_name)}
+    w6 = _summarize_w6(getattr(results, "w6", []))
+    return {"w1": w1, "w2": w2, "w3": w3, "w4": w4, "w5": w5, "w6": w6,
+            "targets": targets(w1, w2, w3, w4, w5, ours_name, w6)}
 
 
 def _summarize_w1(runs: list[dict], ours: str) -> list[dict]:
@@ -143,8 +145,23 @@ def _summarize_w5(runs: list[dict], fills: list[dict]) -> list[dict]:
     return rows
 
 
-def targets(w1, w2, w3, w4, w5, ours: str) -> list[dict]:
-    """The issue's targets, each with what was measured and whether it was met (None: not measured)."""
+def _summarize_w6(runs: list[dict]) -> list[dict]:
+    rows = []
+    for (db, keys), group in _group(runs, "db", "keys").items():
+        rows.append({"db": db, "keys": keys, "ready": group[0]["ready"], "held_back": group[0]["held_back"],
+                     "runs": len(group), "claims_per_run": group[0]["samples"],
+                     "claim_median_s": median([r["median_s"] for r in group]),
+                     "claim_p95_s": median([r["p95_s"] for r in group]),
+                     "freed_key_median_s": median([r["keyed_median_s"] for r in group])})
+    return sorted(rows, key=lambda r: ({"sqlite": 0, "postgres": 1}.get(r["db"], 9), r["keys"]))
+
+
+W6_TARGET_KEYS, W6_TARGET_S = 100, 0.005  # issue 12: 100,000 READY, 99% held back, a claim under 5 ms
+
+
+def targets(w1, w2, w3, w4, w5, ours: str, w6=()) -> list[dict]:
+    """The issues' targets (6, 12 and 14), each with what was measured and whether it was met
+    (None: not measured)."""
     out = []
 
     def add(name: str, measured: float | None, met: bool | None, shown: str):
@@ -173,10 +190,36 @@ def targets(w1, w2, w3, w4, w5, ours: str) -> list[dict]:
         add(f"W5 claim cost with {row['rows']:,} finished rows <= 1.5x empty on {DB_LABEL[row['db']]}", ratio,
             None if ratio is None else ratio <= 1.5, "-" if ratio is None else f"{ratio:.2f}x")
     w1_by = {r["db"]: r for r in w1 if r["queue"] == ours and r["mode"] == "bulk"}
-    for db in ("sqlite", "postgres"):
+    for db, minimum in (("sqlite", 20000), ("postgres", 25000)):
         rate = (w1_by.get(db) or {}).get("median_jobs_per_s")
-        add(f"W1 bulk >= 20,000 jobs/s on {DB_LABEL[db]}", rate, None if rate is None else rate >= 20000,
+        add(f"W1 bulk >= {minimum:,} jobs/s on {DB_LABEL[db]}", rate, None if rate is None else rate >= minimum,
             "-" if rate is None else f"{rate:,.0f} jobs/s")
+    # Issue 14: the redesigned worker.
+    ours_w2 = {r["db"]: r["median_jobs_per_s"] for r in w2 if r["queue"] == ours and not r["variant"]}
+    for db, minimum in (("postgres", 2000), ("sqlite", 2500)):
+        rate = ours_w2.get(db)
+        add(f"W2 one worker >= {minimum:,} jobs/s on {DB_LABEL[db]}", rate, None if rate is None else rate >= minimum,
+            "-" if rate is None else f"{rate:,.0f} jobs/s")
+    w1_pg = {(r["queue"], r["mode"]): r for r in w1 if r["db"] == "postgres"}
+    for mode, minimum, against in (("each", 1.5, ["procrastinate"]), ("tx", 1.2, None)):
+        peers = [r for (queue, m), r in w1_pg.items() if m == mode and queue != ours
+                 and (against is None or queue in against) and r["ours_ratio"]]
+        ratio = min((r["ours_ratio"] for r in peers), default=None)  # against the best of them
+        who = against[0] if against else "the best peer"
+        add(f"W1 {MODES[mode]} on PostgreSQL >= {minimum}x {who}", ratio, None if ratio is None else ratio >= minimum,
+            "-" if ratio is None else f"{ratio:.2f}x")
+    for db in ("postgres", "sqlite"):
+        row = w3_by.get(db)
+        value = row["p50_s"] if row else None
+        add(f"W3 {DB_LABEL[db]} p50 <= 4 ms", value, None if value is None else value <= 0.004,
+            "-" if value is None else f"{value * 1000:.1f} ms")
+    # Issue 12: the claim past held-back jobs.
+    for row in w6:
+        if row["keys"] == W6_TARGET_KEYS:
+            value = row["claim_median_s"]
+            add(f"W6 claim with {row['ready']:,} READY ({row['held_back']:,} held back on {row['keys']} keys) "
+                f"< 5 ms on {DB_LABEL[row['db']]}", value, None if value is None else value < W6_TARGET_S,
+                "-" if value is None else f"{value * 1000:.2f} ms")
     return out
 
 
@@ -318,8 +361,18 @@ def markdown(payload: dict) -> str:
         out.append(_table(["db", "finished rows", "claim µs (empty)", "claim µs (filled)", "ratio",
                            "drain jobs/s (empty)", "drain jobs/s (filled)", "ratio"], rows, "lrrrrrrr"))
 
+    if s.get("w6"):
+        out += ["", "**W6 claim past held-back jobs**: 100,000 READY jobs, 99% of them on keys at their "
+                "concurrency limit; one job per claim, the whole claim timed (its keys, their limit rows, the "
+                "claim, the commit); every 10th claim follows a freed key", ""]
+        rows = [[DB_LABEL[r["db"]], f"{r['keys']:,}", f"{r['ready']:,}", f"{r['held_back']:,}",
+                 _num(r["claim_median_s"] * 1000, ".2f"), _num(r["claim_p95_s"] * 1000, ".2f"),
+                 _num(r["freed_key_median_s"] * 1000, ".2f")] for r in s["w6"]]
+        out.append(_table(["db", "keys", "READY", "held back", "claim p50 ms", "p95 ms", "freed key p50 ms"], rows,
+                          "lrrrrrr"))
+
     if s["targets"]:
-        out += ["", "**Targets** (issue 6)", ""]
+        out += ["", "**Targets** (issues 6, 12 and 14)", ""]
         rows = [[t["target"], t["shown"], {True: "met", False: "**missed**", None: "not measured"}[t["met"]]]
                 for t in s["targets"]]
         out.append(_table(["target", "measured", ""], rows, "lrl"))

@@ -11,14 +11,14 @@ from __future__ import annotations
 import statistics
 import time
 
-from bench_tasks import noop, record, stamp
+from bench_tasks import keyed, noop, record, stamp
 from django.db import connection, transaction
 from django.db.models import Count
 from django.utils import timezone
 
 import jobs
 from jobs.models import Job, JobStatus
-from jobs.sql import claim_sql
+from jobs.sql import claim_sql, statements
 
 WORKER_ARGS = ["process_tasks", "--no-scheduler"]
 WORKER_VARIANTS = {"c2": [*WORKER_ARGS, "--concurrency", "2"]}
@@ -150,3 +150,70 @@ def claim_plan() -> list[str]:
             lines = [row[-1] for row in cursor.fetchall()]
         transaction.set_rollback(True)
     return lines
+
+
+# -- W6: claim cost when most READY jobs are held back by their concurrency key -----------------
+
+def fill_held_back(jobs_total: int, keys: int, held_share: float) -> dict:
+    """``jobs_total`` READY jobs, ``held_share`` of them keyed over ``keys`` keys (limit 1) whose one
+    place is taken by a RUNNING job; the rest have no key. Keyed jobs are the older ones, so a
+    claim whose key had room would take one first."""
+    held = int(jobs_total * held_share)
+    started = time.perf_counter()
+    jobs.enqueue_many(keyed, [((f"account-{i % keys}",), {}) for i in range(held + keys)])
+    holders = []
+    while len(holders) < keys:  # one job per key (SQLite's claim names at most 400 keys at a time)
+        taken = statements(connection).claim(worker_id="bench:holder", limit=keys - len(holders),
+                                             now=timezone.now(), queues=None, backend="default")
+        if not taken:
+            break
+        holders += taken
+    if len({job.limit_key for job in holders}) != keys:
+        raise RuntimeError(f"expected one running job on each of {keys} keys, got {len(holders)}")
+    enqueue_bulk(jobs_total - held)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(f"VACUUM ANALYZE {connection.ops.quote_name(Job._meta.db_table)}")
+    ready = Job.objects.filter(status=JobStatus.READY)
+    return {"insert_s": time.perf_counter() - started, "ready": ready.count(),
+            "held_back": ready.exclude(limit_key=None).count(), "keys": keys}
+
+
+def held_back_claim_cost(samples: int) -> dict:
+    """Claim one job at a time the way the worker does (the limited claim: the keys' heads, their
+    limit rows, the claim), each in its own transaction; time the whole claim.
+
+    Every 10th sample first frees one key (its RUNNING job finishes), so that claim takes that
+    key's next job; the other claims take free jobs past 99,000 held-back ones.
+    """
+    sql = statements(connection)
+    worker_id = "bench:claimer"
+    free, keyed_times, wrong = [], [], 0
+    running = {job.limit_key: job for job in Job.objects.filter(status=JobStatus.RUNNING).exclude(limit_key=None)}
+    for sample in range(samples):
+        freeing = sample % 10 == 9 and running
+        if freeing:
+            key, holder = running.popitem()
+            with transaction.atomic():
+                Job.objects.filter(pk=holder.pk).update(status=JobStatus.SUCCESSFUL, finished_at=timezone.now())
+                sql.release([holder])
+        started = time.perf_counter()
+        claimed = sql.claim(worker_id=worker_id, limit=1, now=timezone.now(), queues=None, backend="default")
+        took = time.perf_counter() - started
+        if len(claimed) != 1:
+            raise RuntimeError(f"claim returned {len(claimed)} jobs, expected 1")
+        (job,) = claimed
+        if freeing:
+            keyed_times.append(took)
+            wrong += job.limit_key != key
+            running[key] = job  # it holds the key's place now
+        else:
+            free.append(took)
+            wrong += job.limit_key is not None
+            Job.objects.filter(pk=job.pk).update(status=JobStatus.SUCCESSFUL, finished_at=timezone.now())
+    if wrong:
+        raise RuntimeError(f"{wrong} claims took a job other than expected (a held-back one, or not the freed key's)")
+    every = sorted(free + keyed_times)
+    return {"median_s": statistics.median(every), "p95_s": every[int(0.95 * (len(every) - 1))],
+            "free_median_s": statistics.median(free), "keyed_median_s": statistics.median(keyed_times),
+            "samples": len(every)}

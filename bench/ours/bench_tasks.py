@@ -28,3 +28,8 @@ def record(context):
         os.write(fd, line)
     finally:
         os.close(fd)
+
+
+@task(concurrency_key=lambda key: key, concurrency_limit=1)
+def keyed(key):
+    """W6: one of many jobs of an account whose key is at its limit (one RUNNING)."""
