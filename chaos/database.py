@@ -1,0 +1,73 @@
+"""The database of the fault test: one throwaway PostgreSQL (``tests.pgserver``) listening
+on loopback (the producer and the checker) and on every host's address, restarted by
+the fault injector.
+
+It runs at PostgreSQL's default durability (fsync and synchronous_commit on), as in
+production: the tests' own settings turn them off, and with synchronous_commit off an
+immediate shutdown loses the last commits, which is no fault of the queue's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from tests.pgserver import PostgresServer, find_bindir, start_server
+
+from .hosts import NETWORK, Host
+
+LEFTOVER = Path("/tmp/jobs-chaos-server.json")  # a killed run's server, stopped by the next run
+
+
+class Database:
+    def __init__(self, hosts: list[Host]):
+        listen = ("127.0.0.1", *sorted({h.server_address for h in hosts} - {"127.0.0.1"}))
+        self.server: PostgresServer = start_server(settings=("log_lock_waits=on",), listen=listen,
+                                                   trust=(str(NETWORK),))
+        LEFTOVER.write_text(json.dumps({"bindir": str(self.server.bindir), "datadir": str(self.server.datadir),
+                                        "as_user": self.server.as_user}))
+        self.restarts: list[dict] = []
+
+    def url(self, address: str = "127.0.0.1", name: str = "chaos-harness") -> str:
+        """The URL from ``address``; ``name`` is the connections' application_name."""
+        return f"postgres://postgres@{address}:{self.server.port}/postgres?application_name={name}"
+
+    @property
+    def log(self) -> Path:
+        return self.server.datadir / "server.log"
+
+    def restart(self, mode: str) -> dict:
+        """Stop (``fast`` or ``immediate``) and start again; the timings go to the report."""
+        began = time.time()
+        self.server.stop(mode=mode)
+        down = time.time()
+        self.server.start()
+        restart = {"mode": mode, "began": began, "down": down, "up": time.time()}
+        self.restarts.append(restart)
+        return restart
+
+    def is_running(self) -> bool:
+        return (self.server.datadir / "data" / "postmaster.pid").exists()
+
+    def destroy(self) -> None:
+        self.server.destroy()
+        LEFTOVER.unlink(missing_ok=True)
+
+
+def stop_leftover() -> str | None:
+    """Stop and delete the server of a run that was killed before it could; returns its datadir."""
+    try:
+        state = json.loads(LEFTOVER.read_text())
+    except (OSError, ValueError):
+        return None
+    bindir = Path(state["bindir"]) if Path(state["bindir"]).exists() else find_bindir()
+    data = Path(state["datadir"]) / "data"
+    if bindir and (data / "postmaster.pid").exists():
+        subprocess.run([*state["as_user"], str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                       capture_output=True)
+    shutil.rmtree(state["datadir"], ignore_errors=True)
+    LEFTOVER.unlink(missing_ok=True)
+    return state["datadir"]
