@@ -15,7 +15,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.pgserver import PostgresServer, find_bindir, start_server
+from tests.pgserver import PostgresServer, PostgresUnavailable, find_bindir, start_server
+
+__all__ = ["Database", "PostgresUnavailable", "stop_leftover"]
 
 from .hosts import NETWORK, Host
 

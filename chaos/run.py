@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import hosts as hosts_module
-from .database import Database, stop_leftover
+from .database import Database, PostgresUnavailable, stop_leftover
 from .faults import Injector
 
 # chaos.check, chaos.report and chaos.tasks declare tasks, which needs settings: they are
@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             say(f"interrupted (seed {seed}); everything it started is gone")
             return 130
+        except (PostgresUnavailable, RuntimeError, ValueError) as exc:
+            say(f"ERROR: {exc}")
+            return 2
 
 
 def run(*, seconds: float, seed: int, workers: int) -> int:
