@@ -12,8 +12,10 @@ several are under way at once, and database restarts run beside the others:
 - ``restart-fast`` / ``restart-immediate``: restart PostgreSQL in that shutdown mode.
 - ``start``: a new worker joins (on a host whose worker died), while others die.
 
-A fault targets only a healthy worker (alive, running, reachable), and never the last
-``MIN_HEALTHY`` of them, so the queue always has someone to recover with.
+A fault targets only a healthy worker (alive, running, reachable, and heartbeating again
+since its last stop or partition ended, so that a worker slow to recover is seen, not
+killed), and never the last ``MIN_HEALTHY`` of them, so the queue always has someone to
+recover with.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ MIN_HEALTHY = 2
 
 class Injector:
     def __init__(self, cluster: Cluster, database: Database, *, seed: int, stale_after: float, partitions: bool,
-                 running_jobs, holds_locks):
+                 running_jobs, holds_locks, beat_since):
         self.cluster = cluster
         self.database = database
         self.rng = random.Random(f"faults-{seed}")
@@ -54,6 +56,7 @@ class Injector:
         self.weights = {k: w for k, w in WEIGHTS.items() if partitions or k != "partition"}
         self.running_jobs = running_jobs  # () -> set of PIDs of workers holding a RUNNING job
         self.holds_locks = holds_locks  # label -> whether that worker is inside a transaction holding job rows
+        self.beat_since = beat_since  # (pid, time) -> whether that worker heartbeated since
         self.faults: list[dict] = []
         self._timers: list = []  # heap of (when, n, action)
         self._order = itertools.count()
@@ -113,7 +116,8 @@ class Injector:
 
     def healthy(self) -> list[WorkerRun]:
         return [r for r in self.cluster.runs
-                if r.alive and not r.stopped and not r.terminated and not r.host.partitioned]
+                if r.alive and not r.stopped and not r.terminated and not r.host.partitioned
+                and (r.outage_ended is None or self.beat_since(r.process.pid, r.outage_ended))]
 
     def _choose(self) -> str:
         return self.rng.choices(list(self.weights), weights=list(self.weights.values()))[0]
@@ -171,7 +175,7 @@ class Injector:
         def resume():
             run.signal(signal.SIGCONT)
             run.stopped = False
-            fault["end"] = time.time()
+            fault["end"] = run.outage_ended = time.time()
 
         self._at(self.stale_after + self.rng.uniform(*STOP_BEYOND_STALE), resume)
 
@@ -185,7 +189,7 @@ class Injector:
 
         def heal():
             host.heal()
-            fault["end"] = time.time()
+            fault["end"] = run.outage_ended = time.time()
 
         self._at(duration, heal)
 

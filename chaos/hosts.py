@@ -168,6 +168,7 @@ class WorkerRun:
     ended: float | None = None
     stopped: bool = False  # SIGSTOPped and not yet continued
     terminated: bool = False  # sent SIGTERM (or SIGKILL): its exit is expected
+    outage_ended: float | None = None  # when its last stop or partition ended
 
     @property
     def label(self) -> str:

@@ -144,11 +144,12 @@ def run(*, seconds: float, seed: int, workers: int) -> int:
              "--record", str(OUT / "enqueued.jsonl")],
             cwd=REPO, stdout=open(OUT / "logs" / "producer.log", "w"), stderr=subprocess.STDOUT,
             start_new_session=True)
-        injector = Injector(cluster, database, seed=seed, stale_after=stale_after, partitions=not no_namespaces,
-                            running_jobs=lambda: retrying(_pids_running_jobs, attempts=1, default=set()),
-                            holds_locks=lambda label: retrying(lambda: _holds_locks(label), attempts=1, default=False))
         heartbeats = Heartbeats()
         heartbeats.start()
+        injector = Injector(cluster, database, seed=seed, stale_after=stale_after, partitions=not no_namespaces,
+                            running_jobs=lambda: retrying(_pids_running_jobs, attempts=1, default=set()),
+                            holds_locks=lambda label: retrying(lambda: _holds_locks(label), attempts=1, default=False),
+                            beat_since=lambda pid, moment: heartbeats.first_after(pid, moment) is not None)
         injector.run(seconds, tick=_progress(seconds, injector))
         phases["faults_ended"] = time.time()
         injector.settle()
