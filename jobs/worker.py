@@ -432,22 +432,29 @@ class Worker:
         """Fail the attempts of workers that stopped heartbeating, and retry them."""
         stale_after = self.options.stale_after
         cutoff = now - timedelta(seconds=stale_after)
-        taken = 0
-        for job in Job.objects.stale(cutoff).order_by("heartbeat_at")[:100]:
-            exc = WorkerLost(f"worker {job.worker_id} was lost: no heartbeat for over {stale_after:g}s "
-                             f"(last at {job.heartbeat_at.isoformat()}); attempt {job.attempts} taken back by {self.id}")
-            error = error_entry(exc, attempt=job.attempts, worker_id=job.worker_id, when=now, traceback=f"{exc}\n")
-            decision = retry.decide(attempt=job.attempts, max_attempts=job.max_attempts,
-                                    base=self.options.retry_backoff)
-            retry_at = now + timedelta(seconds=decision.delay) if decision.retry else None
-            if job.mark_lost(error, cutoff=cutoff, now=now, retry_at=retry_at):
-                taken += 1
-                logger.warning("job taken back id=%s task=%s attempt=%d/%d lost_worker=%s outcome=%s", job.pk,
-                               job.task_path, job.attempts, job.max_attempts, job.worker_id,
-                               "RETRY" if decision.retry else "FAILED")
+        taken = []
+        # SKIP LOCKED: a stale row that a transaction holds (its worker frozen or cut off in
+        # the middle of writing it, or another worker taking it back) is left for a later
+        # sweep. Waiting for it would stall this worker, and every other one sweeping the
+        # same oldest row, for as long as that transaction lasts: for a client that vanished,
+        # until the server notices.
+        with transaction.atomic(using=self.db_alias):
+            for job in Job.objects.stale(cutoff).order_by("heartbeat_at").select_for_update(skip_locked=True)[:100]:
+                exc = WorkerLost(f"worker {job.worker_id} was lost: no heartbeat for over {stale_after:g}s (last at "
+                                 f"{job.heartbeat_at.isoformat()}); attempt {job.attempts} taken back by {self.id}")
+                error = error_entry(exc, attempt=job.attempts, worker_id=job.worker_id, when=now, traceback=f"{exc}\n")
+                decision = retry.decide(attempt=job.attempts, max_attempts=job.max_attempts,
+                                        base=self.options.retry_backoff)
+                retry_at = now + timedelta(seconds=decision.delay) if decision.retry else None
+                if job.mark_lost(error, cutoff=cutoff, now=now, retry_at=retry_at):
+                    taken.append((job, decision))
+        for job, decision in taken:
+            logger.warning("job taken back id=%s task=%s attempt=%d/%d lost_worker=%s outcome=%s", job.pk,
+                           job.task_path, job.attempts, job.max_attempts, job.worker_id,
+                           "RETRY" if decision.retry else "FAILED")
         # Rows of worker processes that died long ago say nothing useful any more.
         WorkerProcess.objects.filter(heartbeat_at__lt=now - timedelta(seconds=max(stale_after * 10, 3600))).delete()
-        return taken
+        return len(taken)
 
     # -- extra loops and shutdown -----------------------------------------------------------
 

@@ -1,10 +1,13 @@
 """The worker in-process (burst mode): outcomes, retries, timeouts, safety, fencing, take-back."""
 
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from jobs.framework import TaskResultStatus
@@ -207,6 +210,40 @@ def test_a_late_outcome_from_a_lost_attempt_is_discarded(transactional_db):
     assert claimed_by_b.mark_successful(3, now=timezone.now()) is True
     job = job_of(result)
     assert job.return_value == 3 and job.worker_ids == ["A", "B"]
+
+
+@pytest.mark.postgres_only
+def test_take_back_skips_a_stale_row_locked_by_another_transaction(transactional_db):
+    """A worker frozen or cut off inside a transaction holds its rows locked; the sweep must
+    take back the other stale jobs at once, not wait for it (as every worker would)."""
+    ids = [int(tasks.add.enqueue(i, i).id) for i in range(3)]
+    Job.objects.claim(worker_id="gone", limit=3, now=timezone.now())
+    Job.objects.update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+    settings = connection.settings_dict
+    other = psycopg.connect(host=settings["HOST"], port=settings["PORT"], user=settings["USER"],
+                            dbname=settings["NAME"], autocommit=False)
+    try:
+        other.execute("SELECT id FROM jobs_job WHERE id = %s FOR UPDATE", [ids[0]])
+        done = threading.Event()
+        taken = []
+
+        def sweep():
+            from django.db import connections
+
+            try:
+                taken.append(Worker(burst=True).take_back_stale(timezone.now()))
+            finally:
+                connections.close_all()
+                done.set()
+
+        threading.Thread(target=sweep).start()
+        assert done.wait(5), "the sweep waited for the locked row"
+        assert taken == [2]
+        assert Job.objects.get(pk=ids[0]).status == JobStatus.RUNNING
+    finally:
+        other.rollback()
+        other.close()
+    assert Worker(burst=True).take_back_stale(timezone.now()) == 1  # released: taken back now
 
 
 def test_live_workers_jobs_are_not_taken_back(transactional_db):
