@@ -5,7 +5,7 @@ the fault injector.
 It runs at PostgreSQL's default durability (fsync and synchronous_commit on), as in
 production: the tests' own settings turn them off, and with synchronous_commit off an
 immediate shutdown loses the last commits, which is no fault of the queue's. It has the
-TCP keepalives the README asks of a production server, so that the session of a client
+TCP keepalives and user timeout the README asks of a production server, so that the session of a client
 that vanished inside a transaction (a partition past the client's tcp_user_timeout) is
 ended, and its row locks released, within ~25 s rather than the kernel's two hours.
 """
@@ -25,6 +25,7 @@ __all__ = ["Database", "PostgresUnavailable", "stop_leftover"]
 from .hosts import NETWORK, Host
 
 SERVER_SETTINGS = ("tcp_keepalives_idle=10", "tcp_keepalives_interval=5", "tcp_keepalives_count=3",
+                   "tcp_user_timeout=25000",  # keepalives wait while an answer is unacknowledged; this does not
                    "log_lock_waits=on")  # waits over 1 s are in .chaos/logs/postgresql.log
 LEFTOVER = Path("/tmp/jobs-chaos-server.json")  # a killed run's server, stopped by the next run
 
