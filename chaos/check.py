@@ -6,8 +6,9 @@ Four invariants, each failure naming the job (or worker) and what is wrong:
 - lost: every job the producer enqueued (a call that returned, or one that raised but
   committed, found by its token) exists and ended in a state its kind allows, and a
   SUCCESSFUL job's task really reached its end (its effect is there).
-- stuck: no job is RUNNING or READY; no worker hung (stopped answering SIGTERM, or
-  stopped heartbeating) or exited by itself.
+- stuck: no job is RUNNING or READY; no worker hung: each exits on SIGTERM, heartbeats
+  again within a minute of each outage of its own ending, never goes silent for two
+  stale_after while nothing excuses it, and never exits by itself.
 - duplicated: no job was enqueued twice, and every effect of a job is explained: the
   counted success, an attempt that counted as failed (its error entry names the same
   worker: its own failure, a timeout, or a take-back as lost), or an attempt the worker
@@ -219,13 +220,14 @@ def _check_attempts(job_id: int, job: dict, fail) -> None:
 
 def _check_take_backs(ev: Evidence, fail) -> Counter:
     """Every logged take-back is recorded as a lost worker; none took a live worker's job."""
+    label_of = {log.worker_id: log.label for log in ev.logs if log.worker_id}
     for log in ev.logs:
         for job_id, attempt, lost in log.taken_back:
             errors = ev.jobs.get(job_id, {}).get("errors", [])
             if not any(e["attempt"] == attempt and e["worker_id"] == lost and e["exception_class_path"] == LOST
                        for e in errors):
                 fail("wrong attempts", job_id, f"job {job_id}: {log.label} took attempt {attempt} back from "
-                     f"{lost}, but no WorkerLost error of that attempt is recorded")
+                     f"{label_of.get(lost, '?')} ({lost}), but no WorkerLost error of that attempt is recorded")
     pid_of = {log.worker_id: log.pid for log in ev.logs if log.worker_id}
     causes = Counter()
     for job_id, job in ev.jobs.items():
@@ -237,8 +239,8 @@ def _check_take_backs(ev: Evidence, fail) -> Counter:
             causes[cause or "none"] += 1
             if cause is None:
                 fail("wrong attempts", job_id, f"job {job_id}: attempt {error['attempt']} was taken back from "
-                     f"{error['worker_id']} at {error['at']}, a worker that was alive and reachable then "
-                     "(no fault on it, no database restart)")
+                     f"{label_of.get(error['worker_id'], '?')} ({error['worker_id']}) at {error['at']}, a worker "
+                     "that was alive and reachable then (no fault on it, no database restart)")
     return causes
 
 

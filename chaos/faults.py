@@ -135,9 +135,10 @@ class Injector:
         run = self.rng.choice(healthy)
         getattr(self, "_" + kind)(run)
 
-    def _record(self, kind: str, run: WorkerRun | None, *, end: float | None = None, **details) -> dict:
+    def _record(self, kind: str, run: WorkerRun | None, *, start: float | None = None, end: float | None = None,
+                **details) -> dict:
         fault = {"kind": kind, "target": run.label if run else "database", "pid": run.process.pid if run else None,
-                 "start": time.time(), "end": end, **details}
+                 "start": start or time.time(), "end": end, **details}
         self.faults.append(fault)
         return fault
 
@@ -169,8 +170,9 @@ class Injector:
 
     def _stop(self, run: WorkerRun) -> None:
         run.stopped = True
+        began = time.time()  # the fishing for a moment inside a transaction is part of the fault
         caught = self._freeze(run, lambda: run.signal(signal.SIGSTOP), lambda: run.signal(signal.SIGCONT))
-        fault = self._record("stop", run, mid_transaction=caught)
+        fault = self._record("stop", run, start=began, mid_transaction=caught)
 
         def resume():
             run.signal(signal.SIGCONT)
@@ -184,8 +186,9 @@ class Injector:
         long = self.rng.random() < LONG_PARTITION_SHARE
         duration = self.rng.uniform(*LONG_PARTITION) if long else self.stale_after + self.rng.uniform(
             *PARTITION_BEYOND_STALE)
+        began = time.time()
         caught = self._freeze(run, host.partition, host.heal)
-        fault = self._record("partition", run, long=long, mid_transaction=caught)
+        fault = self._record("partition", run, start=began, long=long, mid_transaction=caught)
 
         def heal():
             host.heal()

@@ -43,6 +43,7 @@ DRAIN_TIMEOUT = 120.0  # seconds for everything to finish once the faults stop
 # needs its dead connections noticed (TCP keepalive and user timeouts), then reconnects
 # (connect_timeout, and its backoff of at most 10 s).
 RECOVERY_TIMEOUT = 60.0
+AFTER_RESTART_S = 15.0  # seconds after a database restart when a worker may still be reconnecting
 STOP_TIMEOUT = 20.0  # seconds past shutdown_grace for a worker to exit on SIGTERM
 
 
@@ -163,6 +164,7 @@ def run(*, seconds: float, seed: int, workers: int) -> int:
         heartbeats.done.set()
         heartbeats.join()
         bad = heartbeats.late(cluster, injector.faults, database.restarts)
+        bad += heartbeats.silent(cluster, injector.faults, database.restarts, limit=2 * stale_after)
         grace = settings.TASKS["default"]["OPTIONS"]["shutdown_grace"]
         hung = cluster.stop_all(timeout=grace + STOP_TIMEOUT)
         phases["stopped"] = time.time()
@@ -311,6 +313,31 @@ class Heartbeats(threading.Thread):
                     late.append(f"{run.label} did not heartbeat within {RECOVERY_TIMEOUT:g}s of the end of a "
                                 f"{what} (back after {f'{back - end:.0f}s' if back else 'never'})")
         return late
+
+    def silent(self, cluster, faults: list[dict], restarts: list[dict], *, limit: float) -> list[str]:
+        """Workers that went more than ``limit`` seconds without a heartbeat while nothing
+        excused it: no fault of their own under way (or not yet recovered from), not
+        shutting down, the database up. Such a worker could lose its jobs while alive."""
+        excused: dict[int, list[tuple[float, float]]] = {}
+        for fault in faults:
+            if fault["pid"] is None:
+                continue
+            start, end = fault["start"], fault["end"]
+            if fault["kind"] in ("kill", "term", "crash") or end is None:
+                end = float("inf")
+            else:
+                end = self.first_after(fault["pid"], end) or float("inf")
+            excused.setdefault(fault["pid"], []).append((start, end))
+        outages = [(r["began"], r["up"] + AFTER_RESTART_S) for r in restarts]
+        silent = []
+        for run in cluster.runs:
+            beats = self.by_pid.get(run.process.pid, [])
+            windows = excused.get(run.process.pid, []) + outages
+            for before, after in zip(beats, beats[1:]):
+                if after - before > limit and not any(s < after and before < e for s, e in windows):
+                    silent.append(f"{run.label} went {after - before:.0f}s without a heartbeat (from "
+                                  f"{time.strftime('%H:%M:%S', time.localtime(before))}), alive and reachable")
+        return silent
 
 
 def _gather(cluster, injector, database, bad_workers):
