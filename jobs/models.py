@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from django.db import connections, models, router, transaction
 from django.db.models import F, Q
-from django.db.models.expressions import Col
+from django.db.models.expressions import Col, RawSQL
 from django.utils import timezone
 
 from .framework import TaskResultStatus
@@ -330,13 +330,29 @@ class Job(models.Model):
         """Take back an attempt whose worker stopped heartbeating, as a failed attempt.
 
         Fenced on the heartbeat too: if the worker beat again since we looked, it is alive.
+        A row that a transaction holds locked (its worker frozen or cut off in the middle
+        of writing it) is left for a later sweep (False) instead of waited for, which would
+        stall the sweeping worker, and every other one sweeping the same oldest row, for
+        as long as that lasts. Run it in autocommit: the lock it takes ends with it.
         """
         changes = dict(errors=[*self.errors, error], heartbeat_at=None, worker_ids=[*self.worker_ids, self.worker_id])
         if retry_at is None:
             changes.update(status=JobStatus.FAILED, finished_at=now)
         else:
             changes.update(status=JobStatus.READY, run_after=retry_at)
-        return bool(self._attempt().filter(heartbeat_at__lt=cutoff).update(**changes))
+        return bool(self._attempt().filter(heartbeat_at__lt=cutoff).filter(_unless_locked(self.pk)).update(**changes))
+
+
+def _unless_locked(pk: int) -> Q:
+    """The row ``pk``, unless a transaction holds it locked: then nothing matches, at once.
+
+    PostgreSQL only (SKIP LOCKED in a subquery of the same table); elsewhere no filter.
+    """
+    connection = connections[router.db_for_write(Job)]
+    if connection.vendor != "postgresql":
+        return Q()
+    table = connection.ops.quote_name(Job._meta.db_table)
+    return Q(pk__in=RawSQL(f"SELECT id FROM {table} WHERE id = %s FOR UPDATE SKIP LOCKED", [pk]))
 
 
 class WorkerProcess(models.Model):

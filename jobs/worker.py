@@ -7,8 +7,8 @@ bottom:
 1. collect the outcomes that slots have handed back;
 2. fail attempts that overran their timeout;
 3. heartbeat and take back stale jobs, when due;
-4. in one transaction: record the outcomes (fenced) and claim as many due jobs as
-   there are free slots;
+4. record the outcomes (fenced) in one transaction, then claim as many due jobs as
+   there are free slots (a statement of its own);
 5. hand the claimed jobs to slots, then wait for an outcome, a signal or the poll.
 
 Threads, not processes, run the jobs: most jobs of a web site wait on I/O (mail,
@@ -368,17 +368,22 @@ class Worker:
         if not self.pending and not free:
             return []
         now = self.now()
-        successes = [o for o in self.pending if o.succeeded]
-        with transaction.atomic(using=self.db_alias):
-            recorded = Job.objects.mark_successful_many([(o.job, o.return_value) for o in successes], now=now)
-            written = [(o, JobStatus.SUCCESSFUL if o.job.pk in recorded else None, "") for o in successes]
-            written += [(o, *self._record_failure(o, now)) for o in self.pending if not o.succeeded]
-            claimed = Job.objects.claim(worker_id=self.id, limit=free, now=now, queues=self.queues)
-        self.processed += len(self.pending)
-        self.pending = []
-        for outcome, status, note in written:
-            self._log_outcome(outcome, status, note)
-        return claimed
+        if self.pending:
+            successes = [o for o in self.pending if o.succeeded]
+            with transaction.atomic(using=self.db_alias):
+                recorded = Job.objects.mark_successful_many([(o.job, o.return_value) for o in successes], now=now)
+                written = [(o, JobStatus.SUCCESSFUL if o.job.pk in recorded else None, "") for o in successes]
+                written += [(o, *self._record_failure(o, now)) for o in self.pending if not o.succeeded]
+            self.processed += len(self.pending)
+            self.pending = []
+            for outcome, status, note in written:
+                self._log_outcome(outcome, status, note)
+        # The claim is a statement of its own (autocommit), outside the outcomes' transaction.
+        # PostgreSQL keeps locked the rows a claim skipped because another worker claimed them
+        # a moment before, until the claim's transaction ends; in a transaction of ours, a
+        # pause or a partition of this process before COMMIT would stall that other worker
+        # on its own jobs. A statement's locks end with it, on the server, whatever happens here.
+        return Job.objects.claim(worker_id=self.id, limit=free, now=now, queues=self.queues)
 
     def _record_failure(self, outcome: Outcome, now: datetime) -> tuple[str | None, str]:
         """Write one failed attempt, fenced: (status written or None if not ours, a note for the log)."""
@@ -419,42 +424,36 @@ class Worker:
 
     def _heartbeat_and_sweep(self) -> None:
         now = self.now()
-        with transaction.atomic(using=self.db_alias):
-            beat = WorkerProcess.objects.filter(pk=self.id).update(heartbeat_at=now)
-            if not beat:  # our row was cleaned away (say, after a long database outage)
-                self._register()
-            held = self._held_ids()
-            if held:
-                Job.objects.filter(pk__in=held, worker_id=self.id, status=JobStatus.RUNNING).update(heartbeat_at=now)
+        # Statements of their own, like the claim (see _record_and_claim): an UPDATE of a row
+        # just taken over by another worker would keep it locked until our COMMIT.
+        beat = WorkerProcess.objects.filter(pk=self.id).update(heartbeat_at=now)
+        if not beat:  # our row was cleaned away (say, after a long database outage)
+            self._register()
+        held = self._held_ids()
+        if held:
+            Job.objects.filter(pk__in=held, worker_id=self.id, status=JobStatus.RUNNING).update(heartbeat_at=now)
         self.take_back_stale(now)
 
     def take_back_stale(self, now: datetime) -> int:
         """Fail the attempts of workers that stopped heartbeating, and retry them."""
         stale_after = self.options.stale_after
         cutoff = now - timedelta(seconds=stale_after)
-        taken = []
-        # SKIP LOCKED: a stale row that a transaction holds (its worker frozen or cut off in
-        # the middle of writing it, or another worker taking it back) is left for a later
-        # sweep. Waiting for it would stall this worker, and every other one sweeping the
-        # same oldest row, for as long as that transaction lasts: for a client that vanished,
-        # until the server notices.
-        with transaction.atomic(using=self.db_alias):
-            for job in Job.objects.stale(cutoff).order_by("heartbeat_at").select_for_update(skip_locked=True)[:100]:
-                exc = WorkerLost(f"worker {job.worker_id} was lost: no heartbeat for over {stale_after:g}s (last at "
-                                 f"{job.heartbeat_at.isoformat()}); attempt {job.attempts} taken back by {self.id}")
-                error = error_entry(exc, attempt=job.attempts, worker_id=job.worker_id, when=now, traceback=f"{exc}\n")
-                decision = retry.decide(attempt=job.attempts, max_attempts=job.max_attempts,
-                                        base=self.options.retry_backoff)
-                retry_at = now + timedelta(seconds=decision.delay) if decision.retry else None
-                if job.mark_lost(error, cutoff=cutoff, now=now, retry_at=retry_at):
-                    taken.append((job, decision))
-        for job, decision in taken:
-            logger.warning("job taken back id=%s task=%s attempt=%d/%d lost_worker=%s outcome=%s", job.pk,
-                           job.task_path, job.attempts, job.max_attempts, job.worker_id,
-                           "RETRY" if decision.retry else "FAILED")
+        taken = 0
+        for job in Job.objects.stale(cutoff).order_by("heartbeat_at")[:100]:
+            exc = WorkerLost(f"worker {job.worker_id} was lost: no heartbeat for over {stale_after:g}s "
+                             f"(last at {job.heartbeat_at.isoformat()}); attempt {job.attempts} taken back by {self.id}")
+            error = error_entry(exc, attempt=job.attempts, worker_id=job.worker_id, when=now, traceback=f"{exc}\n")
+            decision = retry.decide(attempt=job.attempts, max_attempts=job.max_attempts,
+                                    base=self.options.retry_backoff)
+            retry_at = now + timedelta(seconds=decision.delay) if decision.retry else None
+            if job.mark_lost(error, cutoff=cutoff, now=now, retry_at=retry_at):
+                taken += 1
+                logger.warning("job taken back id=%s task=%s attempt=%d/%d lost_worker=%s outcome=%s", job.pk,
+                               job.task_path, job.attempts, job.max_attempts, job.worker_id,
+                               "RETRY" if decision.retry else "FAILED")
         # Rows of worker processes that died long ago say nothing useful any more.
         WorkerProcess.objects.filter(heartbeat_at__lt=now - timedelta(seconds=max(stale_after * 10, 3600))).delete()
-        return len(taken)
+        return taken
 
     # -- extra loops and shutdown -----------------------------------------------------------
 

@@ -11,7 +11,7 @@ from django.db import connection
 from django.utils import timezone
 
 from jobs.framework import TaskResultStatus
-from jobs.models import Job, JobStatus
+from jobs.models import Job, JobQuerySet, JobStatus
 from jobs.worker import Worker
 from tests import tasks
 
@@ -244,6 +244,26 @@ def test_take_back_skips_a_stale_row_locked_by_another_transaction(transactional
         other.rollback()
         other.close()
     assert Worker(burst=True).take_back_stale(timezone.now()) == 1  # released: taken back now
+
+
+def test_the_claim_is_a_statement_of_its_own_outside_the_outcomes_transaction(run_worker, monkeypatch):
+    """PostgreSQL keeps locked the rows a claim skipped because another worker claimed them a
+    moment before, until the claim's transaction ends. Inside the outcomes' transaction, a
+    pause or partition of this worker before COMMIT stalled that other worker on its own
+    jobs (make chaos: a live worker silent 7 s, its jobs taken back). In autocommit the
+    server ends those locks with the statement."""
+    in_transaction = []
+    real_claim = JobQuerySet.claim
+
+    def claim(self, **kwargs):
+        in_transaction.append(connection.in_atomic_block)
+        return real_claim(self, **kwargs)
+
+    monkeypatch.setattr(JobQuerySet, "claim", claim)
+    results = [tasks.add.enqueue(i, i) for i in range(6)]
+    run_worker(concurrency=2)
+    assert all(job_of(r).status == JobStatus.SUCCESSFUL for r in results)
+    assert len(in_transaction) > 1 and not any(in_transaction)
 
 
 def test_live_workers_jobs_are_not_taken_back(transactional_db):
