@@ -1,6 +1,6 @@
 """The database of the fault test: one throwaway PostgreSQL (``tests.pgserver``) listening
 on loopback (the producer and the checker) and on every host's address, restarted by
-the fault injector.
+the fault injector; and the harness's own questions to it, asked across restarts.
 
 It runs at PostgreSQL's default durability (fsync and synchronous_commit on), as in
 production: the tests' own settings turn them off, and with synchronous_commit off an
@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 from tests.pgserver import PostgresServer, PostgresUnavailable, find_bindir, start_server
 
-__all__ = ["Database", "PostgresUnavailable", "stop_leftover"]
+__all__ = ["Database", "PostgresUnavailable", "holds_locks", "pids_running_jobs", "retrying", "status_counts",
+           "stop_leftover"]
 
 from .hosts import NETWORK, Host
 
@@ -38,6 +40,8 @@ class Database:
         LEFTOVER.write_text(json.dumps({"bindir": str(self.server.bindir), "datadir": str(self.server.datadir),
                                         "as_user": self.server.as_user}))
         self.restarts: list[dict] = []
+        self._lock = threading.Lock()  # a restart and the final destroy never overlap
+        self._destroyed = False
 
     def url(self, address: str = "127.0.0.1", name: str = "chaos-harness") -> str:
         """The URL from ``address``; ``name`` is the connections' application_name."""
@@ -47,22 +51,28 @@ class Database:
     def log(self) -> Path:
         return self.server.datadir / "server.log"
 
-    def restart(self, mode: str) -> dict:
-        """Stop (``fast`` or ``immediate``) and start again; the timings go to the report."""
-        began = time.time()
-        self.server.stop(mode=mode)
-        down = time.time()
-        self.server.start()
-        restart = {"mode": mode, "began": began, "down": down, "up": time.time()}
-        self.restarts.append(restart)
-        return restart
+    def restart(self, mode: str) -> dict | None:
+        """Stop (``fast`` or ``immediate``) and start again; the timings go to the report.
+        None when the run is already over (the server destroyed)."""
+        with self._lock:
+            if self._destroyed:
+                return None
+            began = time.time()
+            self.server.stop(mode=mode)
+            down = time.time()
+            self.server.start()
+            restart = {"mode": mode, "began": began, "down": down, "up": time.time()}
+            self.restarts.append(restart)
+            return restart
 
     def is_running(self) -> bool:
         return (self.server.datadir / "data" / "postmaster.pid").exists()
 
     def destroy(self) -> None:
-        self.server.destroy()
-        LEFTOVER.unlink(missing_ok=True)
+        with self._lock:
+            self._destroyed = True
+            self.server.destroy()
+            LEFTOVER.unlink(missing_ok=True)
 
 
 def stop_leftover() -> str | None:
@@ -79,3 +89,43 @@ def stop_leftover() -> str | None:
     shutil.rmtree(state["datadir"], ignore_errors=True)
     LEFTOVER.unlink(missing_ok=True)
     return state["datadir"]
+
+def retrying(fn, attempts: int = 60, default=None):
+    """Run a query of the harness's own across a database restart; after ``attempts``
+    failures, raise (or return ``default`` when one is given)."""
+    from django.db import DatabaseError, connection
+
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except DatabaseError:
+            connection.close()
+            if attempt == attempts - 1:
+                if default is not None:
+                    return default
+                raise
+            time.sleep(0.5)
+
+
+def pids_running_jobs() -> set[int]:
+    from jobs.models import Job
+
+    return {int(w.split(":")[1]) for w in Job.objects.running().values_list("worker_id", flat=True).distinct()}
+
+
+def status_counts() -> dict[str, int]:
+    from django.db.models import Count
+
+    from jobs.models import Job
+
+    return dict(Job.objects.order_by().values_list("status").annotate(n=Count("id")))
+
+
+def holds_locks(label: str) -> bool:
+    """Whether the worker named ``label`` is inside a transaction that wrote (so locked) job rows."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = %s "
+                       "AND backend_xid IS NOT NULL AND query LIKE %s)", [label, "%jobs_job%"])
+        return cursor.fetchone()[0]

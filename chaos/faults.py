@@ -203,7 +203,8 @@ class Injector:
 
         def restart():
             timings = self.database.restart(mode)
-            fault.update(end=timings["up"], down=timings["down"])
+            if timings:
+                fault.update(end=timings["up"], down=timings["down"])
             self._last_restart_end = time.monotonic()
 
         self._restart = threading.Thread(target=restart, name="chaos-restart", daemon=True)

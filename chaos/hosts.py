@@ -33,6 +33,7 @@ LINK_PREFIX = "jobschaos"  # + index, the root namespace's end (interface names 
 PEER_NAME = "veth0"  # the host's end, inside its namespace
 NOWHERE_MAC = "02:00:00:00:00:00"  # locally administered; no interface here has it
 MAX_HOSTS = 250
+PIDS = Path("/tmp/jobs-chaos.pids")  # the processes a run started, for the next run to end if this one was killed
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -73,6 +74,30 @@ class Host:
     def _neighbours(self, verb: str, *extra: str, check: bool = True) -> None:
         ip("neigh", verb, self.address, *extra, "dev", self.link, check=check)
         ip("-n", self.namespace, "neigh", verb, self.server_address, *extra, "dev", PEER_NAME, check=check)
+
+
+def remember_process(pid: int) -> None:
+    with open(PIDS, "a") as pids:
+        pids.write(f"{pid}\n")
+
+
+def kill_leftover_processes() -> list[str]:
+    """SIGKILL what a killed run left running (workers, the producer); returns their PIDs.
+
+    Only processes that still look like ours (their command line runs process_tasks or
+    chaos.load): a PID may have been reused since.
+    """
+    killed = []
+    for pid in PIDS.read_text().split() if PIDS.exists() else []:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            if b"process_tasks" in cmdline or b"chaos.load" in cmdline:
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(f"process {pid}")
+        except (OSError, ValueError):
+            pass
+    PIDS.unlink(missing_ok=True)
+    return killed
 
 
 def why_no_namespaces() -> str | None:
@@ -214,6 +239,7 @@ class Cluster:
         seq = len(self.runs) + 1
         run = start_worker(seq, host, log_dir=self.log_dir, env=self.env_for(host, worker_label(host, seq)),
                            args=self.worker_args)
+        remember_process(run.process.pid)
         self.runs.append(run)
         return run
 

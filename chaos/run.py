@@ -21,14 +21,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from . import hosts as hosts_module
-from .database import Database, PostgresUnavailable, stop_leftover
+from .database import Database, PostgresUnavailable, holds_locks, pids_running_jobs, retrying, status_counts, stop_leftover
 from .faults import Injector
+from .heartbeats import RECOVERY_TIMEOUT, Heartbeats
 
 # chaos.check, chaos.report and chaos.tasks declare tasks, which needs settings: they are
 # imported once DATABASE_URL is known and Django is set up.
@@ -39,11 +39,6 @@ LOCK = Path("/tmp/jobs-chaos.lock")
 CONCURRENCY = 8  # job threads per worker process (most jobs sleep or wait on the database)
 RATE = 25.0  # jobs per second the producer enqueues, on average
 DRAIN_TIMEOUT = 120.0  # seconds for everything to finish once the faults stop
-# Seconds for every live worker to heartbeat again once the faults stop. A worker cut off
-# needs its dead connections noticed (TCP keepalive and user timeouts), then reconnects
-# (connect_timeout, and its backoff of at most 10 s).
-RECOVERY_TIMEOUT = 60.0
-AFTER_RESTART_S = 15.0  # seconds after a database restart when a worker may still be reconnecting
 STOP_TIMEOUT = 20.0  # seconds past shutdown_grace for a worker to exit on SIGTERM
 
 
@@ -62,23 +57,6 @@ def exclusive():
         yield
 
 
-def retrying(fn, attempts: int = 60, default=None):
-    """Run a query of the harness's own across a database restart; after ``attempts``
-    failures, raise (or return ``default`` when one is given)."""
-    from django.db import DatabaseError, connection
-
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except DatabaseError:
-            connection.close()
-            if attempt == attempts - 1:
-                if default is not None:
-                    return default
-                raise
-            time.sleep(0.5)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chaos", description="The fault test (see chaos/__init__.py).")
     parser.add_argument("--seconds", type=float, default=120.0, help="how long faults are injected (default 120)")
@@ -93,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)  # also when started with SIGINT ignored (a background job)
     with exclusive():
         try:
             return run(seconds=args.seconds, seed=seed, workers=args.workers)
@@ -108,7 +87,7 @@ def run(*, seconds: float, seed: int, workers: int) -> int:
     phases = {"started": time.time()}
     shutil.rmtree(OUT, ignore_errors=True)
     (OUT / "logs").mkdir(parents=True)
-    leftovers = hosts_module.remove_hosts()
+    leftovers = hosts_module.kill_leftover_processes() + hosts_module.remove_hosts()
     if old := stop_leftover():
         leftovers.append(old)
     if leftovers:
@@ -129,9 +108,6 @@ def run(*, seconds: float, seed: int, workers: int) -> int:
         call_command("migrate", verbosity=0)
         from django.conf import settings
 
-        from .check import check
-        from .report import build, closing_line, machine, write
-
         stale_after = settings.TASKS["default"]["OPTIONS"]["stale_after"]
         cluster = hosts_module.Cluster(
             hosts, log_dir=OUT / "logs", worker_args=["--no-scheduler", "--concurrency", str(CONCURRENCY)],
@@ -145,11 +121,12 @@ def run(*, seconds: float, seed: int, workers: int) -> int:
              "--record", str(OUT / "enqueued.jsonl")],
             cwd=REPO, stdout=open(OUT / "logs" / "producer.log", "w"), stderr=subprocess.STDOUT,
             start_new_session=True)
+        hosts_module.remember_process(producer.pid)
         heartbeats = Heartbeats()
         heartbeats.start()
         injector = Injector(cluster, database, seed=seed, stale_after=stale_after, partitions=not no_namespaces,
-                            running_jobs=lambda: retrying(_pids_running_jobs, attempts=1, default=set()),
-                            holds_locks=lambda label: retrying(lambda: _holds_locks(label), attempts=1, default=False),
+                            running_jobs=lambda: retrying(pids_running_jobs, attempts=1, default=set()),
+                            holds_locks=lambda label: retrying(lambda: holds_locks(label), attempts=1, default=False),
                             beat_since=lambda pid, moment: heartbeats.first_after(pid, moment) is not None)
         injector.run(seconds, tick=_progress(seconds, injector))
         phases["faults_ended"] = time.time()
@@ -172,23 +149,12 @@ def run(*, seconds: float, seed: int, workers: int) -> int:
         bad += [f"{f['target']} exited by itself (exit code {f['returncode']})"
                 for f in injector.faults if f["kind"] == "crash"]
         evidence = retrying(lambda: _gather(cluster, injector, database, bad))
-        verdict = check(evidence)
-        line = closing_line(len(verdict.enqueued), injector.faults, verdict)
         network = {"mode": "loopback" if no_namespaces else "namespaces", "why_not_namespaces": no_namespaces,
                    "hosts": [{"name": h.name, "namespace": h.namespace, "address": h.address} for h in hosts]}
-        report = build(ev=evidence, verdict=verdict, line=line, phases=phases, run={
+        return _conclude(evidence, injector.faults, phases, run={
             "seed": seed, "seconds": seconds, "workers": workers, "concurrency": CONCURRENCY, "rate": RATE,
-            "stale_after": stale_after, "network": network, "machine": machine(), "python": sys.version.split()[0],
+            "stale_after": stale_after, "network": network, "python": sys.version.split()[0],
             "django": django.__version__})
-        write(report, OUT / "report.json")
-        for name, failures in verdict.failures.items():
-            for message in list(failures.values())[:10]:
-                say(message)
-            if len(failures) > 10:
-                say(f"... {len(failures) - 10} more {name} in .chaos/report.json")
-        say(f"report: {OUT / 'report.json'}; worker logs: {OUT / 'logs'}")
-        print(line, flush=True)
-        return 0 if all(verdict.count(name) == 0 for name in verdict.failures) else 1
     finally:
         if producer and producer.poll() is None:
             producer.kill()
@@ -199,6 +165,26 @@ def run(*, seconds: float, seed: int, workers: int) -> int:
                 shutil.copy(database.log, OUT / "logs" / "postgresql.log")
             database.destroy()
         hosts_module.remove_hosts()
+        hosts_module.PIDS.unlink(missing_ok=True)
+
+
+def _conclude(evidence, faults: list[dict], phases: dict, *, run: dict) -> int:
+    """Check, write the report, say what broke; the closing line goes last, on stdout."""
+    from .check import check
+    from .report import build, closing_line, machine, write
+
+    verdict = check(evidence)
+    line = closing_line(len(verdict.enqueued), faults, verdict)
+    write(build(ev=evidence, verdict=verdict, line=line, phases=phases, run={**run, "machine": machine()}),
+          OUT / "report.json")
+    for name, failures in verdict.failures.items():
+        for message in list(failures.values())[:10]:
+            say(message)
+        if len(failures) > 10:
+            say(f"... {len(failures) - 10} more {name} in .chaos/report.json")
+    say(f"report: {OUT / 'report.json'}; worker logs: {OUT / 'logs'}")
+    print(line, flush=True)
+    return 0 if all(verdict.count(name) == 0 for name in verdict.failures) else 1
 
 
 def _wait_for_workers(cluster, timeout: float = 60.0) -> None:
@@ -211,20 +197,6 @@ def _wait_for_workers(cluster, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
-def _pids_running_jobs() -> set[int]:
-    from jobs.models import Job
-
-    return {int(w.split(":")[1]) for w in Job.objects.running().values_list("worker_id", flat=True).distinct()}
-
-
-def _status_counts() -> dict[str, int]:
-    from django.db.models import Count
-
-    from jobs.models import Job
-
-    return dict(Job.objects.order_by().values_list("status").annotate(n=Count("id")))
-
-
 def _progress(seconds: float, injector):
     started = time.monotonic()
     last = [started]
@@ -233,7 +205,7 @@ def _progress(seconds: float, injector):
         if time.monotonic() - last[0] < 10:
             return
         last[0] = time.monotonic()
-        counts = retrying(_status_counts, attempts=1, default="(database down)")
+        counts = retrying(status_counts, attempts=1, default="(database down)")
         say(f"{time.monotonic() - started:.0f}/{seconds:g}s, {len(injector.faults)} faults, jobs {counts}, "
             f"load {os.getloadavg()[0]:.1f}")
 
@@ -249,95 +221,6 @@ def _drain(timeout: float) -> bool:
             return True
         time.sleep(0.5)
     return False
-
-
-def _holds_locks(label: str) -> bool:
-    """Whether the worker named ``label`` is inside a transaction that wrote (so locked) job rows."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = %s "
-                       "AND backend_xid IS NOT NULL AND query LIKE %s)", [label, "%jobs_job%"])
-        return cursor.fetchone()[0]
-
-
-class Heartbeats(threading.Thread):
-    """Each worker's heartbeats as the harness saw them, sampled every second all run long."""
-
-    def __init__(self):
-        super().__init__(name="chaos-heartbeats", daemon=True)
-        self.by_pid: dict[int, list[float]] = {}
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        from django.db import connection
-
-        from jobs.models import WorkerProcess
-
-        while not self.done.wait(1.0):
-            for pid, beat in retrying(lambda: list(WorkerProcess.objects.values_list("pid", "heartbeat_at")),
-                                      attempts=1, default=[]):
-                beats = self.by_pid.setdefault(pid, [])
-                if not beats or beat.timestamp() > beats[-1]:
-                    beats.append(beat.timestamp())
-        connection.close()
-
-    def first_after(self, pid: int, moment: float) -> float | None:
-        return next((t for t in self.by_pid.get(pid, []) if t > moment), None)
-
-    def wait_for_all(self, cluster, *, since: float, timeout: float) -> None:
-        """Wait (bounded) until every live worker heartbeated after ``since``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(
-                r.alive and self.first_after(r.process.pid, since) is None for r in cluster.runs):
-            time.sleep(0.5)
-
-    def late(self, cluster, faults: list[dict], restarts: list[dict]) -> list[str]:
-        """Workers that did not heartbeat within RECOVERY_TIMEOUT of an outage of theirs ending
-        (a partition healed, a SIGCONT, the database back), though alive all that time.
-        Sets each stop's and partition's ``back_after_s``."""
-        own = [f for f in faults if f["kind"] in ("stop", "partition") and f["end"]]
-        outages = [(f["end"], [cluster.by_pid(f["pid"])], f) for f in own]
-        outages += [(r["up"], [w for w in cluster.runs if w.started < r["began"]], None) for r in restarts]
-        late = []
-        for end, runs, fault in outages:
-            for run in runs:
-                if any(f["pid"] == run.process.pid and f["start"] <= end < f["end"] for f in own):
-                    continue  # still cut off or stopped at that moment: judged when that ends
-                back = self.first_after(run.process.pid, end)
-                if fault is not None:
-                    fault["back_after_s"] = round(back - end, 1) if back else None
-                alive_long_enough = run.ended is None or run.ended > end + RECOVERY_TIMEOUT
-                if alive_long_enough and (back is None or back - end > RECOVERY_TIMEOUT):
-                    what = fault["kind"] if fault else "database restart"
-                    late.append(f"{run.label} did not heartbeat within {RECOVERY_TIMEOUT:g}s of the end of a "
-                                f"{what} (back after {f'{back - end:.0f}s' if back else 'never'})")
-        return late
-
-    def silent(self, cluster, faults: list[dict], restarts: list[dict], *, limit: float) -> list[str]:
-        """Workers that went more than ``limit`` seconds without a heartbeat while nothing
-        excused it: no fault of their own under way (or not yet recovered from), not
-        shutting down, the database up. Such a worker could lose its jobs while alive."""
-        excused: dict[int, list[tuple[float, float]]] = {}
-        for fault in faults:
-            if fault["pid"] is None:
-                continue
-            start, end = fault["start"], fault["end"]
-            if fault["kind"] in ("kill", "term", "crash") or end is None:
-                end = float("inf")
-            else:
-                end = self.first_after(fault["pid"], end) or float("inf")
-            excused.setdefault(fault["pid"], []).append((start, end))
-        outages = [(r["began"], r["up"] + AFTER_RESTART_S) for r in restarts]
-        silent = []
-        for run in cluster.runs:
-            beats = self.by_pid.get(run.process.pid, [])
-            windows = excused.get(run.process.pid, []) + outages
-            for before, after in zip(beats, beats[1:]):
-                if after - before > limit and not any(s < after and before < e for s, e in windows):
-                    silent.append(f"{run.label} went {after - before:.0f}s without a heartbeat (from "
-                                  f"{time.strftime('%H:%M:%S', time.localtime(before))}), alive and reachable")
-        return silent
 
 
 def _gather(cluster, injector, database, bad_workers):
