@@ -247,8 +247,8 @@ def _check_take_backs(ev: Evidence, fail) -> Counter:
 def _cause(pid: int | None, at: float, ev: Evidence) -> str | None:
     """The fault that explains a take-back at ``at`` from the worker with ``pid``, if any."""
     for fault in ev.faults:
-        if fault["pid"] != pid or fault["start"] > at:
-            continue
+        if fault["pid"] != pid or fault["start"] > at or fault["kind"] == "start":
+            continue  # a worker's start explains nothing
         if fault["kind"] in ("kill", "term", "crash"):
             return fault["kind"]
         grace = AFTER_PARTITION if fault["kind"] == "partition" else AFTER_STOP
