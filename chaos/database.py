@@ -24,12 +24,12 @@ from tests.pgserver import PostgresServer, PostgresUnavailable, find_bindir, sta
 __all__ = ["Database", "PostgresUnavailable", "holds_locks", "pids_running_jobs", "retrying", "status_counts",
            "stop_leftover"]
 
-from .hosts import NETWORK, Host
+from .hosts import NETWORK, STATE, Host
 
 SERVER_SETTINGS = ("tcp_keepalives_idle=10", "tcp_keepalives_interval=5", "tcp_keepalives_count=3",
                    "tcp_user_timeout=25000",  # keepalives wait while an answer is unacknowledged; this does not
                    "log_lock_waits=on")  # waits over 1 s are in .chaos/logs/postgresql.log
-LEFTOVER = Path("/tmp/jobs-chaos-server.json")  # a killed run's server, stopped by the next run
+LEFTOVER = STATE / "server.json"  # a killed run's server, stopped by the next run
 
 
 class Database:
@@ -37,6 +37,7 @@ class Database:
         listen = ("127.0.0.1", *sorted({h.server_address for h in hosts} - {"127.0.0.1"}))
         self.server: PostgresServer = start_server(settings=SERVER_SETTINGS, listen=listen,
                                                    trust=(str(NETWORK),))
+        STATE.mkdir(exist_ok=True)
         LEFTOVER.write_text(json.dumps({"bindir": str(self.server.bindir), "datadir": str(self.server.datadir),
                                         "as_user": self.server.as_user}))
         self.restarts: list[dict] = []

@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,10 @@ LINK_PREFIX = "jobschaos"  # + index, the root namespace's end (interface names 
 PEER_NAME = "veth0"  # the host's end, inside its namespace
 NOWHERE_MAC = "02:00:00:00:00:00"  # locally administered; no interface here has it
 MAX_HOSTS = 250
-PIDS = Path("/tmp/jobs-chaos.pids")  # the processes a run started, for the next run to end if this one was killed
+# What a run leaves for the next one to find if it is killed: its lock, its processes, its
+# server. One folder per user, so that a run as root never blocks a user's (or the reverse).
+STATE = Path(tempfile.gettempdir()) / f"jobs-chaos-{os.getuid()}"
+PIDS = STATE / "pids"  # the processes a run started
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -77,6 +81,7 @@ class Host:
 
 
 def remember_process(pid: int) -> None:
+    STATE.mkdir(exist_ok=True)
     with open(PIDS, "a") as pids:
         pids.write(f"{pid}\n")
 

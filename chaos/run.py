@@ -35,7 +35,6 @@ from .heartbeats import RECOVERY_TIMEOUT, Heartbeats
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / ".chaos"
-LOCK = Path("/tmp/jobs-chaos.lock")
 CONCURRENCY = 8  # job threads per worker process (most jobs sleep or wait on the database)
 RATE = 25.0  # jobs per second the producer enqueues, on average
 DRAIN_TIMEOUT = 120.0  # seconds for everything to finish once the faults stop
@@ -49,11 +48,13 @@ def say(message: str) -> None:
 @contextmanager
 def exclusive():
     """One run at a time on this machine: the next one would remove this one's namespaces."""
-    with open(LOCK, "w") as lock:
+    hosts_module.STATE.mkdir(exist_ok=True)
+    lock_path = hosts_module.STATE / "lock"
+    with open(lock_path, "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SystemExit("chaos: another run holds /tmp/jobs-chaos.lock; wait for it to finish") from None
+            raise SystemExit(f"chaos: another run holds {lock_path}; wait for it to finish") from None
         yield
 
 
