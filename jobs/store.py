@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 
 from django.db import IntegrityError, InterfaceError, OperationalError, connections, models, router, transaction
 from django.db.models import F
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from . import retry
@@ -58,7 +59,9 @@ def fail_attempt(job: ClaimedJob, error: dict, decision: retry.RetryDecision, *,
     changes = dict(errors=[*errors, error], heartbeat_at=None, worker_ids=[*workers, job.worker_id])
     held = _attempt(job, using)
     if lost_before is not None:
-        held = held.filter(heartbeat_at__lt=lost_before)
+        # A take-back: the row of a worker frozen or cut off inside a transaction is left for a
+        # later sweep, not waited for (every worker sweeping would wait on the same oldest row).
+        held = unless_locked(held.filter(heartbeat_at__lt=lost_before), using)
     with transaction.atomic(using=using):
         if decision.retry:
             try:
@@ -104,6 +107,19 @@ def hand_back(jobs: Sequence[ClaimedJob], *, using: str | None = None) -> int:
                 given.append(job)
         statements(connections[using]).release(given)
     return len(given)
+
+
+def unless_locked(jobs: models.QuerySet, using: str) -> models.QuerySet:
+    """``jobs`` less the rows another transaction holds locked, found without waiting (PostgreSQL:
+    ``FOR UPDATE SKIP LOCKED``, its locks ending with the statement in autocommit); elsewhere all."""
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return jobs
+    sql, params = jobs.values("pk").query.get_compiler(using=using).as_sql()
+    table, pk = connection.ops.quote_name(Job._meta.db_table), connection.ops.quote_name(Job._meta.pk.column)
+    # Raw: the ORM refuses select_for_update() in a subquery outside a transaction.
+    return jobs.filter(pk__in=RawSQL(f"SELECT {pk} FROM {table} WHERE {pk} IN ({sql}) FOR UPDATE SKIP LOCKED",
+                                     params))
 
 
 @dataclass
@@ -197,14 +213,16 @@ class WorkerStore:
     def heartbeat(self, held: Sequence[int], *, now: datetime) -> tuple[bool, list[tuple[int, datetime]]]:
         """Beat for the process and every job it holds: (False if the process row was gone, the
         held jobs someone asked to cancel, with when)."""
+        # Statements of their own, not one transaction: the server ends each one's row locks with
+        # it, whatever becomes of this process (see jobs.sessions). A held row that another
+        # transaction has locked is beaten next time rather than waited for.
         asked: list[tuple[int, datetime]] = []
-        with transaction.atomic(using=self.alias):
-            alive = WorkerProcess.objects.using(self.alias).filter(pk=self.worker_id).update(heartbeat_at=now)
-            if held:
-                mine = Job.objects.using(self.alias).filter(pk__in=list(held), worker_id=self.worker_id,
-                                                            status=JobStatus.RUNNING)
-                mine.update(heartbeat_at=now)
-                asked = list(mine.filter(cancel_requested_at__isnull=False).values_list("pk", "cancel_requested_at"))
+        alive = WorkerProcess.objects.using(self.alias).filter(pk=self.worker_id).update(heartbeat_at=now)
+        if held:
+            mine = Job.objects.using(self.alias).filter(pk__in=list(held), worker_id=self.worker_id,
+                                                        status=JobStatus.RUNNING)
+            unless_locked(mine, self.alias).update(heartbeat_at=now)
+            asked = list(mine.filter(cancel_requested_at__isnull=False).values_list("pk", "cancel_requested_at"))
         return bool(alive), asked
 
     def stale(self, *, cutoff: datetime, limit: int = 100) -> list[ClaimedJob]:

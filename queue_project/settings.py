@@ -78,12 +78,32 @@ SQLITE_OPTIONS = {
 }
 
 
+# PostgreSQL connections give up on a server that has gone silent (a network partition,
+# a dead host) instead of waiting on TCP's defaults: psycopg's 130 s to connect, ~15
+# minutes of retransmissions for a query sent, forever for one waiting on an answer or a
+# LISTEN waiting for notifications. A worker cut off from the database then notices
+# within ~25 s and is back at work seconds after the network heals. Only silence trips
+# them: a slow query keeps its connection, as the server's TCP acknowledges all along.
+# These are libpq's own parameters (nothing reaches the server, so PgBouncer is fine); a
+# URL's query string (``?connect_timeout=3``) overrides any of them.
+POSTGRES_OPTIONS = {
+    "connect_timeout": 10,  # seconds
+    "keepalives": 1,  # an idle connection is probed after 10 s, every 5 s, dead after 3 missed
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 25000,  # ms that sent data may stay unacknowledged
+}
+
+
 def database_from_url(url: str) -> dict:
-    """dj-database-url, plus the SQLite options above and kept-open connections."""
+    """dj-database-url, plus the SQLite and PostgreSQL options above and kept-open connections."""
     config = dj_database_url.parse(url, conn_max_age=600, conn_health_checks=True)
     if config["ENGINE"] == "django.db.backends.sqlite3":
         config["OPTIONS"] = {**SQLITE_OPTIONS, **config.get("OPTIONS", {})}
         config["CONN_MAX_AGE"] = None
+    elif config["ENGINE"] == "django.db.backends.postgresql":
+        config["OPTIONS"] = {**POSTGRES_OPTIONS, **config.get("OPTIONS", {})}
     return config
 
 

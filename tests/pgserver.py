@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL server for the test suite and the benchmark.
+"""A throwaway PostgreSQL server for the test suite, the benchmark and the fault test.
 
 The server lives in a temporary data directory on a free loopback port and is
 removed when stopped. ``initdb`` and ``pg_ctl`` refuse to run as root, so when
@@ -56,10 +56,11 @@ class PostgresServer:
     port: int
     as_user: list[str]
     settings: tuple[str, ...] = TEST_SETTINGS
+    listen: tuple[str, ...] = ("127.0.0.1",)  # the first one is in ``url``
 
     @property
     def url(self) -> str:
-        return f"postgres://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgres://postgres@{self.listen[0]}:{self.port}/postgres"
 
     def _run(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
         return subprocess.run([*self.as_user, *args], check=True, capture_output=True, text=True, **kwargs)
@@ -67,7 +68,8 @@ class PostgresServer:
     def start(self) -> None:
         settings = self.settings
         options = " ".join(
-            [f"-p {self.port}", "-c listen_addresses=127.0.0.1", f"-k {self.datadir}", "-c max_connections=200"]
+            [f"-p {self.port}", f"-c listen_addresses={','.join(self.listen)}", f"-k {self.datadir}",
+             "-c max_connections=200"]
             + [f"-c {setting}" for setting in settings]
         )
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir / "data"), "-w", "-t", "60",
@@ -78,9 +80,10 @@ class PostgresServer:
             subprocess.run([*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.datadir / "data"),
                             "-m", mode, "-w", "stop"], capture_output=True)
 
-    def restart(self) -> None:
-        """Stop at once (dropping every client) and start again on the same port."""
-        self.stop(mode="immediate")
+    def restart(self, mode: str = "immediate") -> None:
+        """Stop (``immediate``: at once, dropping every client, as a crash would; ``fast``:
+        roll back open transactions and disconnect) and start again on the same port."""
+        self.stop(mode=mode)
         self.start()
 
     def destroy(self) -> None:
@@ -88,8 +91,13 @@ class PostgresServer:
         shutil.rmtree(self.datadir, ignore_errors=True)
 
 
-def start_server(settings: tuple[str, ...] = TEST_SETTINGS) -> PostgresServer:
-    """initdb + start on a free port; the server is destroyed at interpreter exit."""
+def start_server(settings: tuple[str, ...] = TEST_SETTINGS, *, listen: tuple[str, ...] = ("127.0.0.1",),
+                 trust: tuple[str, ...] = ()) -> PostgresServer:
+    """initdb + start on a free port; the server is destroyed at interpreter exit.
+
+    ``listen``: the addresses to listen on; ``trust``: networks (CIDR) besides loopback
+    whose clients may connect without a password.
+    """
     bindir = find_bindir()
     if bindir is None:
         raise PostgresUnavailable("PostgreSQL server binaries (initdb, pg_ctl) not found; install Debian's 'postgresql'")
@@ -97,9 +105,13 @@ def start_server(settings: tuple[str, ...] = TEST_SETTINGS) -> PostgresServer:
     datadir = Path(tempfile.mkdtemp(prefix="jobs-pg-"))
     if as_user:
         shutil.chown(datadir, "postgres", "postgres")
-    server = PostgresServer(bindir=bindir, datadir=datadir, port=_free_port(), as_user=as_user, settings=settings)
+    server = PostgresServer(bindir=bindir, datadir=datadir, port=_free_port(), as_user=as_user, settings=settings,
+                            listen=listen)
     server._run(str(bindir / "initdb"), "-D", str(datadir / "data"), "-U", "postgres", "-A", "trust",
                 "--no-sync", "-E", "UTF8", "--locale=C")
+    if trust:
+        with open(datadir / "data" / "pg_hba.conf", "a") as hba:
+            hba.writelines(f"host all all {network} trust\n" for network in trust)
     server.start()
     atexit.register(server.destroy)
     return server

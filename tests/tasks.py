@@ -320,3 +320,13 @@ def worker_rss():
     from jobs.worker.limits import rss_bytes
 
     return rss_bytes()
+
+
+@django_task
+def session_settings():
+    """The lock and idle-transaction limits of the session this task's code runs on."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('lock_timeout'), current_setting('idle_in_transaction_session_timeout')")
+        return list(cursor.fetchone())

@@ -27,6 +27,7 @@ from ..framework import TaskResultStatus
 from ..models import Job, JobStatus
 from ..resolve import resolve_task
 from ..rows import ClaimedJob
+from ..sessions import guarded_sessions, hold_limit
 from ..store import WorkerStore, fail_attempt
 from .failures import announce_failure, job_fields
 
@@ -58,22 +59,26 @@ class Liveness:
         self.thread.join(timeout=10)
 
     def _loop(self) -> None:
-        backoff = Backoff()
         try:
-            wait = 0.0  # the first beat at once: it also sweeps what others left behind
-            while not self.stop.wait(wait):
-                try:
-                    self.beat_and_sweep(self.clock.now())
-                except Exception as exc:  # noqa: BLE001 - the beat goes on when the database is back
-                    wait = backoff.failed()
-                    logger.warning("heartbeat failed worker=%s retry_in=%.1fs error=%s: %s", self.worker_id, wait,
-                                   type(exc).__name__, first_line(exc))
-                    self.store.close()
-                else:
-                    backoff.succeeded()
-                    wait = self.options.heartbeat_interval
+            with guarded_sessions(hold_limit(self.options.stale_after)):  # a frozen peer cannot stall the beat
+                self._beat_until_stopped()
         finally:
             connections.close_all()
+
+    def _beat_until_stopped(self) -> None:
+        backoff = Backoff()
+        wait = 0.0  # the first beat at once: it also sweeps what others left behind
+        while not self.stop.wait(wait):
+            try:
+                self.beat_and_sweep(self.clock.now())
+            except Exception as exc:  # noqa: BLE001 - the beat goes on when the database is back
+                wait = backoff.failed()
+                logger.warning("heartbeat failed worker=%s retry_in=%.1fs error=%s: %s", self.worker_id, wait,
+                               type(exc).__name__, first_line(exc))
+                self.store.close()
+            else:
+                backoff.succeeded()
+                wait = self.options.heartbeat_interval
 
     def beat_and_sweep(self, now: datetime) -> int:
         """One beat: the heartbeat, then the stale sweep; returns the jobs taken back."""

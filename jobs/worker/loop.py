@@ -36,6 +36,7 @@ from ..execution import Outcome, attempt_limit, decide_retry, run_claimed
 from ..framework import task_backends
 from ..loops import worker_loops
 from ..models import JobStatus
+from ..sessions import guarded_sessions, hold_limit
 from ..store import WorkerStore, Written
 from ..wakeup import start_waker
 from .failures import announce_failure, job_fields
@@ -109,6 +110,10 @@ class Worker:
             self.inbox.put(WAKE)
 
     def run(self) -> int:
+        with guarded_sessions(hold_limit(self.options.stale_after)):  # a frozen peer cannot stall this loop
+            return self._run()
+
+    def _run(self) -> int:
         self._started = self.clock.monotonic()
         while self._db(self._register) is None and not self.stopping.is_set():
             pass

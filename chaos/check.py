@@ -1,0 +1,260 @@
+"""The checker: what the producer sent, what the tasks did and what the workers said,
+held against the job rows once everything has drained.
+
+Four invariants, each failure naming the job (or worker) and what is wrong:
+
+- lost: every job the producer enqueued (a call that returned, or one that raised but
+  committed, found by its token) exists and ended in a state its kind allows, and a
+  SUCCESSFUL job's task really reached its end (its effect is there).
+- stuck: no job is RUNNING or READY; no worker hung: each exits on SIGTERM, heartbeats
+  again within a minute of each outage of its own ending, never goes silent for two
+  stale_after while nothing excuses it, and never exits by itself.
+- duplicated: no job was enqueued twice, and every effect of a job is explained: the
+  counted success, an attempt that counted as failed (its error entry names the same
+  worker: its own failure, a timeout, or a take-back as lost), or an attempt the worker
+  handed back on shutdown. Two effects of one attempt of one worker are a duplicate.
+- wrong attempts: attempts, error entries and worker ids agree; never past
+  max_attempts; every take-back a worker logged is recorded as a lost worker; and no
+  attempt was taken back from a worker that was alive and reachable (no fault on it and
+  no database restart around the time).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from .mix import BY_TASK_PATH, FAULT_ERRORS, LOST
+
+INVARIANTS = ("lost", "stuck", "duplicated", "wrong attempts")
+# After a partition heals, TCP may take a while to deliver again (retransmission backoff,
+# then the keepalive or user timeout and a reconnect with the worker's backoff).
+AFTER_PARTITION = 60.0
+# After a database restart, each worker reconnects on its own backoff (capped at 10 s).
+AFTER_RESTART = 15.0
+# After SIGCONT, the worker's next heartbeat is at most a heartbeat interval away.
+AFTER_STOP = 5.0
+
+_STARTED = re.compile(r"worker started worker=(\S+)")
+_TAKEN = re.compile(r"job taken back id=(\d+) task=\S+ attempt=(\d+)/\d+ lost_worker=(\S+)")
+_HANDED = re.compile(r"job handed back id=(\d+) task=\S+ attempt=(\d+)")
+_DISCARDED = re.compile(r"job outcome discarded id=(\d+) task=\S+ attempt=(\d+)")
+
+
+@dataclass
+class WorkerLog:
+    label: str
+    pid: int
+    worker_id: str | None = None
+    taken_back: list[tuple[int, int, str]] = field(default_factory=list)  # (job, attempt, lost worker)
+    handed_back: list[tuple[int, int]] = field(default_factory=list)  # (job, attempt)
+    discarded: list[tuple[int, int]] = field(default_factory=list)  # zombie outcomes dropped by fencing
+
+
+def read_worker_log(path: Path, label: str, pid: int) -> WorkerLog:
+    log = WorkerLog(label, pid)
+    for line in path.read_text(errors="replace").splitlines():
+        if m := _STARTED.search(line):
+            log.worker_id = m[1]
+        elif m := _TAKEN.search(line):
+            log.taken_back.append((int(m[1]), int(m[2]), m[3]))
+        elif m := _HANDED.search(line):
+            log.handed_back.append((int(m[1]), int(m[2])))
+        elif m := _DISCARDED.search(line):
+            log.discarded.append((int(m[1]), int(m[2])))
+    return log
+
+
+def read_record(path: Path) -> dict[int, dict]:
+    """The producer's record: call number -> {mode, jobs: [[token, kind]], ids | error}."""
+    calls: dict[int, dict] = {}
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        calls.setdefault(entry["call"], {}).update(entry)
+    return calls
+
+
+@dataclass
+class Evidence:
+    calls: dict[int, dict]
+    jobs: dict[int, dict]  # id -> row (task_path, status, attempts, max_attempts, worker_id, worker_ids, errors, kwargs)
+    effects: dict[int, list[dict]]  # job id -> [{attempt, worker_id, raised}]
+    logs: list[WorkerLog]
+    faults: list[dict]  # from the injector: kind, pid, start, end
+    restarts: list[dict]  # from the database: began, up
+    bad_workers: list[str] = field(default_factory=list)  # hung or crashed, said by the harness
+
+
+@dataclass
+class Verdict:
+    failures: dict[str, dict[str, str]]  # invariant -> {culprit: message}
+    enqueued: dict[str, int]  # token -> job id, for every job the producer did enqueue
+    reconciled: Counter  # calls that raised: committed / not committed
+    taken_back_by_cause: Counter
+
+    def count(self, invariant: str) -> int:
+        return len(self.failures[invariant])
+
+
+def check(ev: Evidence) -> Verdict:
+    failures = {name: {} for name in INVARIANTS}
+
+    def fail(invariant: str, culprit, message: str) -> None:
+        failures[invariant].setdefault(str(culprit), f"{invariant}: {message}")
+
+    enqueued, reconciled = _reconcile(ev, fail)
+    by_id_kind = {job_id: BY_TASK_PATH.get(ev.jobs[job_id]["task_path"]) for job_id in enqueued.values()}
+    handed_back = {(j, a, log.worker_id) for log in ev.logs for j, a in log.handed_back}
+    for job_id, kind in by_id_kind.items():
+        job = ev.jobs[job_id]
+        _check_final_state(job_id, job, kind, ev.effects.get(job_id, []), fail)
+        _check_effects(job_id, job, ev.effects.get(job_id, []), handed_back, fail)
+        _check_attempts(job_id, job, fail)
+    for label in ev.bad_workers:
+        fail("stuck", label, f"worker {label}")
+    causes = _check_take_backs(ev, fail)
+    return Verdict(failures, enqueued, reconciled, causes)
+
+
+def _reconcile(ev: Evidence, fail) -> tuple[dict[str, int], Counter]:
+    """Tokens the producer sent -> the one job each made; flags lost, doubled and stray jobs."""
+    rows_by_token = defaultdict(list)
+    for job_id, job in ev.jobs.items():
+        rows_by_token[job["kwargs"].get("token")].append(job_id)
+    enqueued: dict[str, int] = {}
+    reconciled = Counter()
+    sent = set()
+    for number, call in sorted(ev.calls.items()):
+        tokens = [token for token, _ in call["jobs"]]
+        sent.update(tokens)
+        if "ids" in call:
+            for token, job_id in zip(tokens, call["ids"]):
+                rows = rows_by_token.get(token, [])
+                if int(job_id) not in rows:
+                    fail("lost", token, f"job {job_id} ({token}, enqueued by call {number}) is not in the table")
+                else:
+                    enqueued[token] = int(job_id)
+            continue
+        # Raised (or the producer died mid-call): committed or not, all of the call or none.
+        found = [token for token in tokens if rows_by_token.get(token)]
+        reconciled["committed" if found else "not committed"] += 1
+        if found and len(found) != len(tokens):
+            fail("lost", f"call {number}", f"call {number} ({call['mode']}) committed {len(found)} of "
+                 f"{len(tokens)} jobs: a call is all or nothing")
+        for token in found:
+            enqueued[token] = rows_by_token[token][0]
+    for token, rows in rows_by_token.items():
+        if len(rows) > 1:
+            fail("duplicated", token, f"{token} was enqueued once but is in {len(rows)} rows: {rows}")
+        if token not in sent:
+            fail("lost", f"job {rows[0]}", f"jobs {rows} have a token ({token}) the producer never sent")
+    return enqueued, reconciled
+
+
+def _check_final_state(job_id: int, job: dict, kind, effects: list[dict], fail) -> None:
+    status, errors = job["status"], job["errors"]
+    if status in ("READY", "RUNNING"):
+        fail("stuck", job_id, f"job {job_id} ({kind.name if kind else job['task_path']}) is still {status} "
+             f"after the drain (attempt {job['attempts']}, worker {job['worker_id'] or '-'})")
+        return
+    if kind is None:
+        fail("lost", job_id, f"job {job_id} runs {job['task_path']}, which is not a kind of the mix")
+        return
+    expected = kind.planned | FAULT_ERRORS
+    unexpected = sorted({e["exception_class_path"] for e in errors} - expected)
+    if status == "SUCCESSFUL":
+        if not kind.succeeds:
+            fail("lost", job_id, f"job {job_id} ({kind.name}) ended SUCCESSFUL but it always fails")
+        elif not any(e["attempt"] == job["attempts"] and e["worker_id"] == job["worker_id"] and not e["raised"]
+                     for e in effects):
+            fail("lost", job_id, f"job {job_id} ({kind.name}) is SUCCESSFUL at attempt {job['attempts']} by "
+                 f"{job['worker_id']}, but that attempt's task never reached its end")
+    elif status == "FAILED":
+        if job["attempts"] < job["max_attempts"]:
+            fail("lost", job_id, f"job {job_id} ({kind.name}) ended FAILED after {job['attempts']} of "
+                 f"{job['max_attempts']} attempts")
+        elif unexpected:
+            fail("lost", job_id, f"job {job_id} ({kind.name}) ended FAILED with unexpected errors {unexpected}")
+    else:
+        fail("lost", job_id, f"job {job_id} ({kind.name}) ended {status}")
+
+
+def _check_effects(job_id: int, job: dict, effects: list[dict], handed_back: set, fail) -> None:
+    seen = Counter((e["attempt"], e["worker_id"]) for e in effects)
+    for (attempt, worker), n in seen.items():
+        if n > 1:
+            fail("duplicated", job_id, f"job {job_id} attempt {attempt} ran {n} times on worker {worker}")
+    failed_attempts = {(e["attempt"], e["worker_id"]) for e in job["errors"]}
+    for effect in effects:
+        key = (effect["attempt"], effect["worker_id"])
+        counted_success = (job["status"] == "SUCCESSFUL" and key == (job["attempts"], job["worker_id"])
+                           and not effect["raised"])
+        if counted_success or key in failed_attempts or (job_id, *key) in handed_back:
+            continue
+        fail("duplicated", job_id, f"job {job_id} ran at attempt {effect['attempt']} on {effect['worker_id']}, "
+             f"an attempt that neither counted nor was taken back or handed back (job {job['status']} at "
+             f"attempt {job['attempts']} by {job['worker_id']}, errors at attempts "
+             f"{[e['attempt'] for e in job['errors']]})")
+
+
+def _check_attempts(job_id: int, job: dict, fail) -> None:
+    status, attempts, errors = job["status"], job["attempts"], job["errors"]
+    if status not in ("SUCCESSFUL", "FAILED"):
+        return
+    succeeded = status == "SUCCESSFUL"
+    problems = []
+    if attempts > job["max_attempts"]:
+        problems.append(f"{attempts} attempts, past max_attempts {job['max_attempts']}")
+    if [e["attempt"] for e in errors] != list(range(1, attempts + (0 if succeeded else 1))):
+        problems.append(f"{attempts} attempts ({status}) but errors for attempts {[e['attempt'] for e in errors]}")
+    holders = [e["worker_id"] for e in errors] + ([job["worker_id"]] if succeeded else [])
+    if job["worker_ids"] != holders:
+        problems.append(f"worker_ids {job['worker_ids']} disagree with the attempts' workers {holders}")
+    if problems:
+        fail("wrong attempts", job_id, f"job {job_id}: " + "; ".join(problems))
+
+
+def _check_take_backs(ev: Evidence, fail) -> Counter:
+    """Every logged take-back is recorded as a lost worker; none took a live worker's job."""
+    label_of = {log.worker_id: log.label for log in ev.logs if log.worker_id}
+    for log in ev.logs:
+        for job_id, attempt, lost in log.taken_back:
+            errors = ev.jobs.get(job_id, {}).get("errors", [])
+            if not any(e["attempt"] == attempt and e["worker_id"] == lost and e["exception_class_path"] == LOST
+                       for e in errors):
+                fail("wrong attempts", job_id, f"job {job_id}: {log.label} took attempt {attempt} back from "
+                     f"{label_of.get(lost, '?')} ({lost}), but no WorkerLost error of that attempt is recorded")
+    pid_of = {log.worker_id: log.pid for log in ev.logs if log.worker_id}
+    causes = Counter()
+    for job_id, job in ev.jobs.items():
+        for error in job["errors"]:
+            if error["exception_class_path"] != LOST:
+                continue
+            at = datetime.fromisoformat(error["at"]).timestamp()
+            cause = _cause(pid_of.get(error["worker_id"]), at, ev)
+            causes[cause or "none"] += 1
+            if cause is None:
+                fail("wrong attempts", job_id, f"job {job_id}: attempt {error['attempt']} was taken back from "
+                     f"{label_of.get(error['worker_id'], '?')} ({error['worker_id']}) at {error['at']}, a worker "
+                     "that was alive and reachable then (no fault on it, no database restart)")
+    return causes
+
+
+def _cause(pid: int | None, at: float, ev: Evidence) -> str | None:
+    """The fault that explains a take-back at ``at`` from the worker with ``pid``, if any."""
+    for fault in ev.faults:
+        if fault["pid"] != pid or fault["start"] > at or fault["kind"] == "start":
+            continue  # a worker's start explains nothing
+        if fault["kind"] in ("kill", "term", "crash"):
+            return fault["kind"]
+        grace = AFTER_PARTITION if fault["kind"] == "partition" else AFTER_STOP
+        if fault["end"] is None or at <= fault["end"] + grace:
+            return fault["kind"]
+    for restart in ev.restarts:
+        if restart["began"] <= at <= restart["up"] + AFTER_RESTART:
+            return "database restart"
+    return None

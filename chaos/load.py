@@ -1,0 +1,91 @@
+"""The load: a producer process enqueueing a seeded mix of jobs at a steady rate.
+
+Each call enqueues one job, a few in one transaction, or a batch by
+``jobs.enqueue_many``. Every job carries a ``token`` (the producer's own name for it)
+in its kwargs, and the producer writes each call to its record file before making
+it, then what came back: the job ids, or the error. A call that raised (the database
+restarting under it) may or may not have committed; the checker finds out by the
+tokens, as a careful caller would.
+
+``python -m chaos.load --seconds S --seed N --rate JOBS_PER_S --record PATH``
+(run by the harness with ``chaos.settings``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+
+MODES = {"one": 5, "transaction": 3, "bulk": 2}  # relative weights of the calls
+TRANSACTION_SIZE = (2, 8)
+BULK_SIZE = (10, 100)  # capped by each kind's ``bulk``
+
+
+def enqueue_call(mode: str, calls: list) -> list[str]:
+    """Enqueue ``[(kind, token, kwargs)]`` one way or another; returns the job ids."""
+    from django.db import transaction
+
+    import jobs
+
+    if mode == "bulk":
+        kind = calls[0][0]
+        return [r.id for r in jobs.enqueue_many(kind.task, [((), {"token": t, **kw}) for _, t, kw in calls])]
+    if mode == "transaction":
+        with transaction.atomic():
+            return [kind.task.enqueue(token=t, **kw).id for kind, t, kw in calls]
+    kind, token, kwargs = calls[0]
+    return [kind.task.enqueue(token=token, **kwargs).id]
+
+
+def produce(*, seconds: float, seed: int, rate: float, record) -> None:
+    from django.db import connection
+
+    from .mix import KINDS
+
+    rng = random.Random(f"load-{seed}")
+    deadline = time.monotonic() + seconds
+    next_at = time.monotonic()
+    number = 0
+    while time.monotonic() < deadline:
+        mode = rng.choices(list(MODES), weights=list(MODES.values()))[0]
+        weights = [k.weight for k in KINDS]
+        if mode == "bulk":  # enqueue_many takes one task
+            kind = rng.choices(KINDS, weights=weights)[0]
+            kinds = [kind] * rng.randint(min(BULK_SIZE[0], kind.bulk), kind.bulk)
+        else:
+            kinds = rng.choices(KINDS, weights=weights, k=1 if mode == "one" else rng.randint(*TRANSACTION_SIZE))
+        size = len(kinds)
+        calls = [(kind, f"{seed}-{number}-{i}", kind.kwargs(rng)) for i, kind in enumerate(kinds)]
+        record.write(json.dumps({"call": number, "mode": mode, "at": time.time(),
+                                 "jobs": [[token, kind.name] for kind, token, _ in calls]}) + "\n")
+        try:
+            ids = enqueue_call(mode, calls)
+        except Exception as exc:  # the outcome is unknown: the checker reconciles by token
+            record.write(json.dumps({"call": number, "error": f"{type(exc).__name__}: {exc}"[:300]}) + "\n")
+            connection.close()  # a dead connection is not reused; the next call reconnects
+            time.sleep(0.2)
+        else:
+            record.write(json.dumps({"call": number, "ids": ids}) + "\n")
+        number += 1
+        next_at = max(next_at + size / rate, time.monotonic() - 1.0)  # steady, no catch-up burst
+        time.sleep(max(0.0, min(next_at, deadline) - time.monotonic()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--rate", type=float, required=True, help="jobs per second, on average")
+    parser.add_argument("--record", required=True, help="JSON lines: each call, then its ids or its error")
+    args = parser.parse_args()
+    import django
+
+    django.setup()
+    with open(args.record, "a", buffering=1) as record:
+        produce(seconds=args.seconds, seed=args.seed, rate=args.rate, record=record)
+
+
+if __name__ == "__main__":
+    main()

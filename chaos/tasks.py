@@ -1,0 +1,55 @@
+"""The fault test's tasks. Each records its effect (``Effect``) when it reaches its end,
+then returns or raises; ``token`` is the producer's name for the call (see chaos.load).
+"""
+
+import time
+
+from django.utils import timezone
+
+from jobs import task
+
+from .models import Effect
+
+
+class PlannedFailure(Exception):
+    """Raised on purpose; the checker expects it from ``flaky`` and ``doomed``."""
+
+
+def _effect(context, started, *, raised: bool = False) -> None:
+    result = context.task_result
+    Effect.objects.create(job_id=int(result.id), attempt=context.attempt, worker_id=result.worker_ids[-1],
+                          started_at=started, ended_at=timezone.now(), raised=raised)
+    if raised:
+        raise PlannedFailure(f"attempt {context.attempt} fails as planned")
+
+
+@task(takes_context=True)
+def quick(context, token):
+    _effect(context, timezone.now())
+
+
+@task(takes_context=True)
+def slow(context, token, seconds):
+    started = timezone.now()
+    time.sleep(seconds)
+    _effect(context, started)
+
+
+@task(takes_context=True)
+def flaky(context, token, failures):
+    """Fails its first ``failures`` attempts, then succeeds."""
+    _effect(context, timezone.now(), raised=context.attempt <= failures)
+
+
+@task(takes_context=True)
+def doomed(context, token):
+    _effect(context, timezone.now(), raised=True)
+
+
+@task(takes_context=True, timeout=1)
+def overrun(context, token, seconds):
+    """Overruns its 1 s timeout on the first attempt, then is quick."""
+    started = timezone.now()
+    if context.attempt == 1:
+        time.sleep(seconds)
+    _effect(context, started)
