@@ -227,11 +227,16 @@ def _drain(timeout: float) -> bool:
 def _gather(cluster, injector, database, bad_workers):
     from chaos.check import Evidence, read_record, read_worker_log
     from chaos.models import Effect
+    from jobs.execution import attempt_limit
+    from jobs.framework import task_backends
     from jobs.models import Job
 
     jobs = {row["id"]: row for row in Job.objects.values(
         "id", "task_path", "status", "attempts", "max_attempts", "worker_id", "worker_ids", "errors", "kwargs",
-        "finished_at")}
+        "finished_at", "backend")}
+    for row in jobs.values():
+        # A row keeps no limit of its own unless its task sets one: the one in force applies.
+        row["max_attempts"] = attempt_limit(Job(**row), task_backends[row.pop("backend")])
     effects: dict[int, list[dict]] = {}
     for effect in Effect.objects.values("job_id", "attempt", "worker_id", "raised"):
         effects.setdefault(effect["job_id"], []).append(effect)
