@@ -17,6 +17,16 @@ Four invariants, each failure naming the job (or worker) and what is wrong:
   max_attempts; every take-back a worker logged is recorded as a lost worker; and no
   attempt was taken back from a worker that was alive and reachable (no fault on it and
   no database restart around the time).
+
+Job control is held to the same four: an enqueue of a unique kind that returned another
+call's job must have met a job of its own key (else lost), and two READY jobs of one
+unique key seen at once are duplicated; a concurrency key seen with more RUNNING jobs
+than its limit, or more attempts of it running at once than the limit by the tasks'
+own start and end times (attempts taken back or handed back aside), is wrong attempts,
+and a key whose count of RUNNING jobs is not 0 after the drain is stuck (its jobs would
+be held back for ever). A job cancelled READY must end CANCELLED, one cancelled RUNNING
+CANCELLED or (when it was finishing just then) SUCCESSFUL; CANCELLED with no cancel
+asked is lost, unless a hand-back met a READY job of its unique key.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from .mix import BY_TASK_PATH, FAULT_ERRORS, LOST
+from .mix import BY_NAME, BY_TASK_PATH, FAULT_ERRORS, LOST
 
 INVARIANTS = ("lost", "stuck", "duplicated", "wrong attempts")
 # After a partition heals, TCP may take a while to deliver again (retransmission backoff,
@@ -70,12 +80,23 @@ def read_worker_log(path: Path, label: str, pid: int) -> WorkerLog:
 
 
 def read_record(path: Path) -> dict[int, dict]:
-    """The producer's record: call number -> {mode, jobs: [[token, kind]], ids | error}."""
+    """The producer's record: call number -> {mode, jobs: [[token, kind, kwargs]], ids | error}."""
     calls: dict[int, dict] = {}
     for line in path.read_text().splitlines():
         entry = json.loads(line)
-        calls.setdefault(entry["call"], {}).update(entry)
+        if "call" in entry:
+            calls.setdefault(entry["call"], {}).update(entry)
     return calls
+
+
+def read_cancels(path: Path) -> dict[str, dict]:
+    """The producer's cancels: token -> {id, at, said | error} (neither: it died mid-call)."""
+    cancels: dict[str, dict] = {}
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        if "cancel" in entry:
+            cancels.setdefault(entry.pop("cancel"), {}).update(entry)
+    return cancels
 
 
 @dataclass
@@ -87,6 +108,11 @@ class Evidence:
     faults: list[dict]  # from the injector: kind, pid, start, end
     restarts: list[dict]  # from the database: began, up
     bad_workers: list[str] = field(default_factory=list)  # hung or crashed, said by the harness
+    cancels: dict[str, dict] = field(default_factory=dict)  # token -> what the producer's cancel said
+    limit_peaks: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (most RUNNING seen, limit)
+    unique_doubled: dict[str, int] = field(default_factory=dict)  # unique key -> most READY seen at once
+    limit_samples: int = 0
+    keys_left_running: dict[str, int] = field(default_factory=dict)  # JobLimit rows not at 0 after the drain
 
 
 @dataclass
@@ -95,6 +121,8 @@ class Verdict:
     enqueued: dict[str, int]  # token -> job id, for every job the producer did enqueue
     reconciled: Counter  # calls that raised: committed / not committed
     taken_back_by_cause: Counter
+    collapsed: dict[str, int] = field(default_factory=dict)  # token -> the READY job of its unique key it got
+    most_running: dict[str, int] = field(default_factory=dict)  # concurrency key -> most attempts at once (effects)
 
     def count(self, invariant: str) -> int:
         return len(self.failures[invariant])
@@ -106,7 +134,7 @@ def check(ev: Evidence) -> Verdict:
     def fail(invariant: str, culprit, message: str) -> None:
         failures[invariant].setdefault(str(culprit), f"{invariant}: {message}")
 
-    enqueued, reconciled = _reconcile(ev, fail)
+    enqueued, reconciled, collapsed = _reconcile(ev, fail)
     by_id_kind = {job_id: BY_TASK_PATH.get(ev.jobs[job_id]["task_path"]) for job_id in enqueued.values()}
     handed_back = {(j, a, log.worker_id) for log in ev.logs for j, a in log.handed_back}
     for job_id, kind in by_id_kind.items():
@@ -114,35 +142,46 @@ def check(ev: Evidence) -> Verdict:
         _check_final_state(job_id, job, kind, ev.effects.get(job_id, []), fail)
         _check_effects(job_id, job, ev.effects.get(job_id, []), handed_back, fail)
         _check_attempts(job_id, job, fail)
+    _check_cancels(ev, enqueued, fail)
+    most_running = _check_limits(ev, enqueued, handed_back, fail)
     for label in ev.bad_workers:
         fail("stuck", label, f"worker {label}")
     causes = _check_take_backs(ev, fail)
-    return Verdict(failures, enqueued, reconciled, causes)
+    return Verdict(failures, enqueued, reconciled, causes, collapsed, most_running)
 
 
-def _reconcile(ev: Evidence, fail) -> tuple[dict[str, int], Counter]:
-    """Tokens the producer sent -> the one job each made; flags lost, doubled and stray jobs."""
+def _reconcile(ev: Evidence, fail) -> tuple[dict[str, int], Counter, dict[str, int]]:
+    """Tokens the producer sent -> the one job each made (or, for a unique kind, the READY job
+    of its key it was given); flags lost, doubled and stray jobs."""
     rows_by_token = defaultdict(list)
     for job_id, job in ev.jobs.items():
         rows_by_token[job["kwargs"].get("token")].append(job_id)
     enqueued: dict[str, int] = {}
+    collapsed: dict[str, int] = {}
     reconciled = Counter()
     sent = set()
     for number, call in sorted(ev.calls.items()):
-        tokens = [token for token, _ in call["jobs"]]
+        sent_jobs = [(token, BY_NAME.get(kind), kwargs) for token, kind, kwargs in call["jobs"]]
+        tokens = [token for token, _, _ in sent_jobs]
         sent.update(tokens)
         if "ids" in call:
-            for token, job_id in zip(tokens, call["ids"]):
-                rows = rows_by_token.get(token, [])
-                if int(job_id) not in rows:
-                    fail("lost", token, f"job {job_id} ({token}, enqueued by call {number}) is not in the table")
-                else:
+            for (token, kind, kwargs), job_id in zip(sent_jobs, call["ids"]):
+                rows, job = rows_by_token.get(token, []), ev.jobs.get(int(job_id))
+                if int(job_id) in rows:
                     enqueued[token] = int(job_id)
+                elif kind and kind.unique and job and job["kwargs"].get("slot") == kwargs.get("slot") \
+                        and BY_TASK_PATH.get(job["task_path"]) is kind:
+                    collapsed[token] = int(job_id)  # it met a READY job of its key: that job stands for it
+                else:
+                    fail("lost", token, f"job {job_id} ({token}, enqueued by call {number}) is not in the table"
+                         + (f" (it holds {job['kwargs'].get('token')}, another key)" if job else ""))
             continue
-        # Raised (or the producer died mid-call): committed or not, all of the call or none.
+        # Raised (or the producer died mid-call): committed or not, all of the call or none
+        # (a unique kind's job may have met a READY job of its key and made no row).
         found = [token for token in tokens if rows_by_token.get(token)]
+        certain = [token for token, kind, _ in sent_jobs if not (kind and kind.unique)]
         reconciled["committed" if found else "not committed"] += 1
-        if found and len(found) != len(tokens):
+        if found and not set(certain) <= set(found):
             fail("lost", f"call {number}", f"call {number} ({call['mode']}) committed {len(found)} of "
                  f"{len(tokens)} jobs: a call is all or nothing")
         for token in found:
@@ -152,7 +191,7 @@ def _reconcile(ev: Evidence, fail) -> tuple[dict[str, int], Counter]:
             fail("duplicated", token, f"{token} was enqueued once but is in {len(rows)} rows: {rows}")
         if token not in sent:
             fail("lost", f"job {rows[0]}", f"jobs {rows} have a token ({token}) the producer never sent")
-    return enqueued, reconciled
+    return enqueued, reconciled, collapsed
 
 
 def _check_final_state(job_id: int, job: dict, kind, effects: list[dict], fail) -> None:
@@ -174,13 +213,53 @@ def _check_final_state(job_id: int, job: dict, kind, effects: list[dict], fail) 
             fail("lost", job_id, f"job {job_id} ({kind.name}) is SUCCESSFUL at attempt {job['attempts']} by "
                  f"{job['worker_id']}, but that attempt's task never reached its end")
     elif status == "FAILED":
-        if job["attempts"] < job["max_attempts"]:
+        if job["attempts"] < job["max_attempts"] and not (kind.unique and _superseded(job)):
             fail("lost", job_id, f"job {job_id} ({kind.name}) ended FAILED after {job['attempts']} of "
                  f"{job['max_attempts']} attempts")
         elif unexpected:
             fail("lost", job_id, f"job {job_id} ({kind.name}) ended FAILED with unexpected errors {unexpected}")
+    elif status == "CANCELLED":
+        if not kind.cancels and not (kind.unique and SAME_KEY_QUEUED in _cancel_reason(job)):
+            fail("lost", job_id, f"job {job_id} ({kind.name}) ended CANCELLED, which nobody asked for "
+                 f"({_cancel_reason(job) or 'no reason'})")
+        elif unexpected:
+            fail("lost", job_id, f"job {job_id} ({kind.name}) ended CANCELLED with unexpected errors {unexpected}")
     else:
         fail("lost", job_id, f"job {job_id} ({kind.name}) ended {status}")
+
+
+# What the queue writes when a unique job meets a READY job of its key on its way back.
+SAME_KEY_QUEUED = "same unique key"
+
+
+def _superseded(job: dict) -> bool:
+    """A retry that a READY job of the same unique key stands for: FAILED early, saying so."""
+    return bool(job["errors"]) and SAME_KEY_QUEUED in job["errors"][-1]["message"]
+
+
+def _cancel_reason(job: dict) -> str:
+    return ((job.get("meta") or {}).get("cancelled") or {}).get("reason", "")
+
+
+def _check_cancels(ev: Evidence, enqueued: dict[str, int], fail) -> None:
+    """Each cancel against the job's end: READY ones end CANCELLED, RUNNING ones CANCELLED or,
+    when the attempt was ending just then, SUCCESSFUL; a cancelled job never runs again."""
+    allowed = {"cancelled": {"CANCELLED"}, "requested": {"CANCELLED", "SUCCESSFUL"},
+               "finished": {"SUCCESSFUL", "FAILED"}}
+    for token, cancel in ev.cancels.items():
+        job_id = enqueued.get(token)
+        if job_id is None:
+            continue  # its call is lost or not committed: said elsewhere
+        job, said = ev.jobs[job_id], cancel.get("said")
+        if said is None:
+            continue  # raised or cut off: done or not, either end is right
+        if job["status"] not in allowed.get(said, ()):
+            fail("lost", job_id, f"job {job_id}: cancel said {said!r}, but the job ended {job['status']}")
+        at = cancel["at"]
+        late = [e for e in ev.effects.get(job_id, []) if said == "cancelled" and e["started_at"].timestamp() > at]
+        if late:
+            fail("duplicated", job_id, f"job {job_id} was cancelled READY but attempt {late[0]['attempt']} "
+                 f"ran after that on {late[0]['worker_id']}")
 
 
 def _check_effects(job_id: int, job: dict, effects: list[dict], handed_back: set, fail) -> None:
@@ -203,7 +282,7 @@ def _check_effects(job_id: int, job: dict, effects: list[dict], handed_back: set
 
 def _check_attempts(job_id: int, job: dict, fail) -> None:
     status, attempts, errors = job["status"], job["attempts"], job["errors"]
-    if status not in ("SUCCESSFUL", "FAILED"):
+    if status not in ("SUCCESSFUL", "FAILED", "CANCELLED"):
         return
     succeeded = status == "SUCCESSFUL"
     problems = []
@@ -216,6 +295,49 @@ def _check_attempts(job_id: int, job: dict, fail) -> None:
         problems.append(f"worker_ids {job['worker_ids']} disagree with the attempts' workers {holders}")
     if problems:
         fail("wrong attempts", job_id, f"job {job_id}: " + "; ".join(problems))
+
+
+def _check_limits(ev: Evidence, enqueued: dict[str, int], handed_back: set, fail) -> dict[str, int]:
+    """Concurrency limits and unique keys, from the harness's samples and the tasks' effects;
+    returns the most attempts of each concurrency key the effects show running at once."""
+    for key, (n, limit) in sorted(ev.limit_peaks.items()):
+        if n > limit:
+            fail("wrong attempts", key, f"{n} jobs of concurrency key {key} were RUNNING at once (limit {limit})")
+    for key, n in sorted(ev.unique_doubled.items()):
+        fail("duplicated", key, f"{n} jobs of unique key {key} were READY at once")
+    for key, n in sorted(ev.keys_left_running.items()):
+        fail("stuck", key, f"concurrency key {key} counts {n} RUNNING after the drain: its jobs would wait for ever")
+    # Each attempt that held a place, as the task saw it: (key, start, end). An attempt taken back
+    # or handed back gave its place away while its thread may still run: it is left out.
+    spans: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
+    limits: dict[str, int] = {}
+    for job_id in set(enqueued.values()):
+        job = ev.jobs[job_id]
+        if not job["limit_key"]:
+            continue
+        gave_back = {(e["attempt"], e["worker_id"]) for e in job["errors"] if e["exception_class_path"] == LOST}
+        for effect in ev.effects.get(job_id, []):
+            attempt = (effect["attempt"], effect["worker_id"])
+            if attempt in gave_back or (job_id, *attempt) in handed_back:
+                continue
+            spans[job["limit_key"]].append((effect["started_at"].timestamp(), effect["ended_at"].timestamp(), job_id))
+        limits[job["limit_key"]] = BY_TASK_PATH[job["task_path"]].task.concurrency_limit
+    most: dict[str, int] = {}
+    for key, attempts in spans.items():
+        edges = sorted([(start, 1, job) for start, _, job in attempts] + [(end, -1, job) for _, end, job in attempts],
+                       key=lambda edge: (edge[0], edge[1]))  # an end before a start at the same instant
+        now, at_once = 0, set()
+        for moment, step, job in edges:
+            now += step
+            if step > 0:
+                at_once.add(job)
+            else:
+                at_once.discard(job)
+            most[key] = max(most.get(key, 0), now)
+            if now > limits[key]:
+                fail("wrong attempts", f"{key} at {moment:.3f}", f"{now} attempts of concurrency key {key} ran at "
+                     f"once (limit {limits[key]}): jobs {sorted(at_once)}")
+    return most
 
 
 def _check_take_backs(ev: Evidence, fail) -> Counter:

@@ -5,7 +5,9 @@ Each call enqueues one job, a few in one transaction, or a batch by
 in its kwargs, and the producer writes each call to its record file before making
 it, then what came back: the job ids, or the error. A call that raised (the database
 restarting under it) may or may not have committed; the checker finds out by the
-tokens, as a careful caller would.
+tokens, as a careful caller would. Jobs of a kind with ``cancels`` are cancelled a
+moment later (``jobs.cancel``), found READY, RUNNING or finished as it happens; each
+cancel goes in the record too, with what ``cancel`` said.
 
 ``python -m chaos.load --seconds S --seed N --rate JOBS_PER_S --record PATH``
 (run by the harness with ``chaos.settings``).
@@ -23,6 +25,15 @@ TRANSACTION_SIZE = (2, 8)
 BULK_SIZE = (10, 100)  # capped by each kind's ``bulk``
 
 
+def _task(kind):
+    """The kind's task, due ``kind.due_in`` seconds from now."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    return kind.task.using(run_after=timezone.now() + timedelta(seconds=kind.due_in)) if kind.due_in else kind.task
+
+
 def enqueue_call(mode: str, calls: list) -> list[str]:
     """Enqueue ``[(kind, token, kwargs)]`` one way or another; returns the job ids."""
     from django.db import transaction
@@ -31,12 +42,31 @@ def enqueue_call(mode: str, calls: list) -> list[str]:
 
     if mode == "bulk":
         kind = calls[0][0]
-        return [r.id for r in jobs.enqueue_many(kind.task, [((), {"token": t, **kw}) for _, t, kw in calls])]
+        return [r.id for r in jobs.enqueue_many(_task(kind), [((), {"token": t, **kw}) for _, t, kw in calls])]
     if mode == "transaction":
         with transaction.atomic():
-            return [kind.task.enqueue(token=t, **kw).id for kind, t, kw in calls]
+            return [_task(kind).enqueue(token=t, **kw).id for kind, t, kw in calls]
     kind, token, kwargs = calls[0]
-    return [kind.task.enqueue(token=token, **kwargs).id]
+    return [_task(kind).enqueue(token=token, **kwargs).id]
+
+
+def cancel_due(pending: list, record, *, now: float) -> None:
+    """Cancel the jobs whose moment came: ``pending`` holds ``(at, token, job_id)``."""
+    from django.db import connection
+
+    import jobs
+
+    for entry in [p for p in pending if p[0] <= now]:
+        pending.remove(entry)
+        _, token, job_id = entry
+        record.write(json.dumps({"cancel": token, "id": job_id, "at": time.time()}) + "\n")
+        try:
+            said = jobs.cancel(job_id, reason="chaos")
+        except Exception as exc:  # the database restarting: done or not, the checker allows both
+            record.write(json.dumps({"cancel": token, "error": f"{type(exc).__name__}: {exc}"[:300]}) + "\n")
+            connection.close()
+        else:
+            record.write(json.dumps({"cancel": token, "said": said}) + "\n")
 
 
 def produce(*, seconds: float, seed: int, rate: float, record) -> None:
@@ -48,7 +78,9 @@ def produce(*, seconds: float, seed: int, rate: float, record) -> None:
     deadline = time.monotonic() + seconds
     next_at = time.monotonic()
     number = 0
+    to_cancel: list[tuple[float, str, str]] = []
     while time.monotonic() < deadline:
+        cancel_due(to_cancel, record, now=time.monotonic())
         mode = rng.choices(list(MODES), weights=list(MODES.values()))[0]
         weights = [k.weight for k in KINDS]
         if mode == "bulk":  # enqueue_many takes one task
@@ -59,7 +91,7 @@ def produce(*, seconds: float, seed: int, rate: float, record) -> None:
         size = len(kinds)
         calls = [(kind, f"{seed}-{number}-{i}", kind.kwargs(rng)) for i, kind in enumerate(kinds)]
         record.write(json.dumps({"call": number, "mode": mode, "at": time.time(),
-                                 "jobs": [[token, kind.name] for kind, token, _ in calls]}) + "\n")
+                                 "jobs": [[token, kind.name, kwargs] for kind, token, kwargs in calls]}) + "\n")
         try:
             ids = enqueue_call(mode, calls)
         except Exception as exc:  # the outcome is unknown: the checker reconciles by token
@@ -68,9 +100,12 @@ def produce(*, seconds: float, seed: int, rate: float, record) -> None:
             time.sleep(0.2)
         else:
             record.write(json.dumps({"call": number, "ids": ids}) + "\n")
+            to_cancel += [(time.monotonic() + rng.uniform(0.1, 3.0), token, job_id)
+                          for (kind, token, _), job_id in zip(calls, ids) if rng.random() < kind.cancels]
         number += 1
         next_at = max(next_at + size / rate, time.monotonic() - 1.0)  # steady, no catch-up burst
         time.sleep(max(0.0, min(next_at, deadline) - time.monotonic()))
+    cancel_due(to_cancel, record, now=float("inf"))  # the last ones at once: every cancel is made
 
 
 def main() -> None:

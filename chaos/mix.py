@@ -2,8 +2,10 @@
 
 A new kind is one line in ``KINDS``: its task, its share of the load, the keyword
 arguments it is called with (drawn from the run's random generator), whether it may
-end SUCCESSFUL, the errors it raises by design, and the largest bulk call of it (slow
-jobs come in small batches, or one batch would hold every worker for a minute).
+end SUCCESSFUL, the errors it raises by design, the largest bulk call of it (slow
+jobs come in small batches, or one batch would hold every worker for a minute), the
+share of its jobs the producer cancels, and whether its enqueues may collapse into a
+READY job of the same unique key.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from . import tasks
 PLANNED = "chaos.tasks.PlannedFailure"
 TIMEOUT = "jobs.exceptions.JobTimeout"
 LOST = "jobs.exceptions.WorkerLost"
+CANCELLED = "jobs.exceptions.JobCancelled"
 # Failed attempts that a fault explains: a lost worker, or the task's own query cut off
 # by a partition or a database restart.
 FAULT_ERRORS = frozenset({LOST, "django.db.utils.OperationalError", "django.db.utils.InterfaceError"})
@@ -31,6 +34,9 @@ class Kind:
     succeeds: bool = True  # False: it must end FAILED, every attempt used
     planned: frozenset[str] = frozenset()  # error classes the task raises itself
     bulk: int = 100  # the most jobs of this kind in one enqueue_many call
+    cancels: float = 0.0  # the share of its jobs the producer cancels, 0.1-3 s after enqueueing them
+    due_in: float = 0.0  # seconds after enqueueing that its jobs are due (so that some cancels find them READY)
+    unique: bool = False  # an enqueue may return a READY job of the same key (kwargs["slot"])
 
 
 KINDS = (
@@ -39,6 +45,11 @@ KINDS = (
     Kind("flaky", tasks.flaky, 12, lambda rng: {"failures": rng.randint(1, 3)}, planned=frozenset({PLANNED})),
     Kind("doomed", tasks.doomed, 5, succeeds=False, planned=frozenset({PLANNED})),
     Kind("overrun", tasks.overrun, 5, lambda rng: {"seconds": 2.5}, planned=frozenset({TIMEOUT}), bulk=20),
+    Kind("limited", tasks.limited, 6, lambda rng: {"account": rng.randint(1, tasks.ACCOUNTS),
+                                                   "seconds": round(rng.uniform(0.2, 1.5), 2)}, bulk=10),
+    Kind("unique", tasks.once, 5, lambda rng: {"slot": rng.randint(1, tasks.SLOTS)}, unique=True, bulk=20),
+    Kind("cancelled", tasks.cancellable, 4, lambda rng: {"seconds": round(rng.uniform(1, 4), 2)}, bulk=10,
+         cancels=0.7, due_in=2.0, planned=frozenset({CANCELLED})),
 )
 BY_NAME = {kind.name: kind for kind in KINDS}
 BY_TASK_PATH = {kind.task.module_path: kind for kind in KINDS}

@@ -93,6 +93,14 @@ def build(*, ev: Evidence, verdict: Verdict, run: dict, phases: dict, line: str)
         "take_backs": {"by_cause": dict(verdict.taken_back_by_cause),
                        "logged": sum(len(log.taken_back) for log in ev.logs)},
         "hand_backs": sum(len(log.handed_back) for log in ev.logs),
+        "job_control": {
+            "unique_enqueues_collapsed": len(verdict.collapsed),
+            "limit_samples": ev.limit_samples,
+            "most_running_sampled": {key: {"running": n, "limit": limit} for key, (n, limit) in ev.limit_peaks.items()},
+            "most_running_by_effects": verdict.most_running,
+            "cancels": dict(Counter(c.get("said", "raised" if "error" in c else "unfinished")
+                                    for c in ev.cancels.values())),
+        },
         "workers": {"processes": len(ev.logs), "bad": ev.bad_workers},
     }
 

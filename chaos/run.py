@@ -29,6 +29,7 @@ from . import hosts as hosts_module
 from .database import Database, PostgresUnavailable, holds_locks, pids_running_jobs, retrying, status_counts, stop_leftover
 from .faults import Injector
 from .heartbeats import RECOVERY_TIMEOUT, Heartbeats
+from .limits import LimitSamples
 
 # chaos.check, chaos.report and chaos.tasks declare tasks, which needs settings: they are
 # imported once DATABASE_URL is known and Django is set up.
@@ -125,6 +126,8 @@ def run(*, seconds: float, seed: int, workers: int) -> int:
         hosts_module.remember_process(producer.pid)
         heartbeats = Heartbeats()
         heartbeats.start()
+        limit_samples = LimitSamples()
+        limit_samples.start()
         injector = Injector(cluster, database, seed=seed, stale_after=stale_after, partitions=not no_namespaces,
                             running_jobs=lambda: retrying(pids_running_jobs, attempts=1, default=set()),
                             holds_locks=lambda label: retrying(lambda: holds_locks(label), attempts=1, default=False),
@@ -141,15 +144,18 @@ def run(*, seconds: float, seed: int, workers: int) -> int:
             f"NOT drained after {DRAIN_TIMEOUT:g}s")
         heartbeats.done.set()
         heartbeats.join()
+        limit_samples.done.set()
+        limit_samples.join()
         bad = heartbeats.late(cluster, injector.faults, database.restarts)
         bad += heartbeats.silent(cluster, injector.faults, database.restarts, limit=2 * stale_after)
+        _dump_stacks(cluster, bad)
         grace = settings.TASKS["default"]["OPTIONS"]["shutdown_grace"]
         hung = cluster.stop_all(timeout=grace + STOP_TIMEOUT)
         phases["stopped"] = time.time()
         bad += [f"{r.label} did not exit within {grace + STOP_TIMEOUT:g}s of SIGTERM" for r in hung]
         bad += [f"{f['target']} exited by itself (exit code {f['returncode']})"
                 for f in injector.faults if f["kind"] == "crash"]
-        evidence = retrying(lambda: _gather(cluster, injector, database, bad))
+        evidence = retrying(lambda: _gather(cluster, injector, database, bad, limit_samples))
         network = {"mode": "loopback" if no_namespaces else "namespaces", "why_not_namespaces": no_namespaces,
                    "hosts": [{"name": h.name, "namespace": h.namespace, "address": h.address} for h in hosts]}
         return _conclude(evidence, injector.faults, phases, run={
@@ -188,6 +194,16 @@ def _conclude(evidence, faults: list[dict], phases: dict, *, run: dict) -> int:
     return 0 if all(verdict.count(name) == 0 for name in verdict.failures) else 1
 
 
+def _dump_stacks(cluster, bad: list[str]) -> None:
+    """Ask each live worker that something is wrong with for its threads' stacks (in its log)."""
+    blamed = [r for r in cluster.runs if r.alive and any(r.label in message.split() for message in bad)]
+    for r in blamed:
+        os.kill(r.process.pid, signal.SIGUSR1)
+    if blamed:
+        time.sleep(1.0)  # faulthandler writes at once; give the logs a moment
+        say(f"stacks of {', '.join(r.label for r in blamed)} are in their logs")
+
+
 def _wait_for_workers(cluster, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not all("worker started" in r.log.read_text() for r in cluster.runs):
@@ -224,22 +240,25 @@ def _drain(timeout: float) -> bool:
     return False
 
 
-def _gather(cluster, injector, database, bad_workers):
-    from chaos.check import Evidence, read_record, read_worker_log
+def _gather(cluster, injector, database, bad_workers, limit_samples):
+    from chaos.check import Evidence, read_cancels, read_record, read_worker_log
     from chaos.models import Effect
     from jobs.execution import attempt_limit
     from jobs.framework import task_backends
-    from jobs.models import Job
+    from jobs.models import Job, JobLimit
 
     jobs = {row["id"]: row for row in Job.objects.values(
         "id", "task_path", "status", "attempts", "max_attempts", "worker_id", "worker_ids", "errors", "kwargs",
-        "finished_at", "backend")}
+        "finished_at", "backend", "meta", "limit_key", "unique_key")}
     for row in jobs.values():
         # A row keeps no limit of its own unless its task sets one: the one in force applies.
         row["max_attempts"] = attempt_limit(Job(**row), task_backends[row.pop("backend")])
     effects: dict[int, list[dict]] = {}
-    for effect in Effect.objects.values("job_id", "attempt", "worker_id", "raised"):
+    for effect in Effect.objects.values("job_id", "attempt", "worker_id", "raised", "started_at", "ended_at"):
         effects.setdefault(effect["job_id"], []).append(effect)
     logs = [read_worker_log(r.log, r.label, r.process.pid) for r in cluster.runs]
     return Evidence(calls=read_record(OUT / "enqueued.jsonl"), jobs=jobs, effects=effects, logs=logs,
-                    faults=injector.faults, restarts=database.restarts, bad_workers=bad_workers)
+                    faults=injector.faults, restarts=database.restarts, bad_workers=bad_workers,
+                    cancels=read_cancels(OUT / "enqueued.jsonl"), limit_peaks=limit_samples.peaks,
+                    unique_doubled=limit_samples.doubled, limit_samples=limit_samples.samples,
+                    keys_left_running=dict(JobLimit.objects.filter(running__gt=0).values_list("key", "running")))

@@ -6,8 +6,14 @@ address), so ``DATABASES`` is built by ``queue_project.settings.database_from_ur
 exactly as in production.
 """
 
+import faulthandler
+import signal
+
 from queue_project.settings import *  # noqa: F403
 from queue_project.settings import INSTALLED_APPS
+
+# SIGUSR1 writes every thread's stack to the worker's log: the harness asks a hung worker for it.
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 INSTALLED_APPS = [*INSTALLED_APPS, "chaos"]
 DEBUG = False  # no query log growing in long-running workers

@@ -6,7 +6,7 @@ import time
 
 from django.utils import timezone
 
-from jobs import task
+from jobs import cancel_requested, task
 
 from .models import Effect
 
@@ -52,4 +52,37 @@ def overrun(context, token, seconds):
     started = timezone.now()
     if context.attempt == 1:
         time.sleep(seconds)
+    _effect(context, started)
+
+
+ACCOUNTS = 3  # concurrency keys of ``limited``
+LIMIT = 2  # jobs of one account RUNNING at once, at most
+SLOTS = 5  # unique keys of ``once``: few, so that enqueues meet a READY job of theirs often
+
+
+@task(takes_context=True, concurrency_key=lambda token, account, seconds: f"account-{account}",
+      concurrency_limit=LIMIT)
+def limited(context, token, account, seconds):
+    """A sync of one account: at most LIMIT of an account at once, over every host."""
+    started = timezone.now()
+    time.sleep(seconds)
+    _effect(context, started)
+
+
+@task(takes_context=True, unique=lambda token, slot: f"slot-{slot}")
+def once(context, token, slot):
+    """While a job of its slot is READY, an enqueue returns that job instead of a new one."""
+    _effect(context, timezone.now())
+
+
+@task(takes_context=True)
+def cancellable(context, token, seconds):
+    """Works ``seconds`` unless cancelled first (the producer cancels most of them); heeds the
+    request within 50 ms and returns without an effect, as a well-behaved task does."""
+    started = timezone.now()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cancel_requested():
+            return
+        time.sleep(0.05)
     _effect(context, started)

@@ -41,3 +41,6 @@ TASKS["default"]["OPTIONS"].update(json.loads(os.environ.get("JOBS_TEST_OPTIONS"
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests
 LOGGING = {**LOGGING, "loggers": {**LOGGING["loggers"]}}  # noqa: F405
+
+# The fault test's app (chaos/): its checker is tested here on made-up evidence.
+INSTALLED_APPS = [*INSTALLED_APPS, "chaos"]  # noqa: F405
