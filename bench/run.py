@@ -14,6 +14,8 @@ Workloads (bench/README.md says how each is measured):
     W5  our claim cost with 0 and with 1,000,000 finished rows in the table
     W6  our claim cost with 100,000 READY jobs of which 99% are held back by their
         concurrency key (10, 100 and 1,000 keys at their limit)
+    W7  what one of our workers costs: RSS idle and under load; per job CPU ms, commits
+        and round trips (statements, counted by pg_stat_statements on PostgreSQL)
 
 Every queue runs in its own interpreter (ours: the project's venv; the peers:
 venvs under .bench/venvs built on first use). PostgreSQL is a throwaway server
@@ -55,7 +57,7 @@ from bench.harness.venvs import ensure_venv
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO_ROOT / ".bench"
 CHART_DIR = Path(__file__).resolve().parent / "chart"
-WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6")
+WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6", "w7")
 
 # Rough rates (jobs/s) on a 2-core machine; only for the progress bar's estimate.
 RATE_HINTS = {
@@ -130,7 +132,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       "stays capped, at 1000); about an hour")
     parser.add_argument("-n", "--jobs", type=int, help="jobs per drain for ours (peers: at most this many)")
     parser.add_argument("--reps", type=int, help="repetitions (default 3; --quick: 1)")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of w1..w6")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of w1..w7")
     parser.add_argument("--peers", help="comma-separated subset of: " + ", ".join(p.name for p in PEERS)
                         + " ('none' for ours alone)")
     parser.add_argument("--db", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
@@ -171,6 +173,7 @@ class Results:
     w5: list[dict] = field(default_factory=list)
     w5_fill: list[dict] = field(default_factory=list)
     w6: list[dict] = field(default_factory=list)
+    w7: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -269,6 +272,12 @@ class Bench:
                     steps.append(Step(f"W6 ours {db}: {self.profile.w6_jobs:,} READY, {keys:,} keys at their limit",
                                       10 + self.profile.w6_jobs / 20_000 + reps * self.profile.w6_claims * 0.01,
                                       lambda d=db, k=keys: self.w6(d, k, reps)))
+        if "w7" in work and self.ours:
+            for rep in range(1, reps + 1):
+                for db in self.providers:
+                    n = self.profile.ours_n
+                    steps.append(Step(f"W7 ours {db}: a worker's costs, rep {rep}/{reps}",
+                                      4 + self.cost(self.ours, db, n), lambda d=db, r=rep, n=n: self.w7(d, r, n)))
         return steps
 
     def latency_samples(self, adapter: DriverAdapter) -> int:
@@ -423,6 +432,17 @@ class Bench:
                 self.say(f"rep {rep}  W6 ours {db:<8} {keys:>5,} keys  claim p50 {cost['median_s'] * 1000:6.2f} ms  "
                          f"p95 {cost['p95_s'] * 1000:6.2f} ms  (key freed: {cost['keyed_median_s'] * 1000:.2f} ms)")
 
+    def w7(self, db: str, rep: int, n: int) -> None:
+        with self.providers[db].fresh(f"ours_w7_{rep}") as url:
+            self.ours.setup(url)
+            cost = self.ours.call("worker_cost", n, timeout=600)
+        self.results.w7.append({"db": db, "rep": rep, **cost})
+        per_job = ", ".join(f"{cost[k]:.2f} {label}" for k, label in (
+            ("commits_per_job", "commits"), ("round_trips_per_job", "round trips")) if cost[k] is not None)
+        self.say(f"rep {rep}  W7 ours {db:<8} RSS idle {cost['rss_idle_mb']:.0f} MB, "
+                 f"load {cost['rss_load_peak_mb']:.0f} MB; per job {cost['cpu_ms_per_job']:.3f} CPU ms"
+                 f"{', ' + per_job if per_job else ''}")
+
 
 # -- set-up and output -------------------------------------------------------------------------
 
@@ -566,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "errors": results.errors,
         "runs": {"w1": results.w1, "w2": results.w2, "w3": results.w3, "w4": results.w4, "w5": results.w5,
-                 "w5_fill": results.w5_fill, "w6": results.w6},
+                 "w5_fill": results.w5_fill, "w6": results.w6, "w7": results.w7},
     }
     payload["wall_s"] = round(time.perf_counter() - wall_started, 1)
     report.write_json(args.out, payload)  # first: a problem below must not lose the measurements

@@ -83,9 +83,10 @@ class PostgresDatabases:
             sys.path.insert(0, str(REPO_ROOT))
         from tests.pgserver import start_server
 
-        # settings=() keeps PostgreSQL's defaults; the helper's own default
-        # turns fsync off, which is right for tests and wrong for a benchmark.
-        self.server = start_server(settings=())
+        # PostgreSQL's defaults: the helper's own settings turn fsync off, which is right for
+        # tests and wrong for a benchmark. pg_stat_statements counts each system's statements
+        # (W7's round trips per job); every system runs under it alike.
+        self.server = start_server(settings=("shared_preload_libraries=pg_stat_statements",))
         self._counter = itertools.count(1)
 
     def _psql(self, sql: str) -> str:

@@ -60,7 +60,8 @@ def summarize(results, profile, ours_name: str = "ours") -> dict:
     w4 = _summarize_w4(results.w4)
     w5 = _summarize_w5(results.w5, results.w5_fill)
     w6 = _summarize_w6(getattr(results, "w6", []))
-    return {"w1": w1, "w2": w2, "w3": w3, "w4": w4, "w5": w5, "w6": w6,
+    w7 = _summarize_w7(getattr(results, "w7", []))
+    return {"w1": w1, "w2": w2, "w3": w3, "w4": w4, "w5": w5, "w6": w6, "w7": w7,
             "targets": targets(w1, w2, w3, w4, w5, ours_name, w6)}
 
 
@@ -154,6 +155,20 @@ def _summarize_w6(runs: list[dict]) -> list[dict]:
                      "claim_p95_s": median([r["p95_s"] for r in group]),
                      "freed_key_median_s": median([r["keyed_median_s"] for r in group])})
     return sorted(rows, key=lambda r: ({"sqlite": 0, "postgres": 1}.get(r["db"], 9), r["keys"]))
+
+
+W7_FIGURES = ("rss_idle_mb", "rss_load_peak_mb", "cpu_ms_per_job", "commits_per_job", "round_trips_per_job")
+
+
+def _summarize_w7(runs: list[dict]) -> list[dict]:
+    rows = []
+    for (db,), group in _group(runs, "db").items():
+        row = {"db": db, "runs": len(group), "n": group[0]["n"]}
+        for name in W7_FIGURES:
+            values = [r[name] for r in group if r.get(name) is not None]
+            row[name] = median(values) if values else None
+        rows.append(row)
+    return sorted(rows, key=lambda r: {"sqlite": 0, "postgres": 1}.get(r["db"], 9))
 
 
 W6_TARGET_KEYS, W6_TARGET_S = 100, 0.005  # issue 12: 100,000 READY, 99% held back, a claim under 5 ms
@@ -370,6 +385,19 @@ def markdown(payload: dict) -> str:
                  _num(r["freed_key_median_s"] * 1000, ".2f")] for r in s["w6"]]
         out.append(_table(["db", "keys", "READY", "held back", "claim p50 ms", "p95 ms", "freed key p50 ms"], rows,
                           "lrrrrrr"))
+
+    if s.get("w7"):
+        out += ["", "**W7 what a worker costs**: one worker process of ours (one slot), idle (started on an empty "
+                "queue) and draining N no-op jobs; per job: CPU of the whole process (its start-up taken out), "
+                "commits and round trips (statements, BEGIN and COMMIT included, from pg_stat_statements) in the "
+                "database, the harness's own queries taken out", ""]
+        rows = [[DB_LABEL[r["db"]], f"{r['n']:,}", _num(r["rss_idle_mb"], ".0f"), _num(r["rss_load_peak_mb"], ".0f"),
+                 _num(r["cpu_ms_per_job"], ".3f"),
+                 "n/a" if r["commits_per_job"] is None else _num(r["commits_per_job"], ".3f"),
+                 "n/a (in-process)" if r["round_trips_per_job"] is None else _num(r["round_trips_per_job"], ".3f")]
+                for r in s["w7"]]
+        out.append(_table(["db", "N", "RSS idle MB", "RSS peak under load MB", "CPU ms per job", "commits per job",
+                           "round trips per job"], rows, "lrrrrrr"))
 
     if s["targets"]:
         out += ["", "**Targets** (issues 6, 12 and 14)", ""]

@@ -3,12 +3,17 @@
 The worker is ``manage.py process_tasks --no-scheduler`` at the production
 defaults (one slot; ``--concurrency 2`` as a variant). W1 has all three ways
 to enqueue; W4 records which jobs ran; W5 fills the table with finished rows
-and times the claim statement itself.
+and times the claim statement itself; W6 times the claim past held-back keys; W7
+measures a worker's memory and its CPU, commits and round trips per job.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import statistics
+import subprocess
+import sys
 import time
 
 from bench_tasks import keyed, noop, record, stamp
@@ -217,3 +222,91 @@ def held_back_claim_cost(samples: int) -> dict:
     return {"median_s": statistics.median(every), "p95_s": every[int(0.95 * (len(every) - 1))],
             "free_median_s": statistics.median(free), "keyed_median_s": statistics.median(keyed_times),
             "samples": len(every)}
+
+
+# -- W7: what a worker costs: memory, and per job CPU, commits and round trips ---------------------
+
+def _proc(pid: int) -> dict:
+    """RSS now and at its peak (MB), and CPU seconds so far (all threads), from /proc."""
+    status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":" in line)
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return {"rss_mb": int(status["VmRSS"].split()[0]) / 1024, "peak_mb": int(status["VmHWM"].split()[0]) / 1024,
+            "cpu_s": (int(fields[11]) + int(fields[12])) / ticks}
+
+
+def _counters() -> dict | None:
+    """PostgreSQL: transactions committed in this database and statements run in it (each a round
+    trip: one per query, prepared execute, BEGIN or COMMIT), once this session's own stats are
+    flushed; None elsewhere. Needs the server to preload pg_stat_statements (the bench's does)."""
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_force_next_flush()")  # this session's pending stats, flushed when idle
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()), "
+                       "(SELECT sum(calls) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
+                       "WHERE d.datname = current_database())")
+        commits, calls = cursor.fetchone()
+    return {"commits": int(commits), "statements": int(calls or 0)}
+
+
+def _start_worker() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "django", *WORKER_ARGS], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+
+
+def _stop(worker: subprocess.Popen) -> None:
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(timeout=30)  # its sessions end with it, and their stats are flushed then
+
+
+def _wait_registered(worker: subprocess.Popen, timeout: float = 30.0) -> None:
+    from jobs.models import WorkerProcess
+
+    deadline = time.monotonic() + timeout
+    while not WorkerProcess.objects.filter(pid=worker.pid).exists():
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the worker did not register (exit code {worker.poll()})")
+        time.sleep(0.05)
+
+
+def worker_cost(n: int, idle_s: float = 1.0) -> dict:
+    """One worker idle (started on an empty queue, ``idle_s`` after it registered), then another
+    draining ``n`` no-op jobs: its peak RSS, and per job its CPU time (less the idle worker's
+    start-up CPU), commits and statements (PostgreSQL; the harness's own polls taken out).
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    idle = _start_worker()
+    try:
+        _wait_registered(idle)
+        time.sleep(idle_s)  # a measurement window: the idle worker as it sits between jobs
+        at_idle = _proc(idle.pid)
+    finally:
+        _stop(idle)
+    enqueue_bulk(n)
+    before = _counters()
+    worker, polls = _start_worker(), 0
+    try:
+        while remaining():
+            polls += 1
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker exited with code {worker.returncode}")
+            time.sleep(0.05)
+        polls += 1
+        loaded = _proc(worker.pid)
+    finally:
+        _stop(worker)
+    after = _counters()
+    result = {"n": n, "rss_idle_mb": at_idle["rss_mb"], "rss_load_peak_mb": loaded["peak_mb"],
+              "rss_after_load_mb": loaded["rss_mb"], "startup_cpu_ms": at_idle["cpu_s"] * 1000,
+              "cpu_ms_per_job": max(0.0, loaded["cpu_s"] - at_idle["cpu_s"]) * 1000 / n,
+              "commits_per_job": None, "round_trips_per_job": None}
+    if before and after:
+        own = polls + 2  # the harness's: its polls, the first snapshot, the second flush
+        result["commits_per_job"] = (after["commits"] - before["commits"] - own) / n
+        if after["statements"]:
+            result["round_trips_per_job"] = (after["statements"] - before["statements"] - own) / n
+    return result
