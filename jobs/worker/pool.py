@@ -10,6 +10,14 @@ A sync job that overruns its timeout cannot be killed inside a thread: its slot 
 abandoned (told to stop by an exception raised in it, best effort) and replaced at
 once, and anything the stray thread still returns is dropped here, and fenced out
 by the database if it ever got that far.
+
+That exception may land only while the thread runs the job, never in the pool's own
+code: raised inside ``with self.lock`` (``Condition.__enter__`` is Python code) it left
+the pool's lock held by a thread that then ended, and every thread of the worker
+waited on it for ever (``make chaos`` found it: after a SIGSTOP every deadline passes
+at once, while slots are handing in outcomes). So a slot says, under a lock of its own,
+when it enters and leaves the job; ``abandon`` sends the exception only in between,
+and an abandoned thread never touches the pool again.
 """
 
 from __future__ import annotations
@@ -39,7 +47,8 @@ MAX_PREFETCH = 50
 
 
 class Slot:
-    """One job thread. Its fields are read and written under the pool's lock."""
+    """One job thread. Its fields are read and written under the pool's lock, except
+    ``in_job`` and ``abandoned``, which ``guard`` orders against the interrupt."""
 
     def __init__(self, pool: SlotPool, index: int):
         self.pool = pool
@@ -50,16 +59,19 @@ class Slot:
         self.deadline: float | None = None
         self.cancel_deadline: float | None = None  # a cancel was asked: interrupted if still running then
         self.abandoned = False
+        self.in_job = False  # the thread is inside pool.execute, where an interrupt may land
+        self.guard = threading.Lock()  # a C lock: no exception can come between its acquire and the block
         self.thread = threading.Thread(target=self._loop, name=f"jobs-slot-{index}", daemon=True)
 
     def arm(self, task) -> None:
         """Start the clock on the job's timeout, once its task is known (from the slot's thread)."""
         timeout = getattr(task, "timeout", None)
         if timeout:
-            # Async tasks enforce their own timeout; this deadline is the backstop.
+            # Async tasks enforce their own timeout; this deadline is the backstop. Plain stores, not
+            # under the pool's lock: this runs inside the job, where an interrupt may land.
             backstop = 1.0 if asyncio.iscoroutinefunction(task.func) else 0.0
-            with self.pool.lock:
-                self.timeout, self.deadline = timeout, self.pool.clock.monotonic() + timeout + backstop
+            self.timeout = timeout
+            self.deadline = self.pool.clock.monotonic() + timeout + backstop
 
     def _loop(self) -> None:
         pool = self.pool
@@ -68,25 +80,43 @@ class Slot:
                 job = pool.next_job(self)
                 if job is None:
                     return
-                try:
-                    outcome = pool.execute(job, self)
-                except BaseException as exc:  # a bug of ours (or of a signal receiver): fail the attempt
-                    if self.abandoned:
-                        raise
-                    outcome = failure(job, exc, worker_id=job.worker_id)
-                if not pool.finished(self, outcome):
+                outcome = self._run(job)
+                if outcome is None or not pool.finished(self, outcome):
                     return  # abandoned meanwhile: its outcome is not ours to hand in
-        except BaseException:  # an abandoned slot may be interrupted anywhere
+        except BaseException:  # an abandoned slot's interrupt, landing after all
             if not self.abandoned:
                 raise
         finally:
             connections.close_all()
 
+    def _run(self, job: ClaimedJob) -> Outcome | None:
+        """Run the job, inside the window where ``abandon`` may interrupt it; None if abandoned."""
+        try:
+            with self.guard:
+                if self.abandoned:
+                    return None
+                self.in_job = True
+            try:
+                outcome = self.pool.execute(job, self)
+            except BaseException as exc:  # a bug of ours (or of a signal receiver): fail the attempt
+                outcome = failure(job, exc, worker_id=job.worker_id)
+            with self.guard:
+                self.in_job = False
+                if not self.abandoned:
+                    return outcome  # never interrupted: abandon sends only to an abandoned slot
+        except BaseException:  # the interrupt, wherever in this method it landed
+            if not self.abandoned:
+                raise
+        return None
+
     def abandon(self) -> None:
-        self.abandoned = True
-        ident = self.thread.ident
-        if ident is not None and self.thread.is_alive():
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(JobTimeout))
+        """Stop waiting for this slot (called under the pool's lock); its thread, if still in
+        its job, gets an exception there (best effort: C code finishes its call first)."""
+        with self.guard:
+            self.abandoned = True
+            ident = self.thread.ident
+            if self.in_job and ident is not None and self.thread.is_alive():
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(JobTimeout))
 
 
 class SlotPool:
