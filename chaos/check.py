@@ -79,24 +79,24 @@ def read_worker_log(path: Path, label: str, pid: int) -> WorkerLog:
     return log
 
 
-def read_record(path: Path) -> dict[int, dict]:
-    """The producer's record: call number -> {mode, jobs: [[token, kind, kwargs]], ids | error}."""
-    calls: dict[int, dict] = {}
+def _read_entries(path: Path, key: str) -> dict:
+    """The producer's record lines that have ``key``, merged by its value (before and after a call)."""
+    merged: dict = {}
     for line in path.read_text().splitlines():
         entry = json.loads(line)
-        if "call" in entry:
-            calls.setdefault(entry["call"], {}).update(entry)
-    return calls
+        if key in entry:
+            merged.setdefault(entry[key], {}).update(entry)
+    return merged
+
+
+def read_record(path: Path) -> dict[int, dict]:
+    """The producer's calls: call number -> {mode, jobs: [[token, kind, kwargs]], ids | error}."""
+    return _read_entries(path, "call")
 
 
 def read_cancels(path: Path) -> dict[str, dict]:
     """The producer's cancels: token -> {id, at, said | error} (neither: it died mid-call)."""
-    cancels: dict[str, dict] = {}
-    for line in path.read_text().splitlines():
-        entry = json.loads(line)
-        if "cancel" in entry:
-            cancels.setdefault(entry.pop("cancel"), {}).update(entry)
-    return cancels
+    return _read_entries(path, "cancel")
 
 
 @dataclass

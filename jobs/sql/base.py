@@ -247,6 +247,16 @@ class Statements:
         return f" INDEXED BY {self.qn(LIMITED_INDEX if limited else CLAIM_INDEX)}"
 
 
+def stored_starts(value) -> list:
+    """A key's start log as the database hands it back (a list, or JSON text of one); [] if unreadable."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return []
+    return value if isinstance(value, list) else []
+
+
 def claim_position(priority, run_after, pk) -> tuple:
     """A job's place in claim order, as a sort key (a damaged priority sorts as 0, not as an error)."""
     return (-priority if isinstance(priority, int) else 0, run_after, pk)

@@ -24,7 +24,7 @@ from django.db import transaction
 from ..models import JobStatus
 from ..rows import STALE, ClaimedJob, columns_sql, read_rows
 from ..wakeup import CHANNEL
-from .base import COMMON_FIELDS, INSERT_FIELDS, JSON_FIELDS, MAX_INT, Head, Statements, claim_position
+from .base import COMMON_FIELDS, INSERT_FIELDS, JSON_FIELDS, MAX_INT, Head, Statements, claim_position, stored_starts
 
 BULK_BATCH = 5000
 # The type of each inserted column's parameter.
@@ -203,14 +203,14 @@ class PostgresStatements(Statements):
         )
         due = [backend, now, *(queues or ())]
         rows = self._run(sql, [*due, backend, *due, backend, *due])
-        return [Head(key, conc, rate, running or 0, _starts(starts), claim_position(priority, run_after, pk))
+        return [Head(key, conc, rate, running or 0, stored_starts(starts), claim_position(priority, run_after, pk))
                 for key, conc, rate, running, starts, priority, run_after, pk in rows]
 
     def lock_limits(self, keys: Sequence[str]) -> dict[str, tuple[int, list]]:
         self.ensure_limits(keys)  # a key whose row went missing gets one (counting from 0)
         rows = self._run(f"SELECT key, running, starts FROM {self.limit_table} WHERE key = ANY(%s::text[]) "
                          f"FOR UPDATE SKIP LOCKED", [list(keys)])
-        return {key: (running, _starts(starts)) for key, running, starts in rows}
+        return {key: (running, stored_starts(starts)) for key, running, starts in rows}
 
     def save_limits(self, updates: Sequence[tuple[str, int, list]]) -> None:
         if not updates:
@@ -277,12 +277,3 @@ class PostgresStatements(Statements):
                f"AND {col['heartbeat_at']} < %s ORDER BY {col['heartbeat_at']} LIMIT %s")
         return read_rows(self.connection, STALE, self._run(sql, [backend, cutoff, limit]))
 
-
-def _starts(value) -> list:
-    """A start log as stored (jsonb text through Django's loader), or [] if unreadable."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return []
-    return value if isinstance(value, list) else []

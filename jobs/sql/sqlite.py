@@ -16,7 +16,7 @@ from django.db import transaction
 
 from ..models import JobStatus
 from ..rows import STALE, ClaimedJob, columns_sql, read_rows
-from .base import COMMON_FIELDS, INSERT_FIELDS, MAX_INT, Head, Statements, claim_position
+from .base import COMMON_FIELDS, INSERT_FIELDS, MAX_INT, Head, Statements, claim_position, stored_starts
 
 # SQLite allows 32,766 parameters per statement; 20 columns a row.
 BULK_BATCH = 500
@@ -152,7 +152,7 @@ class SqliteStatements(Statements):
             concurrency, rate, priority, run_after, pk = json.loads(head)
             if running and concurrency is not None and rate is None and running >= concurrency:
                 continue  # at its limit: no room
-            heads.append(Head(key, concurrency, rate, running or 0, _starts(starts),
+            heads.append(Head(key, concurrency, rate, running or 0, stored_starts(starts),
                               claim_position(priority, run_after, pk)))
         return heads
 
@@ -162,7 +162,7 @@ class SqliteStatements(Statements):
         marks = ", ".join(["%s"] * len(keys))
         rows = self._fetch(f"SELECT {self.qn('key')}, running, starts FROM {self.limit_table} "
                            f"WHERE {self.qn('key')} IN ({marks})", list(keys))
-        return {key: (running, _starts(starts)) for key, running, starts in rows}
+        return {key: (running, stored_starts(starts)) for key, running, starts in rows}
 
     def save_limits(self, updates: Sequence[tuple[str, int, list]]) -> None:
         with self.connection.cursor() as cursor:
@@ -209,11 +209,3 @@ class SqliteStatements(Statements):
                f"AND {col['heartbeat_at']} < %s ORDER BY {col['heartbeat_at']} LIMIT %s")
         return read_rows(self.connection, STALE, self._fetch(sql, [backend, self.time(cutoff), limit]))
 
-
-def _starts(value) -> list:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return []
-    return value if isinstance(value, list) else []
