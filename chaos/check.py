@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from jobs.limits import unique_key
+
 from .mix import BY_NAME, BY_TASK_PATH, FAULT_ERRORS, LOST
 
 INVARIANTS = ("lost", "stuck", "duplicated", "wrong attempts")
@@ -169,8 +171,8 @@ def _reconcile(ev: Evidence, fail) -> tuple[dict[str, int], Counter, dict[str, i
                 rows, job = rows_by_token.get(token, []), ev.jobs.get(int(job_id))
                 if int(job_id) in rows:
                     enqueued[token] = int(job_id)
-                elif kind and kind.unique and job and job["kwargs"].get("slot") == kwargs.get("slot") \
-                        and BY_TASK_PATH.get(job["task_path"]) is kind:
+                elif kind and kind.unique and job and BY_TASK_PATH.get(job["task_path"]) is kind \
+                        and job["unique_key"] == unique_key(kind.task, [], {"token": token, **kwargs}):
                     collapsed[token] = int(job_id)  # it met a READY job of its key: that job stands for it
                 else:
                     fail("lost", token, f"job {job_id} ({token}, enqueued by call {number}) is not in the table"

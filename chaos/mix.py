@@ -36,7 +36,11 @@ class Kind:
     bulk: int = 100  # the most jobs of this kind in one enqueue_many call
     cancels: float = 0.0  # the share of its jobs the producer cancels, 0.1-3 s after enqueueing them
     due_in: float = 0.0  # seconds after enqueueing that its jobs are due (so that some cancels find them READY)
-    unique: bool = False  # an enqueue may return a READY job of the same key (kwargs["slot"])
+
+    @property
+    def unique(self) -> bool:
+        """Whether an enqueue may return a READY job of the same unique key instead of a new one."""
+        return bool(getattr(self.task, "unique", False))
 
 
 KINDS = (
@@ -47,7 +51,7 @@ KINDS = (
     Kind("overrun", tasks.overrun, 5, lambda rng: {"seconds": 2.5}, planned=frozenset({TIMEOUT}), bulk=20),
     Kind("limited", tasks.limited, 6, lambda rng: {"account": rng.randint(1, tasks.ACCOUNTS),
                                                    "seconds": round(rng.uniform(0.2, 1.5), 2)}, bulk=10),
-    Kind("unique", tasks.once, 5, lambda rng: {"slot": rng.randint(1, tasks.SLOTS)}, unique=True, bulk=20),
+    Kind("unique", tasks.once, 5, lambda rng: {"slot": rng.randint(1, tasks.SLOTS)}, bulk=20),
     Kind("cancelled", tasks.cancellable, 4, lambda rng: {"seconds": round(rng.uniform(1, 4), 2)}, bulk=10,
          cancels=0.7, due_in=2.0, planned=frozenset({CANCELLED})),
 )

@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 
 from chaos.check import Evidence, check
 from chaos.mix import BY_NAME, LOST
+from jobs.limits import unique_key
 
 T0 = 1_800_000_000.0
 
@@ -19,7 +20,8 @@ def _job(kind: str, token: str, *, status="SUCCESSFUL", attempts=1, worker="w1",
             "worker_id": worker, "worker_ids": [e["worker_id"] for e in errors] + ([worker] if status == "SUCCESSFUL"
                                                                                    else []),
             "errors": errors, "kwargs": {"token": token, **kwargs}, "finished_at": _at(60), "meta": {},
-            "limit_key": f"account-{kwargs['account']}" if "account" in kwargs else None, "unique_key": None}
+            "limit_key": f"account-{kwargs['account']}" if "account" in kwargs else None,
+            "unique_key": unique_key(BY_NAME[kind].task, [], {"token": token, **kwargs})}
 
 
 def _effect(attempt: int, worker: str, start: float, end: float) -> dict:
