@@ -1,5 +1,6 @@
 """Real worker processes: many at once, killed, terminated, and a database that restarts."""
 
+import os
 import signal
 import time
 from collections import Counter
@@ -110,6 +111,23 @@ def test_duration_stops_claiming_then_exits(workers):
     proc = workers.start("--duration", "1")
     assert proc.wait(20) == 0
     assert "duration 1s reached" in workers.output(proc)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_after_its_duration_a_worker_waits_for_its_running_job_without_spinning(workers, record_dir):
+    path = record_dir / "slow"
+    tasks.slow_then_record.enqueue(str(path), "a", 3)
+    proc = workers.start("--duration", "1")  # it claims the job at once, then reaches its duration
+    workers.wait_for_output(proc, "duration 1s reached")
+    cpu_at_stop = _cpu_seconds(proc.pid)
+    wait_for(lambda: "end a" in (path.read_text() if path.exists() else ""), timeout=20, message="the job to end")
+    cpu_while_waiting = _cpu_seconds(proc.pid) - cpu_at_stop
+    assert proc.wait(20) == 0
+    assert cpu_while_waiting < 0.5, f"{cpu_while_waiting:.2f} s of CPU while only waiting for its job"
 
 
 def test_bad_queue_option_is_a_clear_error(workers):

@@ -144,7 +144,7 @@ class Worker:
     def step(self) -> None:
         self.notifier.ping(self.clock.monotonic())  # from this loop only: a hung loop is restarted
         self._take(self.pool.collect() + self.pool.expire())
-        if self.duration and self.clock.monotonic() - self._started >= self.duration:
+        if self.duration and not self.stopping.is_set() and self.clock.monotonic() - self._started >= self.duration:
             self.request_stop(reason=f"duration {self.duration:g}s reached")
         if not self.stopping.is_set():  # --max-jobs counts the outcomes in hand, so none claims past it
             limit = self.limits.reached(jobs_done=self.processed + len(self.unwritten), now=self.clock.monotonic())
@@ -220,7 +220,7 @@ class Worker:
         waits = [self.poll_interval if self.pool.has_free_slot() and not self.stopping.is_set() else 1.0]
         for moment in (self.pool.next_deadline(), self.stop_deadline, self.notifier.next_ping(),
                        self.unwritten_since + FLUSH_AFTER if self.unwritten else None,
-                       self._started + self.duration if self.duration else None):
+                       self._started + self.duration if self.duration and not self.stopping.is_set() else None):
             if moment is not None:
                 waits.append(max(moment - now, 0.0))
         return min(waits)
