@@ -162,12 +162,6 @@ class WorkerStore:
 
     # -- the batch ------------------------------------------------------------------------
 
-    def claim(self, limit: int, *, queues, now: datetime) -> list[ClaimedJob]:
-        if limit <= 0:
-            return []
-        return statements(self.connection).claim(worker_id=self.worker_id, limit=limit, now=now, queues=queues,
-                                                 backend=self.backend)
-
     def finish_and_claim(self, outcomes: Sequence, *, limit: int, queues, now: datetime) -> Written:
         """Write the outcomes (fenced) and claim up to ``limit`` jobs: one transaction, and on
         PostgreSQL one statement when every outcome is a success.

@@ -207,6 +207,8 @@ class Worker:
             jobs = self.pool.take_waiting(claimed_before=self.clock.monotonic() - BUFFER_MAX_WAIT)
         else:
             return
+        if not jobs:  # a slot took them meanwhile
+            return
         if self._db(lambda: self.store.hand_back(jobs)) is None:
             self.pool.give(jobs)  # still ours: try again next turn
             return
