@@ -92,3 +92,12 @@ def test_claim_reads_the_claim_index_in_order_on_sqlite(transactional_db):
         plan = "\n".join(str(row[-1]) for row in cursor.fetchall())
     assert "USING INDEX jobs_job_claim_idx" in plan, plan
     assert "TEMP B-TREE" not in plan, plan
+
+
+def test_heads_with_damaged_priority_or_run_after_sort_without_error():
+    """Keys' head jobs are sorted together before a limited claim: one damaged row must not stop it."""
+    from jobs.sql.base import claim_position
+
+    heads = [claim_position(1, "2026-01-02T00:00:00", 3), claim_position(1, 5, 2), claim_position(1, None, 1),
+             claim_position("x", "2026-01-01T00:00:00", 4), claim_position(1, "2026-01-01T00:00:00", 5)]
+    assert [position[-1] for position in sorted(heads)] == [5, 3, 1, 2, 4]

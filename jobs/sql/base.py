@@ -258,8 +258,11 @@ def stored_starts(value) -> list:
 
 
 def claim_position(priority, run_after, pk) -> tuple:
-    """A job's place in claim order, as a sort key (a damaged priority sorts as 0, not as an error)."""
-    return (-priority if isinstance(priority, int) else 0, run_after, pk)
+    """A job's place in claim order, as a sort key. A damaged priority sorts as 0 and a damaged
+    run_after last, not as an error: heads are sorted together, and one bad row must not stop
+    every claim. (A valid run_after is a datetime on PostgreSQL, ISO text on SQLite.)"""
+    valid = isinstance(run_after, (datetime, str))
+    return (-priority if isinstance(priority, int) else 0, not valid, run_after if valid else "", pk)
 
 
 def _rate(text: str | None):
