@@ -211,6 +211,54 @@ def test_imported_jobs_run_once(tables, run_worker, tmp_path):
     assert set(Job.objects.values_list("status", flat=True)) == {JobStatus.SUCCESSFUL}
 
 
+def test_imported_jobs_get_the_unique_and_limit_keys_of_an_enqueue(tables, run_worker, tmp_path):
+    from jobs.limits import limit_key, unique_key
+    from tests import tasks
+    from tests.test_job_control import most_at_once, spans
+
+    path = tmp_path / "spans"
+    runs = tmp_path / "runs"
+    for n in range(4):  # concurrency_key "one-at-a-time", limit 1
+        insert(task_name="tests.tasks.one_at_a_time", args=[str(path), f"k:{n}", 0.2])
+    insert(task_name="tests.tasks.unique_add", args=[1, 2])
+    insert(task_name="tests.tasks.unique_add", args=[1, 2])  # the same key: one job stands for both
+    insert(task_name="tests.tasks.sync_account", args=[7], kwargs={"note": str(runs)})
+    out, err = run()
+    assert count_line(out, "imported:") == 6 and count_line(out, "unique, a READY job had it") == 1, out + err
+    for job in Job.objects.all():
+        task = {"tests.tasks.one_at_a_time": tasks.one_at_a_time, "tests.tasks.unique_add": tasks.unique_add,
+                "tests.tasks.sync_account": tasks.sync_account}[job.task_path]
+        assert (job.unique_key, job.limit_key, job.concurrency_limit, job.max_attempts) == (
+            unique_key(task, job.args, job.kwargs), limit_key(task, job.args, job.kwargs),
+            getattr(task, "concurrency_limit", None), getattr(task, "max_attempts", None))
+    assert Job.objects.get(task_path="tests.tasks.sync_account").unique_key.endswith(":account-7")
+    run()  # a rerun imports nothing twice
+    assert Job.objects.filter(task_path="tests.tasks.unique_add").count() == 1
+
+    run_worker(concurrency=4)
+    assert set(Job.objects.values_list("status", flat=True)) == {JobStatus.SUCCESSFUL}
+    assert len(spans(path)["k"]) == 4 and most_at_once(spans(path)["k"]) == 1
+
+
+def test_a_row_the_driver_cannot_read_is_left_out_alone(tables):
+    if connection.vendor != "sqlite":
+        pytest.skip("only SQLite stores a BLOB or text that is not UTF-8 in a text column")
+    good = [insert(task_name="tests.bgtasks_tasks.notify", args=["/tmp/x", n]) for n in range(2)]
+    bad = [insert(task_name="tests.bgtasks_tasks.notify", args=["/tmp/x", n]) for n in range(3)]
+    good.append(insert(task_name="tests.bgtasks_tasks.notify", args=["/tmp/x", 9]))
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE background_task SET task_name = CAST(X'6e6f74ff' AS TEXT) WHERE id = %s", [bad[0]])
+        cursor.execute("UPDATE background_task SET task_params = X'00ff' WHERE id = %s", [bad[1]])
+        cursor.execute("UPDATE background_task SET verbose_name = X'41' WHERE id = %s", [bad[2]])
+    for _ in range(2):  # a rerun goes past them again
+        out, err = run("--batch-size", "10")
+        assert count_line(out, "left out") == 3, out + err
+        for row_id in bad:
+            assert f"row id {row_id}: " in err
+        assert "cannot read it" in err and "task_params is bytes" in err and "verbose_name is bytes" in err
+    assert sorted(Job.objects.values_list("meta__background_task__source_id", flat=True)) == good
+
+
 def test_bad_arguments(db):
     with pytest.raises(CommandError, match="not in DATABASES"):
         run("--database", "nope")
