@@ -42,8 +42,9 @@ class JobsOptions:
 
 
 # Upper bounds: past these a value is a typo (or an attack on the worker), not a choice.
-# 1000 attempts at the one-hour backoff cap is six weeks of retrying.
-MAX_ATTEMPTS = 1000
+# Attempts: any count the columns hold (PositiveIntegerField); the back-off is capped at
+# MAX_RETRY_DELAY and its exponent bounded, so no number of attempts overflows anything.
+MAX_ATTEMPTS = 2_147_483_647
 DAY = 86400.0
 YEAR = 365 * DAY
 MAX_TIMEOUT = YEAR  # a task's timeout, seconds
@@ -58,8 +59,9 @@ def _number(key: str, value, minimum: float, maximum: float, *, integer: bool = 
         raise OptionsError(key, f"OPTIONS[{key!r}] must be a finite number, got {value!r}")
     too_small = value < minimum or (not inclusive and value == minimum)
     if too_small or value > maximum:
-        low = f"{'>=' if inclusive else '>'} {minimum:g}"
-        raise OptionsError(key, f"OPTIONS[{key!r}] must be {low} and <= {maximum:g}, got {value!r}")
+        number = "{:d}" if integer else "{:g}"
+        low = f"{'>=' if inclusive else '>'} {number.format(minimum)}"
+        raise OptionsError(key, f"OPTIONS[{key!r}] must be {low} and <= {number.format(maximum)}, got {value!r}")
     return value if integer else float(value)
 
 
