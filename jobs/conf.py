@@ -48,6 +48,9 @@ MAX_ATTEMPTS = 2_147_483_647
 DAY = 86400.0
 YEAR = 365 * DAY
 MAX_TIMEOUT = YEAR  # a task's timeout, seconds
+# An idle worker polls this often at most (also the floor of process_tasks --sleep): below
+# it, polling an empty queue costs a core.
+MIN_POLL_INTERVAL = 0.01
 
 
 def _number(key: str, value, minimum: float, maximum: float, *, integer: bool = False, inclusive: bool = True):
@@ -69,7 +72,7 @@ _RULES = {
     "max_attempts": lambda v: _number("max_attempts", v, 1, MAX_ATTEMPTS, integer=True),
     "retry_backoff": lambda v: _number("retry_backoff", v, 0, MAX_RETRY_DELAY, inclusive=False),
     "stale_after": lambda v: _number("stale_after", v, 3, DAY),
-    "poll_interval": lambda v: _number("poll_interval", v, 0.01, 3600),
+    "poll_interval": lambda v: _number("poll_interval", v, MIN_POLL_INTERVAL, 3600),
     "shutdown_grace": lambda v: _number("shutdown_grace", v, 0, DAY),
     "retain_successful": lambda v: _number("retain_successful", v, 0, 100 * YEAR),
     "retain_failed": lambda v: _number("retain_failed", v, 0, 100 * YEAR),
