@@ -209,6 +209,20 @@ def test_a_database_it_cannot_read_exits_2_without_a_traceback(transactional_db,
     assert "cannot read the jobs tables" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("kind", ["not a database", "cannot be opened"])
+def test_a_sqlite_file_it_cannot_open_exits_2_without_a_traceback(transactional_db, tmp_path, kind):
+    if connection.vendor != "sqlite":
+        pytest.skip("a file of SQLite's")
+    path = tmp_path / "jobs.sqlite3"
+    if kind == "not a database":
+        path.write_bytes(b"this is no SQLite file, " * 100)
+    else:
+        path = tmp_path / "no such folder" / "jobs.sqlite3"
+    result = run_command("--min-workers", "0", JOBS_TEST_DB_NAME=str(path))
+    assert result.returncode == 2, result.stderr
+    assert "cannot read the jobs tables" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
 @pytest.mark.postgres_only
 def test_big_counts_are_marked_as_estimates(db, monkeypatch):
     monkeypatch.setattr("jobs.stats.EXACT_UP_TO", 20)
