@@ -868,3 +868,22 @@ def test_damaged_rows_are_shown_not_a_500(admin_client):
         response = admin_client.get(f"{LIST}{pk}/change/")
         assert response.status_code == 200, label
         assert "damaged" in response.content.decode(), label
+
+
+def test_rows_a_worker_failed_as_damaged_are_shown(admin_client, run_worker):
+    from tests.test_fuzz_rows import POSTGRES_DAMAGE, SQLITE_DAMAGE
+
+    ids = []
+    for column, value in POSTGRES_DAMAGE if connection.vendor == "postgresql" else SQLITE_DAMAGE:
+        (job,) = make_jobs(1, JobStatus.READY)
+        raw_update("jobs_job", "id", job.pk, **{column: value})
+        ids.append(job.pk)
+    run_worker()
+    # Each failed by the worker (the deep args decode, and fail the call: retried; the others as damaged).
+    assert Job.objects.filter(pk__in=ids, status=JobStatus.FAILED).count() >= len(ids) - 1
+    assert not Job.objects.filter(pk__in=ids, errors=[]).exists()
+    assert admin_client.get(LIST).status_code == 200
+    assert admin_client.get(f"{LIST}?status__exact=FAILED").status_code == 200
+    assert admin_client.get(OVERVIEW).status_code == 200
+    for pk in ids:
+        assert admin_client.get(f"{LIST}{pk}/change/").status_code == 200, pk
