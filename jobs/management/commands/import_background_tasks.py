@@ -6,14 +6,17 @@ priority, queue, attempts, last error, verbose name, creator, repeat) becomes on
 READY job, in batches of one transaction each. The row's id is kept in
 ``Job.meta["background_task"]["source_id"]`` and rows already imported are
 skipped, so running the command twice imports nothing twice. The source rows are
-left in place.
+left in place. Each job gets the columns an enqueue of its task writes
+(``DatabaseBackend.row_values``: unique and limit keys, limits, max_attempts), so a
+unique task's row whose key a READY job holds makes no second job.
 
 A row is left out, and reported, when its task name is not registered (no
 ``@background`` task of that name in an installed app's ``tasks`` module, and no
 task at that dotted path), its parameters do not parse, its queue is not in
 ``TASKS["QUEUES"]``, it is locked by a worker that may still be running it, or it
-already failed for good. Fix the cause and run the command again: it picks up
-where it left off.
+already failed for good; so is a row the driver cannot read (text that is not
+UTF-8 on SQLite) or the database refuses, alone. Fix the cause and run the command
+again: it picks up where it left off.
 """
 
 from __future__ import annotations
