@@ -211,33 +211,38 @@ def test_imported_jobs_run_once(tables, run_worker, tmp_path):
     assert set(Job.objects.values_list("status", flat=True)) == {JobStatus.SUCCESSFUL}
 
 
-def test_imported_jobs_get_the_unique_and_limit_keys_of_an_enqueue(tables, run_worker, tmp_path):
+def test_imported_jobs_get_the_unique_and_limit_keys_of_an_enqueue(tables, workers, tmp_path):
+    """Imported rows of a limited task run one at a time over two real workers, and two rows of
+    a unique task with the same arguments run once: the keys are those an enqueue computes."""
     from jobs.limits import limit_key, unique_key
     from tests import tasks
+    from tests.conftest import wait_for
     from tests.test_job_control import most_at_once, spans
 
-    path = tmp_path / "spans"
-    runs = tmp_path / "runs"
+    path, runs = tmp_path / "spans", tmp_path / "runs"
     for n in range(4):  # concurrency_key "one-at-a-time", limit 1
-        insert(task_name="tests.tasks.one_at_a_time", args=[str(path), f"k:{n}", 0.2])
-    insert(task_name="tests.tasks.unique_add", args=[1, 2])
-    insert(task_name="tests.tasks.unique_add", args=[1, 2])  # the same key: one job stands for both
-    insert(task_name="tests.tasks.sync_account", args=[7], kwargs={"note": str(runs)})
+        insert(task_name="tests.tasks.one_at_a_time", args=[str(path), f"k:{n}", 0.3])
+    for _ in range(2):  # the same key: one job stands for both
+        insert(task_name="tests.tasks.unique_record", args=[str(runs), "once"])
+    insert(task_name="tests.tasks.sync_account", args=[7], kwargs={"note": "imported"})
     out, err = run()
+    run()  # a rerun imports nothing twice
+    procs = [workers.start("--concurrency", "2") for _ in range(2)]
+    wait_for(lambda: Job.objects.exclude(status=JobStatus.SUCCESSFUL).count() == 0 and Job.objects.count(),
+             timeout=60, message="every imported job to finish")
+    for proc in procs:
+        assert proc.poll() is None, workers.output(proc)
+    assert len(spans(path)["k"]) == 4 and most_at_once(spans(path)["k"]) == 1, spans(path)
+    assert runs.read_text().splitlines() == ["once"]
+
     assert count_line(out, "imported:") == 6 and count_line(out, "unique, a READY job had it") == 1, out + err
+    declared = {task.module_path: task for task in (tasks.one_at_a_time, tasks.unique_record, tasks.sync_account)}
     for job in Job.objects.all():
-        task = {"tests.tasks.one_at_a_time": tasks.one_at_a_time, "tests.tasks.unique_add": tasks.unique_add,
-                "tests.tasks.sync_account": tasks.sync_account}[job.task_path]
+        task = declared[job.task_path]
         assert (job.unique_key, job.limit_key, job.concurrency_limit, job.max_attempts) == (
             unique_key(task, job.args, job.kwargs), limit_key(task, job.args, job.kwargs),
             getattr(task, "concurrency_limit", None), getattr(task, "max_attempts", None))
     assert Job.objects.get(task_path="tests.tasks.sync_account").unique_key.endswith(":account-7")
-    run()  # a rerun imports nothing twice
-    assert Job.objects.filter(task_path="tests.tasks.unique_add").count() == 1
-
-    run_worker(concurrency=4)
-    assert set(Job.objects.values_list("status", flat=True)) == {JobStatus.SUCCESSFUL}
-    assert len(spans(path)["k"]) == 4 and most_at_once(spans(path)["k"]) == 1
 
 
 def test_a_row_the_driver_cannot_read_is_left_out_alone(tables):
