@@ -264,6 +264,19 @@ def test_a_row_the_driver_cannot_read_is_left_out_alone(tables):
     assert sorted(Job.objects.values_list("meta__background_task__source_id", flat=True)) == good
 
 
+def test_a_row_the_database_refuses_is_left_out_alone(tables, django_user_model):
+    if connection.vendor != "sqlite":
+        pytest.skip("only SQLite keeps an infinite float in an integer column")
+    user_type = ContentType.objects.get_for_model(django_user_model)
+    good = [insert(task_name="tests.bgtasks_tasks.notify", args=["/tmp/x", n]) for n in range(3)]
+    refused = insert(task_name="tests.bgtasks_tasks.notify", args=["/tmp/x", 9], creator_content_type_id=user_type.pk,
+                     creator_object_id=float("inf"))  # its meta becomes JSON the database refuses
+    out, err = run()
+    assert count_line(out, "imported:") == 3 and count_line(out, "left out") == 1, out + err
+    assert f"row id {refused}: the database refused it" in err
+    assert sorted(Job.objects.values_list("meta__background_task__source_id", flat=True)) == good
+
+
 def test_bad_arguments(db):
     with pytest.raises(CommandError, match="not in DATABASES"):
         run("--database", "nope")
