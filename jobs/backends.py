@@ -328,12 +328,18 @@ class DatabaseBackend(BaseTaskBackend):
         return row
 
     def insert_rows(self, rows: Sequence[dict], *, notify: str | None = None) -> list[int]:
-        """Insert many prepared jobs in one transaction (bulk enqueue, the importer); their ids, in order."""
+        """Insert many jobs prepared with ``row_values`` in one transaction (the importer); the ids of
+        those inserted, in order. As at enqueue, each limit key gets its row, and a row whose unique
+        key a READY job holds (or an earlier row of the same call) is not inserted."""
         from .models import Job
 
         using = router.db_for_write(Job)
         with transaction.atomic(using=using):
-            return self._statements().insert_jobs(rows, notify=notify)
+            statements = self._statements()
+            limit_keys = [row["limit_key"] for row in rows if row.get("limit_key")]
+            if limit_keys:
+                statements.ensure_limits(limit_keys)
+            return statements.insert_jobs(rows, notify=notify)
 
     def _statements(self):
         from .models import Job

@@ -42,11 +42,15 @@ class JobsOptions:
 
 
 # Upper bounds: past these a value is a typo (or an attack on the worker), not a choice.
-# 1000 attempts at the one-hour backoff cap is six weeks of retrying.
-MAX_ATTEMPTS = 1000
+# Attempts: any count the columns hold (PositiveIntegerField); the back-off is capped at
+# MAX_RETRY_DELAY and its exponent bounded, so no number of attempts overflows anything.
+MAX_ATTEMPTS = 2_147_483_647
 DAY = 86400.0
 YEAR = 365 * DAY
 MAX_TIMEOUT = YEAR  # a task's timeout, seconds
+# An idle worker polls this often at most (also the floor of process_tasks --sleep): below
+# it, polling an empty queue costs a core.
+MIN_POLL_INTERVAL = 0.01
 
 
 def _number(key: str, value, minimum: float, maximum: float, *, integer: bool = False, inclusive: bool = True):
@@ -58,8 +62,9 @@ def _number(key: str, value, minimum: float, maximum: float, *, integer: bool = 
         raise OptionsError(key, f"OPTIONS[{key!r}] must be a finite number, got {value!r}")
     too_small = value < minimum or (not inclusive and value == minimum)
     if too_small or value > maximum:
-        low = f"{'>=' if inclusive else '>'} {minimum:g}"
-        raise OptionsError(key, f"OPTIONS[{key!r}] must be {low} and <= {maximum:g}, got {value!r}")
+        number = "{:d}" if integer else "{:g}"
+        low = f"{'>=' if inclusive else '>'} {number.format(minimum)}"
+        raise OptionsError(key, f"OPTIONS[{key!r}] must be {low} and <= {number.format(maximum)}, got {value!r}")
     return value if integer else float(value)
 
 
@@ -67,7 +72,7 @@ _RULES = {
     "max_attempts": lambda v: _number("max_attempts", v, 1, MAX_ATTEMPTS, integer=True),
     "retry_backoff": lambda v: _number("retry_backoff", v, 0, MAX_RETRY_DELAY, inclusive=False),
     "stale_after": lambda v: _number("stale_after", v, 3, DAY),
-    "poll_interval": lambda v: _number("poll_interval", v, 0.01, 3600),
+    "poll_interval": lambda v: _number("poll_interval", v, MIN_POLL_INTERVAL, 3600),
     "shutdown_grace": lambda v: _number("shutdown_grace", v, 0, DAY),
     "retain_successful": lambda v: _number("retain_successful", v, 0, 100 * YEAR),
     "retain_failed": lambda v: _number("retain_failed", v, 0, 100 * YEAR),

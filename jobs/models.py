@@ -380,7 +380,7 @@ class JobLimit(models.Model):
 
     key = models.CharField(max_length=255, primary_key=True)
     running = models.IntegerField(default=0)
-    starts = models.JSONField(default=list, blank=True)
+    starts = SafeJSONField(default=list, blank=True)  # read by the admin: damage must not raise
 
     class Meta:
         verbose_name = "limit key"

@@ -20,13 +20,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import connections, router
-from django.db.models import Count, F, FloatField, Func, Max, Min, Q, Sum
-from django.db.models.functions import TruncMinute
+from django.db.models import Count, F, FloatField, Func, Max, Min, Q, Sum, TextField
+from django.db.models.functions import Cast, TruncMinute
 from django.db.models.lookups import LessThanOrEqual
 
 from .counts import EXACT_UP_TO, distinct_values, estimated_count
 from .models import Job, JobLimit, JobStatus, QueueState, WorkerProcess
 
+# Times that are aggregated (MIN, MAX) are read as text and parsed here: a damaged row
+# ('infinity' on PostgreSQL, 'soon' on SQLite) then reads as an unknown time (None)
+# instead of an error from the driver that would stop the overview, metrics and jobs_status.
 THROUGHPUT_MINUTES = 60  # jobs finished per minute, over this many minutes
 FAILING_HOURS = 24  # failures by task, over this many hours
 # Upper bounds (seconds) of the attempt duration buckets; the last bucket is +Inf.
@@ -79,7 +82,7 @@ class Snapshot:
     workers: list[dict]  # {"worker": WorkerProcess, "running": busy slots, "heartbeat_age": seconds}
     stale_after: float
     backends: list[str] = field(default_factory=list)  # the TASKS aliases that store jobs here
-    limit_keys: list[dict] = field(default_factory=list)  # {"key", "running", "waiting"}, most waiting first
+    limit_keys: list[dict] = field(default_factory=list)  # {"key", "running", "waiting", "damaged"}, most waiting first
 
     @property
     def several_backends(self) -> bool:
@@ -124,6 +127,21 @@ class Snapshot:
     @property
     def paused(self) -> list[str]:
         return [q.name for q in self.queues if q.paused]
+
+
+def as_text(expression) -> Cast:
+    """A time aggregate read as text (see ``stored_time``)."""
+    return Cast(expression, TextField())
+
+
+def stored_time(value) -> datetime | None:
+    """A time read as text as the ORM would hand it back, or None when it is no time."""
+    from .rows import stored_datetime
+
+    try:
+        return stored_datetime(value, connections[router.db_for_read(Job)].timezone)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def database_backends(alias: str | None = None) -> dict:
@@ -180,13 +198,14 @@ def _exact_counts(rows: dict[tuple[str, str], QueueRow], now: datetime) -> None:
     """One pass over jobs_job_queue_idx: counts per (queue, status, alias); for READY, due and oldest due."""
     due = Q(run_after__lte=now)
     for item in (Job.objects.order_by().values("queue_name", "status", "backend")
-                 .annotate(n=Count("*"), due=Count("run_after", filter=due), oldest_due=Min("run_after", filter=due))):
+                 .annotate(n=Count("*"), due=Count("run_after", filter=due),
+                           oldest_due=as_text(Min("run_after", filter=due)))):
         row = rows.get((item["backend"], item["queue_name"]))
         if row is None:  # an alias no longer in TASKS
             continue
         row.counts[item["status"]] = item["n"]
         if item["status"] == JobStatus.READY:
-            row.due, row.oldest_due = item["due"], item["oldest_due"]
+            row.due, row.oldest_due = item["due"], stored_time(item["oldest_due"])
 
 
 def _capped_counts(rows: dict[tuple[str, str], QueueRow], now: datetime) -> None:
@@ -216,7 +235,7 @@ def _capped_counts(rows: dict[tuple[str, str], QueueRow], now: datetime) -> None
         f"(SELECT COUNT(*) FROM (SELECT 1 FROM {table} j WHERE {match} {in_index_order} LIMIT %(cap)s) c), "
         f"CASE WHEN s.status = %(ready)s THEN (SELECT COUNT(*) FROM (SELECT 1 FROM {table} j "
         f"WHERE {match} AND j.{run_after} <= %(now)s {in_index_order} LIMIT %(cap)s) c) END, "
-        f"CASE WHEN s.status = %(ready)s THEN (SELECT MIN(j.{run_after}) FROM {table} j "
+        f"CASE WHEN s.status = %(ready)s THEN (SELECT MIN(j.{run_after})::text FROM {table} j "
         f"WHERE {match} AND j.{run_after} <= %(now)s) END "
         f"FROM unnest(%(backends)s::text[], %(queues)s::text[]) AS q(backend, name) "
         f"CROSS JOIN unnest(%(statuses)s::text[]) AS s(status)"
@@ -239,7 +258,7 @@ def _capped_counts(rows: dict[tuple[str, str], QueueRow], now: datetime) -> None
             if due >= cap:
                 due = max(estimated_count(same.filter(run_after__lte=now)), due)
                 row.estimated.add("due")
-            row.due, row.oldest_due = due, oldest_due
+            row.due, row.oldest_due = due, stored_time(oldest_due)
 
 
 def throughput(now: datetime, minutes: int = THROUGHPUT_MINUTES) -> list[tuple[datetime, int, int]]:
@@ -252,6 +271,8 @@ def throughput(now: datetime, minutes: int = THROUGHPUT_MINUTES) -> list[tuple[d
                       status__in=[JobStatus.SUCCESSFUL, JobStatus.FAILED])
               .annotate(minute=TruncMinute("finished_at")).values("minute", "status").annotate(n=Count("*")))
     for item in counts:
+        if not isinstance(item["minute"], datetime):  # a damaged time: in no minute
+            continue
         bucket = buckets.get(item["minute"].replace(second=0, microsecond=0))
         if bucket is not None:
             bucket[0 if item["status"] == JobStatus.SUCCESSFUL else 1] += item["n"]
@@ -259,12 +280,15 @@ def throughput(now: datetime, minutes: int = THROUGHPUT_MINUTES) -> list[tuple[d
 
 
 def failing_tasks(now: datetime, hours: int = FAILING_HOURS) -> list[dict]:
-    """Tasks by number of jobs that ended FAILED in the last ``hours`` hours, most first."""
-    rows = (Job.objects.order_by()
-            .filter(status=JobStatus.FAILED, finished_at__gte=now - timedelta(hours=hours))
-            .values("task_path").annotate(failures=Count("*"), last_failure=Max("finished_at"))
-            .order_by("-failures", "task_path"))
-    return list(rows)
+    """Tasks by number of jobs that ended FAILED in the last ``hours`` hours, most first.
+    ``last_failure`` is None when the latest stored time of a task's failures is no time."""
+    rows = list(Job.objects.order_by()
+                .filter(status=JobStatus.FAILED, finished_at__gte=now - timedelta(hours=hours))
+                .values("task_path").annotate(failures=Count("*"), last_failure=as_text(Max("finished_at")))
+                .order_by("-failures", "task_path"))
+    for row in rows:
+        row["last_failure"] = stored_time(row["last_failure"])
+    return rows
 
 
 def workers_alive(now: datetime, stale: float) -> list[dict]:
@@ -283,11 +307,19 @@ def limit_keys(limit: int = 20) -> list[dict]:
     """
     waiting = dict(Job.objects.order_by().filter(status=JobStatus.READY, limit_key__isnull=False)
                    .values_list("limit_key").annotate(n=Count("*")).order_by("-n", "limit_key")[:limit])
-    running = dict(JobLimit.objects.filter(Q(running__gt=0) | Q(key__in=list(waiting)))
-                   .order_by("-running").values_list("key", "running")[:limit * 2])
-    keys = sorted(set(waiting) | {key for key, n in running.items() if n > 0},
+    stored = (JobLimit.objects.filter(Q(running__gt=0) | Q(key__in=list(waiting)))
+              .order_by("-running").values_list("key", "running")[:limit * 2])
+    running, damaged = {}, {}
+    for key, count in stored:  # SQLite keeps text or a float in the column; neither counts
+        key = str(key)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            damaged[key] = f"running is {str(count)[:60]!r}"
+            count = 0
+        running[key] = count
+    keys = sorted(set(waiting) | {key for key, n in running.items() if n > 0} | set(damaged),
                   key=lambda key: (-waiting.get(key, 0), -running.get(key, 0), key))[:limit]
-    return [{"key": key, "running": running.get(key, 0), "waiting": waiting.get(key, 0)} for key in keys]
+    return [{"key": key, "running": running.get(key, 0), "waiting": waiting.get(key, 0),
+             "damaged": damaged.get(key, "")} for key in keys]
 
 
 def snapshot(now: datetime, *, backend: str | None = None, keys: bool = False) -> Snapshot:
@@ -314,7 +346,8 @@ class SecondsBetween(Func):
 
     output_field = FloatField()
     templates = {
-        "postgresql": "EXTRACT(EPOCH FROM ({end} - {start}))",
+        # Infinite times (damage) have no difference: NULL, which the aggregates skip.
+        "postgresql": "CASE WHEN isfinite({end}) AND isfinite({start}) THEN EXTRACT(EPOCH FROM ({end} - {start})) END",
         "sqlite": "((julianday({end}) - julianday({start})) * 86400.0)",
         "mysql": "(UNIX_TIMESTAMP({end}) - UNIX_TIMESTAMP({start}))",
     }
@@ -328,7 +361,9 @@ class SecondsBetween(Func):
         if connection.vendor not in self.templates:
             raise NotSupportedError(f"SecondsBetween has no SQL for {connection.vendor}")
         (end, end_params), (start, start_params) = (compiler.compile(e) for e in self.get_source_expressions())
-        return self.templates[connection.vendor].format(end=end, start=start), (*end_params, *start_params)
+        template = self.templates[connection.vendor]
+        times = template.count("{end}")  # each operand as often as the template names it, in that order
+        return template.format(end=end, start=start), (*end_params, *start_params) * times
 
 
 def attempt_durations(now: datetime, minutes: int = THROUGHPUT_MINUTES) -> dict:

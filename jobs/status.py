@@ -142,6 +142,7 @@ def as_text(snap: Snapshot, limits: Thresholds, found: list[str]) -> str:
               f"failed in the last 24 h: {snap.failed_24h:,}"]
     if snap.failing:
         lines += _table(["task", "failures", "last failure"],
-                        [[row["task_path"], f"{row['failures']:,}", row["last_failure"].isoformat(timespec="seconds")]
+                        [[row["task_path"], f"{row['failures']:,}",
+                          row["last_failure"].isoformat(timespec="seconds") if row["last_failure"] else "unreadable"]
                          for row in snap.failing], numeric_from=1)
     return "\n".join(lines)

@@ -34,11 +34,16 @@ def bearer_token_matches(request) -> bool:
 
 
 def is_allowed(request) -> bool:
-    """The token first: it needs no database. Then a staff user's session."""
+    """The token first: it needs no database. Then a staff user's session: a session or user
+    that cannot be read (the database is down) is no staff user, so who may read is decided
+    before anything is said about the database (403, never 503, for everyone else)."""
     if bearer_token_matches(request):
         return True
     user = getattr(request, "user", None)  # None without Django's authentication middleware
-    return bool(user is not None and user.is_active and user.is_staff)
+    try:
+        return bool(user is not None and user.is_active and user.is_staff)
+    except DatabaseError:
+        return False
 
 
 def _unavailable(exc: DatabaseError) -> JsonResponse:
@@ -51,9 +56,9 @@ def _unavailable(exc: DatabaseError) -> JsonResponse:
 def health(request):
     """200 while the database answers and a worker heartbeated within stale_after; 503 saying why otherwise."""
     now = timezone.now()
+    if not is_allowed(request):
+        return HttpResponse(FORBIDDEN, status=403, content_type="text/plain; charset=utf-8")
     try:
-        if not is_allowed(request):
-            return HttpResponse(FORBIDDEN, status=403, content_type="text/plain; charset=utf-8")
         stale = stats.stale_after()
         alive, last = stats.liveness(now, stale)
     except DatabaseError as exc:
@@ -74,11 +79,8 @@ def health(request):
 @require_safe
 def metrics(request):
     """The Prometheus text format (or OpenMetrics, when the scraper asks for it)."""
-    try:
-        if not is_allowed(request):
-            return HttpResponse(FORBIDDEN, status=403, content_type="text/plain; charset=utf-8")
-    except DatabaseError as exc:
-        return _unavailable(exc)
+    if not is_allowed(request):
+        return HttpResponse(FORBIDDEN, status=403, content_type="text/plain; charset=utf-8")
     try:
         from . import prometheus
     except ImportError as exc:

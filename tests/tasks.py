@@ -199,6 +199,12 @@ def unique_add(a, b):
     return a + b
 
 
+@task(unique=True)
+def unique_record(path, token):
+    """A unique task that records each run (one line per run in ``path``)."""
+    _record(path, token)
+
+
 @task(unique=lambda account, **_: f"account-{account}", max_attempts=2)
 def sync_account(account, note=""):
     if note == "fail":

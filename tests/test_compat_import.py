@@ -211,6 +211,72 @@ def test_imported_jobs_run_once(tables, run_worker, tmp_path):
     assert set(Job.objects.values_list("status", flat=True)) == {JobStatus.SUCCESSFUL}
 
 
+def test_imported_jobs_get_the_unique_and_limit_keys_of_an_enqueue(tables, workers, tmp_path):
+    """Imported rows of a limited task run one at a time over two real workers, and two rows of
+    a unique task with the same arguments run once: the keys are those an enqueue computes."""
+    from jobs.limits import limit_key, unique_key
+    from tests import tasks
+    from tests.conftest import wait_for
+    from tests.test_job_control import most_at_once, spans
+
+    path, runs = tmp_path / "spans", tmp_path / "runs"
+    for n in range(4):  # concurrency_key "one-at-a-time", limit 1
+        insert(task_name="tests.tasks.one_at_a_time", args=[str(path), f"k:{n}", 0.3])
+    for _ in range(2):  # the same key: one job stands for both
+        insert(task_name="tests.tasks.unique_record", args=[str(runs), "once"])
+    insert(task_name="tests.tasks.sync_account", args=[7], kwargs={"note": "imported"})
+    out, err = run()
+    run()  # a rerun imports nothing twice
+    procs = [workers.start("--concurrency", "2") for _ in range(2)]
+    wait_for(lambda: Job.objects.exclude(status=JobStatus.SUCCESSFUL).count() == 0 and Job.objects.count(),
+             timeout=60, message="every imported job to finish")
+    for proc in procs:
+        assert proc.poll() is None, workers.output(proc)
+    assert len(spans(path)["k"]) == 4 and most_at_once(spans(path)["k"]) == 1, spans(path)
+    assert runs.read_text().splitlines() == ["once"]
+
+    assert count_line(out, "imported:") == 6 and count_line(out, "unique, a READY job had it") == 1, out + err
+    declared = {task.module_path: task for task in (tasks.one_at_a_time, tasks.unique_record, tasks.sync_account)}
+    for job in Job.objects.all():
+        task = declared[job.task_path]
+        assert (job.unique_key, job.limit_key, job.concurrency_limit, job.max_attempts) == (
+            unique_key(task, job.args, job.kwargs), limit_key(task, job.args, job.kwargs),
+            getattr(task, "concurrency_limit", None), getattr(task, "max_attempts", None))
+    assert Job.objects.get(task_path="tests.tasks.sync_account").unique_key.endswith(":account-7")
+
+
+def test_a_row_the_driver_cannot_read_is_left_out_alone(tables):
+    if connection.vendor != "sqlite":
+        pytest.skip("only SQLite stores a BLOB or text that is not UTF-8 in a text column")
+    good = [insert(task_name="tests.bgtasks_tasks.notify", args=["/tmp/x", n]) for n in range(2)]
+    bad = [insert(task_name="tests.bgtasks_tasks.notify", args=["/tmp/x", n]) for n in range(3)]
+    good.append(insert(task_name="tests.bgtasks_tasks.notify", args=["/tmp/x", 9]))
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE background_task SET task_name = CAST(X'6e6f74ff' AS TEXT) WHERE id = %s", [bad[0]])
+        cursor.execute("UPDATE background_task SET task_params = X'00ff' WHERE id = %s", [bad[1]])
+        cursor.execute("UPDATE background_task SET verbose_name = X'41' WHERE id = %s", [bad[2]])
+    for _ in range(2):  # a rerun goes past them again
+        out, err = run("--batch-size", "10")
+        assert count_line(out, "left out") == 3, out + err
+        for row_id in bad:
+            assert f"row id {row_id}: " in err
+        assert "cannot read it" in err and "task_params is bytes" in err and "verbose_name is bytes" in err
+    assert sorted(Job.objects.values_list("meta__background_task__source_id", flat=True)) == good
+
+
+def test_a_row_the_database_refuses_is_left_out_alone(tables, django_user_model):
+    if connection.vendor != "sqlite":
+        pytest.skip("only SQLite keeps an infinite float in an integer column")
+    user_type = ContentType.objects.get_for_model(django_user_model)
+    good = [insert(task_name="tests.bgtasks_tasks.notify", args=["/tmp/x", n]) for n in range(3)]
+    refused = insert(task_name="tests.bgtasks_tasks.notify", args=["/tmp/x", 9], creator_content_type_id=user_type.pk,
+                     creator_object_id=float("inf"))  # its meta becomes JSON the database refuses
+    out, err = run()
+    assert count_line(out, "imported:") == 3 and count_line(out, "left out") == 1, out + err
+    assert f"row id {refused}: the database refused it" in err
+    assert sorted(Job.objects.values_list("meta__background_task__source_id", flat=True)) == good
+
+
 def test_bad_arguments(db):
     with pytest.raises(CommandError, match="not in DATABASES"):
         run("--database", "nope")

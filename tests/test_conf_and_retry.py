@@ -1,5 +1,7 @@
 """OPTIONS parsing, the system check that reports it, and the pure retry policy."""
 
+from datetime import timedelta
+
 import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
@@ -42,7 +44,7 @@ def test_valid_options_accept_int_and_float(raw):
     ({"retain_successful": 1e300}, "retain_successful", "<= "),
     ({"retain_failed": float("-inf")}, "retain_failed", "finite"),
     ({"shutdown_grace": float("inf")}, "shutdown_grace", "finite"),
-    ({"max_attempts": 10**12}, "max_attempts", "<= 1000"),
+    ({"max_attempts": 2**31}, "max_attempts", "<= 2147483647"),
     ({"max_attempt": 3}, "max_attempt", "unknown key"),
 ])
 def test_bad_options_name_the_key(raw, key, words):
@@ -126,3 +128,29 @@ def test_backoff_of_any_attempt_number_is_capped_not_an_overflow(attempt):
 def test_custom_delays_are_clamped_and_nan_falls_back_to_the_policy(custom, expected):
     decision = decide(attempt=1, max_attempts=3, base=1.0, custom_delay=custom, custom_given=True, rand=0.0)
     assert decision.retry and decision.delay == pytest.approx(expected)
+
+
+def test_max_attempts_takes_any_count_the_column_holds(run_worker):
+    """"Retry for a week" and more: OPTIONS' max_attempts up to the column's maximum, and a job
+    there retries with the capped back-off, then fails for good, with nothing overflowing."""
+    from django.conf import settings
+    from django.db.models import F
+    from django.utils import timezone
+
+    from jobs.models import Job, JobStatus
+    from tests import tasks
+
+    most = 2**31 - 1
+    assert parse_options({"max_attempts": most}).max_attempts == most
+    options = {**settings.TASKS["default"]["OPTIONS"], "max_attempts": most, "retry_backoff": 3600}
+    with override_settings(TASKS={"default": {**settings.TASKS["default"], "OPTIONS": options}}):
+        call_command("check")
+        retried, last = (int(tasks.always_fails.enqueue().id) for _ in range(2))
+        Job.objects.filter(pk=retried).update(attempts=most - 2)
+        Job.objects.filter(pk=last).update(attempts=most - 1)
+        run_worker()
+        retried, last = Job.objects.get(pk=retried), Job.objects.get(pk=last)
+        assert (retried.status, retried.attempts) == (JobStatus.READY, most - 1)
+        assert timezone.now() < retried.run_after <= timezone.now() + timedelta(seconds=MAX_RETRY_DELAY)
+        assert (last.status, last.attempts) == (JobStatus.FAILED, most)
+        assert Job.objects.filter(pk=last.pk, attempts=F("attempts")).exists()

@@ -323,6 +323,7 @@ def test_5_bad_options_stop_a_real_command_with_a_message_naming_the_option(tran
     (("process_tasks", "--sleep", "nan"), "--sleep"),
     (("process_tasks", "--sleep", "-1"), "--sleep"),
     (("process_tasks", "--sleep", "0"), "--sleep"),
+    (("process_tasks", "--sleep", "1e-9"), "--sleep"),  # the floor of OPTIONS['poll_interval']: 0.01
     (("process_tasks", "--duration", "inf"), "--duration"),
     (("process_tasks", "--duration", "-1"), "--duration"),
     (("process_tasks", "--concurrency", "0"), "--concurrency"),
@@ -339,6 +340,13 @@ def test_5_bad_options_raise_a_command_error_naming_the_option(transactional_db,
     with pytest.raises(CommandError) as info:
         call_command(*args, *(("--burst",) if args[0] == "process_tasks" else ()))
     assert option in str(info.value), info.value
+
+
+def test_5_max_memory_below_the_workers_own_size_is_refused_at_start(transactional_db):
+    proc = manage("process_tasks", "--no-scheduler", "--max-memory", "1")
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "--max-memory 1 MiB is below this worker's own resident size" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "worker started" not in proc.stdout + proc.stderr
 
 
 def test_5_a_backend_that_is_not_ours_is_named(transactional_db):

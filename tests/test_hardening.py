@@ -400,13 +400,13 @@ def test_import_reports_each_malformed_row_and_imports_the_rest(damaged_source):
         "priority": source_row(priority=None),
         "run_at": source_row(run_at=None),
         "attempts -1": source_row(attempts=-1),
-        "attempts 1000000": source_row(attempts=1_000_000),
         "nested": source_row(task_params=deep),
         "huge": source_row(task_params=f"[[{HUGE_INT}], {{}}]"),
         "nul": source_row(task_params='[["a\\u0000b"], {}]'),
     }
     if connection.vendor == "sqlite":
         bad["text priority"] = source_row(priority="high")
+        bad["attempts past the column"] = source_row(attempts=2**31)  # PostgreSQL's integer column refuses it
         bad["impossible run_at"] = source_row(run_at="2030-13-45 00:00:00")
         bad["garbage run_at"] = source_row(run_at="next tuesday")
     else:

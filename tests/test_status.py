@@ -209,6 +209,20 @@ def test_a_database_it_cannot_read_exits_2_without_a_traceback(transactional_db,
     assert "cannot read the jobs tables" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("kind", ["not a database", "cannot be opened"])
+def test_a_sqlite_file_it_cannot_open_exits_2_without_a_traceback(transactional_db, tmp_path, kind):
+    if connection.vendor != "sqlite":
+        pytest.skip("a file of SQLite's")
+    path = tmp_path / "jobs.sqlite3"
+    if kind == "not a database":
+        path.write_bytes(b"this is no SQLite file, " * 100)
+    else:
+        path = tmp_path / "no such folder" / "jobs.sqlite3"
+    result = run_command("--min-workers", "0", JOBS_TEST_DB_NAME=str(path))
+    assert result.returncode == 2, result.stderr
+    assert "cannot read the jobs tables" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
 @pytest.mark.postgres_only
 def test_big_counts_are_marked_as_estimates(db, monkeypatch):
     monkeypatch.setattr("jobs.stats.EXACT_UP_TO", 20)
@@ -251,3 +265,29 @@ def test_counts_read_the_queue_index_even_before_vacuum(transactional_db, monkey
         cursor.execute("EXPLAIN " + counts)
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "Seq Scan on jobs_job" not in plan and "jobs_job_queue_idx" in plan, plan
+
+
+@pytest.mark.django_db
+def test_a_failed_row_with_an_unreadable_time_is_counted_not_fatal(admin_client, settings):
+    """One FAILED row whose finished_at is no time (and a READY one whose run_after is none):
+    the overview, /jobs/metrics and jobs_status still answer, and count the failure."""
+    from tests.test_admin import OVERVIEW, raw_update
+
+    settings.JOBS_METRICS_TOKEN = token = "t" * 32
+    (good,) = make_jobs(1, JobStatus.FAILED, task_path="tests.tasks.always_fails")
+    (bad,) = make_jobs(1, JobStatus.FAILED, task_path="tests.tasks.noop")
+    (ready,) = make_jobs(1, JobStatus.READY, run_after=timezone.now() - timedelta(minutes=1))
+    pg = connection.vendor == "postgresql"
+    raw_update("jobs_job", "id", bad.pk, finished_at="infinity" if pg else "soon")
+    raw_update("jobs_job", "id", ready.pk, run_after="-infinity" if pg else "0")
+    assert admin_client.get(OVERVIEW).status_code == 200
+    metrics = admin_client.get("/jobs/metrics", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert metrics.status_code == 200, metrics.content
+    assert b'jobs_failed_last_24h{task="tests.tasks.noop"} 1.0' in metrics.content
+    code, out, err = status("--json")
+    assert code == 0, err
+    failing = {row["task"]: row for row in json.loads(out)["failed_24h"]["by_task"]}
+    assert failing["tests.tasks.noop"] == {"task": "tests.tasks.noop", "failures": 1, "last_failure": None}
+    assert failing["tests.tasks.always_fails"]["last_failure"] is not None
+    code, out, err = status()
+    assert code == 0 and "unreadable" in out, out + err

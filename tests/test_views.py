@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth.models import User
 from django.core import checks
-from django.db import connection
+from django.db import OperationalError, connection
 from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -105,6 +105,27 @@ def test_staff_users_get_in_and_other_users_do_not(url):
     assert as_staff.get(url).status_code == 200
     assert as_member.get(url).status_code == 403
     assert as_member.get(url, **bearer("wrong")).status_code == 403
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url", [METRICS, HEALTH])
+def test_with_the_database_down_who_may_read_is_decided_first(client, token, url):
+    """403 for anyone without the token, whatever cookie they bring; 503 only for the token.
+    A staff session cannot be read without the database: not authorised then either."""
+    staff = User.objects.create_user("ops", password="pw", is_staff=True)
+    as_staff = Client()
+    as_staff.force_login(staff)
+    client.cookies["sessionid"] = "any-cookie-at-all"
+
+    def down(execute, sql, params, many, context):
+        raise OperationalError("the database is down (test)")
+
+    with connection.execute_wrapper(down):
+        assert client.get(url).status_code == 403
+        assert as_staff.get(url).status_code == 403
+        response = client.get(url, **bearer(TOKEN))
+    assert response.status_code == 503 and b"database did not answer" in response.content
+    assert as_staff.get(url).status_code in (200, 503)  # the database is back: the session reads again
 
 
 @pytest.mark.django_db

@@ -38,8 +38,16 @@ def queue_column(job):
 
 @admin.display(description="status")
 def status_column(job):
+    damage = getattr(job, "damage", None)  # set by jobs.admin.damage: values the row holds that are none
+    if damage:
+        return format_html('{} <span class="jobs-note jobs-damaged" title="{}">damaged</span>', _status(job),
+                           "; ".join(damage))
+    return _status(job)
+
+
+def _status(job):
     badge = status_badge(job.status)
-    if job.status == JobStatus.READY and job.run_after > timezone.now():
+    if job.status == JobStatus.READY and job.run_after and job.run_after > timezone.now():
         note = ("retry " if job.attempts else "") + relative(job.run_after)
         return format_html('{} <span class="jobs-note">{}</span>', badge, note)
     held = getattr(job, "held_back", "")  # set for the page by JobChangeList (one query)

@@ -28,9 +28,12 @@ def held_back_reasons(jobs) -> dict[int, str]:
             rate = parse_rate(job.rate_limit) if job.rate_limit else None
         except ValueError:
             rate = None
+        running = row.running if row else 0
+        if isinstance(running, bool) or not isinstance(running, int) or running < 0:  # SQLite keeps any value
+            reasons[job.pk] = f"waiting on key {job.limit_key}, whose row is damaged (running {str(running)[:60]!r})"
+            continue
         starts = [s for s in (row.starts if row and isinstance(row.starts, list) else []) if isinstance(s, (int, float))]
-        why = held_back(running=row.running if row else 0, concurrency_limit=job.concurrency_limit, starts=starts,
-                        rate=rate, now=now)
+        why = held_back(running=running, concurrency_limit=job.concurrency_limit, starts=starts, rate=rate, now=now)
         if why:
             reasons[job.pk] = f"held back by key {job.limit_key}: {why}"
     return reasons
@@ -41,9 +44,12 @@ def progress_bar(progress) -> str:
     if not isinstance(progress, dict) or not isinstance(progress.get("done"), (int, float)):
         return ""
     done, total, message = progress.get("done"), progress.get("total"), str(progress.get("message") or "")[:200]
-    if isinstance(total, (int, float)) and total > 0:
-        percent = max(0.0, min(100.0, 100.0 * done / total))
-        return format_html('<span class="jobs-progress" title="{}"><span class="jobs-progress-bar" '
-                           'style="width:{}%"></span></span> <span class="jobs-quiet">{}/{}</span>',
-                           message, f"{percent:.0f}", f"{done:g}", f"{total:g}")
-    return format_html('<span class="jobs-quiet" title="{}">{} done</span>', message, f"{done:g}")
+    try:
+        if isinstance(total, (int, float)) and total > 0:
+            percent = max(0.0, min(100.0, 100.0 * done / total))
+            return format_html('<span class="jobs-progress" title="{}"><span class="jobs-progress-bar" '
+                               'style="width:{}%"></span></span> <span class="jobs-quiet">{}/{}</span>',
+                               message, f"{percent:.0f}", f"{done:g}", f"{total:g}")
+        return format_html('<span class="jobs-quiet" title="{}">{} done</span>', message, f"{done:g}")
+    except (OverflowError, ValueError):  # a number no float holds (written past set_progress): show that
+        return format_html('<span class="jobs-damaged" title="{}">damaged progress</span>', str(progress)[:200])

@@ -143,13 +143,16 @@ def timeline(job: Job, attempts: list[dict], requeued: dict | None, cancelled: d
     elif job.finished_at and job.status == JobStatus.FAILED:
         events.append({"at": job.finished_at, "kind": "failed-final", "label": "Failed for good",
                        "detail": f"after {job.attempts} of {attempt_limit_of(job)} attempts"})
-    if job.status == JobStatus.READY:
+    if job.status == JobStatus.READY and job.run_after:
         due = job.run_after
         events.append({"at": due, "kind": "due", "label": "Due" if due <= now else "Due " + relative(due),
                        "detail": "waiting for a worker" if due <= now else
                        ("retry after backoff" if job.attempts else "delayed")})
-    events.sort(key=lambda e: e["at"])
+    events = sorted((e for e in events if e["at"] is not None), key=lambda e: e["at"])  # a damaged time: no event
     for event in events:
+        if job.enqueued_at is None:
+            event["offset"] = ""
+            continue
         offset = (event["at"] - job.enqueued_at).total_seconds()
         event["offset"] = "" if event["kind"] == "enqueued" else (
             "+" + human_duration(offset) if offset >= 0 else "−" + human_duration(-offset))
@@ -207,8 +210,9 @@ def job_page(job: Job) -> dict:
         "attempt_workers": list(dict.fromkeys([*(job.worker_ids if isinstance(job.worker_ids, list) else []),
                                                *([job.worker_id] if job.worker_id else [])])),
         "duration": duration,
-        "wait": (job.started_at - job.enqueued_at) if job.started_at else None,
-        "is_due_later": job.status == JobStatus.READY and job.run_after > now,
+        "wait": (job.started_at - job.enqueued_at) if job.started_at and job.enqueued_at else None,
+        "is_due_later": job.status == JobStatus.READY and bool(job.run_after) and job.run_after > now,
+        "damage": getattr(job, "damage", []),  # values the row holds that are none (jobs/admin/damage.py)
         "can_requeue": job.status in FINISHED_STATUSES,
         "can_cancel": job.status == JobStatus.READY or (job.status == JobStatus.RUNNING
                                                          and not job.cancel_requested_at),

@@ -27,8 +27,8 @@ MAX_JOBS = 1_000_000_000
 MAX_BATCH_SIZE = 10_000
 
 
-def seconds(*, positive: bool = False):
-    """A finite number of seconds, >= 0 (> 0 when ``positive``), at most MAX_SECONDS."""
+def seconds(*, positive: bool = False, minimum: float = 0.0):
+    """A finite number of seconds, >= 0 (> 0 when ``positive``; >= ``minimum``), at most MAX_SECONDS."""
 
     def parse(text: str) -> float:
         try:
@@ -39,6 +39,8 @@ def seconds(*, positive: bool = False):
             raise argparse.ArgumentTypeError(f"must be a finite number of seconds, got {text!r}")
         if value < 0 or (positive and value == 0):
             raise argparse.ArgumentTypeError(f"must be {'>' if positive else '>='} 0 seconds, got {text!r}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g} seconds, got {text!r}")
         if value > MAX_SECONDS:
             raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS:.0f} seconds (100 years), got {text!r}")
         return value

@@ -42,6 +42,8 @@ class GenericStatements(Statements):
             raise
 
     def insert_jobs(self, rows: Sequence[dict], *, notify: str | None) -> list[int]:
+        if any(row.get("unique_key") for row in rows):  # one by one: a taken key skips its row alone
+            return [pk for pk in (self.insert_job(row, notify=notify) for row in rows) if pk is not None]
         made = self._jobs().bulk_create(
             [Job(**{name: row.get(name, INSERT_DEFAULTS.get(name)) for name in INSERT_FIELDS}) for row in rows])
         return [job.pk for job in made]

@@ -6,14 +6,17 @@ priority, queue, attempts, last error, verbose name, creator, repeat) becomes on
 READY job, in batches of one transaction each. The row's id is kept in
 ``Job.meta["background_task"]["source_id"]`` and rows already imported are
 skipped, so running the command twice imports nothing twice. The source rows are
-left in place.
+left in place. Each job gets the columns an enqueue of its task writes
+(``DatabaseBackend.row_values``: unique and limit keys, limits, max_attempts), so a
+unique task's row whose key a READY job holds makes no second job.
 
 A row is left out, and reported, when its task name is not registered (no
 ``@background`` task of that name in an installed app's ``tasks`` module, and no
 task at that dotted path), its parameters do not parse, its queue is not in
 ``TASKS["QUEUES"]``, it is locked by a worker that may still be running it, or it
-already failed for good. Fix the cause and run the command again: it picks up
-where it left off.
+already failed for good; so is a row the driver cannot read (text that is not
+UTF-8 on SQLite) or the database refuses, alone. Fix the cause and run the command
+again: it picks up where it left off.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
-from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, router, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -49,6 +52,8 @@ COLUMNS = ("id", "task_name", "task_params", "task_hash", "verbose_name", "prior
            "repeat_until", "queue", "attempts", "failed_at", "last_error", "locked_by", "locked_at",
            "creator_content_type_id", "creator_object_id")
 TIME_COLUMNS = ("run_at", "repeat_until", "failed_at", "locked_at")
+TEXT_COLUMNS = ("task_name", "task_params", "task_hash", "verbose_name", "queue", "last_error", "locked_by")
+UNREADABLE = "_unreadable"  # the key of a row the driver could not read: why
 # Serialises concurrent imports on PostgreSQL (a transaction-level advisory lock).
 ADVISORY_LOCK_KEY = 0x6A6F6273_62677431  # "jobsbgt1"
 
@@ -67,6 +72,7 @@ class Report:
     unreadable: list = field(default_factory=list)
     locked: list = field(default_factory=list)
     failed: int = 0
+    merged: int = 0  # rows of a unique task whose key a READY job held: that job stands for them
     repeat_dropped: Counter = field(default_factory=Counter)
 
     @property
@@ -138,15 +144,33 @@ class Command(BaseCommand):
     # -- reading the source ------------------------------------------------------------
 
     def _fetch(self, source, after_id, limit) -> list[dict]:
+        """The next ``limit`` rows after ``after_id``. When the driver cannot read one of them (text
+        that is not UTF-8 on SQLite), each row is read alone: one that still fails is reported."""
         qn = source.ops.quote_name
         where, params = ("", []) if after_id is None else (f" WHERE {qn('id')} > %s", [after_id])
         # Times as text: the drivers raise inside the fetch on values a damaged table can hold
         # ('infinity', year 20000, '2026-13-45'), which would stop the whole import.
-        columns = [f"CAST({qn(c)} AS TEXT)" if c in TIME_COLUMNS else qn(c) for c in COLUMNS]
-        sql = f"SELECT {', '.join(columns)} FROM {qn(TABLE)}{where} ORDER BY {qn('id')} LIMIT %s"
-        with source.cursor() as cursor:
-            cursor.execute(sql, [*params, limit])
-            return [dict(zip(COLUMNS, row)) for row in cursor.fetchall()]
+        columns = ", ".join(f"CAST({qn(c)} AS TEXT)" if c in TIME_COLUMNS else qn(c) for c in COLUMNS)
+        try:
+            return self._select(source, f"SELECT {columns} FROM {qn(TABLE)}{where} ORDER BY {qn('id')} LIMIT %s",
+                                [*params, limit])
+        except (DatabaseError, UnicodeDecodeError):
+            ids = self._select(source, f"SELECT {qn('id')} FROM {qn(TABLE)}{where} ORDER BY {qn('id')} LIMIT %s",
+                               [*params, limit], names=("id",))
+        rows = []
+        for row_id in (row["id"] for row in ids):
+            try:
+                rows += self._select(source, f"SELECT {columns} FROM {qn(TABLE)} WHERE {qn('id')} = %s", [row_id])
+            except (DatabaseError, UnicodeDecodeError) as exc:
+                rows.append({"id": row_id, UNREADABLE: f"the database driver cannot read it ({type(exc).__name__}: "
+                                                       f"{str(exc)[:200]})"})
+        return rows
+
+    @staticmethod
+    def _select(source, sql: str, params: list, names=COLUMNS) -> list[dict]:
+        with transaction.atomic(using=source.alias), source.cursor() as cursor:  # a failed read rolls back alone
+            cursor.execute(sql, params)
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
 
     def _completed_counts(self, source) -> tuple[int, int]:
         qn = source.ops.quote_name
@@ -197,7 +221,11 @@ class Command(BaseCommand):
         return None
 
     def _read_row(self, source, row: dict, report: Report):
-
+        if UNREADABLE in row:
+            raise Unreadable(row[UNREADABLE])
+        for name in TEXT_COLUMNS:  # SQLite keeps what it is given: a BLOB is no text
+            if row[name] is not None and not isinstance(row[name], str):
+                raise Unreadable(f"{name} is {type(row[name]).__name__} {str(row[name])[:60]}, not text")
         if row["failed_at"] is not None:
             report.failed += 1
             return None
@@ -255,11 +283,12 @@ class Command(BaseCommand):
             failed_at = run_at - timedelta(seconds=min(attempts ** 4 + 5, 365 * 86400))
             errors.append(entry_from_traceback(row["last_error"], attempt=attempts, worker_id="django-background-tasks",
                                                 when=failed_at))
-        # What the backend inserts; no max_attempts unless the task has its own (else the one in force).
-        return dict(task_path=task.module_path, backend=self.backend.alias, queue_name=queue_name,
-                    priority=compat.map_priority(priority), args=args, kwargs=kwargs, run_after=run_at,
-                    task_run_after=run_at, enqueued_at=self.now, attempts=attempts,
-                    max_attempts=getattr(task, "max_attempts", None), errors=errors, meta=meta)
+        # What an enqueue of the task writes (its unique and limit keys, limits, max_attempts when the
+        # task has its own), with the row's own queue, priority, time, attempts and last error.
+        values = self.backend.row_values(task, self.now, args=args, kwargs=kwargs, meta=meta)
+        values.update(queue_name=queue_name, priority=compat.map_priority(priority), run_after=run_at,
+                      task_run_after=run_at, attempts=attempts, errors=errors)
+        return values
 
     def _import_batch(self, source, rows: list[dict], report: Report, *, dry_run: bool) -> None:
         from jobs.models import Job
@@ -278,13 +307,35 @@ class Command(BaseCommand):
             done = set(Job.objects.using(db).filter(**{f"meta__{compat.META_KEY}__source_id__in": ids})
                        .values_list(f"meta__{compat.META_KEY}__source_id", flat=True))
             new = [job for job in jobs if job["meta"][compat.META_KEY]["source_id"] not in done]
+            made, refused = len(new), 0
             if new and not dry_run:
-                self.backend.insert_rows(new)
-        report.imported += len(new)
+                made, refused = self._insert(db, new, report)
+        report.imported += made
+        report.merged += len(new) - made - refused
         report.already += len(jobs) - len(new)
         if self.verbosity >= 2:
-            self.stdout.write(f"  batch up to id {rows[-1]['id']}: {len(new)} imported, {len(jobs) - len(new)} "
+            self.stdout.write(f"  batch up to id {rows[-1]['id']}: {made} imported, {len(jobs) - len(new)} "
                               f"already imported, {len(rows) - len(jobs)} left out")
+
+    def _insert(self, db: str, jobs: list[dict], report: Report) -> tuple[int, int]:
+        """(jobs inserted, rows the database refused). A unique task's row whose key a READY job
+        holds writes nothing, as its enqueue would. Should the database refuse the batch, each
+        row is inserted alone, and one it refuses is reported: the others are imported."""
+        try:
+            with transaction.atomic(using=db):
+                return len(self.backend.insert_rows(jobs)), 0
+        except (DatabaseError, TypeError, ValueError):
+            pass
+        made = refused = 0
+        for job in jobs:
+            try:
+                with transaction.atomic(using=db):
+                    made += len(self.backend.insert_rows([job]))
+            except (DatabaseError, TypeError, ValueError) as exc:
+                refused += 1
+                report.unreadable.append((job["meta"][compat.META_KEY]["source_id"],
+                                          f"the database refused it ({type(exc).__name__}: {str(exc)[:200]})"))
+        return made, refused
 
     # -- the report --------------------------------------------------------------------
 
@@ -297,6 +348,8 @@ class Command(BaseCommand):
         out(f"rows in {TABLE}", report.pending)
         out("would import" if dry_run else "imported", report.imported)
         out("already imported (skipped)", report.already)
+        if report.merged:
+            out("unique, a READY job had it", report.merged)
         out("left out (see below)", report.left)
         if completed is not None:
             self.stdout.write(f"  completed history ({COMPLETED_TABLE}): {completed[0]} succeeded, "

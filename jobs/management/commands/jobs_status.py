@@ -17,6 +17,9 @@ BROKEN, UNUSABLE = 1, 2
 
 
 class Command(BaseCommand):
+    # Django's checks open the database (SQLite's JSON support), and would end a file that is no
+    # database, or cannot be opened, in a traceback and exit 1: handle() reports it, exit 2.
+    requires_system_checks = []
     help = ("Per queue the counts by status, the lag and whether it is paused; the live workers; the failures "
             "of the last 24 h. Exit 1 when a given threshold is broken (each is named on stderr), 2 when the "
             "options are wrong or the database cannot be read, else 0.")

@@ -11,11 +11,12 @@ import threading
 
 from django.core.management.base import BaseCommand, CommandError
 
+from jobs.conf import MIN_POLL_INTERVAL
 from jobs.framework import DEFAULT_TASK_BACKEND_ALIAS, FRAMEWORK, task_backends
 from jobs.management import reload
 from jobs.management.options import MAX_CONCURRENCY, MAX_JOBS, MAX_MEMORY_MB, backend_alias, bounded_int, seconds
 from jobs.worker import Worker
-from jobs.worker.limits import rss_bytes
+from jobs.worker.limits import MEBIBYTE, rss_bytes
 from jobs.worker.systemd import Notifier
 
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
@@ -86,8 +87,9 @@ class Command(BaseCommand):
                             help="Run every job due now, then exit 0. Jobs due later are left. No scheduler.")
         parser.add_argument("--duration", type=seconds(), default=0, metavar="SECONDS",
                             help="Stop claiming after this long, let running jobs finish, exit 0. 0: run forever.")
-        parser.add_argument("--sleep", type=seconds(positive=True), default=None, metavar="SECONDS",
-                            help="Idle poll interval (default: OPTIONS['poll_interval']).")
+        parser.add_argument("--sleep", type=seconds(minimum=MIN_POLL_INTERVAL), default=None, metavar="SECONDS",
+                            help=f"Idle poll interval, at least {MIN_POLL_INTERVAL:g} s as for "
+                                 "OPTIONS['poll_interval'] (default: that option).")
         parser.add_argument("--no-scheduler", action="store_true", help="Do not run the scheduler in this worker.")
         parser.add_argument("--backend", type=backend_alias, default=DEFAULT_TASK_BACKEND_ALIAS,
                             help="TASKS alias (default 'default'): only its jobs, under its OPTIONS.")
@@ -112,8 +114,14 @@ class Command(BaseCommand):
         if unknown:
             raise CommandError(f"--queue {unknown[0]!r} is not in TASKS[{alias!r}]['QUEUES'] "
                                f"({', '.join(sorted(backend.queues))})")
-        if options["max_memory"] and rss_bytes() is None:
-            raise CommandError("--max-memory: this platform does not tell a process its memory use")
+        if options["max_memory"]:
+            resident = rss_bytes()
+            if resident is None:
+                raise CommandError("--max-memory: this platform does not tell a process its memory use",
+                                   returncode=2)
+            if resident >= options["max_memory"] * MEBIBYTE:  # it would stop before its first job, for ever
+                raise CommandError(f"--max-memory {options['max_memory']} MiB is below this worker's own resident "
+                                   f"size at start, {resident / MEBIBYTE:.0f} MiB: give more", returncode=2)
         if options["reload"] and not reload.started_by_reloader():
             return_code = reload.run_with_reloader()  # the worker runs in a child process, restarted on changes
             if return_code:
