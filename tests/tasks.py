@@ -330,3 +330,15 @@ def session_settings():
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('lock_timeout'), current_setting('idle_in_transaction_session_timeout')")
         return list(cursor.fetchone())
+
+
+@task(max_attempts=3)
+def holds_gil(path, token, seconds):
+    """Hold the GIL for ``seconds`` in one C call (libc's sleep through ``ctypes.PyDLL``, which keeps
+    the GIL): no other thread of the process runs meanwhile, the heartbeat's included."""
+    import ctypes
+
+    _record(path, f"start {token} pid={os.getpid()}")
+    ctypes.PyDLL(None).sleep(int(seconds))
+    _record(path, f"end {token}")
+    return token

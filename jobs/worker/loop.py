@@ -63,7 +63,7 @@ class Worker:
     def __init__(self, *, backend_alias: str = "default", queues: list[str] | None = None, concurrency: int = 1,
                  burst: bool = False, duration: float = 0, poll_interval: float | None = None,
                  run_loops: bool = True, max_jobs: int = 0, max_memory: int = 0, notifier: Notifier | None = None,
-                 clock: Clock = REAL):
+                 clock: Clock = REAL, worker_id: str | None = None):
         self.backend = task_backends[backend_alias]
         self.options = self.backend.jobs_options
         self.queues = sorted(set(queues)) if queues else None
@@ -75,7 +75,7 @@ class Worker:
         self.clock = clock
         self.limits = Limits(max_jobs=max_jobs, max_memory=max_memory)  # ends it for a fresh one
         self.notifier = notifier or Notifier()  # systemd's: nothing without NOTIFY_SOCKET
-        self.id = make_worker_id()
+        self.id = worker_id or make_worker_id()  # a supervisor's child gets the id its parent knows
         self.inbox: SimpleQueue = SimpleQueue()
         self.store = WorkerStore(worker_id=self.id, backend=self.backend.alias)
         self.pool = SlotPool(size=self.concurrency, execute=self._execute, inbox=self.inbox, clock=clock)

@@ -13,8 +13,16 @@ from django.core.management.base import BaseCommand, CommandError
 
 from jobs.framework import DEFAULT_TASK_BACKEND_ALIAS, FRAMEWORK, task_backends
 from jobs.management import reload
-from jobs.management.options import MAX_CONCURRENCY, MAX_JOBS, MAX_MEMORY_MB, backend_alias, bounded_int, seconds
-from jobs.worker import Worker
+from jobs.management.options import (
+    MAX_CONCURRENCY,
+    MAX_JOBS,
+    MAX_MEMORY_MB,
+    MAX_PROCESSES,
+    backend_alias,
+    bounded_int,
+    seconds,
+)
+from jobs.worker import Worker, supervisor
 from jobs.worker.limits import rss_bytes
 from jobs.worker.systemd import Notifier
 
@@ -82,6 +90,10 @@ class Command(BaseCommand):
         parser.add_argument("--concurrency", type=bounded_int(1, MAX_CONCURRENCY), default=1, metavar="N",
                             help=f"Jobs run at once in this process, one thread each (default 1, at most "
                                  f"{MAX_CONCURRENCY}; for more, run more processes).")
+        parser.add_argument("--processes", type=bounded_int(1, MAX_PROCESSES), default=None, metavar="N",
+                            help="Run N worker processes (each with --concurrency threads) under one parent, which "
+                                 "restarts a child that dies and heartbeats for its children, so that no job of a "
+                                 "live child is taken for lost. Default: one process, no parent.")
         parser.add_argument("--burst", action="store_true",
                             help="Run every job due now, then exit 0. Jobs due later are left. No scheduler.")
         parser.add_argument("--duration", type=seconds(), default=0, metavar="SECONDS",
@@ -114,6 +126,10 @@ class Command(BaseCommand):
                                f"({', '.join(sorted(backend.queues))})")
         if options["max_memory"] and rss_bytes() is None:
             raise CommandError("--max-memory: this platform does not tell a process its memory use")
+        if options["processes"] is not None:
+            if options["reload"]:
+                raise CommandError("--processes and --reload do not go together: --reload restarts one worker")
+            return self._supervise(options)
         if options["reload"] and not reload.started_by_reloader():
             return_code = reload.run_with_reloader()  # the worker runs in a child process, restarted on changes
             if return_code:
@@ -121,14 +137,33 @@ class Command(BaseCommand):
             return
         if options["log_std"]:
             _redirect_std_to_logging()
-        worker = Worker(backend_alias=alias, queues=options["queues"], concurrency=options["concurrency"],
+        tag = os.environ.pop(supervisor.WORKER_TAG, "")  # a child of --processes: the id its parent knows
+        worker_id = supervisor.worker_id_for(os.getpid(), tag) if tag else None
+        worker = Worker(worker_id=worker_id, backend_alias=alias, queues=options["queues"],
+                        concurrency=options["concurrency"],
                         burst=options["burst"], duration=options["duration"], poll_interval=options["sleep"],
                         run_loops=not options["no_scheduler"], max_jobs=options["max_jobs"],
                         max_memory=options["max_memory"], notifier=Notifier.from_environ(unset=True))
         self._install_signal_handlers(worker)
         if reload.started_by_reloader():
             reload.follow_parent(worker)
+        parent_fd = os.environ.pop(supervisor.PARENT_FD, "")
+        if parent_fd.isdigit():
+            supervisor.watch_parent(int(parent_fd), lambda: worker.request_stop(
+                grace=worker.options.shutdown_grace, reason="its --processes parent is gone"))
         return_code = worker.run()
+        if return_code:
+            raise SystemExit(return_code)
+
+    def _supervise(self, options) -> None:
+        prefix = supervisor.command_prefix()
+        parent = supervisor.Supervisor(
+            processes=options["processes"], backend_alias=options["backend"],
+            child_args=lambda slot: supervisor.child_command(prefix, options, slot=slot),
+            final_exit=bool(options["burst"] or options["duration"]), notifier=Notifier.from_environ(unset=True))
+        signal.signal(signal.SIGTERM, lambda signum, frame: parent.on_signal(signum))
+        signal.signal(signal.SIGINT, lambda signum, frame: parent.on_signal(signum))
+        return_code = parent.run()
         if return_code:
             raise SystemExit(return_code)
 

@@ -1,0 +1,130 @@
+"""``process_tasks --processes N``: a parent and its worker processes, with real signals."""
+
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+from django.db import transaction
+
+from jobs.models import Job, JobStatus, WorkerProcess
+from tests import tasks
+from tests.conftest import wait_for
+
+
+def children_of(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as listing:
+        return [int(p) for p in listing.read().split()]
+
+
+def runs(path: Path) -> Counter:
+    """How many times each token's task started and ended, from its record file."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return Counter(tuple(line.split()[:2]) for line in lines)
+
+
+def start_parent(workers, *args):
+    parent = workers.start("--processes", "2", *args)
+    workers.wait_for_output(parent, "supervisor started")
+    wait_for(lambda: WorkerProcess.objects.count() == 2, message="both worker processes registered")
+    return parent
+
+
+def test_a_killed_child_is_replaced_and_no_job_is_lost_or_run_twice(workers, record_dir):
+    path = record_dir / "runs"
+    parent = start_parent(workers, "--concurrency", "2")
+    total = 40
+    with transaction.atomic():
+        for i in range(total):
+            tasks.slow_then_record.enqueue(str(path), f"job-{i}", 0.2)
+    wait_for(lambda: sum(n for (kind, _), n in runs(path).items() if kind == "end") >= 5, message="some jobs done")
+    victim = children_of(parent.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    workers.wait_for_output(parent, "worker process died")
+    wait_for(lambda: Job.objects.filter(status=JobStatus.SUCCESSFUL).count() == total, timeout=90,
+             message="every job to finish")
+    ends = Counter(token for (kind, token), n in runs(path).items() if kind == "end" for _ in range(n))
+    assert len(ends) == total and max(ends.values()) == 1, ends
+    assert Job.objects.exclude(status=JobStatus.SUCCESSFUL).count() == 0
+    replaced = children_of(parent.pid)
+    assert len(replaced) == 2 and victim not in replaced, replaced
+    assert parent.poll() is None
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(30) == 0, workers.output(parent)
+
+
+def test_sigterm_to_the_parent_stops_every_child_and_exits_0(workers, record_dir):
+    path = record_dir / "runs"
+    parent = start_parent(workers)
+    tasks.slow_then_record.enqueue(str(path), "t", 1.0)
+    wait_for(lambda: runs(path)[("start", "t")] == 1, message="the job to start")
+    children = children_of(parent.pid)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(30) == 0, workers.output(parent)
+    assert runs(path)[("end", "t")] == 1  # the running job finished within the grace period
+    for pid in children:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(") ")[1][0] == "Z"
+    assert Job.objects.get().status == JobStatus.SUCCESSFUL
+    assert WorkerProcess.objects.count() == 0
+
+
+def test_a_second_signal_ends_everything_at_once(workers, record_dir):
+    path = record_dir / "runs"
+    parent = start_parent(workers)
+    tasks.slow_then_record.enqueue(str(path), "long", 600)
+    wait_for(lambda: runs(path)[("start", "long")] == 1, message="the job to start")
+    children = children_of(parent.pid)
+    parent.send_signal(signal.SIGTERM)
+    workers.wait_for_output(parent, "worker stopping")
+    parent.send_signal(signal.SIGINT)
+    assert parent.wait(5) == 128 + signal.SIGINT
+    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in children), timeout=5,
+             message="every child gone")
+
+
+def test_max_jobs_recycles_a_child_not_the_parent(workers, record_dir):
+    path = record_dir / "runs"
+    parent = start_parent(workers, "--max-jobs", "5")
+    first = set(children_of(parent.pid))
+    with transaction.atomic():
+        for i in range(30):
+            tasks.slow_then_record.enqueue(str(path), f"job-{i}", 0.01)
+    wait_for(lambda: Job.objects.filter(status=JobStatus.SUCCESSFUL).count() == 30, timeout=90,
+             message="every job to finish")
+    assert parent.poll() is None
+    assert "worker process recycled" in workers.output(parent)
+    assert "worker process died" not in workers.output(parent)
+    assert set(children_of(parent.pid)) - first, "no child was replaced"
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(30) == 0, workers.output(parent)
+
+
+def test_a_task_holding_the_gil_past_stale_after_is_not_taken_back_under_processes(workers, record_dir):
+    """stale_after is 3 s in tests: a 10 s call holding the GIL starves the child's own heartbeat.
+    Without a parent, the sibling worker takes the job back (the control below); with one, never."""
+    path = record_dir / "runs"
+    parent = start_parent(workers)
+    result = tasks.holds_gil.enqueue(str(path), "gil", 10)
+    job = wait_for(lambda: Job.objects.filter(pk=result.id, status=JobStatus.SUCCESSFUL).first(), timeout=60,
+                   message="the GIL-holding job to finish")
+    assert job.attempts == 1 and job.errors == [], job.errors
+    assert runs(path) == Counter({("start", "gil"): 1, ("end", "gil"): 1})
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(30) == 0, workers.output(parent)
+
+
+def test_without_a_parent_a_task_holding_the_gil_is_taken_back(workers, record_dir):
+    """The control of the test above: two plain workers, the same task, and the job is taken back."""
+    path = record_dir / "runs"
+    first, second = workers.start(), workers.start()
+    for proc in (first, second):
+        workers.wait_for_output(proc, "worker started")
+    result = tasks.holds_gil.enqueue(str(path), "gil", 10)
+    wait_for(lambda: Job.objects.filter(pk=result.id, errors__icontains="was lost").exists(), timeout=60,
+             message="the job to be taken back from its starved worker")
+
+
+def test_processes_and_reload_do_not_go_together(workers):
+    proc = workers.start("--processes", "2", "--reload")
+    assert proc.wait(30) != 0
+    assert "--processes and --reload" in workers.output(proc)
