@@ -128,3 +128,57 @@ def test_processes_and_reload_do_not_go_together(workers):
     proc = workers.start("--processes", "2", "--reload")
     assert proc.wait(30) != 0
     assert "--processes and --reload" in workers.output(proc)
+
+
+def test_a_job_holding_the_gil_past_its_timeout_ends_with_its_process_and_others_go_on(workers, record_dir):
+    path, others = record_dir / "runs", record_dir / "others"
+    parent = start_parent(workers, "--concurrency", "2")
+    stuck = tasks.holds_gil_past_timeout.enqueue(str(path), "gil", 60)
+    job = wait_for(lambda: Job.objects.filter(pk=stuck.id, status=JobStatus.FAILED).first(), timeout=60,
+                   message="both attempts to time out")
+    assert job.attempts == 2
+    assert [e["exception_class_path"] for e in job.errors] == ["jobs.exceptions.JobTimeout"] * 2, job.errors
+    assert all("worker process was ended" in e["message"] for e in job.errors)
+    starts = [line for line in path.read_text().splitlines() if line.startswith("start")]
+    pids = [line.split("pid=")[1] for line in starts]
+    assert len(starts) == 2 and pids[0] != pids[1] and "end gil" not in path.read_text()
+    assert workers.output(parent).count("worker process ended") == 2
+    with transaction.atomic():
+        for i in range(10):
+            tasks.slow_then_record.enqueue(str(others), f"job-{i}", 0.01)
+    wait_for(lambda: Job.objects.filter(status=JobStatus.SUCCESSFUL).count() == 10, timeout=60,
+             message="other jobs to run on the replaced processes")
+    wait_for(lambda: len(children_of(parent.pid)) == 2, message="the second ended process replaced too")
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(30) == 0, workers.output(parent)
+
+
+def test_a_job_blocked_in_c_under_a_concurrency_limit_frees_its_key_only_when_its_process_ends(workers, record_dir):
+    """``sleeps`` blocks in time.sleep (C) far past its 0.5 s timeout; the next job of the key starts
+    only after the process running it has been ended."""
+    path = record_dir / "runs"
+    parent = start_parent(workers, "--concurrency", "2")
+    first = tasks.sleeps_under_key.enqueue(str(path), "first", 600)
+    wait_for(lambda: "start first" in (path.read_text() if path.exists() else ""), message="the first to start")
+    second = tasks.sleeps_under_key.enqueue(str(path), "second", 0)
+    wait_for(lambda: Job.objects.filter(pk=second.id, status=JobStatus.SUCCESSFUL).exists(), timeout=60,
+             message="the second job to run once the first's process ended")
+    lines = path.read_text().splitlines()
+    first_pid = next(line for line in lines if line.startswith("start first")).split("pid=")[1]
+    assert not os.path.exists(f"/proc/{first_pid}"), "the second ran while the first's code still could"
+    assert Job.objects.get(pk=first.id).status == JobStatus.FAILED
+    assert "worker process ended" in workers.output(parent)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(30) == 0, workers.output(parent)
+
+
+def test_python_code_past_its_timeout_is_interrupted_without_ending_its_process(workers, record_dir):
+    path = record_dir / "runs"
+    parent = start_parent(workers)
+    result = tasks.spins_past_timeout.enqueue(str(path))
+    job = wait_for(lambda: Job.objects.filter(pk=result.id, status=JobStatus.FAILED).first(), timeout=30,
+                   message="the spinning job to time out")
+    assert job.errors[0]["exception_class_path"] == "jobs.exceptions.JobTimeout"
+    assert "worker process ended" not in workers.output(parent)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(30) == 0, workers.output(parent)

@@ -63,7 +63,7 @@ class Worker:
     def __init__(self, *, backend_alias: str = "default", queues: list[str] | None = None, concurrency: int = 1,
                  burst: bool = False, duration: float = 0, poll_interval: float | None = None,
                  run_loops: bool = True, max_jobs: int = 0, max_memory: int = 0, notifier: Notifier | None = None,
-                 clock: Clock = REAL, worker_id: str | None = None):
+                 clock: Clock = REAL, worker_id: str | None = None, report=None):
         self.backend = task_backends[backend_alias]
         self.options = self.backend.jobs_options
         self.queues = sorted(set(queues)) if queues else None
@@ -78,7 +78,8 @@ class Worker:
         self.id = worker_id or make_worker_id()  # a supervisor's child gets the id its parent knows
         self.inbox: SimpleQueue = SimpleQueue()
         self.store = WorkerStore(worker_id=self.id, backend=self.backend.alias)
-        self.pool = SlotPool(size=self.concurrency, execute=self._execute, inbox=self.inbox, clock=clock)
+        self.pool = SlotPool(size=self.concurrency, execute=self._execute, inbox=self.inbox, clock=clock,
+                             report=report)  # report: a --processes parent's, which enforces deadlines
         self.liveness = Liveness(worker_id=self.id, backend=self.backend, held=self.pool.held_ids,
                                  register=self._register_again, clock=clock, cancel=self.pool.cancel)
         self.stopping = threading.Event()  # stop claiming; let running jobs finish

@@ -19,7 +19,15 @@ The parent also:
   and exits 0 once all have stopped; a second signal kills them all and exits at
   once;
 - speaks to systemd (``READY=1`` once its children are started, the watchdog from
-  its own loop, which keeps turning only while the parent is healthy).
+  its own loop, which keeps turning only while the parent is healthy);
+- enforces timeouts that a thread cannot: each child's slots tell it (on a pipe)
+  when a job's timeout, or a cancel's grace, runs out. At that moment the child
+  raises ``JobTimeout`` in the job, which stops Python code; a job still RUNNING
+  ``HARD_GRACE`` seconds later is in a C call (a blocking socket, a regex, a call
+  that holds the GIL), so the parent ends the child's process with SIGKILL. Only
+  then is the attempt recorded (timed out, or cancelled) and its concurrency key
+  freed, and so the retry can never run beside the code of the attempt before it.
+  The child's other jobs are taken back as lost, and the child is replaced at once.
 
 A child learns that its parent is gone (killed with SIGKILL, say) from a pipe whose
 other end only the parent holds: it then stops as after SIGTERM.
@@ -48,6 +56,8 @@ from django.db import connections
 
 from ..backoff import first_line
 from ..clock import REAL, Clock
+from ..control import CANCEL_GRACE
+from ..exceptions import JobCancelled, JobTimeout, WorkerLost
 from ..framework import task_backends
 from ..models import Job, JobStatus, WorkerProcess
 from ..sessions import guarded_sessions, hold_limit
@@ -61,6 +71,10 @@ logger = logging.getLogger("jobs.worker")
 # knows the id, ``host:pid:tag``), and the fd of the pipe that ends when the parent does.
 WORKER_TAG = "JOBS_WORKER_TAG"
 PARENT_FD = "JOBS_PARENT_FD"
+REPORT_FD = "JOBS_REPORT_FD"  # the pipe on which a child's slots tell the parent their deadlines
+# A job still running this long after its deadline (its timeout, or a cancel's grace) was not
+# stopped by the interrupt its worker sent: the parent ends its process.
+HARD_GRACE = 2.0
 RESTART_DELAY_MIN = 0.5  # seconds, after a child died; doubling up to the max
 RESTART_DELAY_MAX = 30.0
 HEALTHY_AFTER = 60.0  # a child that lived this long resets the delay
@@ -94,6 +108,10 @@ class Child:
     delay: float = RESTART_DELAY_MIN
     done: bool = False  # ended for good (stopping, or a --burst/--duration child's exit 0)
     exits: list[int] = field(default_factory=list)
+    reports: int | None = None  # the read end of the child's report pipe
+    partial: bytes = b""
+    deadlines: dict[tuple[int, int], tuple[float, str]] = field(default_factory=dict)  # (job, attempt) -> when, kind
+    ended_by_parent: bool = False
 
     @property
     def worker_id(self) -> str | None:
@@ -153,6 +171,8 @@ class Supervisor:
                 return self._run()
             finally:
                 self._kill_all()  # only children already stopped, unless we are leaving on an error
+                for child in self.children:
+                    self._close_reports(child)
                 os.close(self._parent_end)
                 os.close(self._child_end)
                 connections.close_all()
@@ -173,6 +193,9 @@ class Supervisor:
                     self._start(child)
             if now >= self._next_beat:
                 self._beat()
+            for child in self.children:
+                self._read_reports(child)
+                self._enforce_deadlines(child, now)
             time.sleep(TURN)
         self.notifier.stopping(f"supervisor {self.id}: stopped")
         logger.info("supervisor stopped worker=%s", self.id)
@@ -181,9 +204,18 @@ class Supervisor:
 
     def _start(self, child: Child) -> None:
         child.tag = uuid.uuid4().hex[:8]
-        child.restart_at = None
-        env = dict(os.environ, **{WORKER_TAG: child.tag, PARENT_FD: str(self._parent_end)})
-        child.proc = self.spawn(list(self.child_args(child.slot)), env=env, pass_fds=(self._parent_end,))
+        child.restart_at, child.ended_by_parent, child.partial = None, False, b""
+        child.deadlines.clear()
+        reports, report_end = os.pipe()
+        os.set_blocking(reports, False)
+        env = dict(os.environ, **{WORKER_TAG: child.tag, PARENT_FD: str(self._parent_end),
+                                  REPORT_FD: str(report_end)})
+        try:
+            child.proc = self.spawn(list(self.child_args(child.slot)), env=env,
+                                    pass_fds=(self._parent_end, report_end))
+        finally:
+            os.close(report_end)
+        child.reports = reports
         child.started = self.clock.monotonic()
         logger.info("worker process started slot=%d pid=%d worker=%s", child.slot, child.proc.pid, child.worker_id)
 
@@ -197,7 +229,8 @@ class Supervisor:
             child.exits.append(code)
             lived = now - child.started
             gone = child.worker_id
-            if code != 0:
+            self._close_reports(child)
+            if code != 0 and not child.ended_by_parent:
                 self._take_back(gone)
             if self.stopping.is_set() or (code == 0 and self.final_exit):
                 child.done = True
@@ -206,6 +239,8 @@ class Supervisor:
             if code == 0:  # it ended by itself: --max-jobs or --max-memory, a recycle
                 delay = 0.0
                 logger.info("worker process recycled slot=%d pid=%d", child.slot, child.proc.pid)
+            elif child.ended_by_parent:
+                delay = 0.0  # logged when it was ended
             else:
                 if lived >= HEALTHY_AFTER:
                     child.delay = RESTART_DELAY_MIN
@@ -215,7 +250,83 @@ class Supervisor:
                              child.slot, child.proc.pid, how, lived, delay)
             child.restart_at = now + delay
 
-    def _take_back(self, worker_id: str | None) -> None:
+    # -- deadlines the children report ------------------------------------------------------
+
+    def _read_reports(self, child: Child) -> None:
+        """Take in what the child's slots said: ``deadline <job> <attempt> <monotonic> <kind>``
+        when a timeout or a cancel's grace is armed, ``end <job> <attempt>`` when its code returned."""
+        if child.reports is None:
+            return
+        try:
+            data = os.read(child.reports, 65536)
+            while data:
+                child.partial += data
+                data = os.read(child.reports, 65536)
+        except BlockingIOError:
+            pass
+        except OSError:
+            return
+        *lines, child.partial = child.partial.split(b"\n")
+        for line in lines:
+            words = line.decode(errors="replace").split()
+            try:
+                key = (int(words[1]), int(words[2]))
+                if words[0] == "deadline":
+                    when = float(words[3])
+                    if when == when:  # not NaN
+                        child.deadlines[key] = (when, words[4])
+                elif words[0] == "end":
+                    child.deadlines.pop(key, None)
+            except (IndexError, ValueError):
+                logger.warning("supervisor: unreadable report from worker=%s: %r", child.worker_id, line[:200])
+
+    def _close_reports(self, child: Child) -> None:
+        if child.reports is not None:
+            os.close(child.reports)
+            child.reports = None
+        child.deadlines.clear()
+
+    def _enforce_deadlines(self, child: Child, now: float) -> None:
+        overdue = [(key, kind) for key, (when, kind) in child.deadlines.items() if now >= when + HARD_GRACE]
+        if not overdue or child.proc is None or child.proc.poll() is not None:
+            return
+        alias, worker_id = self.liveness.store.alias, child.worker_id
+        for key, kind in overdue:
+            try:  # the row says whether that attempt is still this child's: an "end" may have been lost
+                still = Job.objects.using(alias).filter(pk=key[0], attempts=key[1], worker_id=worker_id,
+                                                        status=JobStatus.RUNNING).exists()
+            except Exception as exc:  # noqa: BLE001 - look again next turn
+                logger.warning("supervisor could not read job %s error=%s: %s", key[0], type(exc).__name__,
+                               first_line(exc))
+                self.liveness.store.close()
+                return
+            if not still:
+                child.deadlines.pop(key, None)
+                continue
+            self._end_child_for(child, key, kind)
+            return
+
+    def _end_child_for(self, child: Child, key: tuple[int, int], kind: str) -> None:
+        """End the process whose job ``key`` would not stop, then record that attempt (timed out, or
+        cancelled) and take back the process's other jobs: only now is its key freed."""
+        job_id, attempt = key
+        why = "its timeout" if kind == "timeout" else f"the {CANCEL_GRACE:g}s a cancelled job has to stop"
+        logger.error("worker process ended slot=%d pid=%d: job id=%s attempt=%s still ran %gs after %s",
+                     child.slot, child.proc.pid, job_id, attempt, HARD_GRACE, why)
+        child.ended_by_parent = True
+        child.proc.kill()
+        child.proc.wait()
+        if kind == "timeout":
+            reason: Exception = JobTimeout(f"attempt {attempt} timed out and did not stop when interrupted; its "
+                                           f"worker process was ended {HARD_GRACE:g}s later")
+        else:
+            reason = JobCancelled(f"attempt {attempt} was cancelled and had not returned {CANCEL_GRACE:g}s "
+                                  "later; its worker process was ended")
+        self._take_back(child.worker_id, because={key: reason}, bystander=WorkerLost(
+            f"worker {child.worker_id} was ended by its --processes parent because job {job_id} "
+            f"ran past {why}; this attempt was running beside it"))
+
+    def _take_back(self, worker_id: str | None, because: dict | None = None, bystander: Exception | None = None):
         """A child that died holds jobs nobody runs: take them back now, not after ``stale_after``.
         Their heartbeat is set back past the cutoff, then the one take-back path runs."""
         if worker_id is None:
@@ -224,10 +335,15 @@ class Supervisor:
             now = self.clock.now()
             alias = self.liveness.store.alias
             past = now - timedelta(seconds=self.options.stale_after * 2)
-            Job.objects.using(alias).filter(worker_id=worker_id, status=JobStatus.RUNNING,
-                                             backend=self.backend.alias).update(heartbeat_at=past)
+            held = Job.objects.using(alias).filter(worker_id=worker_id, status=JobStatus.RUNNING,
+                                                   backend=self.backend.alias)
+            reasons = dict(because or {})
+            if bystander is not None:
+                for key in held.values_list("pk", "attempts"):
+                    reasons.setdefault(key, bystander)
+            held.update(heartbeat_at=past)
             WorkerProcess.objects.using(alias).filter(pk=worker_id).delete()
-            self.liveness.take_back_stale(now)
+            self.liveness.take_back_stale(now, because=reasons)
         except Exception as exc:  # noqa: BLE001 - the children's own sweeps take them back later
             logger.warning("supervisor could not take back a dead worker's jobs worker=%s error=%s: %s",
                            worker_id, type(exc).__name__, first_line(exc))
@@ -251,6 +367,23 @@ class Supervisor:
                            first_line(exc))
             self.liveness.store.close()
             self._next_beat = self.clock.monotonic() + 1.0
+
+
+def reporter(fd: int) -> Callable[..., None]:
+    """In a child: the slots' ``report`` (see ``SlotPool``), writing lines on the parent's pipe.
+    Each line is one write under PIPE_BUF bytes, so lines from several threads never mix; a
+    write that would block (a parent that stopped reading) is dropped: the parent checks the
+    job's row before it acts, and a lost deadline only means the thread-based timeout."""
+    os.set_blocking(fd, False)
+
+    def report(event: str, job, when: float | None = None, kind: str = "") -> None:
+        line = f"{event} {job.id} {job.attempts}" + (f" {when!r} {kind}" if event == "deadline" else "")
+        try:
+            os.write(fd, (line + "\n").encode())
+        except OSError:
+            pass
+
+    return report
 
 
 def watch_parent(fd: int, on_gone: Callable[[], None]) -> threading.Thread:
