@@ -44,7 +44,16 @@ def test_a_killed_child_is_replaced_and_no_job_is_lost_or_run_twice(workers, rec
     wait_for(lambda: Job.objects.filter(status=JobStatus.SUCCESSFUL).count() == total, timeout=90,
              message="every job to finish")
     ends = Counter(token for (kind, token), n in runs(path).items() if kind == "end" for _ in range(n))
-    assert len(ends) == total and max(ends.values()) == 1, ends
+    assert len(ends) == total, "a job was lost"
+    # A second run only of a job that the killed process held, recorded as such (its task may have
+    # got to its end before the kill and before its outcome was written: a crash can repeat that much).
+    taken_back = {job.args[1]: job for job in Job.objects.filter(attempts=2)}
+    for token, count in ends.items():
+        if count > 1:
+            job = taken_back.get(token)
+            assert count == 2 and job is not None, f"{token} ran {count} times"
+            assert [e["exception_class_path"] for e in job.errors] == ["jobs.exceptions.WorkerLost"], job.errors
+            assert f":{victim}:" in job.errors[0]["worker_id"], job.errors
     assert Job.objects.exclude(status=JobStatus.SUCCESSFUL).count() == 0
     replaced = children_of(parent.pid)
     assert len(replaced) == 2 and victim not in replaced, replaced
