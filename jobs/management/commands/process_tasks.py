@@ -23,6 +23,7 @@ from jobs.management.options import (
     seconds,
 )
 from jobs.worker import Worker, supervisor
+from jobs.worker.connections import budget_warning
 from jobs.worker.limits import rss_bytes
 from jobs.worker.systemd import Notifier
 
@@ -126,6 +127,7 @@ class Command(BaseCommand):
                                f"({', '.join(sorted(backend.queues))})")
         if options["max_memory"] and rss_bytes() is None:
             raise CommandError("--max-memory: this platform does not tell a process its memory use")
+        self._warn_about_connections(options)
         if options["processes"] is not None:
             if options["reload"]:
                 raise CommandError("--processes and --reload do not go together: --reload restarts one worker")
@@ -156,6 +158,22 @@ class Command(BaseCommand):
         return_code = worker.run()
         if return_code:
             raise SystemExit(return_code)
+
+    def _warn_about_connections(self, options) -> None:
+        """Once, in the command a unit starts (not in each --processes child): more connections than
+        the server allows fail the last workers in a loop."""
+        if os.environ.get(supervisor.WORKER_TAG):
+            return
+        from django.db import connections, router
+
+        from jobs.models import Job
+
+        connection = connections[router.db_for_write(Job)]
+        warning = budget_warning(connection, processes=options["processes"] or 1,
+                                 concurrency=options["concurrency"])
+        connection.close()
+        if warning:
+            logging.getLogger("jobs.worker").warning("%s", warning)
 
     def _supervise(self, options) -> None:
         prefix = supervisor.command_prefix()
