@@ -191,3 +191,24 @@ def test_python_code_past_its_timeout_is_interrupted_without_ending_its_process(
     assert "worker process ended" not in workers.output(parent)
     parent.send_signal(signal.SIGTERM)
     assert parent.wait(30) == 0, workers.output(parent)
+
+
+def test_jobs_status_shows_the_children_with_their_parent(workers):
+    import json
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, subprocess_env
+
+    parent = start_parent(workers)
+    parent_id = re.search(r"supervisor started worker=(\S+)", workers.output(parent)).group(1)
+    assert set(WorkerProcess.objects.values_list("parent", flat=True)) == {parent_id}
+    report = subprocess.run([sys.executable, str(REPO / "manage.py"), "jobs_status", "--json"], cwd=REPO,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert {w["parent"] for w in json.loads(report.stdout)["workers"]} == {parent_id}, report.stdout
+    table = subprocess.run([sys.executable, str(REPO / "manage.py"), "jobs_status"], cwd=REPO,
+                           env=subprocess_env(), capture_output=True, text=True, timeout=60).stdout
+    assert table.count(parent_id) == 2, table
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(30) == 0, workers.output(parent)

@@ -71,6 +71,7 @@ logger = logging.getLogger("jobs.worker")
 # knows the id, ``host:pid:tag``), and the fd of the pipe that ends when the parent does.
 WORKER_TAG = "JOBS_WORKER_TAG"
 PARENT_FD = "JOBS_PARENT_FD"
+PARENT_ID = "JOBS_PARENT_ID"  # the parent's id, which a child's process row shows
 REPORT_FD = "JOBS_REPORT_FD"  # the pipe on which a child's slots tell the parent their deadlines
 # A job still running this long after its deadline (its timeout, or a cancel's grace) was not
 # stopped by the interrupt its worker sent: the parent ends its process.
@@ -209,7 +210,7 @@ class Supervisor:
         reports, report_end = os.pipe()
         os.set_blocking(reports, False)
         env = dict(os.environ, **{WORKER_TAG: child.tag, PARENT_FD: str(self._parent_end),
-                                  REPORT_FD: str(report_end)})
+                                  REPORT_FD: str(report_end), PARENT_ID: self.id})
         try:
             child.proc = self.spawn(list(self.child_args(child.slot)), env=env,
                                     pass_fds=(self._parent_end, report_end))

@@ -142,12 +142,14 @@ class Command(BaseCommand):
         tag = os.environ.pop(supervisor.WORKER_TAG, "")  # a child of --processes: the id its parent knows
         worker_id = supervisor.worker_id_for(os.getpid(), tag) if tag else None
         report_fd = os.environ.pop(supervisor.REPORT_FD, "")
+        parent_id = os.environ.pop(supervisor.PARENT_ID, "")
         worker = Worker(worker_id=worker_id, backend_alias=alias, queues=options["queues"],
                         concurrency=options["concurrency"],
                         burst=options["burst"], duration=options["duration"], poll_interval=options["sleep"],
                         run_loops=not options["no_scheduler"], max_jobs=options["max_jobs"],
                         max_memory=options["max_memory"], notifier=Notifier.from_environ(unset=True),
-                        report=supervisor.reporter(int(report_fd)) if report_fd.isdigit() else None)
+                        report=supervisor.reporter(int(report_fd)) if report_fd.isdigit() else None,
+                        parent=parent_id)
         self._install_signal_handlers(worker)
         if reload.started_by_reloader():
             reload.follow_parent(worker)
