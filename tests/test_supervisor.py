@@ -9,7 +9,7 @@ from django.db import transaction
 
 from jobs.models import Job, JobStatus, WorkerProcess
 from tests import tasks
-from tests.conftest import wait_for
+from tests.conftest import subprocess_env, wait_for
 
 
 def children_of(pid: int) -> list[int]:
@@ -212,3 +212,33 @@ def test_jobs_status_shows_the_children_with_their_parent(workers):
     assert table.count(parent_id) == 2, table
     parent.send_signal(signal.SIGTERM)
     assert parent.wait(30) == 0, workers.output(parent)
+
+
+def test_under_systemd_the_parent_speaks_for_the_unit_and_stops_pinging_when_a_child_crash_loops(workers):
+    from tests.test_lifecycle import NotifySocket
+
+    notify = NotifySocket()
+    try:
+        watchdog = 2.0
+        env = subprocess_env(NOTIFY_SOCKET=notify.name, WATCHDOG_USEC=str(int(watchdog * 1e6)))
+        parent = workers.start("--processes", "2", env=env)
+        notify.wait_for("READY=1")
+        assert "STATUS=supervisor" in notify.messages[-1][1]
+        pings = [notify.wait_for("WATCHDOG=1") for _ in range(4)]
+        assert max(b - a for a, b in zip(pings, pings[1:])) < watchdog / 2
+        assert not any("STATUS=worker" in message for _, message in notify.messages), "a child spoke for the unit"
+        parent.send_signal(signal.SIGTERM)
+        notify.wait_for("STOPPING=1")
+        assert parent.wait(30) == 0
+
+        crashing = workers.start("--processes", "1", env={**env, "JOBS_TEST_CHILDREN_CRASH": "1"})
+        notify.wait_for("READY=1")
+        workers.wait_for_output(crashing, "worker process died", timeout=30)
+        wait_for(lambda: workers.output(crashing).count("worker process died") >= 5, timeout=60,
+                 message="five deaths in a row")
+        while notify.receive(0.3) is not None:  # the pings sent so far (and one on its way)
+            pass
+        assert notify.receive(watchdog * 1.5) is None, "the parent still answered the watchdog"
+        assert crashing.poll() is None
+    finally:
+        notify.close()

@@ -19,7 +19,7 @@ The parent also:
   and exits 0 once all have stopped; a second signal kills them all and exits at
   once;
 - speaks to systemd (``READY=1`` once its children are started, the watchdog from
-  its own loop, which keeps turning only while the parent is healthy);
+  its own loop while no child is crash-looping, see CRASH_LOOP);
 - enforces timeouts that a thread cannot: each child's slots tell it (on a pipe)
   when a job's timeout, or a cancel's grace, runs out. At that moment the child
   raises ``JobTimeout`` in the job, which stops Python code; a job still RUNNING
@@ -79,6 +79,10 @@ HARD_GRACE = 2.0
 RESTART_DELAY_MIN = 0.5  # seconds, after a child died; doubling up to the max
 RESTART_DELAY_MAX = 30.0
 HEALTHY_AFTER = 60.0  # a child that lived this long resets the delay
+# A child that died this many times in a row, each before HEALTHY_AFTER, is crash-looping: the
+# parent stops answering systemd's watchdog, which restarts the whole unit (a fresh start, and
+# the failure shows in ``systemctl status``).
+CRASH_LOOP = 5
 TURN = 0.2  # the longest the parent's loop sleeps without looking at its children
 
 
@@ -107,6 +111,7 @@ class Child:
     started: float = 0.0
     restart_at: float | None = None  # when a stopped child is started again (None: not to be)
     delay: float = RESTART_DELAY_MIN
+    quick_deaths: int = 0  # deaths in a row, each before HEALTHY_AFTER
     done: bool = False  # ended for good (stopping, or a --burst/--duration child's exit 0)
     exits: list[int] = field(default_factory=list)
     reports: int | None = None  # the read end of the child's report pipe
@@ -185,7 +190,8 @@ class Supervisor:
         self.notifier.ready(f"supervisor {self.id}: {len(self.children)} worker processes")
         while not all(child.done for child in self.children):
             now = self.clock.monotonic()
-            self.notifier.ping(now)
+            if self.healthy():
+                self.notifier.ping(now)
             self._reap(now)
             for child in self.children:
                 if child.restart_at is not None and self.stopping.is_set():
@@ -197,11 +203,16 @@ class Supervisor:
             for child in self.children:
                 self._read_reports(child)
                 self._enforce_deadlines(child, now)
-            time.sleep(TURN)
+            next_ping = self.notifier.next_ping()
+            time.sleep(TURN if next_ping is None else min(TURN, max(next_ping - self.clock.monotonic(), 0.01)))
         self.notifier.stopping(f"supervisor {self.id}: stopped")
         logger.info("supervisor stopped worker=%s", self.id)
         self.notifier.close()
         return 0
+
+    def healthy(self) -> bool:
+        """No child is crash-looping (see CRASH_LOOP): the watchdog is answered only then."""
+        return all(child.quick_deaths < CRASH_LOOP for child in self.children)
 
     def _start(self, child: Child) -> None:
         child.tag = uuid.uuid4().hex[:8]
@@ -244,7 +255,8 @@ class Supervisor:
                 delay = 0.0  # logged when it was ended
             else:
                 if lived >= HEALTHY_AFTER:
-                    child.delay = RESTART_DELAY_MIN
+                    child.delay, child.quick_deaths = RESTART_DELAY_MIN, 0
+                child.quick_deaths += 1
                 delay, child.delay = child.delay, min(child.delay * 2, RESTART_DELAY_MAX)
                 how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
                 logger.error("worker process died slot=%d pid=%d %s after %.1fs; restarting in %.1fs",
