@@ -23,7 +23,7 @@ endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-sqlite test-postgres lint bench chaos venv clean chromium
+.PHONY: run test test-sqlite test-postgres test-pgbouncer lint bench chaos venv clean chromium
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@if [ -x "$(PY)" ] && [ "$$($(PY) -c 'import sys; print(sys.base_prefix)')" != "$$($(PYTHON) -c 'import sys; print(sys.base_prefix)')" ]; then \
@@ -53,7 +53,8 @@ chromium:
 
 test: $(STAMP) chromium
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory test-sqlite && $(MAKE) --no-print-directory test-postgres; \
+	$(MAKE) --no-print-directory test-sqlite && $(MAKE) --no-print-directory test-postgres && \
+		$(MAKE) --no-print-directory test-pgbouncer; \
 	rc=$$?; echo "make test: $$(( $$(date +%s) - start ))s, exit $$rc"; exit $$rc
 
 test-sqlite: $(STAMP)
@@ -67,6 +68,20 @@ test-postgres: $(STAMP)
 		echo "ERROR: REQUIRE_POSTGRES=1 but no PostgreSQL server binaries (initdb, pg_ctl) were found" >&2; exit 1; \
 	else \
 		echo "SKIPPED: the PostgreSQL suite (no server binaries found; install Debian's postgresql)"; \
+	fi
+
+# The process tests again with every worker behind a real PgBouncer in transaction pooling
+# (tests/settings_pgbouncer.py). Needs PostgreSQL's binaries and Debian's pgbouncer; required with
+# REQUIRE_POSTGRES=1, like the PostgreSQL suite.
+PGBOUNCER_TESTS = tests/test_pooler.py tests/test_processes.py tests/test_supervisor.py tests/test_job_control.py \
+	tests/test_cancel_progress.py
+test-pgbouncer: $(STAMP)
+	@if $(PY) -m tests.pgserver --available && $(PY) -m tests.pgbouncer --available; then \
+		$(PY) -m pytest --ds=tests.settings_pgbouncer $(PGBOUNCER_TESTS) $(PYTEST_ARGS); \
+	elif [ "$(REQUIRE_POSTGRES)" = "1" ]; then \
+		echo "ERROR: REQUIRE_POSTGRES=1 but PostgreSQL's binaries or pgbouncer were not found (Debian: postgresql, pgbouncer)" >&2; exit 1; \
+	else \
+		echo "SKIPPED: the PgBouncer run (install Debian's postgresql and pgbouncer)"; \
 	fi
 
 lint: $(STAMP)

@@ -16,6 +16,8 @@ Workloads (bench/README.md says how each is measured):
         concurrency key (10, 100 and 1,000 keys at their limit)
     W7  what one of our workers costs: RSS idle and under load; per job CPU ms, commits
         and round trips (statements, counted by pg_stat_statements on PostgreSQL)
+    W8  1-8 of our worker processes, separate or under one --processes parent, on the
+        server databases: no-op and 50 ms jobs; throughput, duplicates, connections
 
 Every queue runs in its own interpreter (ours: the project's venv; the peers:
 venvs under .bench/venvs built on first use). PostgreSQL is a throwaway server
@@ -57,7 +59,7 @@ from bench.harness.venvs import ensure_venv
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO_ROOT / ".bench"
 CHART_DIR = Path(__file__).resolve().parent / "chart"
-WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6", "w7")
+WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8")
 
 # Rough rates (jobs/s) on a 2-core machine; only for the progress bar's estimate.
 RATE_HINTS = {
@@ -87,12 +89,15 @@ class Profile:
     w6_jobs: int = 100_000
     w6_keys: tuple[int, ...] = (10, 100, 1000)
     w6_claims: int = 300
+    w8_processes: tuple[int, ...] = (1, 2, 4, 8)
+    w8_noop_n: int = 4000  # no-op jobs per W8 run
+    w8_io_n: int = 400  # 50 ms jobs per W8 run (20 s for one process of one thread)
 
 
 PROFILES = {
     "quick": Profile(
         "quick", ours_n=2000, reps=1, latency_ours=10, w4_n=2000, w5_rows=100_000, w5_claims=200, w5_drain_n=1000,
-        w6_keys=(100,), w6_claims=100,
+        w6_keys=(100,), w6_claims=100, w8_processes=(1, 4), w8_noop_n=1000, w8_io_n=100,
         peer_n={"django-background-tasks": {"sqlite": 60, "postgres": 60},
                 "django-tasks-db": {"sqlite": 400, "postgres": 200},
                 "django-q2": {"sqlite": 200, "postgres": 100},
@@ -132,7 +137,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       "stays capped, at 1000); about an hour")
     parser.add_argument("-n", "--jobs", type=int, help="jobs per drain for ours (peers: at most this many)")
     parser.add_argument("--reps", type=int, help="repetitions (default 3; --quick: 1)")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of w1..w7")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of w1..w8")
     parser.add_argument("--peers", help="comma-separated subset of: " + ", ".join(p.name for p in PEERS)
                         + " ('none' for ours alone)")
     parser.add_argument("--db", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
@@ -174,6 +179,7 @@ class Results:
     w5_fill: list[dict] = field(default_factory=list)
     w6: list[dict] = field(default_factory=list)
     w7: list[dict] = field(default_factory=list)
+    w8: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -278,6 +284,16 @@ class Bench:
                     n = self.profile.ours_n
                     steps.append(Step(f"W7 ours {db}: a worker's costs, rep {rep}/{reps}",
                                       4 + self.cost(self.ours, db, n), lambda d=db, r=rep, n=n: self.w7(d, r, n)))
+        if "w8" in work and self.ours:
+            for db in self.providers:
+                if db == "sqlite":  # one writer at a time: scaling out is the server databases' question
+                    continue
+                for kind, n in (("noop", self.profile.w8_noop_n), ("io", self.profile.w8_io_n)):
+                    for processes in self.profile.w8_processes:
+                        for mode in ("separate", "supervised"):
+                            guess = 4 + (n / (20 * processes) if kind == "io" else n / 1500)
+                            steps.append(Step(f"W8 ours {db}: {processes} x {mode}, {n:,} {kind} jobs", guess,
+                                              lambda d=db, k=kind, n=n, p=processes, m=mode: self.w8(d, k, n, p, m)))
         return steps
 
     def latency_samples(self, adapter: DriverAdapter) -> int:
@@ -443,6 +459,17 @@ class Bench:
                  f"load {cost['rss_load_peak_mb']:.0f} MB; per job {cost['cpu_ms_per_job']:.3f} CPU ms"
                  f"{', ' + per_job if per_job else ''}")
 
+    def w8(self, db: str, kind: str, n: int, processes: int, mode: str) -> None:
+        with self.providers[db].fresh(f"ours_w8_{kind}_{processes}_{mode}") as url:
+            self.ours.setup(url)
+            out = self.ours.call("scale_out", n, processes, mode, kind, timeout=120 + n)
+        self.results.w8.append({"db": db, **out})
+        parent = (f", parent {out['parent_rss_mb']:.0f} MB / {out['parent_cpu_ms']:.0f} CPU ms"
+                  if out.get("parent_rss_mb") else "")
+        self.say(f"W8 ours {db:<8} {processes} x {mode:<10} {kind:<4} {out['jobs_per_s']:9,.1f} jobs/s  "
+                 f"duplicates={out['duplicates']} misses={out['misses']} connections={out['peak_connections']}"
+                 f"{parent}")
+
 
 # -- set-up and output -------------------------------------------------------------------------
 
@@ -586,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "errors": results.errors,
         "runs": {"w1": results.w1, "w2": results.w2, "w3": results.w3, "w4": results.w4, "w5": results.w5,
-                 "w5_fill": results.w5_fill, "w6": results.w6, "w7": results.w7},
+                 "w5_fill": results.w5_fill, "w6": results.w6, "w7": results.w7, "w8": results.w8},
     }
     payload["wall_s"] = round(time.perf_counter() - wall_started, 1)
     report.write_json(args.out, payload)  # first: a problem below must not lose the measurements

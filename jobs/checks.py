@@ -134,3 +134,42 @@ def check_metrics_token(app_configs=None, **kwargs):
                                     f"print(secrets.token_urlsafe(32))'",
                                obj="settings.JOBS_METRICS_TOKEN", id="jobs.W021")]
     return []
+
+
+@checks.register(checks.Tags.database)
+def check_pooler(app_configs=None, **kwargs):
+    """PostgreSQL behind a transaction pooler (``jobs.pooler``): settings that cannot work there.
+
+    Reads settings only. A URL's query string cannot say None, so ``?prepare_threshold=None``
+    arrives as a string, and psycopg then fails every statement that counts executions.
+    """
+    from django.conf import settings
+
+    from .pooler import DIRECT_URL_SETTING
+
+    return pooler_problems(settings.DATABASES, getattr(settings, DIRECT_URL_SETTING, ""))
+
+
+def pooler_problems(databases: dict, direct) -> list[checks.CheckMessage]:
+    from .pooler import DIRECT_URL_SETTING, transaction_pooled
+
+    problems = []
+    for alias, database in databases.items():
+        options = database.get("OPTIONS") or {}
+        threshold = options.get("prepare_threshold")
+        if isinstance(threshold, (str, bool, float)):
+            problems.append(checks.Error(
+                f"DATABASES[{alias!r}]['OPTIONS']['prepare_threshold'] is {threshold!r}, not None or an int",
+                hint="A DATABASE_URL query string cannot say None: behind PgBouncer in transaction pooling set "
+                     "DATABASE_POOLER=transaction (queue_project/settings.py), or put None in OPTIONS.",
+                obj=f"DATABASES[{alias!r}]", id="jobs.E030"))
+        elif transaction_pooled(database) and not direct:
+            problems.append(checks.Info(
+                f"DATABASES[{alias!r}] is behind a transaction pooler and {DIRECT_URL_SETTING} is not set: "
+                "workers find new jobs and cancels by polling (poll_interval), not at once",
+                hint=f"Set {DIRECT_URL_SETTING} (DATABASE_DIRECT_URL) to a URL of the same database that "
+                     "bypasses the pooler, for LISTEN.", obj=f"DATABASES[{alias!r}]", id="jobs.I031"))
+    if direct and not (isinstance(direct, str) and direct.startswith(("postgres://", "postgresql://"))):
+        problems.append(checks.Error(f"{DIRECT_URL_SETTING} must be a postgres:// URL, got {str(direct)[:80]!r}",
+                                     obj=f"settings.{DIRECT_URL_SETTING}", id="jobs.E032"))
+    return problems

@@ -400,6 +400,8 @@ class WorkerProcess(models.Model):
     pid = models.PositiveIntegerField()
     queues = models.JSONField(default=list, blank=True, help_text="Empty: every queue.")
     concurrency = models.PositiveIntegerField(default=1)
+    # A child of ``process_tasks --processes``: its parent's id (the parent has no row: it runs no job).
+    parent = models.CharField(max_length=128, blank=True, default="")
     started_at = models.DateTimeField()
     heartbeat_at = models.DateTimeField()
 

@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from django.db import DatabaseError, connections
 from django.db.backends.signals import connection_created
 
+from .pooler import transaction_pooled
+
 _local = threading.local()
 MAX_HOLD = 2.0  # seconds: the most a worker's transaction may sit idle, or wait for a lock
 
@@ -75,9 +77,7 @@ def _on_connect(sender, connection, **kwargs) -> None:
 
 def guarded(connection) -> bool:
     """Whether this connection's sessions get the settings (PostgreSQL, not behind PgBouncer)."""
-    options = connection.settings_dict.get("OPTIONS") or {}
-    return connection.vendor == "postgresql" and not ("prepare_threshold" in options
-                                                      and options["prepare_threshold"] is None)
+    return connection.vendor == "postgresql" and not transaction_pooled(connection.settings_dict)
 
 
 def _apply(connection, seconds: float | None) -> None:

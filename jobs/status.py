@@ -77,6 +77,7 @@ def as_json(snap: Snapshot, limits: Thresholds, found: list[str]) -> dict:
             "pid": w["worker"].pid,
             "queues": list(w["worker"].queues or []),
             "concurrency": w["worker"].concurrency,
+            "parent": w["worker"].parent or None,
             "busy": w["running"],
             "started_at": _iso(w["worker"].started_at),
             "heartbeat_at": _iso(w["worker"].heartbeat_at),
@@ -132,10 +133,12 @@ def as_text(snap: Snapshot, limits: Thresholds, found: list[str]) -> str:
         lines.append(f"~ PostgreSQL's estimate: counts over {EXACT_UP_TO:,} are not read row by row")
     lines += ["", f"workers alive (heartbeat within {snap.stale_after:g} s): {len(snap.workers)}"]
     if snap.workers:
-        lines += _table(["worker", "queues", "busy", "last heartbeat"],
-                        [[w["worker"].worker_id, ",".join(w["worker"].queues or []) or "all",
+        parents = any(w["worker"].parent for w in snap.workers)  # a column only when --processes is in use
+        lines += _table(["worker", *(["parent"] if parents else []), "queues", "busy", "last heartbeat"],
+                        [[w["worker"].worker_id, *([w["worker"].parent or "-"] if parents else []),
+                          ",".join(w["worker"].queues or []) or "all",
                           f"{w['running']}/{w['worker'].concurrency}", f"{human_duration(w['heartbeat_age'])} ago"]
-                         for w in snap.workers], numeric_from=2)
+                         for w in snap.workers], numeric_from=3 if parents else 2)
     totals = snap.totals
     lines += ["", f"finished in the last hour: {totals['successful_hour']:,} successful, "
                   f"{totals['failed_hour']:,} failed",

@@ -152,10 +152,10 @@ class WorkerStore:
 
     # -- the process row ------------------------------------------------------------------
 
-    def register(self, *, queues: Sequence[str] | None, concurrency: int, now: datetime) -> None:
+    def register(self, *, queues: Sequence[str] | None, concurrency: int, now: datetime, parent: str = "") -> None:
         WorkerProcess.objects.using(self.alias).update_or_create(worker_id=self.worker_id, defaults=dict(
             hostname=socket.gethostname(), pid=os.getpid(), queues=list(queues or []), concurrency=concurrency,
-            started_at=now, heartbeat_at=now))
+            parent=parent, started_at=now, heartbeat_at=now))
 
     def unregister(self) -> None:
         WorkerProcess.objects.using(self.alias).filter(pk=self.worker_id).delete()

@@ -14,7 +14,11 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
+import uuid
 from collections.abc import Callable, Sequence
+
+from .pooler import DIRECT_URL_SETTING, direct_url, transaction_pooled
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +35,10 @@ def start_waker(connection, *, wake: Callable[[], None], stop: threading.Event, 
     """A daemon thread that calls ``wake()`` when new work may be there, and on PostgreSQL
     ``on_cancel(job_id)`` when a running job is to be cancelled; None if unsupported."""
     if connection.vendor == "postgresql":
+        if transaction_pooled(connection.settings_dict) and not direct_url():
+            logger.info("no wake-up listener: behind a transaction pooler without %s, new jobs are found by "
+                        "polling", DIRECT_URL_SETTING)
+            return None
         target, args = _listen_postgres, (connection.settings_dict, wake, stop, queues, on_cancel)
     elif connection.vendor == "sqlite":
         target, args = _probe_sqlite, (connection.settings_dict, wake, stop, queues)
@@ -50,12 +58,27 @@ def _listen_postgres(settings: dict, wake, stop: threading.Event, queues, on_can
               "password": settings.get("PASSWORD") or None, "host": settings.get("HOST") or None,
               "port": settings.get("PORT") or None}
     params.update({k: v for k, v in settings.get("OPTIONS", {}).items() if k not in _DJANGO_ONLY_OPTIONS})
+    if transaction_pooled(settings):  # LISTEN through the pooler hears nothing: the direct connection
+        params = {"conninfo": direct_url(), "dbname": settings["NAME"]}
     wanted = set(queues) if queues else None
     backoff = 0.0
+    checked = False
     while not stop.is_set():
+        def connect():
+            return psycopg.connect(**{k: v for k, v in params.items() if v is not None}, autocommit=True)
+
         try:
-            with psycopg.connect(**{k: v for k, v in params.items() if v is not None}, autocommit=True) as conn:
+            with connect() as conn:
                 conn.execute(f"LISTEN {CHANNEL}")
+                if not checked:  # once per worker: a pooler in between makes LISTEN hear nothing
+                    checked = True
+                    if not _hears_others(conn, connect):
+                        logger.warning(
+                            "LISTEN hears nothing on this connection (a transaction pooler such as PgBouncer in "
+                            "between?): no wake-ups, new jobs and cancels are found by polling. Behind a pooler "
+                            "set DATABASE_POOLER=transaction (the README's PgBouncer settings) and %s",
+                            DIRECT_URL_SETTING)
+                        return
                 conn.execute(f"LISTEN {CANCEL_CHANNEL}")
                 backoff = 0.0
                 wake()  # anything enqueued while we were not listening
@@ -70,6 +93,21 @@ def _listen_postgres(settings: dict, wake, stop: threading.Event, queues, on_can
             backoff = min(max(backoff * 2, 0.2), 10.0)
             logger.warning("listen connection lost, retry_in=%.1fs error=%s", backoff, str(exc).strip()[:200])
             stop.wait(backoff)
+
+
+def _hears_others(conn, connect: Callable[[], object], timeout: float = 2.0) -> bool:
+    """Whether a notification sent on another connection reaches this listening one. Through a
+    transaction pooler it does not: the server session that ran LISTEN went back to the pool
+    when that statement ended, and PgBouncer drops what arrives for an unlinked session."""
+    token = f"probe-{uuid.uuid4().hex}"
+    with connect() as sender:
+        sender.execute("SELECT pg_notify(%s, %s)", [CHANNEL, token])
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        for notify in conn.notifies(timeout=left):  # an enqueue's meanwhile: the caller wakes anyway
+            if notify.channel == CHANNEL and notify.payload == token:
+                return True
+    return False
 
 
 def _probe_sqlite(settings: dict, wake, stop: threading.Event, queues) -> None:

@@ -96,7 +96,17 @@ POSTGRES_OPTIONS = {
 }
 
 
-def database_from_url(url: str) -> dict:
+# PostgreSQL behind PgBouncer (or another pooler) in transaction pooling: DATABASE_POOLER=transaction.
+# Nothing that lives in a server session can be used, since each transaction may get another server
+# connection: no prepared statements (psycopg's prepare_threshold None, said explicitly: that is
+# how the queue knows, see jobs/pooler.py), no server-side cursors, no session settings, no
+# LISTEN. Wake-ups and cancels then come through DATABASE_DIRECT_URL, a URL of the same database
+# that bypasses the pooler (one connection per worker), or by polling every 0.25 s without it.
+DATABASE_POOLER = os.environ.get("DATABASE_POOLER", "").strip().lower()
+JOBS_DIRECT_DATABASE_URL = os.environ.get("DATABASE_DIRECT_URL", "")
+
+
+def database_from_url(url: str, *, pooler: str = DATABASE_POOLER) -> dict:
     """dj-database-url, plus the SQLite and PostgreSQL options above and kept-open connections."""
     config = dj_database_url.parse(url, conn_max_age=600, conn_health_checks=True)
     if config["ENGINE"] == "django.db.backends.sqlite3":
@@ -104,6 +114,14 @@ def database_from_url(url: str) -> dict:
         config["CONN_MAX_AGE"] = None
     elif config["ENGINE"] == "django.db.backends.postgresql":
         config["OPTIONS"] = {**POSTGRES_OPTIONS, **config.get("OPTIONS", {})}
+        if pooler == "transaction":
+            config["OPTIONS"]["prepare_threshold"] = None
+            config["DISABLE_SERVER_SIDE_CURSORS"] = True
+        elif pooler:
+            from django.core.exceptions import ImproperlyConfigured
+
+            raise ImproperlyConfigured(f"DATABASE_POOLER={pooler!r}: the one mode that needs settings is "
+                                       "'transaction' (session pooling needs none; leave it unset)")
     return config
 
 
@@ -138,7 +156,8 @@ TASKS = {
             "max_attempts": 3,
             "retry_backoff": 5,
             "stale_after": 30,
-            "poll_interval": 1,
+            # Behind a transaction pooler with no direct connection to LISTEN on, polling is the wake-up.
+            "poll_interval": 0.25 if DATABASE_POOLER == "transaction" and not JOBS_DIRECT_DATABASE_URL else 1,
         },
     }
 }

@@ -116,9 +116,11 @@ def pytest_collection_modifyitems(config, items):
     from django.conf import settings
 
     vendor = "postgresql" if "postgresql" in settings.DATABASES["default"]["ENGINE"] else "sqlite"
-    other = "sqlite_only" if vendor == "postgresql" else "postgres_only"
-    kept = [item for item in items if other not in item.keywords]
-    deselected = [item for item in items if other in item.keywords]
+    other = {"sqlite_only" if vendor == "postgresql" else "postgres_only"}
+    if not getattr(settings, "VIA_PGBOUNCER", False):
+        other.add("pgbouncer_only")
+    kept = [item for item in items if not other & set(item.keywords)]
+    deselected = [item for item in items if other & set(item.keywords)]
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept
@@ -179,3 +181,21 @@ def record_success(job, value) -> bool:
                                                          now=timezone.now(), limit=0, queues=None,
                                                          backend=job.backend)
     return job.id in written
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pooler_lets_go_of_the_test_database(request, django_db_blocker):
+    """Through PgBouncer, server connections to the test database outlive the workers that used
+    them; end them before pytest-django drops the database (it fails while any is open)."""
+    from django.conf import settings
+
+    if not getattr(settings, "VIA_PGBOUNCER", False):
+        yield
+        return
+    request.getfixturevalue("django_db_setup")
+    yield
+    from django.db import connection as conn
+
+    with django_db_blocker.unblock(), conn.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")

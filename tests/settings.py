@@ -44,3 +44,7 @@ LOGGING = {**LOGGING, "loggers": {**LOGGING["loggers"]}}  # noqa: F405
 
 # The fault test's app (chaos/): its checker is tested here on made-up evidence.
 INSTALLED_APPS = [*INSTALLED_APPS, "chaos"]  # noqa: F405
+
+# tests/test_supervisor.py: the worker processes of a --processes parent die at start (not the parent).
+if os.environ.get("JOBS_TEST_CHILDREN_CRASH") and os.environ.get("JOBS_WORKER_TAG"):
+    raise SystemExit(3)

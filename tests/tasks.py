@@ -336,3 +336,36 @@ def session_settings():
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('lock_timeout'), current_setting('idle_in_transaction_session_timeout')")
         return list(cursor.fetchone())
+
+
+@task(max_attempts=3)
+def holds_gil(path, token, seconds):
+    """Hold the GIL for ``seconds`` in one C call (libc's sleep through ``ctypes.PyDLL``, which keeps
+    the GIL): no other thread of the process runs meanwhile, the heartbeat's included."""
+    import ctypes
+
+    _record(path, f"start {token} pid={os.getpid()}")
+    ctypes.PyDLL(None).sleep(int(seconds))
+    _record(path, f"end {token}")
+    return token
+
+
+@task(max_attempts=2, timeout=2)
+def holds_gil_past_timeout(path, token, seconds):
+    """``holds_gil`` with a 2 s timeout: no interrupt reaches it; only ending its process stops it."""
+    return holds_gil.func(path, token, seconds)
+
+
+@task(max_attempts=1, timeout=1)
+def spins_past_timeout(path):
+    """Python code that never returns: an interrupt raised in the thread stops it."""
+    _record(path, f"start spin pid={os.getpid()}")
+    while True:
+        pass
+
+
+@task(concurrency_key="sleeps-under-key", concurrency_limit=1, timeout=0.5, max_attempts=1)
+def sleeps_under_key(path, token, seconds):
+    _record(path, f"start {token} pid={os.getpid()}")
+    time.sleep(seconds)
+    _record(path, f"end {token}")

@@ -61,7 +61,8 @@ def summarize(results, profile, ours_name: str = "ours") -> dict:
     w5 = _summarize_w5(results.w5, results.w5_fill)
     w6 = _summarize_w6(getattr(results, "w6", []))
     w7 = _summarize_w7(getattr(results, "w7", []))
-    return {"w1": w1, "w2": w2, "w3": w3, "w4": w4, "w5": w5, "w6": w6, "w7": w7,
+    w8 = list(getattr(results, "w8", []))
+    return {"w1": w1, "w2": w2, "w3": w3, "w4": w4, "w5": w5, "w6": w6, "w7": w7, "w8": w8,
             "targets": targets(w1, w2, w3, w4, w5, ours_name, w6)}
 
 
@@ -398,6 +399,24 @@ def markdown(payload: dict) -> str:
                 for r in s["w7"]]
         out.append(_table(["db", "N", "RSS idle MB", "RSS peak under load MB", "CPU ms per job", "commits per job",
                            "round trips per job"], rows, "lrrrrrr"))
+
+    if s.get("w8"):
+        out += ["", "**W8 scaling out**: N jobs that record their id, drained by 1-8 worker processes of one "
+                "thread each, started one by one (separate) or as one `process_tasks --processes K` "
+                "(supervised); the workers start on an empty queue, then the N jobs come in one bulk enqueue and "
+                "the clock runs until the last is finished; the most connections seen; the parent's own RSS and "
+                "CPU over the whole run", ""]
+        single = {(r["db"], r["kind"], r["mode"]): r["jobs_per_s"] for r in s["w8"] if r["processes"] == 1}
+        rows = [[DB_LABEL.get(r["db"], r["db"]), r["kind"], str(r["processes"]), r["mode"], f"{r['n']:,}",
+                 _num(r["jobs_per_s"], ",.0f"),
+                 _num(r["jobs_per_s"] / single[(r["db"], r["kind"], r["mode"])], ".2f") + "x"
+                 if single.get((r["db"], r["kind"], r["mode"])) else "-",
+                 f"{r['duplicates']}/{r['misses']}", str(r["peak_connections"]),
+                 "-" if r.get("parent_rss_mb") is None else f"{r['parent_rss_mb']:.0f} MB, "
+                                                            f"{r['parent_cpu_ms']:.0f} ms"]
+                for r in s["w8"]]
+        out.append(_table(["db", "jobs", "processes", "started", "N", "jobs/s", "vs 1", "dup/miss", "connections",
+                           "parent RSS, CPU"], rows, "llrlrrrrrl"))
 
     if s["targets"]:
         out += ["", "**Targets** (issues 6, 12 and 14)", ""]

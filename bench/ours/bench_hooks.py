@@ -4,7 +4,8 @@ The worker is ``manage.py process_tasks --no-scheduler`` at the production
 defaults (one slot; ``--concurrency 2`` as a variant). W1 has all three ways
 to enqueue; W4 records which jobs ran; W5 fills the table with finished rows
 and times the claim statement itself; W6 times the claim past held-back keys; W7
-measures a worker's memory and its CPU, commits and round trips per job.
+measures a worker's memory and its CPU, commits and round trips per job; W8 scales out
+to several worker processes, started one by one or as ``process_tasks --processes``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from bench_tasks import keyed, noop, record, stamp
+from bench_tasks import keyed, noop, record, record_io, stamp
 from django.db import connection, transaction
 from django.db.models import Count
 from django.utils import timezone
@@ -310,3 +311,74 @@ def worker_cost(n: int, idle_s: float = 1.0) -> dict:
         if after["statements"]:
             result["round_trips_per_job"] = (after["statements"] - before["statements"] - own) / n
     return result
+
+
+# -- W8: several worker processes --------------------------------------------------------------
+
+def _connections() -> int | None:
+    """Client connections to this database now (ours excluded), or None where unknown."""
+    queries = {"postgresql": "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                             "AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+               "mysql": "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = DATABASE() "
+                        "AND ID <> CONNECTION_ID()"}
+    if connection.vendor not in queries:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(queries[connection.vendor])
+        return int(cursor.fetchone()[0])
+
+
+def scale_out(n: int, processes: int, mode: str, kind: str, concurrency: int = 1) -> dict:
+    """``n`` jobs (``kind``: "noop", or "io" of 50 ms each) that record their id, drained by
+    ``processes`` worker processes of ``concurrency`` threads: started one by one (``mode``
+    "separate") or as one ``process_tasks --processes`` (``mode`` "supervised"). The workers
+    start on an empty queue; once all have registered, the jobs come in one bulk enqueue and
+    the clock runs until the last is finished: start-up is not in the figure. Also duplicates
+    and misses, the most connections seen, and under a parent its own RSS and CPU."""
+    from jobs.models import WorkerProcess
+
+    if remaining() != 0:
+        raise RuntimeError("the queue is not empty; the harness must give a fresh database")
+    record_file = os.path.join(os.environ["BENCH_STAMP_DIR"], f"w8-{mode}-{processes}-{kind}.txt")
+    os.environ["BENCH_RECORD_FILE"] = record_file
+    task = record if kind == "noop" else record_io
+    argv = [sys.executable, "-m", "django", *WORKER_ARGS, "--concurrency", str(concurrency)]
+    if mode == "supervised":
+        procs = [subprocess.Popen([*argv, "--processes", str(processes)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)]
+    else:
+        procs = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  stdin=subprocess.DEVNULL) for _ in range(processes)]
+    peak_connections, parent = 0, None
+    try:
+        deadline = time.monotonic() + 60
+        while WorkerProcess.objects.count() < processes:
+            if time.monotonic() > deadline or any(proc.poll() is not None for proc in procs):
+                raise RuntimeError(f"the workers did not all start ({WorkerProcess.objects.count()} registered)")
+            time.sleep(0.05)
+        time.sleep(0.5)  # their listeners and job threads up too
+        started = time.monotonic()
+        ids = {str(r.id) for r in jobs.enqueue_many(task, [((), {})] * n)}
+        while remaining():
+            for proc in procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"a worker exited with code {proc.returncode}")
+            peak_connections = max(peak_connections, _connections() or 0)
+            time.sleep(0.02)
+        seconds = time.monotonic() - started
+        peak_connections = max(peak_connections, _connections() or 0)
+        if mode == "supervised":
+            parent = _proc(procs[0].pid)
+    finally:
+        for proc in procs:
+            _stop(proc)
+    seen = open(record_file).read().split() if os.path.exists(record_file) else []
+    counts: dict[str, int] = {}
+    for job_id in seen:
+        counts[job_id] = counts.get(job_id, 0) + 1
+    return {"n": n, "processes": processes, "mode": mode, "kind": kind, "concurrency": concurrency,
+            "seconds": seconds, "jobs_per_s": n / seconds,
+            "duplicates": sum(c - 1 for c in counts.values() if c > 1), "misses": len(ids - counts.keys()),
+            "peak_connections": peak_connections if connection.vendor != "sqlite" else None,
+            "parent_rss_mb": parent["rss_mb"] if parent else None,
+            "parent_cpu_ms": parent["cpu_s"] * 1000 if parent else None}

@@ -33,3 +33,12 @@ def record(context):
 @task(concurrency_key=lambda key: key, concurrency_limit=1)
 def keyed(key):
     """W6: one of many jobs of an account whose key is at its limit (one RUNNING)."""
+
+
+@task(takes_context=True)
+def record_io(context):
+    """W8: 50 ms of waiting (I/O: the GIL is free meanwhile), then ``record``."""
+    import time
+
+    time.sleep(0.05)
+    record.func(context)

@@ -18,6 +18,7 @@ MAX_SECONDS = 100 * 365.25 * 86400
 # allows 100 by default) and all share one GIL, so past a few hundred a process only waits on
 # locks: run more worker processes instead.
 MAX_CONCURRENCY = 256
+MAX_PROCESSES = 64  # --processes: more would exhaust most databases' connections before the CPU
 # --max-memory, in MiB: past a tebibyte it is a typo.
 MAX_MEMORY_MB = 1024 * 1024
 # --max-jobs: a worker that runs a billion jobs before it is recycled is not being recycled.

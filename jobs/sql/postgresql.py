@@ -5,7 +5,8 @@ the claim costs more to plan (0.6-1.2 ms, against 0.45 ms to run) than to execut
 These statements go through psycopg's own cursor with server-side binding and
 ``prepare=True``: parsed and planned once per connection. (A project behind a
 transaction-pooling PgBouncer older than 1.21 sets ``"prepare_threshold": None`` in
-its DATABASES OPTIONS, as psycopg asks; then nothing is prepared here either.)
+its DATABASES OPTIONS, as psycopg asks; then nothing is prepared here either: see
+``jobs.pooler``.)
 
 A worker's batch, recording the successes it has and claiming the next jobs, is one
 statement of data-modifying CTEs: one round trip and one commit (with jobs of limit
@@ -22,11 +23,13 @@ import psycopg
 from django.db import transaction
 
 from ..models import JobStatus
+from ..pooler import transaction_pooled
 from ..rows import STALE, ClaimedJob, columns_sql, read_rows
 from ..wakeup import CHANNEL
 from .base import COMMON_FIELDS, INSERT_FIELDS, JSON_FIELDS, MAX_INT, Head, Statements, claim_position, stored_starts
 
 BULK_BATCH = 5000
+ONLY_WHEN_ASKED = 2**31 - 1  # psycopg's prepare_threshold: automatic preparing never, prepare=True always
 # The type of each inserted column's parameter.
 TYPES = {name: "jsonb" for name in JSON_FIELDS} | {
     "task_path": "text", "backend": "text", "queue_name": "text", "status": "text", "worker_id": "text",
@@ -41,10 +44,8 @@ class PostgresStatements(Statements):
 
     def __init__(self, connection):
         super().__init__(connection)
-        # Django leaves psycopg's own preparing off (prepare_threshold None) by default; an
-        # explicit None in OPTIONS is how a PgBouncer user says "no prepared statements".
-        options = connection.settings_dict.get("OPTIONS", {})
-        self.prepare = None if "prepare_threshold" in options and options["prepare_threshold"] is None else True
+        # An explicit None in OPTIONS is how a PgBouncer user says "no prepared statements".
+        self.prepare = None if transaction_pooled(connection.settings_dict) else True
         col, table = self.col, self.table
         names = ", ".join(col[name] for name in INSERT_FIELDS)
         # A unique job's key taken by a READY job: nothing inserted, nothing returned.
@@ -72,7 +73,13 @@ class PostgresStatements(Statements):
         """Execute with server-side binding, prepared once per connection."""
         connection = self.connection
         connection.ensure_connection()
-        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        raw = connection.connection
+        if self.prepare and raw.prepare_threshold is None:
+            # Django's default (no OPTIONS key) is psycopg's None, under which psycopg prepares
+            # nothing, ``prepare=True`` included. A threshold no query reaches prepares exactly
+            # the statements asked to be: these, never the ORM's.
+            raw.prepare_threshold = ONLY_WHEN_ASKED
+        with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
             cursor.execute(sql, params, prepare=self.prepare)
             return cursor.fetchall() if fetch else cursor.rowcount
 

@@ -89,15 +89,17 @@ class Liveness:
             self.cancel(job_id, asked_at)
         return self.take_back_stale(now)
 
-    def take_back_stale(self, now: datetime) -> int:
-        """Fail the attempts of workers that stopped heartbeating, and retry them (or not)."""
+    def take_back_stale(self, now: datetime, because: dict[tuple[int, int], Exception] | None = None) -> int:
+        """Fail the attempts of workers that stopped heartbeating, and retry them (or not).
+        ``because`` names a better reason than a lost worker for some attempts, by (id, attempt)."""
         stale_after = self.options.stale_after
         cutoff = now - timedelta(seconds=stale_after)
         taken = 0
         for job in self.store.stale(cutoff=cutoff, limit=SWEEP_LIMIT):
             last = job.heartbeat_at.isoformat() if isinstance(job.heartbeat_at, datetime) else "unknown"
-            exc = WorkerLost(f"worker {job.worker_id} was lost: no heartbeat for over {stale_after:g}s "
-                             f"(last at {last}); attempt {job.attempts} taken back by {self.worker_id}")
+            exc = (because or {}).get((job.id, job.attempts)) or WorkerLost(
+                f"worker {job.worker_id} was lost: no heartbeat for over {stale_after:g}s "
+                f"(last at {last}); attempt {job.attempts} taken back by {self.worker_id}")
             final = JobStatus.FAILED
             if job.damage:
                 exc = DamagedJob(f"{exc}; not retried: the row cannot be run as stored: {'; '.join(job.damage)}")

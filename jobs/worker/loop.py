@@ -63,7 +63,7 @@ class Worker:
     def __init__(self, *, backend_alias: str = "default", queues: list[str] | None = None, concurrency: int = 1,
                  burst: bool = False, duration: float = 0, poll_interval: float | None = None,
                  run_loops: bool = True, max_jobs: int = 0, max_memory: int = 0, notifier: Notifier | None = None,
-                 clock: Clock = REAL):
+                 clock: Clock = REAL, worker_id: str | None = None, report=None, parent: str = ""):
         self.backend = task_backends[backend_alias]
         self.options = self.backend.jobs_options
         self.queues = sorted(set(queues)) if queues else None
@@ -75,10 +75,12 @@ class Worker:
         self.clock = clock
         self.limits = Limits(max_jobs=max_jobs, max_memory=max_memory)  # ends it for a fresh one
         self.notifier = notifier or Notifier()  # systemd's: nothing without NOTIFY_SOCKET
-        self.id = make_worker_id()
+        self.id = worker_id or make_worker_id()  # a supervisor's child gets the id its parent knows
+        self.parent = parent  # a --processes parent's id, shown beside this worker
         self.inbox: SimpleQueue = SimpleQueue()
         self.store = WorkerStore(worker_id=self.id, backend=self.backend.alias)
-        self.pool = SlotPool(size=self.concurrency, execute=self._execute, inbox=self.inbox, clock=clock)
+        self.pool = SlotPool(size=self.concurrency, execute=self._execute, inbox=self.inbox, clock=clock,
+                             report=report)  # report: a --processes parent's, which enforces deadlines
         self.liveness = Liveness(worker_id=self.id, backend=self.backend, held=self.pool.held_ids,
                                  register=self._register_again, clock=clock, cancel=self.pool.cancel)
         self.stopping = threading.Event()  # stop claiming; let running jobs finish
@@ -257,7 +259,8 @@ class Worker:
         return value if value is not None else True
 
     def _register(self) -> None:
-        self.store.register(queues=self.queues, concurrency=self.concurrency, now=self.clock.now())
+        self.store.register(queues=self.queues, concurrency=self.concurrency, now=self.clock.now(),
+                            parent=self.parent)
 
     def _register_again(self) -> None:
         """Liveness found the process row gone (cleaned away during a long outage): write it anew,

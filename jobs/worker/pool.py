@@ -59,6 +59,7 @@ class Slot:
         self.deadline: float | None = None
         self.cancel_deadline: float | None = None  # a cancel was asked: interrupted if still running then
         self.abandoned = False
+        self.interrupted = False  # interrupt() was sent for the current job
         self.in_job = False  # the thread is inside pool.execute, where an interrupt may land
         self.guard = threading.Lock()  # a C lock: no exception can come between its acquire and the block
         self.thread = threading.Thread(target=self._loop, name=f"jobs-slot-{index}", daemon=True)
@@ -72,6 +73,7 @@ class Slot:
             backstop = 1.0 if asyncio.iscoroutinefunction(task.func) else 0.0
             self.timeout = timeout
             self.deadline = self.pool.clock.monotonic() + timeout + backstop
+            self.pool.report("deadline", self.job, self.deadline, "timeout")
 
     def _loop(self) -> None:
         pool = self.pool
@@ -100,6 +102,7 @@ class Slot:
                 outcome = self.pool.execute(job, self)
             except BaseException as exc:  # a bug of ours (or of a signal receiver): fail the attempt
                 outcome = failure(job, exc, worker_id=job.worker_id)
+            self.pool.report("end", job)  # its code has returned: a parent need not end the process for it
             with self.guard:
                 self.in_job = False
                 if not self.abandoned:
@@ -108,6 +111,16 @@ class Slot:
             if not self.abandoned:
                 raise
         return None
+
+    def interrupt(self) -> None:
+        """Under a parent that enforces deadlines: raise ``JobTimeout`` in the job once, without
+        abandoning the slot. Python code stops and its outcome comes in as usual; a C call does
+        not, and the parent ends the process."""
+        with self.guard:
+            ident = self.thread.ident
+            if self.in_job and not self.interrupted and ident is not None and self.thread.is_alive():
+                self.interrupted = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(JobTimeout))
 
     def abandon(self) -> None:
         """Stop waiting for this slot (called under the pool's lock); its thread, if still in
@@ -121,8 +134,12 @@ class Slot:
 
 class SlotPool:
     def __init__(self, *, size: int, execute: Callable[[ClaimedJob, Slot], Outcome], inbox: SimpleQueue,
-                 clock: Clock):
+                 clock: Clock, report: Callable[..., None] | None = None):
         self.execute = execute  # runs one job in a slot's thread; never raises
+        # Under ``process_tasks --processes`` the parent enforces deadlines by ending this process,
+        # which alone stops code that ignores an interrupt (a C call); the slots tell it each one.
+        self.report = report or (lambda *event: None)
+        self.hard_deadlines = report is not None
         self.inbox = inbox  # outcomes (and WAKEs) for the main loop
         self.clock = clock
         self.lock = threading.Condition()
@@ -157,6 +174,7 @@ class SlotPool:
                 return None
             job = self.buffer.popleft()
             slot.job, slot.timeout, slot.deadline, slot.cancel_deadline = job, None, None, None
+            slot.interrupted = False
             slot.attempt = control.Attempt(job_id=job.id, attempts=job.attempts, worker_id=job.worker_id)
             return job
 
@@ -202,6 +220,13 @@ class SlotPool:
         """Fail the attempts that overran their timeout (or a cancel's grace), abandoning (and
         replacing) their slots."""
         now, expired = self.clock.monotonic(), []
+        if self.hard_deadlines:  # the parent ends the process if this does not stop the job
+            with self.lock:
+                for slot in self.slots:
+                    if slot.job is not None and any(moment is not None and now >= moment
+                                                    for moment in (slot.deadline, slot.cancel_deadline)):
+                        slot.interrupt()
+            return expired
         with self.lock:
             for index, slot in enumerate(self.slots):
                 job = slot.job
@@ -235,6 +260,7 @@ class SlotPool:
                     if slot.cancel_deadline is None:
                         slot.cancel_deadline = self.clock.monotonic() + CANCEL_GRACE
                         slot.attempt.request_cancel(asked_at)
+                        self.report("deadline", slot.job, slot.cancel_deadline, "cancel")
                     return None
             waiting = next((job for job in self.buffer if job.id == job_id), None)
             if waiting is None:
@@ -307,7 +333,7 @@ class SlotPool:
         back by its throttle is due to be written, if any."""
         with self.lock:
             attempts = [slot.attempt for slot in self.slots if slot.job is not None and slot.attempt is not None]
-            deadlines = [moment for slot in self.slots if slot.job is not None
+            deadlines = [moment for slot in self.slots if slot.job is not None and not slot.interrupted
                          for moment in (slot.deadline, slot.cancel_deadline) if moment is not None]
         deadlines += [moment for moment in (a.progress_due_at() for a in attempts) if moment is not None]
         return min(deadlines) if deadlines else None

@@ -14,8 +14,17 @@ from django.core.management.base import BaseCommand, CommandError
 from jobs.conf import MIN_POLL_INTERVAL
 from jobs.framework import DEFAULT_TASK_BACKEND_ALIAS, FRAMEWORK, task_backends
 from jobs.management import reload
-from jobs.management.options import MAX_CONCURRENCY, MAX_JOBS, MAX_MEMORY_MB, backend_alias, bounded_int, seconds
-from jobs.worker import Worker
+from jobs.management.options import (
+    MAX_CONCURRENCY,
+    MAX_JOBS,
+    MAX_MEMORY_MB,
+    MAX_PROCESSES,
+    backend_alias,
+    bounded_int,
+    seconds,
+)
+from jobs.worker import Worker, supervisor
+from jobs.worker.connections import budget_warning
 from jobs.worker.limits import MEBIBYTE, rss_bytes
 from jobs.worker.systemd import Notifier
 
@@ -83,6 +92,10 @@ class Command(BaseCommand):
         parser.add_argument("--concurrency", type=bounded_int(1, MAX_CONCURRENCY), default=1, metavar="N",
                             help=f"Jobs run at once in this process, one thread each (default 1, at most "
                                  f"{MAX_CONCURRENCY}; for more, run more processes).")
+        parser.add_argument("--processes", type=bounded_int(1, MAX_PROCESSES), default=None, metavar="N",
+                            help="Run N worker processes (each with --concurrency threads) under one parent, which "
+                                 "restarts a child that dies and heartbeats for its children, so that no job of a "
+                                 "live child is taken for lost. Default: one process, no parent.")
         parser.add_argument("--burst", action="store_true",
                             help="Run every job due now, then exit 0. Jobs due later are left. No scheduler.")
         parser.add_argument("--duration", type=seconds(), default=0, metavar="SECONDS",
@@ -122,6 +135,11 @@ class Command(BaseCommand):
             if resident >= options["max_memory"] * MEBIBYTE:  # it would stop before its first job, for ever
                 raise CommandError(f"--max-memory {options['max_memory']} MiB is below this worker's own resident "
                                    f"size at start, {resident / MEBIBYTE:.0f} MiB: give more", returncode=2)
+        self._warn_about_connections(options)
+        if options["processes"] is not None:
+            if options["reload"]:
+                raise CommandError("--processes and --reload do not go together: --reload restarts one worker")
+            return self._supervise(options)
         if options["reload"] and not reload.started_by_reloader():
             return_code = reload.run_with_reloader()  # the worker runs in a child process, restarted on changes
             if return_code:
@@ -129,14 +147,53 @@ class Command(BaseCommand):
             return
         if options["log_std"]:
             _redirect_std_to_logging()
-        worker = Worker(backend_alias=alias, queues=options["queues"], concurrency=options["concurrency"],
+        tag = os.environ.pop(supervisor.WORKER_TAG, "")  # a child of --processes: the id its parent knows
+        worker_id = supervisor.worker_id_for(os.getpid(), tag) if tag else None
+        report_fd = os.environ.pop(supervisor.REPORT_FD, "")
+        parent_id = os.environ.pop(supervisor.PARENT_ID, "")
+        worker = Worker(worker_id=worker_id, backend_alias=alias, queues=options["queues"],
+                        concurrency=options["concurrency"],
                         burst=options["burst"], duration=options["duration"], poll_interval=options["sleep"],
                         run_loops=not options["no_scheduler"], max_jobs=options["max_jobs"],
-                        max_memory=options["max_memory"], notifier=Notifier.from_environ(unset=True))
+                        max_memory=options["max_memory"], notifier=Notifier.from_environ(unset=True),
+                        report=supervisor.reporter(int(report_fd)) if report_fd.isdigit() else None,
+                        parent=parent_id)
         self._install_signal_handlers(worker)
         if reload.started_by_reloader():
             reload.follow_parent(worker)
+        parent_fd = os.environ.pop(supervisor.PARENT_FD, "")
+        if parent_fd.isdigit():
+            supervisor.watch_parent(int(parent_fd), lambda: worker.request_stop(
+                grace=worker.options.shutdown_grace, reason="its --processes parent is gone"))
         return_code = worker.run()
+        if return_code:
+            raise SystemExit(return_code)
+
+    def _warn_about_connections(self, options) -> None:
+        """Once, in the command a unit starts (not in each --processes child): more connections than
+        the server allows fail the last workers in a loop."""
+        if os.environ.get(supervisor.WORKER_TAG):
+            return
+        from django.db import connections, router
+
+        from jobs.models import Job
+
+        connection = connections[router.db_for_write(Job)]
+        warning = budget_warning(connection, processes=options["processes"] or 1,
+                                 concurrency=options["concurrency"])
+        connection.close()
+        if warning:
+            logging.getLogger("jobs.worker").warning("%s", warning)
+
+    def _supervise(self, options) -> None:
+        prefix = supervisor.command_prefix()
+        parent = supervisor.Supervisor(
+            processes=options["processes"], backend_alias=options["backend"],
+            child_args=lambda slot: supervisor.child_command(prefix, options, slot=slot),
+            final_exit=bool(options["burst"] or options["duration"]), notifier=Notifier.from_environ(unset=True))
+        signal.signal(signal.SIGTERM, lambda signum, frame: parent.on_signal(signum))
+        signal.signal(signal.SIGINT, lambda signum, frame: parent.on_signal(signum))
+        return_code = parent.run()
         if return_code:
             raise SystemExit(return_code)
 

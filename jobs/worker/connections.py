@@ -1,0 +1,64 @@
+"""How many database connections a worker command holds, against what the server allows.
+
+Each worker process holds: its main loop's, its heartbeat's, on PostgreSQL its wake-up
+listener's (none behind a pooler without a direct URL), and one per job thread that has
+run a job (kept open across jobs: a new PostgreSQL connection costs more than a small
+job). A ``--processes`` parent holds one more. So ``process_tasks --processes 8
+--concurrency 4`` holds up to 8 x (3 + 4) + 1 = 57. Past ``max_connections`` less the
+superuser reserve, the last workers to connect fail, in a loop, with "too many clients".
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..pooler import direct_url, transaction_pooled
+
+logger = logging.getLogger("jobs.worker")
+
+
+def per_worker(connection, concurrency: int) -> int:
+    """The connections one worker process may hold on ``connection``'s database."""
+    listener = connection.vendor == "postgresql" and (not transaction_pooled(connection.settings_dict)
+                                                      or bool(direct_url()))
+    return 2 + int(listener) + concurrency
+
+
+def server_allows(connection) -> tuple[int, int] | None:
+    """(connections the server allows ordinary roles, connections open now), or None where
+    there is no such limit (SQLite) or it cannot be read."""
+    queries = {
+        "postgresql": "SELECT current_setting('max_connections')::int "
+                      "- current_setting('superuser_reserved_connections')::int, "
+                      "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
+        "mysql": "SELECT @@max_connections, (SELECT COUNT(*) FROM information_schema.PROCESSLIST)",
+    }
+    sql = queries.get(connection.vendor)
+    if sql is None:
+        return None
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+            allowed, in_use = cursor.fetchone()
+        return int(allowed), int(in_use)
+    except Exception:  # noqa: BLE001 - no view of the server's limits (a pooler, no privilege): say nothing
+        return None
+
+
+def budget_warning(connection, *, processes: int, concurrency: int) -> str | None:
+    """A warning when the worker processes a command starts may hold more connections than the
+    server allows; None when they fit or nothing can be known. Behind a transaction pooler the
+    server's limit is the pool's business, so nothing is said."""
+    if transaction_pooled(connection.settings_dict):
+        return None
+    limits = server_allows(connection)
+    if limits is None:
+        return None
+    allowed, in_use = limits
+    need = processes * per_worker(connection, concurrency) + (1 if processes > 1 else 0)
+    if need <= allowed:
+        return None
+    return (f"these workers may hold {need} database connections ({processes} process(es) x "
+            f"{per_worker(connection, concurrency)}{' + 1 for the parent' if processes > 1 else ''}) but the server "
+            f"allows {allowed} to ordinary roles ({in_use} open now): raise max_connections, or run fewer "
+            "--processes/--concurrency, or put PgBouncer in front (README: PgBouncer)")
