@@ -102,10 +102,10 @@ def failure(job: Job, exc: BaseException, *, worker_id: str, duration: float = 0
     return Outcome(job=job, succeeded=False, duration=duration, error=error, permanent=permanent, exc=exc)
 
 
-def run_claimed(job, slot, *, backend, worker_id: str) -> Outcome:
+def run_claimed(job, slot, *, backend, worker_id: str, reset=None) -> Outcome:
     """A claimed job, in a slot's thread: refuse it if its row is damaged or its path not a
     task (importing happens here, never in the worker's main thread), arm the slot's
-    timeout, run the attempt. Never raises."""
+    timeout, run the attempt. Never raises. ``reset``: see ``run_attempt``."""
     logger.debug("job started id=%s task=%s attempt=%s queue=%s worker=%s", job.id, job.task_path, job.attempts,
                  job.queue_name, worker_id)
     try:
@@ -118,7 +118,7 @@ def run_claimed(job, slot, *, backend, worker_id: str) -> Outcome:
     attempt = slot.attempt
     control.running(attempt)
     try:
-        outcome = run_attempt(job, task, backend=backend, worker_id=worker_id, attempt=attempt)
+        outcome = run_attempt(job, task, backend=backend, worker_id=worker_id, attempt=attempt, reset=reset)
     finally:
         control.running(None)
     try:
@@ -206,15 +206,20 @@ def _call(task: Task, result, job: Job, attempt: control.Attempt | None):
             attempt.loop = attempt.task = None
 
 
-def run_attempt(job: Job, task: Task, *, backend, worker_id: str, attempt: control.Attempt | None = None) -> Outcome:
+def run_attempt(job: Job, task: Task, *, backend, worker_id: str, attempt: control.Attempt | None = None,
+                reset=None) -> Outcome:
     """Call the task for this attempt. Never raises: every failure is an Outcome.
 
     A failure's retry decision is taken here, under the attempt limit in force now,
     and the worker persists it; ``task_finished`` goes out only when the job is
-    finished (see ``send_finished``).
+    finished (see ``send_finished``). ``reset`` cleans the connections before and
+    after the call and returns the aliases a transaction was left open on
+    (``reset_connections``; ``jobs.testing`` passes one that keeps the test's own
+    transaction).
     """
+    reset = reset or reset_connections
     started = time.monotonic()
-    reset_connections()
+    reset()
     try:
         result = backend.to_task_result(job, task)
     except Exception as exc:  # noqa: BLE001 - the row holds what the framework refuses (a priority of 500)
@@ -226,13 +231,13 @@ def run_attempt(job: Job, task: Task, *, backend, worker_id: str, attempt: contr
     try:
         raw_value = _call(task, result, job, attempt)
     except BaseException as exc:  # a job's SystemExit must not stop the worker either
-        left_open = reset_connections()
+        left_open = reset()
         if attempt is not None and attempt.cancel.is_set():
             return _cancelled(job, attempt, result, backend=backend, worker_id=worker_id, started=started)
         # Still inside the handler: receivers of task_finished see the exception (Django's log one does).
         return _failed(job, task, exc, result, backend=backend, worker_id=worker_id, started=started,
                        note=_left_open_note(left_open))
-    left_open = reset_connections()
+    left_open = reset()
     if attempt is not None and attempt.cancel.is_set():  # it heeded cancel_requested() and returned
         return _cancelled(job, attempt, result, backend=backend, worker_id=worker_id, started=started)
     if left_open:  # whatever it returned, what it wrote in that transaction is gone
