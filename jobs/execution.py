@@ -67,11 +67,34 @@ def attempt_limit(job: Job, backend) -> int:
     return backend.attempt_limit(task)
 
 
-def decide_retry(job: Job, outcome: Outcome, *, limit: int, base: float) -> retry.RetryDecision:
-    """The retry policy for a failed attempt, under the attempt limit in force now."""
+def not_retried(task: Task | None, exc: BaseException | None) -> str:
+    """Why the task's ``discard_on``/``retry_on`` say not to retry ``exc`` ("" when they do not)."""
+    if task is None or exc is None:
+        return ""
+    name = type(exc).__qualname__
+    if isinstance(exc, getattr(task, "discard_on", ()) or ()):
+        return f"not retried: {name} is in the task's discard_on"
+    retry_on = getattr(task, "retry_on", None)
+    if retry_on is not None and not isinstance(exc, retry_on):
+        return f"not retried: {name} is not in the task's retry_on"
+    return ""
+
+
+def decide_retry(job: Job, outcome: Outcome, *, limit: int, base: float, task: Task | None = None
+                 ) -> retry.RetryDecision:
+    """The retry policy for a failed attempt, under the attempt limit in force now (and the task's
+    ``retry_on``/``discard_on``; ``task`` is found by its path when not given)."""
     if outcome.permanent:
         cls = (outcome.error or {}).get("exception_class_path", "the error")
         return retry.RetryDecision(False, reason=f"not retried: {cls} is final")
+    if task is None and outcome.exc is not None:
+        try:
+            task = resolve_task(job.task_path)
+        except Exception:  # noqa: BLE001 - no task, no task options
+            task = None
+    reason = not_retried(task, outcome.exc)
+    if reason:
+        return retry.RetryDecision(False, reason=reason)
     return retry.decide(attempt=job.attempts, max_attempts=limit, base=base, custom_delay=outcome.custom_delay,
                         custom_given=outcome.custom_given)
 
@@ -258,10 +281,10 @@ def _failed(job: Job, task: Task, exc: BaseException, result, *, backend, worker
                       permanent=isinstance(exc, DoNotRetry))
     if note:
         outcome.error = {**outcome.error, "message": f"{outcome.error['message']} (and {note})"}
-    if not outcome.permanent:
+    if not outcome.permanent and not not_retried(task, exc):
         _ask_backoff(task, exc, result, outcome)
     outcome.decision = decide_retry(job, outcome, limit=backend.attempt_limit(task, job.max_attempts),
-                                    base=backend.jobs_options.retry_backoff)
+                                    base=backend.jobs_options.retry_backoff, task=task)
     if not outcome.decision.retry:
         send_finished(backend, result, status=TaskResultStatus.FAILED, error=outcome.error)
     return outcome

@@ -58,3 +58,36 @@ def send_mail(to):
     return to
 
 
+
+BACKOFF_CALLS: list = []  # (exception class name, attempt) each time a backoff below is asked
+
+
+def _record_backoff(exc, result):
+    BACKOFF_CALLS.append((type(exc).__name__, result.attempts))
+    return 60.0
+
+
+def _raise(kind):
+    raise {"connection": ConnectionError, "value": ValueError, "lookup": LookupError}[kind](f"{kind} on purpose")
+
+
+@task(max_attempts=3, retry_on=(ConnectionError,), backoff=_record_backoff)
+def retries_connection_errors(kind):
+    _raise(kind)
+
+
+@task(max_attempts=3, discard_on=(LookupError,), backoff=_record_backoff)
+def discards_lookups(kind):
+    _raise(kind)
+
+
+@task(max_attempts=3, retry_on=(ConnectionError,), timeout=0.2)
+def slow_with_retry_on(seconds):
+    time.sleep(seconds)
+
+
+# Django's own decorator: on 6.1 its extra keywords go to the backend's task_class.
+@django_task(max_attempts=2, timeout=30, backoff=_record_backoff, retry_on=(ConnectionError, ValueError),
+             discard_on=(ValueError,), unique=True, concurrency_key="kit", rate_limit="1000/s")
+def declared_by_django(kind):
+    _raise(kind)
