@@ -163,8 +163,9 @@ LOGGING = {
     "loggers": {
         "jobs": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "scheduler": {"handlers": ["console"], "level": "INFO", "propagate": False},
-        # The tasks framework logs every start and finish too; the worker's own lines say more.
-        "django.tasks": {"level": "WARNING"},
-        "django_tasks": {"level": "WARNING"},
+        # The tasks framework logs every start and finish too, and each failure with the traceback
+        # the worker's own line already has: the worker's lines say more, once.
+        "django.tasks": {"level": "CRITICAL"},
+        "django_tasks": {"level": "CRITICAL"},
     },
 }

@@ -77,16 +77,17 @@ def log_outcome(backend, outcome, status: str | None, *, log: logging.Logger = l
     fields, extra = (job.id, job.task_path, job.attempts, limit, outcome.duration), job_fields(job, limit)
     if status is None:
         log.log(logging.DEBUG if quiet else logging.WARNING, "job outcome discarded id=%s task=%s attempt=%s/%s "
-                "duration=%.3fs reason=attempt-no-longer-held", *fields, extra=extra)
+                'duration=%.3fs why="another worker had taken the attempt over"', *fields, extra=extra)
     elif status == JobStatus.SUCCESSFUL:
         log.log(logging.DEBUG if quiet else logging.INFO, "job finished id=%s task=%s attempt=%s/%s duration=%.3fs "
                 "outcome=SUCCESSFUL", *fields, extra=extra)
     else:
+        # outcome=FAILED retry_in=2.0s, or outcome=FAILED why="no attempts left (3 of 3)": words, not codes.
         decision, error = outcome.decision, outcome.error
-        note = f"retry in {decision.delay:.1f}s" if decision.retry else decision.reason
         failed = status == JobStatus.FAILED
+        then = f"retry_in={decision.delay:.1f}s" if decision.retry else f'why="{decision.reason}"'
         level = logging.DEBUG if quiet else logging.ERROR if failed else logging.WARNING
-        log.log(level, "job finished id=%s task=%s attempt=%s/%s duration=%.3fs outcome=%s next=%s error=%s: %s",
-                *fields, "RETRY" if status == JobStatus.READY else status, note.replace(" ", "-"),
+        log.log(level, "job finished id=%s task=%s attempt=%s/%s duration=%.3fs outcome=%s %s error=%s: %s",
+                *fields, JobStatus.FAILED if status == JobStatus.READY else status, then,
                 error["exception_class_path"], error["message"][:200],
                 exc_info=outcome.exc if failed and not quiet else None, extra=extra)

@@ -209,7 +209,8 @@ class Worker:
             self.pool.give(jobs)  # still ours: try again next turn
             return
         self.pool.done_with(jobs)
-        logger.info("prefetched jobs handed back worker=%s count=%d", self.id, len(jobs))
+        logger.info("jobs claimed ahead handed back for other workers (a running job took longer than expected) "
+                    "worker=%s count=%d", self.id, len(jobs))
 
     def _wait_time(self) -> float:
         if self.stopping.is_set() and self.pool.idle() and not self.unwritten:

@@ -142,10 +142,12 @@ class Command(BaseCommand):
                 handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
                 logger.addHandler(handler)
         # The tasks framework logs every start and finish too (through Django's console handler
-        # when DEBUG is on); below -v 2 the worker's own lines say it, unless LOGGING sets a level.
+        # when DEBUG is on, to ADMINS when it is off), a failure at ERROR with the traceback the
+        # worker's own line already has, and a cancelled job as state=FAILED. Below -v 2 the
+        # worker's lines say it all, once, unless LOGGING sets a level for the framework's logger.
         framework_logger = logging.getLogger(FRAMEWORK)
         if verbosity < 2 and framework_logger.level == logging.NOTSET:
-            framework_logger.setLevel(logging.WARNING)
+            framework_logger.setLevel(logging.CRITICAL)
 
     def _install_signal_handlers(self, worker: Worker) -> None:
         """First SIGTERM/SIGINT: stop gracefully. Second: exit at once."""

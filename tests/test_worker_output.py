@@ -1,0 +1,39 @@
+"""What a worker prints with no LOGGING set, as in a new site: one traceback per failure, and a
+cancelled job is not reported as a failure by Django's logger."""
+
+import pytest
+
+import jobs
+from jobs.models import Job, JobStatus
+from tests import kit_tasks, tasks
+from tests.conftest import subprocess_env, wait_for
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_traceback_per_failure_and_no_failed_line_for_a_cancel(workers, record_dir):
+    failing = kit_tasks.retries_connection_errors.enqueue("value")  # not in retry_on: fails for good at once
+    log = record_dir / "cancelled"
+    running = tasks.cooperative.enqueue(str(log))
+    proc = workers.start("--concurrency", "2", env=subprocess_env(DJANGO_SETTINGS_MODULE="tests.settings_no_logging"))
+    wait_for(lambda: Job.objects.get(pk=failing.id).status == JobStatus.FAILED, message="the failure")
+    wait_for(lambda: log.exists() and "started" in log.read_text(), message="the job to start")
+    jobs.cancel(running.id, "not needed")
+    wait_for(lambda: Job.objects.get(pk=running.id).status == JobStatus.CANCELLED, message="the cancel")
+    output = workers.wait_for_output(proc, f"id={running.id} ")
+    assert output.count("Traceback (most recent call last)") == 1, output
+    assert f"ERROR jobs.worker job finished id={failing.id} " in output, output
+    assert "state=FAILED" not in output, output
+
+
+@pytest.mark.django_db
+def test_log_lines_say_what_happens_next_in_words(caplog):
+    from jobs.testing import drain
+
+    caplog.set_level("DEBUG", logger="jobs")
+    result = tasks.always_fails.enqueue()
+    drain(with_scheduled=True)  # the worker's own log lines, at DEBUG
+    lines = [r.getMessage() for r in caplog.records if f"job finished id={result.id} " in r.getMessage()]
+    assert len(lines) == 3, lines
+    assert all("outcome=FAILED retry_in=" in line for line in lines[:2]), lines
+    assert 'outcome=FAILED why="no attempts left (3 of 3)" error=builtins.RuntimeError' in lines[2], lines
+    assert not [line for line in lines if "RETRY" in line or "next=" in line]
