@@ -37,3 +37,13 @@ def test_log_lines_say_what_happens_next_in_words(caplog):
     assert all("outcome=FAILED retry_in=" in line for line in lines[:2]), lines
     assert 'outcome=FAILED why="no attempts left (3 of 3)" error=builtins.RuntimeError' in lines[2], lines
     assert not [line for line in lines if "RETRY" in line or "next=" in line]
+
+
+@pytest.mark.django_db  # inside the test's transaction, as in a TestCase
+def test_a_worker_inside_a_tests_transaction_says_to_use_drain(caplog):
+    from jobs.worker import Worker
+
+    tasks.add.enqueue(1, 2)
+    with pytest.raises(RuntimeError, match=r"cannot run inside a transaction .*jobs\.testing\.drain\(\)"):
+        Worker(burst=True).run()
+    assert not [r for r in caplog.records if "heartbeat failed" in r.getMessage()]

@@ -109,6 +109,12 @@ class Worker:
             self.inbox.put(WAKE)
 
     def run(self) -> int:
+        if connections[self.store.alias].in_atomic_block:
+            # A TestCase: the worker's threads (the jobs, the heartbeat) have connections of their own,
+            # which cannot see the test's uncommitted rows and, on SQLite, find its tables locked.
+            raise RuntimeError(f"a worker cannot run inside a transaction on database {self.store.alias!r} (a "
+                               "TestCase?): its threads use connections of their own. In a test, run the jobs "
+                               "with jobs.testing.drain(), or use a TransactionTestCase")
         with guarded_sessions(hold_limit(self.options.stale_after)):  # a frozen peer cannot stall this loop
             return self._run()
 
