@@ -147,6 +147,8 @@ TASKS = {
 # enqueues each fire time exactly once. See the README's Schedules section.
 SCHEDULED_JOBS = {
     "add-every-minute": {"task": "example.tasks.add", "cron": "* * * * *", "args": [2, 3]},
+    # Six fields, seconds last: make run's first minute shows a schedule firing.
+    "add-every-15-seconds": {"task": "example.tasks.add", "cron": "* * * * * */15", "args": [1, 1]},
     "email-every-2-minutes": {"task": "example.tasks.flaky_email", "cron": "*/2 * * * *",
                               "args": ["ops@example.com"], "queue_name": "emails"},
     "nightly-report": {"task": "example.tasks.slow_report", "cron": "30 2 * * *", "kwargs": {"seconds": 2},

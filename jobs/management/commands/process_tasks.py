@@ -18,6 +18,10 @@ from jobs.worker import Worker
 from jobs.worker.limits import rss_bytes
 from jobs.worker.systemd import Notifier
 
+# Jobs at once per worker process: a slow job or two (a report, a mail server timing out) does not
+# hold up every queue, and a small site's database sees a handful of connections (one per thread,
+# plus two). Sizing it is in the README's worker section.
+DEFAULT_CONCURRENCY = 4
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
 
 
@@ -79,9 +83,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--queue", action="append", dest="queues", metavar="NAME",
                             help="Only claim jobs of this queue (repeatable). Default: every queue.")
-        parser.add_argument("--concurrency", type=bounded_int(1, MAX_CONCURRENCY), default=1, metavar="N",
-                            help=f"Jobs run at once in this process, one thread each (default 1, at most "
-                                 f"{MAX_CONCURRENCY}; for more, run more processes).")
+        parser.add_argument("--concurrency", type=bounded_int(1, MAX_CONCURRENCY), default=DEFAULT_CONCURRENCY,
+                            metavar="N", help=f"Jobs run at once in this process, one thread each (default "
+                                              f"{DEFAULT_CONCURRENCY}, at most {MAX_CONCURRENCY}; for more, run "
+                                              "more processes).")
         parser.add_argument("--burst", action="store_true",
                             help="Run every job due now, then exit 0. Jobs due later are left. No scheduler.")
         parser.add_argument("--duration", type=seconds(), default=0, metavar="SECONDS",
