@@ -301,10 +301,10 @@ def cancelled(job, attempt: control.Attempt | None, *, worker_id: str, duration:
     return outcome
 
 
-def _cancelled(job, attempt, result, *, backend, worker_id: str, started: float) -> Outcome:
-    outcome = cancelled(job, attempt, worker_id=worker_id, duration=time.monotonic() - started)
-    send_finished(backend, result, status=TaskResultStatus.FAILED, error=outcome.error)
-    return outcome
+def _cancelled(job, attempt, _result, *, backend, worker_id: str, started: float) -> Outcome:
+    # No task_finished: a cancel is no failure, and Django's receiver would log it at ERROR as
+    # state=FAILED (Django has no cancelled state). The worker logs it at WARNING.
+    return cancelled(job, attempt, worker_id=worker_id, duration=time.monotonic() - started)
 
 
 def _left_open_note(aliases: list[str]) -> str:

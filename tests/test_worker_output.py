@@ -47,3 +47,32 @@ def test_a_worker_inside_a_tests_transaction_says_to_use_drain(caplog):
     with pytest.raises(RuntimeError, match=r"cannot run inside a transaction .*jobs\.testing\.drain\(\)"):
         Worker(burst=True).run()
     assert not [r for r in caplog.records if "heartbeat failed" in r.getMessage()]
+
+
+def test_a_cancelled_job_sends_no_task_finished(transactional_db, record_dir):
+    import threading
+
+    from django.db import connections
+
+    from jobs.framework import task_finished
+    from jobs.worker import Worker
+
+    finished = []
+
+    def receiver(sender, task_result, **kwargs):
+        finished.append(task_result.id)
+
+    log = record_dir / "runs"
+    running = tasks.cooperative.enqueue(str(log))
+    worker = Worker(burst=True)
+    thread = threading.Thread(target=lambda: (worker.run(), connections.close_all()))
+    task_finished.connect(receiver)
+    try:
+        thread.start()
+        wait_for(lambda: log.exists() and "started" in log.read_text(), message="the job to start")
+        jobs.cancel(running.id, "not needed")
+        thread.join(30)
+    finally:
+        task_finished.disconnect(receiver)
+    assert not thread.is_alive() and Job.objects.get(pk=running.id).status == JobStatus.CANCELLED
+    assert finished == []  # Django's receiver would have logged it at ERROR as state=FAILED
