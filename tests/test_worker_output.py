@@ -1,6 +1,8 @@
 """What a worker prints with no LOGGING set, as in a new site: one traceback per failure, and a
 cancelled job is not reported as a failure by Django's logger."""
 
+import os
+
 import pytest
 
 import jobs
@@ -14,7 +16,9 @@ def test_one_traceback_per_failure_and_no_failed_line_for_a_cancel(workers, reco
     failing = kit_tasks.retries_connection_errors.enqueue("value")  # not in retry_on: fails for good at once
     log = record_dir / "cancelled"
     running = tasks.cooperative.enqueue(str(log))
-    proc = workers.start("--concurrency", "2", env=subprocess_env(DJANGO_SETTINGS_MODULE="tests.settings_no_logging"))
+    base = os.environ.get("DJANGO_SETTINGS_MODULE", "tests.settings")
+    proc = workers.start("--concurrency", "2", env=subprocess_env(DJANGO_SETTINGS_MODULE="tests.settings_no_logging",
+                                                                 JOBS_TEST_BASE_SETTINGS=base))
     wait_for(lambda: Job.objects.get(pk=failing.id).status == JobStatus.FAILED, message="the failure")
     wait_for(lambda: log.exists() and "started" in log.read_text(), message="the job to start")
     jobs.cancel(running.id, "not needed")
