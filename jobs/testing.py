@@ -23,6 +23,7 @@ connection must do differently:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import signal
@@ -80,7 +81,9 @@ class _Slot:
         timeout = getattr(task, "timeout", None)
         if timeout:
             self.timeout = float(timeout)
-            self.alarm = _Alarm(self.timeout, self.attempt)
+            # An async task times itself out (execution._call); the alarm is the backstop, as in a worker.
+            backstop = 1.0 if asyncio.iscoroutinefunction(task.func) else 0.0
+            self.alarm = _Alarm(self.timeout + backstop, self.attempt)
             self.alarm.start()
 
 

@@ -99,6 +99,15 @@ def test_a_sync_task_past_its_timeout_is_interrupted_in_the_main_thread():
     assert error["exception_class_path"] == "jobs.exceptions.JobTimeout" and "timed out after 0.5s" in error["message"]
 
 
+def test_an_async_task_past_its_timeout_fails_as_timed_out():
+    result = tasks.async_sleeps.enqueue(30)
+    started = time.monotonic()
+    drain()
+    assert time.monotonic() - started < 10
+    error = Job.objects.get(pk=result.id).errors[0]
+    assert error["exception_class_path"] == "jobs.exceptions.JobTimeout" and "after 0.3s" in error["message"]
+
+
 @pytest.mark.django_db(transaction=True)  # the thread has a connection of its own: it must see the job
 def test_outside_the_main_thread_a_late_attempt_fails_as_timed_out():
     result = kit_tasks.sleeps.enqueue(0.7)
