@@ -170,7 +170,7 @@ def reset_connections() -> list[str]:
             continue
         if transaction_open(conn):
             left_open.append(conn.alias)
-            _discard(conn)
+            discard_connection(conn)
             continue
         if conn.errors_occurred:
             if not conn.is_usable():
@@ -194,7 +194,7 @@ def transaction_open(conn) -> bool:
     return bool(status()) if callable(status) else False
 
 
-def _discard(conn) -> None:
+def discard_connection(conn) -> None:
     """Close the driver's connection (the server rolls back) and forget Django's wrapper."""
     try:
         conn.connection.close()

@@ -38,7 +38,7 @@ from django.utils import timezone
 from . import control
 from .backends import database_backend
 from .exceptions import JobTimeout
-from .execution import _discard, attempt_limit, decide_retry, failure, run_claimed, transaction_open
+from .execution import attempt_limit, decide_retry, discard_connection, failure, run_claimed, transaction_open
 from .models import Job, JobStatus
 from .store import WorkerStore
 from .worker.failures import report_written
@@ -140,7 +140,7 @@ class _Connections:
             if depth is None:
                 if transaction_open(conn):
                     left_open.append(conn.alias)
-                    _discard(conn)
+                    discard_connection(conn)
                 continue
             if len(conn.atomic_blocks) > depth:
                 left_open.append(conn.alias)
