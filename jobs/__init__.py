@@ -15,13 +15,18 @@ __version__ = "0.1.0"
 def enqueue_many(task, calls, *, batch_size: int = 1000):
     """Enqueue ``task`` once per ``(args, kwargs)`` pair in bulk; returns the TaskResults.
 
-    Works for ``jobs.task`` and plain Django tasks alike, as long as their backend is
-    ``jobs.backends.DatabaseBackend``.
+    Works for ``jobs.task`` and plain Django tasks alike. On ``jobs.backends.DatabaseBackend``
+    it is a few INSERTs; on any other backend (Django's ImmediateBackend in tests, say) it
+    is ``task.enqueue(*args, **kwargs)`` once per call.
     """
     backend = task.get_backend()
-    if not hasattr(backend, "enqueue_many"):
-        raise TypeError(f"{task.module_path}: backend {type(backend).__name__} has no bulk enqueue")
-    return backend.enqueue_many(task, calls, batch_size=batch_size)
+    if hasattr(backend, "enqueue_many"):
+        return backend.enqueue_many(task, calls, batch_size=batch_size)
+    calls = list(calls)
+    for index, call in enumerate(calls):
+        if not (isinstance(call, (tuple, list)) and len(call) == 2):
+            raise TypeError(f"{task.module_path}: call {index} must be an (args, kwargs) pair, got {call!r}")
+    return [task.enqueue(*args, **kwargs) for args, kwargs in calls]
 
 
 def cancel(result_id, reason: str = "", *, by: str = "") -> str:

@@ -140,16 +140,18 @@ def _number(value, what: str):
 
 
 def set_progress(done, total=None, message: str = "") -> None:
-    """Record how far the running job has got: ``done`` (of ``total``, if known) and a message."""
-    attempt = current()
-    if attempt is None:
-        raise RuntimeError("set_progress() records the progress of a running job: call it from inside a task "
-                           "that a worker runs")
+    """Record how far the running job has got: ``done`` (of ``total``, if known) and a message.
+
+    Outside a job a worker (or ``jobs.testing.drain``) runs, it checks its arguments and does
+    nothing, so that a task runs unchanged under ``task.call()`` and Django's ImmediateBackend."""
     _number(done, "done")
     if total is not None:
         _number(total, "total")
     if not isinstance(message, str):
         raise TypeError(f"set_progress(): message must be a str, got {message!r}")
+    attempt = current()
+    if attempt is None:  # task.call(), Django's ImmediateBackend, a shell: no job row to write it to
+        return
     attempt.progress(done, total, message[:MAX_MESSAGE])
 
 

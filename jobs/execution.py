@@ -67,11 +67,34 @@ def attempt_limit(job: Job, backend) -> int:
     return backend.attempt_limit(task)
 
 
-def decide_retry(job: Job, outcome: Outcome, *, limit: int, base: float) -> retry.RetryDecision:
-    """The retry policy for a failed attempt, under the attempt limit in force now."""
+def not_retried(task: Task | None, exc: BaseException | None) -> str:
+    """Why the task's ``discard_on``/``retry_on`` say not to retry ``exc`` ("" when they do not)."""
+    if task is None or exc is None:
+        return ""
+    name = type(exc).__qualname__
+    if isinstance(exc, getattr(task, "discard_on", ()) or ()):
+        return f"not retried: {name} is in the task's discard_on"
+    retry_on = getattr(task, "retry_on", None)
+    if retry_on is not None and not isinstance(exc, retry_on):
+        return f"not retried: {name} is not in the task's retry_on"
+    return ""
+
+
+def decide_retry(job: Job, outcome: Outcome, *, limit: int, base: float, task: Task | None = None
+                 ) -> retry.RetryDecision:
+    """The retry policy for a failed attempt, under the attempt limit in force now (and the task's
+    ``retry_on``/``discard_on``; ``task`` is found by its path when not given)."""
     if outcome.permanent:
         cls = (outcome.error or {}).get("exception_class_path", "the error")
         return retry.RetryDecision(False, reason=f"not retried: {cls} is final")
+    if task is None and outcome.exc is not None:
+        try:
+            task = resolve_task(job.task_path)
+        except Exception:  # noqa: BLE001 - no task, no task options
+            task = None
+    reason = not_retried(task, outcome.exc)
+    if reason:
+        return retry.RetryDecision(False, reason=reason)
     return retry.decide(attempt=job.attempts, max_attempts=limit, base=base, custom_delay=outcome.custom_delay,
                         custom_given=outcome.custom_given)
 
@@ -102,10 +125,10 @@ def failure(job: Job, exc: BaseException, *, worker_id: str, duration: float = 0
     return Outcome(job=job, succeeded=False, duration=duration, error=error, permanent=permanent, exc=exc)
 
 
-def run_claimed(job, slot, *, backend, worker_id: str) -> Outcome:
+def run_claimed(job, slot, *, backend, worker_id: str, reset=None) -> Outcome:
     """A claimed job, in a slot's thread: refuse it if its row is damaged or its path not a
     task (importing happens here, never in the worker's main thread), arm the slot's
-    timeout, run the attempt. Never raises."""
+    timeout, run the attempt. Never raises. ``reset``: see ``run_attempt``."""
     logger.debug("job started id=%s task=%s attempt=%s queue=%s worker=%s", job.id, job.task_path, job.attempts,
                  job.queue_name, worker_id)
     try:
@@ -118,7 +141,7 @@ def run_claimed(job, slot, *, backend, worker_id: str) -> Outcome:
     attempt = slot.attempt
     control.running(attempt)
     try:
-        outcome = run_attempt(job, task, backend=backend, worker_id=worker_id, attempt=attempt)
+        outcome = run_attempt(job, task, backend=backend, worker_id=worker_id, attempt=attempt, reset=reset)
     finally:
         control.running(None)
     try:
@@ -147,7 +170,7 @@ def reset_connections() -> list[str]:
             continue
         if transaction_open(conn):
             left_open.append(conn.alias)
-            _discard(conn)
+            discard_connection(conn)
             continue
         if conn.errors_occurred:
             if not conn.is_usable():
@@ -171,7 +194,7 @@ def transaction_open(conn) -> bool:
     return bool(status()) if callable(status) else False
 
 
-def _discard(conn) -> None:
+def discard_connection(conn) -> None:
     """Close the driver's connection (the server rolls back) and forget Django's wrapper."""
     try:
         conn.connection.close()
@@ -206,15 +229,20 @@ def _call(task: Task, result, job: Job, attempt: control.Attempt | None):
             attempt.loop = attempt.task = None
 
 
-def run_attempt(job: Job, task: Task, *, backend, worker_id: str, attempt: control.Attempt | None = None) -> Outcome:
+def run_attempt(job: Job, task: Task, *, backend, worker_id: str, attempt: control.Attempt | None = None,
+                reset=None) -> Outcome:
     """Call the task for this attempt. Never raises: every failure is an Outcome.
 
     A failure's retry decision is taken here, under the attempt limit in force now,
     and the worker persists it; ``task_finished`` goes out only when the job is
-    finished (see ``send_finished``).
+    finished (see ``send_finished``). ``reset`` cleans the connections before and
+    after the call and returns the aliases a transaction was left open on
+    (``reset_connections``; ``jobs.testing`` passes one that keeps the test's own
+    transaction).
     """
+    reset = reset or reset_connections
     started = time.monotonic()
-    reset_connections()
+    reset()
     try:
         result = backend.to_task_result(job, task)
     except Exception as exc:  # noqa: BLE001 - the row holds what the framework refuses (a priority of 500)
@@ -226,13 +254,13 @@ def run_attempt(job: Job, task: Task, *, backend, worker_id: str, attempt: contr
     try:
         raw_value = _call(task, result, job, attempt)
     except BaseException as exc:  # a job's SystemExit must not stop the worker either
-        left_open = reset_connections()
+        left_open = reset()
         if attempt is not None and attempt.cancel.is_set():
             return _cancelled(job, attempt, result, backend=backend, worker_id=worker_id, started=started)
         # Still inside the handler: receivers of task_finished see the exception (Django's log one does).
         return _failed(job, task, exc, result, backend=backend, worker_id=worker_id, started=started,
                        note=_left_open_note(left_open))
-    left_open = reset_connections()
+    left_open = reset()
     if attempt is not None and attempt.cancel.is_set():  # it heeded cancel_requested() and returned
         return _cancelled(job, attempt, result, backend=backend, worker_id=worker_id, started=started)
     if left_open:  # whatever it returned, what it wrote in that transaction is gone
@@ -253,10 +281,10 @@ def _failed(job: Job, task: Task, exc: BaseException, result, *, backend, worker
                       permanent=isinstance(exc, DoNotRetry))
     if note:
         outcome.error = {**outcome.error, "message": f"{outcome.error['message']} (and {note})"}
-    if not outcome.permanent:
+    if not outcome.permanent and not not_retried(task, exc):
         _ask_backoff(task, exc, result, outcome)
     outcome.decision = decide_retry(job, outcome, limit=backend.attempt_limit(task, job.max_attempts),
-                                    base=backend.jobs_options.retry_backoff)
+                                    base=backend.jobs_options.retry_backoff, task=task)
     if not outcome.decision.retry:
         send_finished(backend, result, status=TaskResultStatus.FAILED, error=outcome.error)
     return outcome
@@ -273,10 +301,10 @@ def cancelled(job, attempt: control.Attempt | None, *, worker_id: str, duration:
     return outcome
 
 
-def _cancelled(job, attempt, result, *, backend, worker_id: str, started: float) -> Outcome:
-    outcome = cancelled(job, attempt, worker_id=worker_id, duration=time.monotonic() - started)
-    send_finished(backend, result, status=TaskResultStatus.FAILED, error=outcome.error)
-    return outcome
+def _cancelled(job, attempt, _result, *, backend, worker_id: str, started: float) -> Outcome:
+    # No task_finished: a cancel is no failure, and Django's receiver would log it at ERROR as
+    # state=FAILED (Django has no cancelled state). The worker logs it at WARNING.
+    return cancelled(job, attempt, worker_id=worker_id, duration=time.monotonic() - started)
 
 
 def _left_open_note(aliases: list[str]) -> str:

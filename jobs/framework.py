@@ -36,7 +36,10 @@ except ImportError:  # Django 5.2 + backport
     )
     from django_tasks.backends.base import BaseTaskBackend  # type: ignore[no-redef]
     from django_tasks.base import Task, TaskError  # type: ignore[no-redef]
-    from django_tasks.exceptions import InvalidTaskError as InvalidTask  # type: ignore[no-redef]
+    try:  # django-tasks 0.12 calls it InvalidTaskError; later releases InvalidTask, as Django does
+        from django_tasks.exceptions import InvalidTask  # type: ignore[no-redef]
+    except ImportError:
+        from django_tasks.exceptions import InvalidTaskError as InvalidTask  # type: ignore[no-redef]
     from django_tasks.exceptions import TaskResultDoesNotExist  # type: ignore[no-redef]
     from django_tasks.signals import task_enqueued, task_finished, task_started  # type: ignore[no-redef]
 

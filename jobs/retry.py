@@ -41,7 +41,7 @@ def decide(*, attempt: int, max_attempts: int, base: float, custom_delay=None, c
     ``custom_given``): a number of seconds, or None meaning do not retry.
     """
     if attempt >= max_attempts:
-        return RetryDecision(False, reason=f"attempt {attempt} of {max_attempts}: no attempts left")
+        return RetryDecision(False, reason=f"no attempts left ({attempt} of {max_attempts})")
     if custom_given:
         if custom_delay is None:
             return RetryDecision(False, reason="the task's backoff said not to retry")

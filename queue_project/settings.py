@@ -166,6 +166,8 @@ TASKS = {
 # enqueues each fire time exactly once. See the README's Schedules section.
 SCHEDULED_JOBS = {
     "add-every-minute": {"task": "example.tasks.add", "cron": "* * * * *", "args": [2, 3]},
+    # Six fields, seconds last: make run's first minute shows a schedule firing.
+    "add-every-15-seconds": {"task": "example.tasks.add", "cron": "* * * * * */15", "args": [1, 1]},
     "email-every-2-minutes": {"task": "example.tasks.flaky_email", "cron": "*/2 * * * *",
                               "args": ["ops@example.com"], "queue_name": "emails"},
     "nightly-report": {"task": "example.tasks.slow_report", "cron": "30 2 * * *", "kwargs": {"seconds": 2},
@@ -182,8 +184,9 @@ LOGGING = {
     "loggers": {
         "jobs": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "scheduler": {"handlers": ["console"], "level": "INFO", "propagate": False},
-        # The tasks framework logs every start and finish too; the worker's own lines say more.
-        "django.tasks": {"level": "WARNING"},
-        "django_tasks": {"level": "WARNING"},
+        # The tasks framework logs every start and finish too, and each failure with the traceback
+        # the worker's own line already has: the worker's lines say more, once.
+        "django.tasks": {"level": "CRITICAL"},
+        "django_tasks": {"level": "CRITICAL"},
     },
 }

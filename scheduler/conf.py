@@ -49,7 +49,7 @@ class ScheduleEntry:
     cron: str
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
-    queue_name: str = "default"
+    queue_name: str = "default"  # parse_entry fills in the task's own queue when the entry names none
     priority: int = 0
     timezone: str = "UTC"
     misfire: str = "once"
@@ -84,6 +84,13 @@ def _check_task(path) -> tuple[object | None, str | None]:
         return resolve_task(path), None
     except JobError as exc:
         return None, str(exc)
+
+
+def _task_queue(task) -> str:
+    """An entry without ``queue_name`` runs on its task's own queue (the one it was declared with)."""
+    from jobs.framework import DEFAULT_TASK_QUEUE_NAME
+
+    return getattr(task, "queue_name", None) or DEFAULT_TASK_QUEUE_NAME
 
 
 def _check_queue(queue_name, task) -> str | None:
@@ -140,8 +147,9 @@ def problems(name, raw, *, default_timezone: str | None = None) -> list[Problem]
             found.append(Problem(name, "kwargs", f"keyword argument names must be strings, got {bad[0]!r}"))
         elif message := _json(kwargs, "kwargs"):
             found.append(Problem(name, "kwargs", message))
-    if message := _check_queue(raw.get("queue_name", "default"), task):
-        found.append(Problem(name, "queue_name", message))
+    if "queue_name" in raw or task is not None:
+        if message := _check_queue(raw.get("queue_name", _task_queue(task)), task):
+            found.append(Problem(name, "queue_name", message))
     if "priority" in raw:
         priority = raw["priority"]
         if isinstance(priority, bool) or not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
@@ -170,7 +178,7 @@ def all_problems(raw_setting=None) -> list[Problem]:
 def parse_entry(name: str, raw: dict) -> ScheduleEntry:
     return ScheduleEntry(
         name=name, task=raw["task"], cron=" ".join(raw["cron"].split()), args=tuple(raw.get("args", ())),
-        kwargs=dict(raw.get("kwargs", {})), queue_name=raw.get("queue_name", "default"),
+        kwargs=dict(raw.get("kwargs", {})), queue_name=raw.get("queue_name") or _task_queue(_check_task(raw["task"])[0]),
         priority=raw.get("priority", 0), timezone=raw.get("timezone", settings.TIME_ZONE),
         misfire=raw.get("misfire", "once"), overlap=raw.get("overlap", True),
     )

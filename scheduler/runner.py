@@ -95,7 +95,7 @@ def launch(schedule: Schedule, run: ScheduleRun) -> ScheduleRun:
     meta = job_meta(schedule.name, run.fire_time, run.pk, zone)
     try:
         with transaction.atomic(using=router.db_for_write(ScheduleRun)):
-            task = resolve_task(schedule.task).using(queue_name=schedule.queue_name, priority=schedule.priority)
+            task = resolve_task(schedule.task).using(queue_name=schedule.queue_name or None, priority=schedule.priority)
             backend = task_backends[task.backend]
             if isinstance(backend, DatabaseBackend):  # the job says where it came from, from its first write
                 result = backend.enqueue(task, list(schedule.args), dict(schedule.kwargs), meta=meta)

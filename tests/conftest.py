@@ -50,7 +50,10 @@ class WorkerProcesses:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, *args: str, env: dict | None = None) -> subprocess.Popen:
-        """A worker without the scheduler, so tests see only the jobs they enqueue."""
+        """A worker without the scheduler, so tests see only the jobs they enqueue; one job at a
+        time unless the test asks for more (the command's default is 4)."""
+        if not any(arg == "--concurrency" or arg.startswith("--concurrency=") for arg in args):
+            args = ("--concurrency", "1", *args)
         return self.manage("process_tasks", "--no-scheduler", *args, env=env)
 
     def manage(self, *command: str, env: dict | None = None) -> subprocess.Popen:

@@ -20,7 +20,7 @@ else:
     DATABASES["default"]["TEST"] = {"NAME": f"{_tmp}/test.sqlite3"}
 
 # The suite's task modules live outside any installed app: listed, so workers may import them.
-JOBS_TASK_MODULES = ["tests.tasks", "tests.bgtasks_tasks", "tests.test_admin_browser"]
+JOBS_TASK_MODULES = ["tests.tasks", "tests.kit_tasks", "tests.bgtasks_tasks", "tests.test_admin_browser"]
 
 TASKS = {
     "default": {

@@ -33,7 +33,7 @@ def test_a_final_failure_reaches_the_json_log_the_admins_mail_and_sentry_once(tr
     assert error["message"].startswith(f"job finished id={final_id} ")
     assert 'raise RuntimeError("this task always fails")' in error["exc_info"]
     (retry,) = about[retried_id]
-    assert retry["levelname"] == "WARNING" and "exc_info" not in retry and "outcome=RETRY" in retry["message"]
+    assert retry["levelname"] == "WARNING" and "exc_info" not in retry and "outcome=FAILED retry_in=" in retry["message"]
     django_line = [r for r in records if r["name"] in ("django.tasks", "django_tasks") and r["levelname"] == "ERROR"]
     assert len(django_line) == 1  # Django's own line: on the console...
 

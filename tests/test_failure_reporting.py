@@ -89,7 +89,7 @@ def test_a_final_failure_is_an_error_with_its_traceback_and_each_retry_a_warning
     levels = [(r.levelname, r.attempt) for r in logged.about(job.pk) if "job finished" in r.getMessage()]
     assert levels == [("WARNING", 1), ("WARNING", 2), ("ERROR", 3)]
     retry, final = logged.about(job.pk, logging.WARNING)[0], logged.about(job.pk, logging.ERROR)[0]
-    assert retry.exc_info is None and "outcome=RETRY" in retry.getMessage()
+    assert retry.exc_info is None and "outcome=FAILED retry_in=" in retry.getMessage()
     assert f"id={job.pk} task=tests.tasks.always_fails attempt=3/3" in final.getMessage()
     assert (final.job_id, final.task, final.attempt, final.max_attempts) == (job.pk, "tests.tasks.always_fails", 3, 3)
     exc_type, exc, tb = final.exc_info
@@ -167,7 +167,7 @@ def test_a_lost_workers_attempt_that_will_be_retried_is_a_warning_and_sends_noth
         assert sweep() == 1
     assert sent == []
     (retry,) = logged.about(int(result.id))
-    assert retry.levelno == logging.WARNING and retry.exc_info is None and "outcome=RETRY" in retry.getMessage()
+    assert retry.levelno == logging.WARNING and retry.exc_info is None and "outcome=FAILED retry_in=" in retry.getMessage()
 
 
 def test_a_final_failure_fenced_out_sends_nothing_the_take_back_reports_it(transactional_db, logged, record_dir):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 
 from ..errors import exception_class_path, exception_message
+from ..execution import attempt_limit
+from ..models import JobStatus
 from ..signals import job_failed
 
 logger = logging.getLogger("jobs.worker")
@@ -55,3 +57,37 @@ def _result(backend, job_id: int):
     except Exception:  # noqa: BLE001 - a path that is not a task, a damaged row: no TaskResult
         return None
 
+
+
+def report_written(backend, outcomes, *, log: logging.Logger = logger, quiet: bool = False) -> None:
+    """Each written ``(outcome, status)``: its log line, then, for a job that failed for good,
+    ``job_failed`` (once per job). ``quiet`` (``jobs.testing``) logs every line at DEBUG,
+    without the traceback: a test that makes a task fail on purpose prints nothing."""
+    for outcome, status in outcomes:
+        log_outcome(backend, outcome, status, log=log, quiet=quiet)
+        if status == JobStatus.FAILED:  # failed for good, and written: once per job
+            announce_failure(backend, outcome.job, error=outcome.error, exception=outcome.exc)
+
+
+def log_outcome(backend, outcome, status: str | None, *, log: logging.Logger = logger, quiet: bool = False) -> None:
+    """One line per outcome written: a final failure at ERROR with its exception (for
+    Sentry and mail handlers), a retry or a discarded outcome at WARNING."""
+    job = outcome.job
+    limit = attempt_limit(job, backend)
+    fields, extra = (job.id, job.task_path, job.attempts, limit, outcome.duration), job_fields(job, limit)
+    if status is None:
+        log.log(logging.DEBUG if quiet else logging.WARNING, "job outcome discarded id=%s task=%s attempt=%s/%s "
+                'duration=%.3fs why="another worker had taken the attempt over"', *fields, extra=extra)
+    elif status == JobStatus.SUCCESSFUL:
+        log.log(logging.DEBUG if quiet else logging.INFO, "job finished id=%s task=%s attempt=%s/%s duration=%.3fs "
+                "outcome=SUCCESSFUL", *fields, extra=extra)
+    else:
+        # outcome=FAILED retry_in=2.0s, or outcome=FAILED why="no attempts left (3 of 3)": words, not codes.
+        decision, error = outcome.decision, outcome.error
+        failed = status == JobStatus.FAILED
+        then = f"retry_in={decision.delay:.1f}s" if decision.retry else f'why="{decision.reason}"'
+        level = logging.DEBUG if quiet else logging.ERROR if failed else logging.WARNING
+        log.log(level, "job finished id=%s task=%s attempt=%s/%s duration=%.3fs outcome=%s %s error=%s: %s",
+                *fields, JobStatus.FAILED if status == JobStatus.READY else status, then,
+                error["exception_class_path"], error["message"][:200],
+                exc_info=outcome.exc if failed and not quiet else None, extra=extra)

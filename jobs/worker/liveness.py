@@ -119,8 +119,9 @@ class Liveness:
             # a retry, or a cancel that the lost worker never finished, at WARNING.
             failed = not decision.retry and final == JobStatus.FAILED
             logger.log(logging.ERROR if failed else logging.WARNING,
-                       "job taken back id=%s task=%s attempt=%s/%s lost_worker=%s outcome=%s", job.id,
-                       job.task_path, job.attempts, limit, job.worker_id, "RETRY" if decision.retry else final,
+                       "job taken back id=%s task=%s attempt=%s/%s lost_worker=%s outcome=%s%s", job.id,
+                       job.task_path, job.attempts, limit, job.worker_id, JobStatus.FAILED if decision.retry else final,
+                       f" retry_in={decision.delay:.1f}s" if decision.retry else "",
                        exc_info=exc if failed else None, extra=job_fields(job, limit))
             if failed:
                 result = None if job.damage else self._send_finished(job)

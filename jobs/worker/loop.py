@@ -35,11 +35,10 @@ from ..control import write_progress
 from ..execution import Outcome, attempt_limit, decide_retry, run_claimed
 from ..framework import task_backends
 from ..loops import worker_loops
-from ..models import JobStatus
 from ..sessions import guarded_sessions, hold_limit
 from ..store import WorkerStore, Written
 from ..wakeup import start_waker
-from .failures import announce_failure, job_fields
+from .failures import report_written
 from .limits import Limits
 from .liveness import Liveness
 from .pool import WAKE, SlotPool
@@ -112,6 +111,12 @@ class Worker:
             self.inbox.put(WAKE)
 
     def run(self) -> int:
+        if connections[self.store.alias].in_atomic_block:
+            # A TestCase: the worker's threads (the jobs, the heartbeat) have connections of their own,
+            # which cannot see the test's uncommitted rows and, on SQLite, find its tables locked.
+            raise RuntimeError(f"a worker cannot run inside a transaction on database {self.store.alias!r} (a "
+                               "TestCase?): its threads use connections of their own. In a test, run the jobs "
+                               "with jobs.testing.drain(), or use a TransactionTestCase")
         with guarded_sessions(hold_limit(self.options.stale_after)):  # a frozen peer cannot stall this loop
             return self._run()
 
@@ -185,10 +190,7 @@ class Worker:
         self.processed += len(written.outcomes)
         self.unwritten = []
         self.pool.give(written.claimed)
-        for outcome, status in written.outcomes:
-            self._log_outcome(outcome, status)
-            if status == JobStatus.FAILED:  # failed for good, and written: once per job
-                announce_failure(self.backend, outcome.job, error=outcome.error, exception=outcome.exc)
+        report_written(self.backend, written.outcomes)
 
     def _flush_due(self) -> bool:
         """Outcomes are written together, but none waits more than FLUSH_AFTER seconds."""
@@ -215,7 +217,8 @@ class Worker:
             self.pool.give(jobs)  # still ours: try again next turn
             return
         self.pool.done_with(jobs)
-        logger.info("prefetched jobs handed back worker=%s count=%d", self.id, len(jobs))
+        logger.info("jobs claimed ahead handed back for other workers (a running job took longer than expected) "
+                    "worker=%s count=%d", self.id, len(jobs))
 
     def _wait_time(self) -> float:
         if self.stopping.is_set() and self.pool.idle() and not self.unwritten:
@@ -268,28 +271,6 @@ class Worker:
         between that and the end of the liveness thread left the row of a worker that had left)."""
         if not self.stopping.is_set():
             self._register()
-
-    def _log_outcome(self, outcome: Outcome, status: str | None) -> None:
-        """One line per outcome written: a final failure at ERROR with its exception (for
-        Sentry and mail handlers), a retry or a discarded outcome at WARNING."""
-        job = outcome.job
-        limit = attempt_limit(job, self.backend)
-        fields, extra = (job.id, job.task_path, job.attempts, limit, outcome.duration), job_fields(job, limit)
-        if status is None:
-            logger.warning("job outcome discarded id=%s task=%s attempt=%s/%s duration=%.3fs "
-                           "reason=attempt-no-longer-held", *fields, extra=extra)
-        elif status == JobStatus.SUCCESSFUL:
-            logger.info("job finished id=%s task=%s attempt=%s/%s duration=%.3fs outcome=SUCCESSFUL", *fields,
-                        extra=extra)
-        else:
-            decision, error = outcome.decision, outcome.error
-            note = f"retry in {decision.delay:.1f}s" if decision.retry else decision.reason
-            failed = status == JobStatus.FAILED
-            logger.log(logging.ERROR if failed else logging.WARNING,
-                       "job finished id=%s task=%s attempt=%s/%s duration=%.3fs outcome=%s next=%s error=%s: %s",
-                       *fields, "RETRY" if status == JobStatus.READY else status, note.replace(" ", "-"),
-                       error["exception_class_path"], error["message"][:200],
-                       exc_info=outcome.exc if failed else None, extra=extra)
 
     # -- extra loops and shutdown -----------------------------------------------------------------
 

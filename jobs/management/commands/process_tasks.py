@@ -28,6 +28,10 @@ from jobs.worker.connections import budget_warning
 from jobs.worker.limits import MEBIBYTE, rss_bytes
 from jobs.worker.systemd import Notifier
 
+# Jobs at once per worker process: a slow job or two (a report, a mail server timing out) does not
+# hold up every queue, and a small site's database sees a handful of connections (one per thread,
+# plus two). Sizing it is in the README's worker section.
+DEFAULT_CONCURRENCY = 4
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
 
 
@@ -89,9 +93,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--queue", action="append", dest="queues", metavar="NAME",
                             help="Only claim jobs of this queue (repeatable). Default: every queue.")
-        parser.add_argument("--concurrency", type=bounded_int(1, MAX_CONCURRENCY), default=1, metavar="N",
-                            help=f"Jobs run at once in this process, one thread each (default 1, at most "
-                                 f"{MAX_CONCURRENCY}; for more, run more processes).")
+        parser.add_argument("--concurrency", type=bounded_int(1, MAX_CONCURRENCY), default=DEFAULT_CONCURRENCY,
+                            metavar="N", help=f"Jobs run at once in this process, one thread each (default "
+                                              f"{DEFAULT_CONCURRENCY}, at most {MAX_CONCURRENCY}; for more, run "
+                                              "more processes).")
         parser.add_argument("--processes", type=bounded_int(1, MAX_PROCESSES), default=None, metavar="N",
                             help="Run N worker processes (each with --concurrency threads) under one parent, which "
                                  "restarts a child that dies and heartbeats for its children, so that no job of a "
@@ -207,10 +212,12 @@ class Command(BaseCommand):
                 handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
                 logger.addHandler(handler)
         # The tasks framework logs every start and finish too (through Django's console handler
-        # when DEBUG is on); below -v 2 the worker's own lines say it, unless LOGGING sets a level.
+        # when DEBUG is on, to ADMINS when it is off), a failure at ERROR with the traceback the
+        # worker's own line already has, and a cancelled job as state=FAILED. Below -v 2 the
+        # worker's lines say it all, once, unless LOGGING sets a level for the framework's logger.
         framework_logger = logging.getLogger(FRAMEWORK)
         if verbosity < 2 and framework_logger.level == logging.NOTSET:
-            framework_logger.setLevel(logging.WARNING)
+            framework_logger.setLevel(logging.CRITICAL)
 
     def _install_signal_handlers(self, worker: Worker) -> None:
         """First SIGTERM/SIGINT: stop gracefully. Second: exit at once."""
