@@ -369,3 +369,10 @@ def sleeps_under_key(path, token, seconds):
     _record(path, f"start {token} pid={os.getpid()}")
     time.sleep(seconds)
     _record(path, f"end {token}")
+
+
+@task(max_attempts=3, timeout=0.5, retry_on=(ConnectionError,))
+def blocks_past_timeout_retrying_only_connection_errors(path, seconds):
+    """Blocked in C past its timeout: under --processes its process is ended; a timeout is not in retry_on."""
+    _record(path, f"start pid={os.getpid()}")
+    time.sleep(seconds)

@@ -242,3 +242,15 @@ def test_under_systemd_the_parent_speaks_for_the_unit_and_stops_pinging_when_a_c
         assert crashing.poll() is None
     finally:
         notify.close()
+
+
+def test_a_job_its_parent_ended_follows_the_tasks_retry_on(workers, record_dir):
+    path = record_dir / "runs"
+    parent = start_parent(workers)
+    result = tasks.blocks_past_timeout_retrying_only_connection_errors.enqueue(str(path), 600)
+    job = wait_for(lambda: Job.objects.filter(pk=result.id, status=JobStatus.FAILED).first(), timeout=60,
+                   message="the job to end after one attempt")
+    assert job.attempts == 1 and job.errors[0]["exception_class_path"] == "jobs.exceptions.JobTimeout"
+    assert "worker process ended" in workers.output(parent)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(30) == 0, workers.output(parent)

@@ -21,8 +21,8 @@ from .. import retry
 from ..backoff import Backoff, first_line
 from ..clock import Clock
 from ..errors import error_entry
-from ..exceptions import DamagedJob, WorkerLost
-from ..execution import attempt_limit, send_finished
+from ..exceptions import DamagedJob, JobTimeout, WorkerLost
+from ..execution import attempt_limit, not_retried, send_finished
 from ..framework import TaskResultStatus
 from ..models import Job, JobStatus
 from ..resolve import resolve_task
@@ -110,6 +110,10 @@ class Liveness:
             else:
                 limit = attempt_limit(job, self.backend)
                 decision = retry.decide(attempt=job.attempts, max_attempts=limit, base=self.options.retry_backoff)
+                if isinstance(exc, JobTimeout):  # a --processes parent ended it: the task's retry_on counts
+                    reason = not_retried(_task_or_none(job.task_path), exc)
+                    if reason:
+                        decision = retry.RetryDecision(False, reason=reason)
             error = error_entry(exc, attempt=job.attempts, worker_id=job.worker_id, when=now, traceback=f"{exc}\n")
             if not fail_attempt(job, error, decision, now=now, final=final, lost_before=cutoff,
                                 using=self.store.alias):
@@ -142,3 +146,10 @@ class Liveness:
         except Exception:  # noqa: BLE001 - no task to describe, or a receiver's bug: the job is FAILED all the same
             logger.exception("task_finished not sent for a job taken back id=%s task=%s", job.id, job.task_path)
         return result
+
+
+def _task_or_none(path: str):
+    try:
+        return resolve_task(path)
+    except Exception:  # noqa: BLE001 - no task, no task options
+        return None
