@@ -6,10 +6,14 @@ read-only here; schedules are not added here either (add them to SCHEDULED_JOBS)
 
 from __future__ import annotations
 
+from itertools import islice
+
 from django.contrib import admin, messages
-from django.core.exceptions import ObjectDoesNotExist
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
 from django.db.models import OuterRef, Subquery
-from django.urls import NoReverseMatch, reverse
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince, timeuntil
@@ -17,11 +21,12 @@ from django.utils.translation import ngettext
 
 from jobs.templatetags.jobs_admin import status_label
 
-from .cron import CronError, describe, get_zone
+from .cron import ONE_US, CronError, describe, get_zone
 from .models import Schedule, ScheduleRun
 from .runner import run_now
 
 RECENT_RUNS = 20
+UPCOMING = 5  # next fire times shown on a schedule's page
 
 
 def _job_url(job_id) -> str | None:
@@ -38,6 +43,17 @@ def _local(schedule: Schedule, value) -> str:
     except CronError:
         zone = timezone.get_current_timezone()
     return value.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def until(value, now) -> str:
+    """'in 42 seconds', 'in 3 hours, 5 minutes', or 'due now' (never 'in 0 minutes')."""
+    seconds = (value - now).total_seconds()
+    if seconds <= 0:
+        return "due now"
+    if seconds < 60:
+        whole = max(int(seconds), 1)
+        return f"in {whole} second{'s' if whole != 1 else ''}"
+    return f"in {timeuntil(value, now)}"
 
 
 def outcome_html(run_error: str, job_id, job_status: str | None, result_id: str = "", *, skipped: bool = False,
@@ -77,6 +93,7 @@ class LastRunSubqueries:
 @admin.register(Schedule)
 class ScheduleAdmin(admin.ModelAdmin):
     list_display = ["name", "cron_display", "timezone", "next_run", "last_run", "enabled", "in_settings"]
+    change_form_template = "admin/scheduler/schedule/change_form.html"
     list_display_links = ["name"]
     list_editable = ["enabled"]
     list_filter = ["enabled", "in_settings", "queue_name", "misfire", "overlap"]
@@ -84,12 +101,17 @@ class ScheduleAdmin(admin.ModelAdmin):
     actions = ["run_now_action"]
     fieldsets = [
         (None, {"fields": ["name", "enabled", "in_settings"]}),
-        ("When", {"fields": ["cron", "cron_description", "timezone", "misfire", "overlap", "next_run", "last_run"]}),
+        ("When", {"fields": ["cron", "cron_description", "timezone", "misfire", "overlap_display", "next_run",
+                             "upcoming", "last_run"]}),
         ("What", {"fields": ["task", "args", "kwargs", "queue_name", "priority"]}),
         ("Recent runs", {"fields": ["recent_runs"]}),
     ]
-    readonly_fields = ["name", "in_settings", "cron", "cron_description", "timezone", "misfire", "overlap", "next_run",
-                       "last_run", "task", "args", "kwargs", "queue_name", "priority", "recent_runs"]
+    readonly_fields = ["name", "in_settings", "cron", "cron_description", "timezone", "misfire", "overlap_display",
+                       "next_run", "upcoming", "last_run", "task", "args", "kwargs", "queue_name", "priority",
+                       "recent_runs"]
+
+    class Media:
+        css = {"all": ["scheduler/admin.css"]}
 
     def get_queryset(self, request):
         return LastRunSubqueries.annotate(super().get_queryset(request))
@@ -109,7 +131,26 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     @admin.display(description="Cron", ordering="cron")
     def cron_display(self, obj):
-        return format_html("<code>{}</code><br><small>{}</small>", obj.cron, describe(obj.cron))
+        return format_html('<code class="scheduler-cron">{}</code><br><small>{}</small>', obj.cron, describe(obj.cron))
+
+    @admin.display(description="Overlap")
+    def overlap_display(self, obj):
+        if obj.overlap:
+            return "Yes: a fire time runs even while the previous run's job is still waiting or running."
+        return "No: a fire time is skipped while the previous run's job is still waiting or running."
+
+    @admin.display(description="Next fire times")
+    def upcoming(self, obj):
+        """The next few fire times, in the schedule's time zone (the first one not yet handled first)."""
+        if not obj.active:
+            return "-"
+        try:
+            cron = obj.cron_schedule()
+        except CronError as exc:
+            return f"- ({exc})"
+        start = obj.next_fire_at - ONE_US if obj.next_fire_at else timezone.now()
+        return format_html('<ul class="scheduler-upcoming">{}</ul>', format_html_join(
+            "", "<li>{}</li>", ((_local(obj, fire_time),) for fire_time in islice(cron.iter_after(start), UPCOMING))))
 
     @admin.display(description="Description")
     def cron_description(self, obj):
@@ -123,9 +164,7 @@ class ScheduleAdmin(admin.ModelAdmin):
             return "- (switched off)"
         if obj.next_fire_at is None:
             return "- (at the next scheduler start)"
-        now = timezone.now()
-        when = f"in {timeuntil(obj.next_fire_at, now)}" if obj.next_fire_at > now else "due now"
-        return f"{_local(obj, obj.next_fire_at)} ({when})"
+        return f"{_local(obj, obj.next_fire_at)} ({until(obj.next_fire_at, timezone.now())})"
 
     @admin.display(description="Last run")
     def last_run(self, obj):
@@ -154,10 +193,28 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     # -- actions ----------------------------------------------------------------------
 
+    def get_urls(self):
+        return [path("<path:object_id>/run-now/", self.admin_site.admin_view(self.run_now_view),
+                     name="scheduler_schedule_run_now"), *super().get_urls()]
+
+    def run_now_view(self, request, object_id):
+        """The schedule page's "Run now" button: the list action, on this schedule."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        schedule = self.get_object(request, unquote(object_id))
+        if schedule is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_change_permission(request, schedule):
+            raise PermissionDenied
+        self.report_runs(request, [run_now(schedule)])
+        return HttpResponseRedirect(reverse("admin:scheduler_schedule_change", args=[schedule.pk]))
+
     @admin.action(permissions=["change"], description="Run now")
     def run_now_action(self, request, queryset):
         """One job per schedule; a schedule with overlap off is skipped while its previous job is unfinished."""
-        runs = [run_now(schedule) for schedule in queryset]
+        self.report_runs(request, [run_now(schedule) for schedule in queryset])
+
+    def report_runs(self, request, runs: list[ScheduleRun]) -> None:
         enqueued = [run for run in runs if not run.error and not run.skipped]
         if enqueued:
             self.message_user(request, ngettext("Enqueued %(count)d job.", "Enqueued %(count)d jobs.",
@@ -190,7 +247,7 @@ def _job_status(run: ScheduleRun) -> str | None:
 class ScheduleRunAdmin(admin.ModelAdmin):
     """Every run, read-only: which fire time made which job."""
 
-    list_display = ["schedule", "fire_time_display", "enqueued_at", "outcome"]
+    list_display = ["schedule", "fire_time_display", "enqueued_display", "outcome"]
     list_filter = ["schedule", "skipped"]
     list_select_related = ["schedule", "job"]
     date_hierarchy = "enqueued_at"
@@ -204,6 +261,10 @@ class ScheduleRunAdmin(admin.ModelAdmin):
     @admin.display(description="Fire time", ordering="fire_time")
     def fire_time_display(self, obj):
         return _local(obj.schedule, obj.fire_time) if obj.fire_time else "run now"
+
+    @admin.display(description="Enqueued", ordering="enqueued_at")
+    def enqueued_display(self, obj):
+        return _local(obj.schedule, obj.enqueued_at)
 
     @admin.display(description="Outcome")
     def outcome(self, obj):
