@@ -544,7 +544,7 @@ def test_overview(admin_client, django_assert_max_num_queries):
     WorkerProcess.objects.create(worker_id="alive:1:a", hostname="alive", pid=1, started_at=now, heartbeat_at=now)
     WorkerProcess.objects.create(worker_id="gone:2:b", hostname="gone", pid=2, started_at=now,
                                  heartbeat_at=now - timedelta(minutes=5))
-    with django_assert_max_num_queries(11):
+    with django_assert_max_num_queries(12):
         response = admin_client.get(OVERVIEW)
     data = response.context["overview"]
     emails = next(q for q in data.queues if q.name == "emails")

@@ -23,7 +23,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 
 from .. import stats
-from ..counts import EXACT_UP_TO
+from ..counts import EXACT_UP_TO, count
 from ..history import log_actions
 from ..models import Job, QueueState
 from .chart import Chart, throughput_chart
@@ -35,6 +35,11 @@ REFRESH_SECONDS = (2, 300)  # the range of ?refresh= the page accepts
 
 @dataclass
 class Overview(stats.Snapshot):
+    # READY after a failed attempt, waiting for the next one (the job list's "Retrying" filter),
+    # counted through jobs_job_retrying_idx; whether that count is an estimate.
+    retrying: int = 0
+    retrying_estimated: bool = False
+
     @property
     def top_failing(self) -> list[dict]:
         """The tasks failing most in the last 24 hours."""
@@ -46,7 +51,8 @@ class Overview(stats.Snapshot):
 
 
 def build(now: datetime) -> Overview:
-    return Overview(**vars(stats.snapshot(now, keys=True)))
+    retrying, estimated = count(Job.objects.retrying())
+    return Overview(**vars(stats.snapshot(now, keys=True)), retrying=retrying, retrying_estimated=estimated)
 
 
 def refresh_seconds(value: str) -> str:
@@ -90,6 +96,7 @@ class QueueStateAdmin(admin.ModelAdmin):
             "totals": data.totals,
             "can_pause": self.has_change_permission(request),
             "jobs_url": reverse("admin:jobs_job_changelist"),
+            "failures_url": reverse("admin:jobs_job_failures"),
             "pause_url": reverse("admin:jobs_queuestate_pause"),
             "refresh": refresh_seconds(request.GET.get("refresh", "")),
             "stale_after": data.stale_after,
