@@ -58,3 +58,62 @@ def test_job_list_shows_status_task_queue_and_times_at_1280_with_the_sidebar_ope
         assert edge <= VIEWPORT["width"], f"{column} ends at {edge}px, beyond the window"
     scroll = page.evaluate("document.documentElement.scrollWidth")
     assert scroll <= VIEWPORT["width"], f"the page scrolls sideways ({scroll}px)"
+
+
+def test_failures_page_groups_the_backdrops_failures_and_leads_to_a_requeue_of_the_group(page):
+    from playwright.sync_api import expect
+
+    from jobs.models import Job, JobStatus
+
+    make_backdrop(timezone.now())
+    Job.objects.filter(status=JobStatus.FAILED).update(error_class="smtplib.SMTPServerDisconnected")
+    Job.objects.filter(status=JobStatus.FAILED, task_path="shop.tasks.charge_card").update(
+        error_class="httpx.ConnectTimeout")
+    Job.objects.filter(status=JobStatus.FAILED, task_path="reports.tasks.build_daily_report").update(
+        error_class="builtins.KeyError")
+    charge = Job.objects.filter(status=JobStatus.FAILED, task_path="shop.tasks.charge_card").count()
+    page.goto("/admin/jobs/job/")
+    page.get_by_role("link", name="Failures by cause").click()
+    expect(page.locator("h1")).to_have_text("Failures by cause")
+    rows = page.locator(".jobs-failure-group")
+    expect(rows).to_have_count(3)
+    shot(page, "failures")
+    scroll = page.evaluate("document.documentElement.scrollWidth")
+    assert scroll <= VIEWPORT["width"], f"the page scrolls sideways ({scroll}px)"
+
+    row = rows.filter(has_text="charge_card")
+    expect(row).to_contain_text("httpx.ConnectTimeout")
+    row.get_by_role("link", name="charge_card").click()
+    expect(page.locator("#result_list tbody tr")).to_have_count(charge)
+    page.locator("#action-toggle").check()
+    page.select_option("select[name=action]", "requeue_jobs")
+    page.get_by_role("button", name="Run").click()
+    expect(page.locator(".messagelist")).to_contain_text(f"Requeued {charge} jobs")
+    assert not Job.objects.filter(status=JobStatus.FAILED, task_path="shop.tasks.charge_card").exists()
+
+
+def test_schedule_page_run_now_upcoming_fire_times_and_cron_on_one_line(page):
+    from playwright.sync_api import expect
+
+    from jobs.models import Job
+    from scheduler.cron import CronSchedule
+    from scheduler.models import Schedule
+
+    schedule = Schedule.objects.create(
+        name="weekday-office-hours-report", task="tests.tasks.add", cron="0 9-17/2 * * 1-5",
+        timezone="America/New_York", args=[1, 2], overlap=False,
+        next_fire_at=CronSchedule("0 9-17/2 * * 1-5", "America/New_York").next_after(timezone.now()))
+    page.goto("/admin/scheduler/schedule/")
+    cron = page.locator("code.scheduler-cron").first
+    box = cron.bounding_box()
+    assert box["height"] < 2 * float(cron.evaluate("e => parseFloat(getComputedStyle(e).lineHeight) || 20")), \
+        "the cron expression wraps"
+    page.get_by_role("link", name="weekday-office-hours-report").click()
+    expect(page.locator(".scheduler-upcoming li")).to_have_count(5)
+    for text in page.locator(".scheduler-upcoming li").all_inner_texts():
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d (09|11|13|15|17):00:00 E[SD]T", text), text
+    expect(page.locator(".field-overlap_display")).to_contain_text("No: a fire time is skipped")
+    shot(page, "schedule", full_page=True)
+    page.locator("#schedule-run-now").click()
+    expect(page.locator(".messagelist")).to_contain_text("Enqueued 1 job.")
+    assert Job.objects.get().meta["schedule"] == schedule.name
