@@ -68,7 +68,7 @@ def load(rows: int) -> None:
     queues = "ARRAY[" + ", ".join(f"'{t[1]}'" for t in TASKS) + "]"
     fails = "ARRAY[" + ", ".join(str(t[3]) for t in TASKS) + "]"
     # Two causes of failure: every fifth failed job a KeyError, the others a timeout.
-    cls = "(CASE WHEN g % 5 = 0 THEN 'builtins.KeyError' ELSE 'httpx.ConnectTimeout' END)"
+    cls = "(CASE WHEN (g / 7) % 5 = 0 THEN 'builtins.KeyError' ELSE 'httpx.ConnectTimeout' END)"
     error = (f"jsonb_build_object('attempt', a, 'exception_class_path', {cls}, "
              "'message', CASE WHEN k = 3 THEN 'card declined for order-' || g "
              "ELSE 'timed out connecting to payments.example.com:443' END, 'traceback', %(tb)s::text, "
