@@ -1,7 +1,12 @@
 """Schedules in the admin: what runs when, what the last run came to, an on/off switch, "Run now".
 
-Settings are the truth for what a schedule does, so everything but the switch is
-read-only here; schedules are not added here either (add them to SCHEDULED_JOBS).
+Two kinds of schedule. Those from ``SCHEDULED_JOBS``: the settings are the truth for
+what they do, so only their switch and "Run now" are here. Those made here (by users
+with ``scheduler.add_schedule``): their task is one of ``SCHEDULER_ADMIN_TASKS``, every
+field is checked as a settings entry is (scheduler/forms.py), and they can be changed
+and deleted. Running schedulers read the rows at every tick (at most 5 s apart), so a
+change takes effect without a restart; the run rows' unique (schedule, fire time) keeps
+each fire time to one job. Every change goes into the admin's history.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from itertools import islice
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
-from django.db.models import OuterRef, Subquery
+from django.db.models import OuterRef, Q, Subquery
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
@@ -21,7 +26,9 @@ from django.utils.translation import ngettext
 
 from jobs.templatetags.jobs_admin import status_label
 
+from .conf import admin_tasks
 from .cron import ONE_US, CronError, describe, get_zone
+from .forms import AdminScheduleForm
 from .models import Schedule, ScheduleRun
 from .runner import run_now
 
@@ -92,13 +99,13 @@ class LastRunSubqueries:
 
 @admin.register(Schedule)
 class ScheduleAdmin(admin.ModelAdmin):
-    list_display = ["name", "cron_display", "timezone", "next_run", "last_run", "enabled", "in_settings"]
+    list_display = ["name", "cron_display", "timezone", "next_run", "last_run", "enabled", "source"]
     change_form_template = "admin/scheduler/schedule/change_form.html"
     list_display_links = ["name"]
     list_editable = ["enabled"]
-    list_filter = ["enabled", "in_settings", "queue_name", "misfire", "overlap"]
+    list_filter = ["enabled", "in_settings", "made_in_admin", "queue_name", "misfire", "overlap"]
     search_fields = ["name", "task"]
-    actions = ["run_now_action"]
+    actions = ["run_now_action", "delete_selected"]
     fieldsets = [
         (None, {"fields": ["name", "enabled", "in_settings"]}),
         ("When", {"fields": ["cron", "cron_description", "timezone", "misfire", "overlap_display", "next_run",
@@ -116,16 +123,81 @@ class ScheduleAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return LastRunSubqueries.annotate(super().get_queryset(request))
 
+    # -- schedules made here, and those from the settings ---------------------------------
+
+    ADMIN_FIELDSETS = [
+        (None, {"fields": ["name", "enabled"]}),
+        ("When", {"fields": ["cron", "timezone", "misfire", "overlap"]}),
+        ("What", {"fields": ["task", "args", "kwargs", "queue_name", "priority"]}),
+    ]
+    ADMIN_READONLY = ["cron_description", "next_run", "upcoming", "last_run", "recent_runs"]
+    ADMIN_EDITABLE = ["enabled", "task", "cron", "timezone", "misfire", "overlap", "args", "kwargs", "queue_name",
+                      "priority"]
+
+    @staticmethod
+    def made_here(obj) -> bool:
+        return obj is None or obj.made_in_admin
+
+    def get_fieldsets(self, request, obj=None):
+        if not self.made_here(obj):
+            return self.fieldsets
+        if obj is None:
+            return self.ADMIN_FIELDSETS
+        return [(None, {"fields": ["name", "enabled", "source"]}),
+                ("When", {"fields": ["cron", "cron_description", "timezone", "misfire", "overlap", "next_run",
+                                     "upcoming", "last_run"]}),
+                self.ADMIN_FIELDSETS[2], ("Recent runs", {"fields": ["recent_runs"]})]
+
+    def get_readonly_fields(self, request, obj=None):
+        if not self.made_here(obj):
+            return self.readonly_fields
+        return [*self.ADMIN_READONLY, "source"] if obj is not None else []
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if self.made_here(obj):
+            kwargs["form"] = AdminScheduleForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
     def has_add_permission(self, request):
-        return False  # schedules come from SCHEDULED_JOBS
+        # Only tasks listed in SCHEDULER_ADMIN_TASKS may be scheduled here: none listed, no add page.
+        return bool(admin_tasks()) and super().has_add_permission(request)
 
     def has_delete_permission(self, request, obj=None):
-        # Only entries gone from the settings; one still there would come back at the next start.
-        return obj is not None and not obj.in_settings and super().has_delete_permission(request, obj)
+        # Schedules made here, and entries gone from the settings; one still there would come back.
+        if obj is None:
+            return super().has_delete_permission(request, obj)
+        return (obj.made_in_admin or not obj.in_settings) and super().has_delete_permission(request, obj)
+
+    # Named as the site-wide action it replaces: settings entries are left out of the selection.
+    @admin.action(permissions=["delete"], description="Delete selected schedules (made in the admin, or gone "
+                                                       "from SCHEDULED_JOBS)")
+    def delete_selected(self, request, queryset):
+        from django.contrib.admin.actions import delete_selected
+
+        return delete_selected(self, request, queryset.filter(Q(made_in_admin=True) | Q(in_settings=False)))
 
     def save_model(self, request, obj, form, change):
-        if "enabled" in form.changed_data:
-            obj.switch(obj.enabled, now=timezone.now())
+        now = timezone.now()
+        if not self.made_here(obj if change else None):  # a SCHEDULED_JOBS entry: only the switch
+            if "enabled" in form.changed_data:
+                obj.switch(obj.enabled, now=now)
+            return
+        changed = set(form.changed_data)
+        # New timing, new, or switched on: start from now, nothing to catch up on.
+        if not change or changed & {"cron", "timezone"} or ("enabled" in changed and obj.enabled):
+            obj.next_fire_at = obj.cron_schedule().next_after(now)
+            changed.add("next_fire_at")
+        if not change:
+            obj.made_in_admin, obj.in_settings = True, False
+            obj.save()
+        else:  # only what the form changed: the scheduler's own columns are not written back
+            obj.save(update_fields=sorted(changed & {*self.ADMIN_EDITABLE, "next_fire_at"}))
+
+    @admin.display(description="Source")
+    def source(self, obj):
+        if obj.made_in_admin:
+            return "Admin"
+        return "SCHEDULED_JOBS" if obj.in_settings else "Gone from SCHEDULED_JOBS"
 
     # -- columns ---------------------------------------------------------------------
 
@@ -215,6 +287,10 @@ class ScheduleAdmin(admin.ModelAdmin):
         self.report_runs(request, [run_now(schedule) for schedule in queryset])
 
     def report_runs(self, request, runs: list[ScheduleRun]) -> None:
+        for run in runs:  # into the schedule's history, as every change made here
+            outcome = ("skipped: " + run.skip_reason if run.skipped else f"not enqueued: {run.error}" if run.error
+                       else f"enqueued job #{run.job_id}" if run.job_id else f"enqueued {run.result_id}")
+            self.log_change(request, run.schedule, f"Run now: {outcome}")
         enqueued = [run for run in runs if not run.error and not run.skipped]
         if enqueued:
             self.message_user(request, ngettext("Enqueued %(count)d job.", "Enqueued %(count)d jobs.",
