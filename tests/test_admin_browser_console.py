@@ -117,3 +117,34 @@ def test_schedule_page_run_now_upcoming_fire_times_and_cron_on_one_line(page):
     page.locator("#schedule-run-now").click()
     expect(page.locator(".messagelist")).to_contain_text("Enqueued 1 job.")
     assert Job.objects.get().meta["schedule"] == schedule.name
+
+
+def test_schedule_add_form_shows_the_settings_messages_then_makes_the_schedule(page, settings):
+    from playwright.sync_api import expect
+
+    from scheduler.models import Schedule
+
+    settings.SCHEDULER_ADMIN_TASKS = ["tests.tasks.add", "tests.tasks.noop"]
+    page.goto("/admin/scheduler/schedule/")
+    page.get_by_role("link", name="Add schedule").click()
+    page.fill("#id_name", "quarter-hourly-sum")
+    page.select_option("#id_task", "tests.tasks.add")
+    page.fill("#id_cron", "*/15 * * * * 99")
+    page.fill("#id_timezone", "Europe/Atlantis")
+    page.fill("#id_args", "[1, 2")
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.locator(".errornote")).to_be_visible()
+    expect(page.locator(".field-cron .errorlist")).to_be_visible()
+    expect(page.locator(".field-timezone .errorlist")).to_contain_text("Europe/Atlantis")
+    expect(page.locator(".field-args .errorlist")).to_contain_text("is not JSON")
+    shot(page, "schedule-add-errors", full_page=True)
+    scroll = page.evaluate("document.documentElement.scrollWidth")
+    assert scroll <= VIEWPORT["width"], f"the page scrolls sideways ({scroll}px)"
+
+    page.fill("#id_cron", "*/15 * * * *")
+    page.fill("#id_timezone", "Europe/Paris")
+    page.fill("#id_args", "[1, 2]")
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.locator(".messagelist")).to_contain_text("quarter-hourly-sum")
+    schedule = Schedule.objects.get(name="quarter-hourly-sum")
+    assert schedule.made_in_admin and schedule.args == [1, 2] and schedule.next_fire_at.minute % 15 == 0
