@@ -8,6 +8,7 @@ scrolled out of sight) and saves a screenshot to docs/ for the README.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import User
@@ -148,3 +149,46 @@ def test_schedule_add_form_shows_the_settings_messages_then_makes_the_schedule(p
     expect(page.locator(".messagelist")).to_contain_text("quarter-hourly-sum")
     schedule = Schedule.objects.get(name="quarter-hourly-sum")
     assert schedule.made_in_admin and schedule.args == [1, 2] and schedule.next_fire_at.minute % 15 == 0
+
+
+def test_the_overview_updates_itself_in_place_and_pauses_while_hidden(page):
+    from playwright.sync_api import expect
+
+    from jobs.models import Job, JobStatus, WorkerProcess
+
+    make_backdrop(timezone.now())
+    later = timezone.now() + timedelta(hours=1)  # alive throughout (the tests' stale_after is 3 s)
+    WorkerProcess.objects.create(worker_id="web-1:4242:9f3ab2c1", hostname="web-1", pid=4242, concurrency=8,
+                                 started_at=timezone.now(), heartbeat_at=later)
+    page.goto("/admin/jobs/queuestate/")
+    expect(page.locator("#jobs-live-status")).to_contain_text("Live")
+    page.evaluate("window.sameDocument = true")
+    running = page.locator("#stat-running")
+    before = int(running.inner_text().replace(",", ""))
+    now = timezone.now()
+    Job.objects.bulk_create([Job(task_path="shop.tasks.resize_image", queue_name="default", status=JobStatus.RUNNING,
+                                 run_after=now, enqueued_at=now, started_at=now, last_attempted_at=now, attempts=1,
+                                 worker_id="web-1:4242:9f3ab2c1", heartbeat_at=now + timedelta(hours=1))
+                             for _ in range(3)])
+    expect(running).to_have_text(str(before + 3), timeout=15_000)  # without a reload:
+    assert page.evaluate("window.sameDocument") is True
+    expect(page.locator('#workers tr[data-worker="web-1:4242:9f3ab2c1"] .jobs-running-now')).to_contain_text(
+        "resize_image")
+    shot(page, "overview-live", full_page=True)
+
+    # Hidden: no request until shown again.
+    requests = []
+    page.on("request", lambda request: requests.append(request.url) if "/queuestate/" in request.url else None)
+    page.evaluate("""() => {
+        Object.defineProperty(document, 'hidden', {configurable: true, get: () => true});
+        document.dispatchEvent(new Event('visibilitychange'));
+    }""")
+    updates = page.locator(".jobs-page").get_attribute("data-updates")
+    page.wait_for_timeout(6_500)  # longer than one refresh period: nothing may happen
+    assert requests == [] and page.locator(".jobs-page").get_attribute("data-updates") == updates
+    page.evaluate("""() => {
+        Object.defineProperty(document, 'hidden', {configurable: true, get: () => false});
+        document.dispatchEvent(new Event('visibilitychange'));
+    }""")
+    expect(page.locator(".jobs-page")).not_to_have_attribute("data-updates", updates or "", timeout=10_000)
+    assert requests, "no refresh after the tab was shown again"

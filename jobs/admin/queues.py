@@ -26,11 +26,13 @@ from .. import stats
 from ..counts import EXACT_UP_TO, count
 from ..history import log_actions
 from ..models import Job, QueueState
+from . import live
 from .chart import Chart, throughput_chart
 from .common import crumbs
 
 TOP_FAILING = 10
 REFRESH_SECONDS = (2, 300)  # the range of ?refresh= the page accepts
+LIVE_SECONDS = 5  # the page refreshes itself in place this often (jobs/static/jobs/overview-live.js)
 
 
 @dataclass
@@ -39,6 +41,16 @@ class Overview(stats.Snapshot):
     # counted through jobs_job_retrying_idx; whether that count is an estimate.
     retrying: int = 0
     retrying_estimated: bool = False
+    tasks_hour: list | None = None  # live.TaskHour per task, busiest first
+    queues_hour: list | None = None  # {"name", "ran", "failed", "per_minute"} per queue
+    running: dict | None = None  # worker id -> the jobs it runs now
+    lost: list | None = None  # workers silent for less than a day
+
+    @property
+    def workers_running(self) -> list[dict]:
+        """Each live worker with the jobs it runs now."""
+        running = self.running or {}
+        return [{**w, "jobs": running.get(w["worker"].worker_id, [])} for w in self.workers]
 
     @property
     def top_failing(self) -> list[dict]:
@@ -52,7 +64,11 @@ class Overview(stats.Snapshot):
 
 def build(now: datetime) -> Overview:
     retrying, estimated = count(Job.objects.retrying())
-    return Overview(**vars(stats.snapshot(now, keys=True)), retrying=retrying, retrying_estimated=estimated)
+    snapshot = stats.snapshot(now, keys=True)
+    tasks_hour, queues_hour = live.last_hour(now)
+    return Overview(**vars(snapshot), retrying=retrying, retrying_estimated=estimated, tasks_hour=tasks_hour,
+                    queues_hour=queues_hour, running=live.running_by_worker(),
+                    lost=live.lost_workers(now, snapshot.stale_after))
 
 
 def refresh_seconds(value: str) -> str:
@@ -99,6 +115,7 @@ class QueueStateAdmin(admin.ModelAdmin):
             "failures_url": reverse("admin:jobs_job_failures"),
             "pause_url": reverse("admin:jobs_queuestate_pause"),
             "refresh": refresh_seconds(request.GET.get("refresh", "")),
+            "live_seconds": LIVE_SECONDS,
             "stale_after": data.stale_after,
             "exact_up_to": EXACT_UP_TO,
             "chart_start": now - timedelta(minutes=stats.THROUGHPUT_MINUTES),
