@@ -192,3 +192,15 @@ def test_the_overview_updates_itself_in_place_and_pauses_while_hidden(page):
     }""")
     expect(page.locator(".jobs-page")).not_to_have_attribute("data-updates", updates or "", timeout=10_000)
     assert requests, "no refresh after the tab was shown again"
+
+
+def test_the_admin_index_shows_the_queue_state_one_click_from_the_overview(page):
+    from playwright.sync_api import expect
+
+    make_backdrop(timezone.now())
+    page.goto("/admin/")
+    state = page.locator("#jobs-index-state")
+    expect(state).to_contain_text("failed in 24 h")
+    shot(page, "index")
+    state.get_by_role("link", name="Queue overview →").click()
+    expect(page.locator("h1")).to_have_text("Queues")

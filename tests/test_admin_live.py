@@ -84,3 +84,23 @@ def test_a_live_workers_sweep_keeps_a_dead_workers_row_for_a_day(admin_client):
              clock=None).take_back_stale(now)
     assert list(WorkerProcess.objects.values_list("worker_id", flat=True)) == ["lost:2:b"]
     assert "lost:2:b" in admin_client.get(OVERVIEW).content.decode().split('id="workers-lost"', 1)[1]
+
+
+def test_the_admin_index_shows_the_queues_state_beside_the_apps(admin_client):
+    now = timezone.now()
+    make_jobs(2, JobStatus.FAILED, finished_at=now - timedelta(hours=1))
+    make_jobs(1, JobStatus.FAILED, finished_at=now - timedelta(hours=30))
+    make_jobs(1, JobStatus.READY, run_after=now - timedelta(minutes=3))
+    WorkerProcess.objects.create(worker_id="w:1:a", hostname="w", pid=1, started_at=now, heartbeat_at=now)
+    page = admin_client.get("/admin/").content.decode()
+    state = page.split('id="jobs-index-state"', 1)[1].split("</div>", 1)[0]
+    assert '<strong id="jobs-index-failed">2</strong> failed in 24 h' in state
+    assert '<strong id="jobs-index-lag">3 min' in state or '<strong id="jobs-index-lag">3m' in state, state
+    assert 'href="/admin/jobs/queuestate/"' in state and 'href="/admin/jobs/job/failures/"' in state
+    assert page.index('id="jobs-index-state"') < page.index("app-jobs")  # beside (above) the Jobs app
+
+
+def test_the_admin_index_shows_no_queue_state_to_users_who_may_not_see_jobs(client, django_user_model):
+    user = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
+    client.force_login(user)
+    assert "jobs-index-state" not in client.get("/admin/").content.decode()
