@@ -156,7 +156,7 @@ def planner_view() -> str:
             f"last autoanalyze {autoanalyze}, {modified:,} rows changed since")
 
 
-def measure_group_requeue(client) -> tuple[str, float, float]:
+def measure_group_requeue(client, explain: bool = False) -> tuple[str, float, float]:
     """"Requeue selected jobs" with "select all" on one failure group, once: the whole request, and
     the longest transaction (a batch: its UPDATE and its history INSERT), which bounds any lock."""
     from urllib.parse import urlencode
@@ -173,6 +173,16 @@ def measure_group_requeue(client) -> tuple[str, float, float]:
     assert response.status_code == 302, response.status_code
     left = Job.objects.filter(status="FAILED", task_path=group["task"], error_class=group["error_class"]).count()
     batches = [ms for ms, sql, _ in log if sql.startswith("UPDATE")]
+    if explain:  # the plan of the first batch's UPDATE, run again on jobs requeued back to FAILED, rolled back
+        from django.db import connection, transaction
+
+        sql, params = next((sql, params) for _, sql, params in log if sql.startswith("UPDATE"))
+        with transaction.atomic():
+            Job.objects.filter(task_path=group["task"], error_class=group["error_class"]).update(status="FAILED")
+            with connection.cursor() as cursor:
+                cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
+                print("    " + "\n    ".join(row[0] for row in cursor.fetchall()))
+            transaction.set_rollback(True)
     print(f"{'requeue a failure group (select all)':<44} {elapsed:>6.1f}ms  {size:,} jobs, {left} left, "
           f"{len(batches)} batches, slowest UPDATE {max(batches, default=0):.1f} ms")
     return "requeue a failure group: slowest batch", max(batches, default=0.0), 200
@@ -319,7 +329,7 @@ def main() -> int:
     print(f"\n{'operations':<44}")
     results += [measure(name, url, 200) for name, url in operations]
     if not options.only or "requeue" in options.only:
-        results.append(measure_group_requeue(client))
+        results.append(measure_group_requeue(client, options.explain))
     print(f"\n{planner_view()}")
     missed = [(name, median, target) for name, median, target in results if median >= target]
     for name, median, target in missed:
