@@ -104,3 +104,24 @@ def test_the_admin_index_shows_no_queue_state_to_users_who_may_not_see_jobs(clie
     user = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
     client.force_login(user)
     assert "jobs-index-state" not in client.get("/admin/").content.decode()
+
+
+def test_the_overview_counts_jobs_held_back_by_their_keys_limits(admin_client):
+    from jobs.models import Job
+    from tests import tasks
+
+    tasks.one_at_a_time.enqueue("/tmp/unused", "first", 0)
+    Job.objects.claim(worker_id="w", limit=1, now=timezone.now())  # the key's one slot taken
+    tasks.one_at_a_time.enqueue("/tmp/unused", "second", 0)
+    tasks.one_at_a_time.enqueue("/tmp/unused", "third", 0)
+    response = admin_client.get(OVERVIEW)
+    assert response.context["overview"].held_back == 2
+    page = response.content.decode()
+    assert '<span class="jobs-stat-value" id="stat-held-back">2</span>' in page
+    assert "1 of 1 running" in page.split('id="limit-keys"', 1)[1]
+
+    Job.objects.filter(status=JobStatus.RUNNING).update(status=JobStatus.SUCCESSFUL)
+    from jobs.models import JobLimit
+
+    JobLimit.objects.update(running=0)  # as the finishing worker does
+    assert admin_client.get(OVERVIEW).context["overview"].held_back == 0

@@ -105,3 +105,35 @@ def lost_workers(now: datetime, stale: float) -> list[dict]:
     return [{"worker": worker, "silent_for": max((now - worker.heartbeat_at).total_seconds(), 0.0)}
             for worker in WorkerProcess.objects.filter(heartbeat_at__lt=cutoff, heartbeat_at__gte=now - LOST_FOR)
             .order_by("-heartbeat_at")]
+
+
+def held_back_keys(limit_keys: list[dict], now: datetime) -> int:
+    """Mark each of the overview's limit keys whose waiting jobs a limit holds back now (``row["held"]``:
+    why, or ""), and return how many jobs wait on such keys. One probe per key with waiting jobs (the
+    overview shows 20 at most) for its limits, one query for the keys' counters."""
+    from ..limits import held_back, parse_rate
+    from ..models import JobLimit
+
+    waiting = [row for row in limit_keys if row["waiting"]]
+    counters = {row.key: row for row in JobLimit.objects.filter(key__in=[row["key"] for row in waiting])}
+    total = 0
+    for row in limit_keys:
+        row["held"] = ""
+    for row in waiting:
+        limits = (Job.objects.filter(status=JobStatus.READY, limit_key=row["key"]).order_by()
+                  .values_list("concurrency_limit", "rate_limit").first())
+        if limits is None:
+            continue
+        concurrency, rate_text = limits
+        try:
+            rate = parse_rate(rate_text) if rate_text else None
+        except ValueError:
+            rate = None
+        counter = counters.get(row["key"])
+        starts = counter.starts if counter is not None and isinstance(counter.starts, list) else []
+        row["held"] = held_back(running=counter.running if counter else 0, concurrency_limit=concurrency,
+                                starts=[s for s in starts if isinstance(s, (int, float))], rate=rate,
+                                now=now.timestamp())
+        if row["held"]:
+            total += row["waiting"]
+    return total

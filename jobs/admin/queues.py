@@ -45,6 +45,7 @@ class Overview(stats.Snapshot):
     queues_hour: list | None = None  # {"name", "ran", "failed", "per_minute"} per queue
     running: dict | None = None  # worker id -> the jobs it runs now
     lost: list | None = None  # workers silent for less than a day
+    held_back: int = 0  # READY jobs whose key's concurrency or rate limit has no room now
 
     @property
     def workers_running(self) -> list[dict]:
@@ -66,9 +67,10 @@ def build(now: datetime) -> Overview:
     retrying, estimated = count(Job.objects.retrying())
     snapshot = stats.snapshot(now, keys=True)
     tasks_hour, queues_hour = live.last_hour(now)
+    held = live.held_back_keys(snapshot.limit_keys, now)
     return Overview(**vars(snapshot), retrying=retrying, retrying_estimated=estimated, tasks_hour=tasks_hour,
                     queues_hour=queues_hour, running=live.running_by_worker(),
-                    lost=live.lost_workers(now, snapshot.stale_after))
+                    lost=live.lost_workers(now, snapshot.stale_after), held_back=held)
 
 
 def refresh_seconds(value: str) -> str:
