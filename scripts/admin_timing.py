@@ -276,6 +276,7 @@ def main() -> int:
         ("job list, one failure group", "/admin/jobs/job/?" + urlencode({
             "status__exact": "FAILED", "task": "shop.tasks.charge_card", "error_class": "httpx.ConnectTimeout"})),
         ("overview", "/admin/jobs/queuestate/"),
+        ("admin index (queue state)", "/admin/"),
     ]
     operations = [
         ("jobs_status --json", None),
