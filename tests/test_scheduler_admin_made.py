@@ -241,7 +241,8 @@ def test_the_settings_sync_leaves_schedules_made_here_alone(admin_client):
 TICKS = 4
 
 
-def test_a_schedule_made_while_three_workers_run_fires_exactly_once_per_fire_time(workers, admin_client):
+def test_a_schedule_made_and_changed_while_three_workers_run_fires_exactly_once_per_fire_time(workers,
+                                                                                                 admin_client):
     env = scheduler_env({})
     env["SCHEDULER_TEST_ADMIN_TASKS"] = json.dumps(ALLOWED)
     procs = [workers.manage("process_tasks", env=env),
@@ -257,6 +258,14 @@ def test_a_schedule_made_while_three_workers_run_fires_exactly_once_per_fire_tim
     schedule = Schedule.objects.get(name="every-two-seconds")
     wait_for(lambda: ScheduleRun.objects.filter(schedule=schedule).count() >= TICKS, timeout=30,
              message=f"{TICKS} fire times of the new schedule")
+    # A change made in the admin reaches the running schedulers too: every 3 s from now on.
+    with override_settings(SCHEDULER_ADMIN_TASKS=ALLOWED):
+        changed_at = timezone.now()
+        response = admin_client.post(f"{CHANGELIST}{schedule.pk}/change/", form(
+            name="every-two-seconds", task="tests.tasks.noop", cron="* * * * * */3", timezone="UTC", args="[]"))
+        assert response.status_code == 302
+    wait_for(lambda: ScheduleRun.objects.filter(schedule=schedule, fire_time__gt=changed_at).count() >= TICKS,
+             timeout=40, message=f"{TICKS} fire times after the change")
     Schedule.objects.filter(pk=schedule.pk).update(enabled=False)
     for proc in procs:
         proc.send_signal(signal.SIGTERM)
@@ -265,11 +274,15 @@ def test_a_schedule_made_while_three_workers_run_fires_exactly_once_per_fire_tim
         assert "Traceback" not in workers.output(proc)
 
     runs = list(ScheduleRun.objects.filter(schedule=schedule).order_by("fire_time"))
-    fire_times = [run.fire_time for run in runs]
+    before = [run.fire_time for run in runs if run.fire_time <= changed_at]
+    after = [run.fire_time for run in runs if run.fire_time > changed_at]
     # Noticed within a few seconds (a scheduler rereads the rows at least every 5 s) ...
-    assert fire_times[0] - made_at < timedelta(seconds=8), (made_at, fire_times[0])
-    # ... then every fire time once: no gap, no duplicate, one job each, each run by one worker.
-    assert [b - a for a, b in pairwise(fire_times)] == [timedelta(seconds=2)] * (len(fire_times) - 1)
+    assert before[0] - made_at < timedelta(seconds=8), (made_at, before[0])
+    assert after[0] - changed_at < timedelta(seconds=8), (changed_at, after[0])
+    # ... then every fire time once: no gap, no duplicate, one job each.
+    assert [b - a for a, b in pairwise(before)] == [timedelta(seconds=2)] * (len(before) - 1)
+    assert [b - a for a, b in pairwise(after)] == [timedelta(seconds=3)] * (len(after) - 1)
+    assert all(t.second % 3 == 0 for t in after) and len(set(t for t in before + after)) == len(runs)
     jobs = Job.objects.filter(meta__schedule="every-two-seconds")
     assert sorted(jobs.values_list("pk", flat=True)) == sorted(run.job_id for run in runs)
     assert all(run.error == "" and not run.skipped for run in runs)
