@@ -230,13 +230,14 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     @admin.display(description="Next run", ordering="next_fire_at")
     def next_run(self, obj):
-        if not obj.in_settings:
+        if not obj.in_settings and not obj.made_in_admin:
             return "- (not in settings)"
         if not obj.enabled:
             return "- (switched off)"
         if obj.next_fire_at is None:
             return "- (at the next scheduler start)"
-        return f"{_local(obj, obj.next_fire_at)} ({until(obj.next_fire_at, timezone.now())})"
+        return format_html('<span class="scheduler-when">{}</span><br><small>{}</small>', _local(obj, obj.next_fire_at),
+                           until(obj.next_fire_at, timezone.now()))
 
     @admin.display(description="Last run")
     def last_run(self, obj):
@@ -248,7 +249,8 @@ class ScheduleAdmin(admin.ModelAdmin):
         outcome = outcome_html(obj.last_run_error, obj.last_run_job_id, obj.last_run_job_status,
                                obj.last_run_result_id, skipped=obj.last_run_skipped,
                                skip_reason=obj.last_run_skip_reason)
-        return format_html("{}<br><small>{} ago</small> &middot; {}", when, timesince(enqueued_at), outcome)
+        return format_html('<span class="scheduler-when">{}</span><br><small>{} ago</small> &middot; {}', when,
+                           timesince(enqueued_at), outcome)
 
     @admin.display(description="Recent runs")
     def recent_runs(self, obj):

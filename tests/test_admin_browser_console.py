@@ -104,7 +104,16 @@ def test_schedule_page_run_now_upcoming_fire_times_and_cron_on_one_line(page):
         name="weekday-office-hours-report", task="tests.tasks.add", cron="0 9-17/2 * * 1-5",
         timezone="America/New_York", args=[1, 2], overlap=False,
         next_fire_at=CronSchedule("0 9-17/2 * * 1-5", "America/New_York").next_after(timezone.now()))
+    Schedule.objects.create(name="every-ten-seconds", task="tests.tasks.noop", cron="* * * * * */10", timezone="UTC",
+                            next_fire_at=timezone.now() + timedelta(seconds=7))
     page.goto("/admin/scheduler/schedule/")
+    shot(page, "schedules")
+    scroll = page.evaluate("document.documentElement.scrollWidth")
+    assert scroll <= VIEWPORT["width"], f"the schedule list scrolls sideways ({scroll}px)"
+    for column in ("name", "cron_display", "next_run", "last_run", "enabled", "source"):
+        edge = right_edge(page, f"#result_list th.column-{column}")
+        assert edge <= VIEWPORT["width"] - 40, f"{column} ends at {edge}px, out of sight"
+    expect(page.locator("#result_list")).not_to_contain_text("0 minutes")
     cron = page.locator("code.scheduler-cron").first
     box = cron.bounding_box()
     assert box["height"] < 2 * float(cron.evaluate("e => parseFloat(getComputedStyle(e).lineHeight) || 20")), \

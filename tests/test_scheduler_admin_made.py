@@ -64,6 +64,9 @@ def test_a_schedule_made_in_the_admin_is_stored_runs_and_is_in_the_history(admin
     assert schedule.queue_name == "default"  # empty: the task's own queue
     assert schedule.next_fire_at > timezone.now() and schedule.next_fire_at.minute == 5
     assert LogEntry.objects.get(object_id=str(schedule.pk)).action_flag == ADDITION
+    listed = admin_client.get(CHANGELIST).content.decode()
+    local = schedule.next_fire_at.astimezone(schedule.cron_schedule().zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+    assert local in listed and "not in settings" not in listed and ">Admin<" in listed
 
     # A scheduler fires it as it fires the settings' entries.
     Scheduler().tick(schedule.next_fire_at + timedelta(milliseconds=100))
