@@ -22,5 +22,14 @@ class JobsConfig(AppConfig):
         # would: here rather than at import of jobs.compat, which a web process may never do.
         register_origin("compat", render_origin)
 
+        # The admin index shows the queue's state beside the apps, unless the project has an index of its own.
+        from django.apps import apps
+
+        if apps.is_installed("django.contrib.admin"):
+            from django.contrib import admin
+
+            if admin.site.index_template is None:
+                admin.site.index_template = "admin/jobs/index.html"
+
         if not settings.is_overridden("TASKS"):
             settings.TASKS = DEFAULT_TASKS

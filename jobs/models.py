@@ -81,6 +81,10 @@ class JobQuerySet(models.QuerySet):
     def running(self):
         return self.filter(status=JobStatus.RUNNING)
 
+    def retrying(self):
+        """READY after a failed attempt: waiting for the next one (``jobs_job_retrying_idx``)."""
+        return self.filter(status=JobStatus.READY, attempts__gt=0)
+
     def finished(self):
         return self.filter(status__in=FINISHED_STATUSES)
 
@@ -311,6 +315,10 @@ class Job(models.Model):
     return_value = SafeJSONField(null=True, blank=True)
     errors = SafeJSONField(default=list, blank=True,
                               help_text="One entry per failed attempt, oldest first.")
+    # Copied from the latest error as it is written (jobs.store.fail_attempt), so that failures
+    # group by cause from an index, without reading the JSON of every failed job.
+    error_class = models.CharField(max_length=255, blank=True, default="", db_default="",
+                                   help_text="Exception class of the latest failed attempt.")
     meta = SafeJSONField(default=dict, blank=True,
                             help_text="Where the job came from (schedule, import, ...).")
     # Job control (jobs.task(unique=..., concurrency_key=..., rate_limit=...); see jobs/limits.py).
@@ -348,6 +356,12 @@ class Job(models.Model):
             # and its lag (index-only), and both leading columns give the filters their choices
             # by a loose index scan instead of a DISTINCT over the table.
             models.Index(fields=["status", "id"], name="jobs_job_status_idx"),
+            # The "Retrying" filter and count: READY jobs after a failed attempt, few of them.
+            models.Index(fields=["id"], name="jobs_job_retrying_idx", condition=Q(status="READY", attempts__gt=0)),
+            # Failures by cause (/admin/jobs/job/failures/): failed jobs by task and exception class,
+            # newest first for the list of a group, and finished_at for the counts by window, index-only.
+            models.Index(fields=["task_path", "error_class", "id", "finished_at"], name="jobs_job_failures_idx",
+                         condition=Q(status="FAILED")),
             models.Index(fields=["queue_name", "status", "backend", "run_after"], name="jobs_job_queue_idx"),
             models.Index(fields=["task_path", "id"], name="jobs_job_task_idx"),
             models.Index(fields=["enqueued_at"], name="jobs_job_enqueued_idx"),

@@ -56,7 +56,8 @@ def fail_attempt(job: ClaimedJob, error: dict, decision: retry.RetryDecision, *,
     using = using or router.db_for_write(Job)
     errors = job.errors if isinstance(job.errors, list) else []
     workers = job.worker_ids if isinstance(job.worker_ids, list) else []
-    changes = dict(errors=[*errors, error], heartbeat_at=None, worker_ids=[*workers, job.worker_id])
+    changes = dict(errors=[*errors, error], heartbeat_at=None, worker_ids=[*workers, job.worker_id],
+                   error_class=str(error.get("exception_class_path") or "")[:255])
     held = _attempt(job, using)
     if lost_before is not None:
         # A take-back: the row of a worker frozen or cut off inside a transaction is left for a

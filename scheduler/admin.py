@@ -1,15 +1,24 @@
 """Schedules in the admin: what runs when, what the last run came to, an on/off switch, "Run now".
 
-Settings are the truth for what a schedule does, so everything but the switch is
-read-only here; schedules are not added here either (add them to SCHEDULED_JOBS).
+Two kinds of schedule. Those from ``SCHEDULED_JOBS``: the settings are the truth for
+what they do, so only their switch and "Run now" are here. Those made here (by users
+with ``scheduler.add_schedule``): their task is one of ``SCHEDULER_ADMIN_TASKS``, every
+field is checked as a settings entry is (scheduler/forms.py), and they can be changed
+and deleted. Running schedulers read the rows at every tick (at most 5 s apart), so a
+change takes effect without a restart; the run rows' unique (schedule, fire time) keeps
+each fire time to one job. Every change goes into the admin's history.
 """
 
 from __future__ import annotations
 
+from itertools import islice
+
 from django.contrib import admin, messages
-from django.core.exceptions import ObjectDoesNotExist
-from django.db.models import OuterRef, Subquery
-from django.urls import NoReverseMatch, reverse
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
+from django.db.models import OuterRef, Q, Subquery
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince, timeuntil
@@ -17,11 +26,14 @@ from django.utils.translation import ngettext
 
 from jobs.templatetags.jobs_admin import status_label
 
-from .cron import CronError, describe, get_zone
+from .conf import admin_tasks
+from .cron import ONE_US, CronError, describe, get_zone
+from .forms import AdminScheduleForm
 from .models import Schedule, ScheduleRun
 from .runner import run_now
 
 RECENT_RUNS = 20
+UPCOMING = 5  # next fire times shown on a schedule's page
 
 
 def _job_url(job_id) -> str | None:
@@ -38,6 +50,17 @@ def _local(schedule: Schedule, value) -> str:
     except CronError:
         zone = timezone.get_current_timezone()
     return value.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def until(value, now) -> str:
+    """'in 42 seconds', 'in 3 hours, 5 minutes', or 'due now' (never 'in 0 minutes')."""
+    seconds = (value - now).total_seconds()
+    if seconds <= 0:
+        return "due now"
+    if seconds < 60:
+        whole = max(int(seconds), 1)
+        return f"in {whole} second{'s' if whole != 1 else ''}"
+    return f"in {timeuntil(value, now)}"
 
 
 def outcome_html(run_error: str, job_id, job_status: str | None, result_id: str = "", *, skipped: bool = False,
@@ -76,40 +99,130 @@ class LastRunSubqueries:
 
 @admin.register(Schedule)
 class ScheduleAdmin(admin.ModelAdmin):
-    list_display = ["name", "cron_display", "timezone", "next_run", "last_run", "enabled", "in_settings"]
+    list_display = ["name", "cron_display", "timezone", "next_run", "last_run", "enabled", "source"]
+    change_form_template = "admin/scheduler/schedule/change_form.html"
     list_display_links = ["name"]
     list_editable = ["enabled"]
-    list_filter = ["enabled", "in_settings", "queue_name", "misfire", "overlap"]
+    list_filter = ["enabled", "in_settings", "made_in_admin", "queue_name", "misfire", "overlap"]
     search_fields = ["name", "task"]
-    actions = ["run_now_action"]
+    actions = ["run_now_action", "delete_selected"]
     fieldsets = [
         (None, {"fields": ["name", "enabled", "in_settings"]}),
-        ("When", {"fields": ["cron", "cron_description", "timezone", "misfire", "overlap", "next_run", "last_run"]}),
+        ("When", {"fields": ["cron", "cron_description", "timezone", "misfire", "overlap_display", "next_run",
+                             "upcoming", "last_run"]}),
         ("What", {"fields": ["task", "args", "kwargs", "queue_name", "priority"]}),
         ("Recent runs", {"fields": ["recent_runs"]}),
     ]
-    readonly_fields = ["name", "in_settings", "cron", "cron_description", "timezone", "misfire", "overlap", "next_run",
-                       "last_run", "task", "args", "kwargs", "queue_name", "priority", "recent_runs"]
+    readonly_fields = ["name", "in_settings", "cron", "cron_description", "timezone", "misfire", "overlap_display",
+                       "next_run", "upcoming", "last_run", "task", "args", "kwargs", "queue_name", "priority",
+                       "recent_runs"]
+
+    class Media:
+        css = {"all": ["scheduler/admin.css"]}
 
     def get_queryset(self, request):
         return LastRunSubqueries.annotate(super().get_queryset(request))
 
+    # -- schedules made here, and those from the settings ---------------------------------
+
+    ADMIN_FIELDSETS = [
+        (None, {"fields": ["name", "enabled"]}),
+        ("When", {"fields": ["cron", "timezone", "misfire", "overlap"]}),
+        ("What", {"fields": ["task", "args", "kwargs", "queue_name", "priority"]}),
+    ]
+    ADMIN_READONLY = ["cron_description", "next_run", "upcoming", "last_run", "recent_runs"]
+    ADMIN_EDITABLE = ["enabled", "task", "cron", "timezone", "misfire", "overlap", "args", "kwargs", "queue_name",
+                      "priority"]
+
+    @staticmethod
+    def made_here(obj) -> bool:
+        return obj is None or obj.made_in_admin
+
+    def get_fieldsets(self, request, obj=None):
+        if not self.made_here(obj):
+            return self.fieldsets
+        if obj is None:
+            return self.ADMIN_FIELDSETS
+        return [(None, {"fields": ["name", "enabled", "source"]}),
+                ("When", {"fields": ["cron", "cron_description", "timezone", "misfire", "overlap", "next_run",
+                                     "upcoming", "last_run"]}),
+                self.ADMIN_FIELDSETS[2], ("Recent runs", {"fields": ["recent_runs"]})]
+
+    def get_readonly_fields(self, request, obj=None):
+        if not self.made_here(obj):
+            return self.readonly_fields
+        return [*self.ADMIN_READONLY, "source"] if obj is not None else []
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if self.made_here(obj):
+            kwargs["form"] = AdminScheduleForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
     def has_add_permission(self, request):
-        return False  # schedules come from SCHEDULED_JOBS
+        # Only tasks listed in SCHEDULER_ADMIN_TASKS may be scheduled here: none listed, no add page.
+        return bool(admin_tasks()) and super().has_add_permission(request)
 
     def has_delete_permission(self, request, obj=None):
-        # Only entries gone from the settings; one still there would come back at the next start.
-        return obj is not None and not obj.in_settings and super().has_delete_permission(request, obj)
+        # Schedules made here, and entries gone from the settings; one still there would come back.
+        if obj is None:
+            return super().has_delete_permission(request, obj)
+        return (obj.made_in_admin or not obj.in_settings) and super().has_delete_permission(request, obj)
+
+    # Named as the site-wide action it replaces: settings entries are left out of the selection.
+    @admin.action(permissions=["delete"], description="Delete selected schedules (made in the admin, or gone "
+                                                       "from SCHEDULED_JOBS)")
+    def delete_selected(self, request, queryset):
+        from django.contrib.admin.actions import delete_selected
+
+        return delete_selected(self, request, queryset.filter(Q(made_in_admin=True) | Q(in_settings=False)))
 
     def save_model(self, request, obj, form, change):
-        if "enabled" in form.changed_data:
-            obj.switch(obj.enabled, now=timezone.now())
+        now = timezone.now()
+        if not self.made_here(obj if change else None):  # a SCHEDULED_JOBS entry: only the switch
+            if "enabled" in form.changed_data:
+                obj.switch(obj.enabled, now=now)
+            return
+        changed = set(form.changed_data)
+        # New timing, new, or switched on: start from now, nothing to catch up on.
+        if not change or changed & {"cron", "timezone"} or ("enabled" in changed and obj.enabled):
+            obj.next_fire_at = obj.cron_schedule().next_after(now)
+            changed.add("next_fire_at")
+        if not change:
+            obj.made_in_admin, obj.in_settings = True, False
+            obj.save()
+        else:  # only what the form changed: the scheduler's own columns are not written back
+            obj.save(update_fields=sorted(changed & {*self.ADMIN_EDITABLE, "next_fire_at"}))
+
+    @admin.display(description="Source")
+    def source(self, obj):
+        if obj.made_in_admin:
+            return "Admin"
+        return "SCHEDULED_JOBS" if obj.in_settings else "Gone from SCHEDULED_JOBS"
 
     # -- columns ---------------------------------------------------------------------
 
     @admin.display(description="Cron", ordering="cron")
     def cron_display(self, obj):
-        return format_html("<code>{}</code><br><small>{}</small>", obj.cron, describe(obj.cron))
+        return format_html('<code class="scheduler-cron">{}</code><br><small>{}</small>', obj.cron, describe(obj.cron))
+
+    @admin.display(description="Overlap")
+    def overlap_display(self, obj):
+        if obj.overlap:
+            return "Yes: a fire time runs even while the previous run's job is still waiting or running."
+        return "No: a fire time is skipped while the previous run's job is still waiting or running."
+
+    @admin.display(description="Next fire times")
+    def upcoming(self, obj):
+        """The next few fire times, in the schedule's time zone (the first one not yet handled first)."""
+        if not obj.active:
+            return "-"
+        try:
+            cron = obj.cron_schedule()
+        except CronError as exc:
+            return f"- ({exc})"
+        start = obj.next_fire_at - ONE_US if obj.next_fire_at else timezone.now()
+        return format_html('<ul class="scheduler-upcoming">{}</ul>', format_html_join(
+            "", "<li>{}</li>", ((_local(obj, fire_time),) for fire_time in islice(cron.iter_after(start), UPCOMING))))
 
     @admin.display(description="Description")
     def cron_description(self, obj):
@@ -117,15 +230,14 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     @admin.display(description="Next run", ordering="next_fire_at")
     def next_run(self, obj):
-        if not obj.in_settings:
+        if not obj.in_settings and not obj.made_in_admin:
             return "- (not in settings)"
         if not obj.enabled:
             return "- (switched off)"
         if obj.next_fire_at is None:
             return "- (at the next scheduler start)"
-        now = timezone.now()
-        when = f"in {timeuntil(obj.next_fire_at, now)}" if obj.next_fire_at > now else "due now"
-        return f"{_local(obj, obj.next_fire_at)} ({when})"
+        return format_html('<span class="scheduler-when">{}</span><br><small>{}</small>', _local(obj, obj.next_fire_at),
+                           until(obj.next_fire_at, timezone.now()))
 
     @admin.display(description="Last run")
     def last_run(self, obj):
@@ -137,7 +249,8 @@ class ScheduleAdmin(admin.ModelAdmin):
         outcome = outcome_html(obj.last_run_error, obj.last_run_job_id, obj.last_run_job_status,
                                obj.last_run_result_id, skipped=obj.last_run_skipped,
                                skip_reason=obj.last_run_skip_reason)
-        return format_html("{}<br><small>{} ago</small> &middot; {}", when, timesince(enqueued_at), outcome)
+        return format_html('<span class="scheduler-when">{}</span><br><small>{} ago</small> &middot; {}', when,
+                           timesince(enqueued_at), outcome)
 
     @admin.display(description="Recent runs")
     def recent_runs(self, obj):
@@ -154,10 +267,32 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     # -- actions ----------------------------------------------------------------------
 
+    def get_urls(self):
+        return [path("<path:object_id>/run-now/", self.admin_site.admin_view(self.run_now_view),
+                     name="scheduler_schedule_run_now"), *super().get_urls()]
+
+    def run_now_view(self, request, object_id):
+        """The schedule page's "Run now" button: the list action, on this schedule."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        schedule = self.get_object(request, unquote(object_id))
+        if schedule is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_change_permission(request, schedule):
+            raise PermissionDenied
+        self.report_runs(request, [run_now(schedule)])
+        return HttpResponseRedirect(reverse("admin:scheduler_schedule_change", args=[schedule.pk]))
+
     @admin.action(permissions=["change"], description="Run now")
     def run_now_action(self, request, queryset):
         """One job per schedule; a schedule with overlap off is skipped while its previous job is unfinished."""
-        runs = [run_now(schedule) for schedule in queryset]
+        self.report_runs(request, [run_now(schedule) for schedule in queryset])
+
+    def report_runs(self, request, runs: list[ScheduleRun]) -> None:
+        for run in runs:  # into the schedule's history, as every change made here
+            outcome = ("skipped: " + run.skip_reason if run.skipped else f"not enqueued: {run.error}" if run.error
+                       else f"enqueued job #{run.job_id}" if run.job_id else f"enqueued {run.result_id}")
+            self.log_change(request, run.schedule, f"Run now: {outcome}")
         enqueued = [run for run in runs if not run.error and not run.skipped]
         if enqueued:
             self.message_user(request, ngettext("Enqueued %(count)d job.", "Enqueued %(count)d jobs.",
@@ -190,7 +325,7 @@ def _job_status(run: ScheduleRun) -> str | None:
 class ScheduleRunAdmin(admin.ModelAdmin):
     """Every run, read-only: which fire time made which job."""
 
-    list_display = ["schedule", "fire_time_display", "enqueued_at", "outcome"]
+    list_display = ["schedule", "fire_time_display", "enqueued_display", "outcome"]
     list_filter = ["schedule", "skipped"]
     list_select_related = ["schedule", "job"]
     date_hierarchy = "enqueued_at"
@@ -204,6 +339,10 @@ class ScheduleRunAdmin(admin.ModelAdmin):
     @admin.display(description="Fire time", ordering="fire_time")
     def fire_time_display(self, obj):
         return _local(obj.schedule, obj.fire_time) if obj.fire_time else "run now"
+
+    @admin.display(description="Enqueued", ordering="enqueued_at")
+    def enqueued_display(self, obj):
+        return _local(obj.schedule, obj.enqueued_at)
 
     @admin.display(description="Outcome")
     def outcome(self, obj):

@@ -2,7 +2,7 @@
 
 from django.core import checks
 
-from .conf import all_problems
+from .conf import admin_task_problems, all_problems
 
 # One id per kind of problem, so a project can silence one kind (SILENCED_SYSTEM_CHECKS).
 CHECK_IDS = {
@@ -18,6 +18,7 @@ CHECK_IDS = {
     "overlap": "scheduler.E010",
 }
 UNKNOWN_KEY_ID = "scheduler.E009"
+ADMIN_TASKS_ID = "scheduler.E011"
 
 
 @checks.register()
@@ -32,3 +33,11 @@ def check_scheduled_jobs(app_configs=None, **kwargs):
             id=check_id,
         ))
     return errors
+
+
+@checks.register()
+def check_admin_tasks(app_configs=None, **kwargs):
+    return [checks.Error(message, hint="List the dotted paths of tasks (jobs.task) that may be scheduled from the "
+                                       "admin; see the README's Schedules section.",
+                         obj="SCHEDULER_ADMIN_TASKS", id=ADMIN_TASKS_ID)
+            for message in admin_task_problems()]

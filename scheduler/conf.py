@@ -209,9 +209,42 @@ def scheduled_jobs() -> ScheduledJobs:
     return ScheduledJobs(tuple(entries), names, tuple(found))
 
 
+# -- SCHEDULER_ADMIN_TASKS: what may be scheduled from the admin -------------------------
+
+ADMIN_TASKS_SETTING = "SCHEDULER_ADMIN_TASKS"
+
+
+def admin_task_problems(raw=None) -> list[str]:
+    """Everything wrong with ``SCHEDULER_ADMIN_TASKS`` (each message names the culprit)."""
+    raw = getattr(settings, ADMIN_TASKS_SETTING, ()) if raw is None else raw
+    if isinstance(raw, str) or not isinstance(raw, (list, tuple)):
+        return [f"{ADMIN_TASKS_SETTING} must be a list of dotted task paths, got {type(raw).__name__}"]
+    found = []
+    for path in raw:
+        _, message = _check_task(path)
+        if message:
+            found.append(f"{ADMIN_TASKS_SETTING} entry {path!r}: {message}")
+    return found
+
+
+@lru_cache(maxsize=1)
+def admin_tasks() -> tuple[str, ...]:
+    """The dotted paths of the tasks that may be scheduled from the admin (default: none).
+
+    Only what the setting lists, as written, and only entries that are strings: a path that
+    does not resolve stays listed (``manage.py check`` reports it; its runs record the error).
+    """
+    raw = getattr(settings, ADMIN_TASKS_SETTING, ())
+    if isinstance(raw, str) or not isinstance(raw, (list, tuple)):
+        return ()
+    return tuple(dict.fromkeys(path for path in raw if isinstance(path, str) and path))
+
+
 def _reset(*, setting, **kwargs):
     if setting in ("SCHEDULED_JOBS", "TIME_ZONE", "TASKS"):
         scheduled_jobs.cache_clear()
+    if setting == ADMIN_TASKS_SETTING:
+        admin_tasks.cache_clear()
 
 
 setting_changed.connect(_reset, dispatch_uid="scheduler.conf.reset")

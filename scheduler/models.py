@@ -24,12 +24,13 @@ class Misfire(models.TextChoices):
 
 class ScheduleQuerySet(models.QuerySet):
     def active(self):
-        """Schedules the scheduler runs: switched on, and still in the settings."""
-        return self.filter(enabled=True, in_settings=True)
+        """Schedules the scheduler runs: switched on, and still in the settings or made in the admin."""
+        return self.filter(models.Q(in_settings=True) | models.Q(made_in_admin=True), enabled=True)
 
 
 class Schedule(models.Model):
-    name = models.CharField(max_length=200, unique=True, help_text="The key in SCHEDULED_JOBS.")
+    name = models.CharField(max_length=200, unique=True,
+                            help_text="The key in SCHEDULED_JOBS, or the name given in the admin.")
     task = models.CharField(max_length=255, help_text="Dotted path of the task object.")
     cron = models.CharField(max_length=255)
     args = models.JSONField(default=list, blank=True)
@@ -39,11 +40,14 @@ class Schedule(models.Model):
     timezone = models.CharField(max_length=64, help_text="The cron expression is read in this time zone.")
     misfire = models.CharField(max_length=8, choices=Misfire.choices, default=Misfire.ONCE)
     overlap = models.BooleanField(
-        default=True, help_text="Off: a fire time is skipped while the previous run's job is READY or RUNNING.")
+        default=True, help_text="Ticked: a fire time runs even while the previous run's job is still waiting or "
+                                "running. Unticked: that fire time is skipped (and its run shown as skipped).")
     enabled = models.BooleanField(
         default=True, help_text="Switched off here, a schedule stays off across restarts until switched on again.")
     in_settings = models.BooleanField(
         default=True, help_text="Off when the entry was removed from SCHEDULED_JOBS: kept for its history, never run.")
+    made_in_admin = models.BooleanField(
+        default=False, help_text="Made in the admin (its task one of SCHEDULER_ADMIN_TASKS), not in SCHEDULED_JOBS.")
     next_fire_at = models.DateTimeField(null=True, blank=True, help_text="The next fire time not yet handled.")
     last_fire_at = models.DateTimeField(null=True, blank=True, help_text="The fire time of the latest scheduled run.")
 
@@ -57,7 +61,7 @@ class Schedule(models.Model):
 
     @property
     def active(self) -> bool:
-        return self.enabled and self.in_settings
+        return self.enabled and (self.in_settings or self.made_in_admin)
 
     def cron_schedule(self) -> CronSchedule:
         """Raises CronError if the stored expression or zone is unusable."""

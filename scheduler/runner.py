@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from jobs.models import Job, JobStatus
 
+from .conf import admin_tasks
 from .cron import ONE_US, CronError, CronSchedule, get_zone
 from .models import Misfire, Schedule, ScheduleRun
 from .origin import job_meta
@@ -93,6 +94,13 @@ def launch(schedule: Schedule, run: ScheduleRun) -> ScheduleRun:
                     run.skip_reason)
         return run
     meta = job_meta(schedule.name, run.fire_time, run.pk, zone)
+    if schedule.made_in_admin and schedule.task not in admin_tasks():
+        # Taken off the list since the schedule was made: nothing outside the list runs.
+        run.error = f"{schedule.task}: not in SCHEDULER_ADMIN_TASKS (made in the admin, its task must be listed)"
+        run.save(update_fields=["error"])
+        logger.error("schedule run not enqueued schedule=%s fire_time=%s error=%s", schedule.name,
+                     meta["fire_time"], run.error)
+        return run
     try:
         with transaction.atomic(using=router.db_for_write(ScheduleRun)):
             task = resolve_task(schedule.task).using(queue_name=schedule.queue_name or None, priority=schedule.priority)

@@ -3,7 +3,8 @@
 Settings are the truth for what a schedule does; the row adds what settings
 cannot hold: the admin's on/off switch and the progress (next and last fire time).
 Upsert by name; an entry gone from the settings is marked ``in_settings=False``
-(never run, kept for its history), not deleted.
+(never run, kept for its history), not deleted. Schedules made in the admin are not
+the settings': never updated nor marked removed here.
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def sync_schedules(now: datetime, entries: Iterable[ScheduleEntry] | None = None
         definition = entry.definition()
         schedule, created = Schedule.objects.get_or_create(
             name=entry.name, defaults={**definition, "next_fire_at": entry.cron_schedule().next_after(now)})
+        if schedule.made_in_admin:
+            # The admin refuses a name the settings use, but the settings may take one up later:
+            # the admin's schedule stands, the entry is not run (manage.py check says so too).
+            logger.error("schedule entry ignored name=%s: a schedule of that name was made in the admin "
+                         "(rename the SCHEDULED_JOBS entry, or delete the admin's schedule)", entry.name)
+            continue
         if created:
             report.created.append(entry.name)
             logger.info("schedule added name=%s cron=%r timezone=%s next=%s", entry.name, entry.cron,
@@ -63,7 +70,8 @@ def sync_schedules(now: datetime, entries: Iterable[ScheduleEntry] | None = None
             Schedule.objects.filter(pk=schedule.pk).update(**changes)
             report.updated.append(entry.name)
             logger.info("schedule updated name=%s changed=%s", entry.name, ",".join(sorted(changes)))
-    report.removed = Schedule.objects.filter(in_settings=True).exclude(name__in=names).update(in_settings=False)
+    report.removed = (Schedule.objects.filter(in_settings=True, made_in_admin=False).exclude(name__in=names)
+                      .update(in_settings=False))
     if report.removed:
         logger.info("schedules no longer in SCHEDULED_JOBS count=%d (kept, not run)", report.removed)
     return report

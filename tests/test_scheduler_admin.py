@@ -1,6 +1,8 @@
 """/admin/scheduler/schedule/: the list, the switch, "Run now", and the job's link back to its schedule."""
 
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from django.db import connection
@@ -184,3 +186,73 @@ def test_run_now_says_why_a_schedule_that_does_not_overlap_was_not_run(admin_cli
     assert (f"Not run for no-overlap: previous run (job #{job.pk}) still running (overlap is off for this schedule)"
             in page) and "Enqueued" not in page
     assert Job.objects.count() == 1 and ScheduleRun.objects.get(fire_time=None).skipped
+
+
+# -- the schedule page ---------------------------------------------------------------------
+
+def test_the_schedule_page_has_a_run_now_button_that_enqueues_one_job(admin_client):
+    schedule = make_schedule()
+    url = f"{CHANGELIST}{schedule.pk}/change/"
+    page = admin_client.get(url).content.decode()
+    run_now_url = f"{CHANGELIST}{schedule.pk}/run-now/"
+    assert f'action="{run_now_url}"' in page and ">Run now</button>" in page
+    assert admin_client.get(run_now_url).status_code == 405  # a change: POST only
+    response = admin_client.post(run_now_url, follow=True)
+    assert response.redirect_chain[-1][0] == url and "Enqueued 1 job." in response.content.decode()
+    assert Job.objects.get().meta["schedule"] == "nightly" and ScheduleRun.objects.get().manual
+
+
+def test_run_now_button_needs_the_change_permission(client, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    schedule = make_schedule()
+    viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_schedule"))
+    client.force_login(viewer)
+    assert ">Run now</button>" not in client.get(f"{CHANGELIST}{schedule.pk}/change/").content.decode()
+    assert client.post(f"{CHANGELIST}{schedule.pk}/run-now/").status_code == 403
+    assert not Job.objects.exists()
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_the_overlap_line_says_what_the_setting_does(admin_client, overlap):
+    schedule = make_schedule(overlap=overlap)
+    page = admin_client.get(f"{CHANGELIST}{schedule.pk}/change/").content.decode()
+    expected = ("Yes: a fire time runs even while" if overlap else "No: a fire time is skipped while")
+    assert expected in page and "Off: a fire time" not in page
+
+
+def test_a_fire_time_under_a_minute_away_is_in_seconds_never_in_0_minutes(admin_client):
+    schedule = make_schedule(cron="* * * * *", zone="UTC")
+    Schedule.objects.filter(pk=schedule.pk).update(next_fire_at=timezone.now() + timedelta(seconds=20))
+    page = admin_client.get(CHANGELIST).content.decode()
+    assert "0 minutes" not in page and re.search(r"<small>in (1\d|20) seconds</small>", page)
+
+
+def test_next_fire_times_are_listed_in_the_schedules_time_zone(admin_client):
+    schedule = make_schedule(cron="30 2 * * *", zone="America/New_York")
+    page = admin_client.get(f"{CHANGELIST}{schedule.pk}/change/").content.decode()
+    upcoming = re.search(r'<ul class="scheduler-upcoming">(.*?)</ul>', page, re.S).group(1)
+    times = re.findall(r"<li>(.*?)</li>", upcoming)
+    assert len(times) == 5 and all(re.fullmatch(r"\d{4}-\d\d-\d\d 02:30:00 E[SD]T", t) for t in times)
+
+
+def test_the_runs_list_uses_one_date_format(admin_client):
+    schedule = make_schedule(zone="UTC")
+    ScheduleRun.objects.create(schedule=schedule, fire_time=datetime(2025, 3, 4, 5, 6, tzinfo=UTC),
+                               enqueued_at=datetime(2025, 3, 4, 5, 6, 1, tzinfo=UTC), error="boom")
+    page = admin_client.get(RUNS).content.decode()
+    rows = re.search(r'<table id="result_list">.*?</table>', page, re.S).group(0)
+    assert "2025-03-04 05:06:00 UTC" in rows and "2025-03-04 05:06:01 UTC" in rows
+    assert "March" not in rows and "a.m." not in rows and "p.m." not in rows
+
+
+def test_cron_expressions_are_kept_on_one_line(admin_client):
+    make_schedule(cron="0 9-17/2 * * 1-5", zone="UTC")
+    page = admin_client.get(CHANGELIST).content.decode()
+    assert '<code class="scheduler-cron">0 9-17/2 * * 1-5</code>' in page
+    assert "scheduler/admin.css" in page
+    from django.contrib.staticfiles import finders
+
+    rules = re.findall(r"([^{}]+)\{([^}]*)\}", Path(finders.find("scheduler/admin.css")).read_text())
+    assert any(".scheduler-cron" in selector and "white-space: nowrap" in body for selector, body in rules)

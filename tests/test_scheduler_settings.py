@@ -13,3 +13,5 @@ _base = importlib.import_module(os.environ.get("SCHEDULER_TEST_BASE_SETTINGS", "
 globals().update({name: value for name, value in vars(_base).items() if name.isupper()})
 
 SCHEDULED_JOBS = json.loads(os.environ.get("SCHEDULER_TEST_JOBS", "{}"))
+# Tasks that may be scheduled from the admin, for the processes that run those schedules.
+SCHEDULER_ADMIN_TASKS = json.loads(os.environ.get("SCHEDULER_TEST_ADMIN_TASKS", "[]"))

@@ -23,6 +23,10 @@ from .common import crumbs, plural_jobs
 
 # What the admin's history says of a requeue and of "run now" (a cancel adds its reason).
 REQUEUED = "Requeued: due now, attempts start again."
+# "Requeue selected jobs" with "select all": jobs requeued per transaction, so that no lock is
+# held on a whole group of failures at once. Writing a requeued row costs about 0.5 ms on
+# PostgreSQL (its indexes, the errors' trigram index among them): ~100 ms per batch.
+REQUEUE_BATCH = 200
 MADE_DUE = "Made due now."
 DEFAULT_CANCEL_REASON = "cancelled from the admin"
 
@@ -45,10 +49,37 @@ def cancel_reason(request) -> str:
     return (request.POST.get("reason") or "").strip() or DEFAULT_CANCEL_REASON
 
 
+def selected_across(request) -> bool:
+    return request.POST.get("select_across") in ("1", "True", "true", "on")
+
+
+def requeue_in_batches(request, queryset, batch: int | None = None) -> int:
+    """Requeue every job of ``queryset`` (a whole filtered list), newest first, ``batch`` jobs per
+    transaction; how many were requeued.
+
+    Each batch is a short keyset read of ids (below the last one seen), then one UPDATE of those
+    ids and one INSERT of their entries in the admin's history (each job requeued gets its one
+    entry), committed before the next batch: no lock is held on the whole group at once, workers
+    claim and finish jobs throughout, and a failure half-way leaves the batches done requeued
+    and recorded.
+    """
+    batch = batch or REQUEUE_BATCH
+    by = request.user.get_username()
+    ids = queryset.order_by("-pk").values_list("pk", flat=True)
+    below, requeued = None, 0
+    while True:
+        chunk = list((ids if below is None else ids.filter(pk__lt=below))[:batch])
+        if not chunk:
+            return requeued
+        requeued += record_change(request, lambda chunk=chunk: Job.objects.filter(pk__in=chunk).requeue(by=by),
+                                  REQUEUED)
+        below = chunk[-1]
+
+
 def selected_count(request) -> tuple[int, bool]:
     """How many rows the action was asked to touch, and whether that number is exact."""
     changelist = getattr(request, "_jobs_changelist", None)  # set by JobAdmin.get_changelist_instance
-    if request.POST.get("select_across") in ("1", "True", "true", "on") and changelist is not None:
+    if selected_across(request) and changelist is not None:
         return changelist.result_count, not getattr(changelist.paginator, "count_is_estimate", False)
     return len(request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)), True
 
@@ -71,7 +102,10 @@ def report(modeladmin, request, changed: int, done: str, rule: str) -> None:
 
 @admin.action(permissions=["change"], description="Requeue selected jobs")
 def requeue_jobs(modeladmin, request, queryset):
-    changed = record_change(request, lambda: queryset.requeue(by=request.user.get_username()), REQUEUED)
+    if selected_across(request):  # a whole filtered list: in batches
+        changed = requeue_in_batches(request, queryset)
+    else:
+        changed = record_change(request, lambda: queryset.requeue(by=request.user.get_username()), REQUEUED)
     report(modeladmin, request, changed, "Requeued {} (due now, attempts start again).",
            "only failed, successful or cancelled jobs can be requeued; a running job belongs to "
            "its worker until its attempt ends, and a ready job is already queued.")

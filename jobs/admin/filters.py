@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.contrib import admin
 
 from ..counts import distinct_values
-from ..models import JobLimit, QueueState
+from ..models import JobLimit, JobStatus, QueueState
 from ..stats import configured_queues, database_backends
 
 
@@ -20,6 +20,29 @@ def paused_queues(request) -> set[str]:
     if not hasattr(request, "_jobs_paused"):
         request._jobs_paused = set(QueueState.objects.filter(paused=True).values_list("name", flat=True))
     return request._jobs_paused
+
+
+RETRYING = "RETRYING"  # not a status: READY jobs waiting for another attempt after a failed one
+
+
+class StatusFilter(admin.SimpleListFilter):
+    """The statuses by name (``?status__exact=FAILED``, as Django's own filter), and "Retrying":
+    READY after a failed attempt (attempts counted, so a requeued job, which starts again from
+    zero, is not one). Read through ``jobs_job_retrying_idx``."""
+
+    title = "status"
+    parameter_name = "status__exact"
+
+    def lookups(self, request, model_admin):
+        choices = [(status.value, status.label) for status in JobStatus]
+        choices.insert(1, (RETRYING, "Retrying"))
+        return choices
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value == RETRYING:
+            return queryset.retrying()
+        return queryset.filter(status=value) if value else queryset
 
 
 class ColumnFilter(admin.SimpleListFilter):
@@ -57,6 +80,18 @@ class TaskFilter(ColumnFilter):
 
     def lookups(self, request, model_admin):
         return [(name, name) for name in distinct_values("task_path")]
+
+
+class ErrorClassFilter(ColumnFilter):
+    """Jobs whose latest error is of one exception class (the failures page links here); shown
+    only while in use, since its choices would be every class that ever failed."""
+
+    title = "exception"
+    parameter_name = field = "error_class"
+
+    def lookups(self, request, model_admin):
+        value = self.value()
+        return [(value, value)] if value else []
 
 
 class LimitKeyFilter(ColumnFilter):

@@ -17,13 +17,23 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 
 from ..models import Job, JobStatus, UnreadableJSON
 from . import actions, columns
 from .changelist import EstimatedCountPaginator, JobChangeList, search_jobs
 from .common import as_json, crumbs
 from .damage import readable
-from .filters import BackendFilter, LimitKeyFilter, QueueFilter, TaskFilter, paused_queues
+from .failures import failure_groups
+from .filters import (
+    BackendFilter,
+    ErrorClassFilter,
+    LimitKeyFilter,
+    QueueFilter,
+    StatusFilter,
+    TaskFilter,
+    paused_queues,
+)
 from .job_page import DOWNLOADS, job_page
 
 
@@ -33,7 +43,7 @@ class JobAdmin(admin.ModelAdmin):
                     columns.attempts_column, columns.progress_column, columns.enqueued_column,
                     columns.started_column, columns.finished_column, columns.duration_column)
     list_display_links = ("id",)
-    list_filter = ("status", QueueFilter, BackendFilter, TaskFilter, LimitKeyFilter,
+    list_filter = (StatusFilter, QueueFilter, BackendFilter, TaskFilter, ErrorClassFilter, LimitKeyFilter,
                    ("enqueued_at", admin.DateFieldListFilter))
     search_fields = ("task_path",)  # the search itself is get_search_results below
     search_help_text = "Job id (#123), part of a task path, or text of an error message or traceback."
@@ -77,14 +87,33 @@ class JobAdmin(admin.ModelAdmin):
 
     def changelist_view(self, request, extra_context=None):
         extra_context = {"title": "Jobs", **(extra_context or {}), "paused_queues": sorted(paused_queues(request)),
-                         "overview_url": reverse("admin:jobs_queuestate_changelist")}
+                         "overview_url": reverse("admin:jobs_queuestate_changelist"),
+                         "failures_url": reverse("admin:jobs_job_failures")}
         return super().changelist_view(request, extra_context)
+
+    def failures_view(self, request):
+        """Failed jobs grouped by task and exception class (jobs/admin/failures.py)."""
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        now = timezone.now()
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Failures by cause",
+            "opts": self.opts,
+            "now": now,
+            "groups": failure_groups(now),
+            "jobs_url": reverse("admin:jobs_job_changelist"),
+            "overview_url": reverse("admin:jobs_queuestate_changelist"),
+            **crumbs((reverse("admin:jobs_job_changelist"), "Jobs"), ("", "Failures by cause")),
+        }
+        return TemplateResponse(request, "admin/jobs/job/failures.html", context)
 
     # -- the job page --
 
     def get_urls(self):
         view = self.admin_site.admin_view
         return [
+            path("failures/", view(self.failures_view), name="jobs_job_failures"),
             path("<path:object_id>/requeue/", view(self.job_action_view), {"verb": "requeue"},
                  name="jobs_job_requeue"),
             path("<path:object_id>/cancel/", view(self.job_action_view), {"verb": "cancel"}, name="jobs_job_cancel"),

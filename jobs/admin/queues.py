@@ -23,18 +23,36 @@ from django.urls import path, reverse
 from django.utils import timezone
 
 from .. import stats
-from ..counts import EXACT_UP_TO
+from ..counts import EXACT_UP_TO, count
 from ..history import log_actions
 from ..models import Job, QueueState
+from . import live
 from .chart import Chart, throughput_chart
 from .common import crumbs
 
 TOP_FAILING = 10
 REFRESH_SECONDS = (2, 300)  # the range of ?refresh= the page accepts
+LIVE_SECONDS = 5  # the page refreshes itself in place this often (jobs/static/jobs/overview-live.js)
 
 
 @dataclass
 class Overview(stats.Snapshot):
+    # READY after a failed attempt, waiting for the next one (the job list's "Retrying" filter),
+    # counted through jobs_job_retrying_idx; whether that count is an estimate.
+    retrying: int = 0
+    retrying_estimated: bool = False
+    tasks_hour: list | None = None  # live.TaskHour per task, busiest first
+    queues_hour: list | None = None  # {"name", "ran", "failed", "per_minute"} per queue
+    running: dict | None = None  # worker id -> the jobs it runs now
+    lost: list | None = None  # workers silent for less than a day
+    held_back: int = 0  # READY jobs whose key's concurrency or rate limit has no room now
+
+    @property
+    def workers_running(self) -> list[dict]:
+        """Each live worker with the jobs it runs now."""
+        running = self.running or {}
+        return [{**w, "jobs": running.get(w["worker"].worker_id, [])} for w in self.workers]
+
     @property
     def top_failing(self) -> list[dict]:
         """The tasks failing most in the last 24 hours."""
@@ -46,7 +64,13 @@ class Overview(stats.Snapshot):
 
 
 def build(now: datetime) -> Overview:
-    return Overview(**vars(stats.snapshot(now, keys=True)))
+    retrying, estimated = count(Job.objects.retrying())
+    snapshot = stats.snapshot(now, keys=True)
+    tasks_hour, queues_hour = live.last_hour(now)
+    held = live.held_back_keys(snapshot.limit_keys, now)
+    return Overview(**vars(snapshot), retrying=retrying, retrying_estimated=estimated, tasks_hour=tasks_hour,
+                    queues_hour=queues_hour, running=live.running_by_worker(),
+                    lost=live.lost_workers(now, snapshot.stale_after), held_back=held)
 
 
 def refresh_seconds(value: str) -> str:
@@ -90,8 +114,10 @@ class QueueStateAdmin(admin.ModelAdmin):
             "totals": data.totals,
             "can_pause": self.has_change_permission(request),
             "jobs_url": reverse("admin:jobs_job_changelist"),
+            "failures_url": reverse("admin:jobs_job_failures"),
             "pause_url": reverse("admin:jobs_queuestate_pause"),
             "refresh": refresh_seconds(request.GET.get("refresh", "")),
+            "live_seconds": LIVE_SECONDS,
             "stale_after": data.stale_after,
             "exact_up_to": EXACT_UP_TO,
             "chart_start": now - timedelta(minutes=stats.THROUGHPUT_MINUTES),

@@ -92,3 +92,25 @@ def result_count(cl) -> str:
     """The change list's count, said as an estimate when it is one (PostgreSQL, big results)."""
     count = f"{cl.result_count:,}"
     return f"about {count}" if getattr(cl.paginator, "count_is_estimate", False) else count
+
+
+@register.simple_tag
+def jobs_index_state(request) -> dict | None:
+    """The queue's state for the admin index (failed in 24 h, lag, workers), for users who may see jobs."""
+    from django.urls import reverse
+
+    from .. import stats
+    from ..models import Job, WorkerProcess
+
+    user = getattr(request, "user", None)
+    if user is None or not (user.has_perm("jobs.view_job") or user.has_perm("jobs.change_job")):
+        return None
+    now = timezone.now()
+    stale = stats.stale_after()
+    lags = [row.lag for row in stats.queue_rows(now) if row.lag is not None and not row.paused]
+    lag = max(lags) if lags else None
+    failed = Job.objects.order_by().filter(status=JobStatus.FAILED, finished_at__gte=now - timedelta(hours=24)).count()
+    return {"failed_24h": failed, "lag": lag, "lag_seconds": lag.total_seconds() if lag is not None else 0.0,
+            "workers": WorkerProcess.objects.filter(heartbeat_at__gte=now - timedelta(seconds=stale)).count(),
+            "overview_url": reverse("admin:jobs_queuestate_changelist"),
+            "failures_url": reverse("admin:jobs_job_failures")}

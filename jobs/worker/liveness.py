@@ -34,6 +34,7 @@ from .failures import announce_failure, job_fields
 logger = logging.getLogger("jobs.worker")
 
 SWEEP_LIMIT = 100  # stale jobs taken back per beat
+LOST_WORKERS_KEPT = 86400  # seconds a dead worker's row stays (listed as lost by the overview)
 
 
 class Liveness:
@@ -130,7 +131,8 @@ class Liveness:
             if failed:
                 result = None if job.damage else self._send_finished(job)
                 announce_failure(self.backend, job, error=error, exception=exc, task_result=result)
-        self.store.forget_dead_processes(now - timedelta(seconds=max(stale_after * 10, 3600)))
+        # Kept a day: the overview lists them as lost meanwhile (jobs/admin/live.py).
+        self.store.forget_dead_processes(now - timedelta(seconds=max(stale_after * 10, LOST_WORKERS_KEPT)))
         return taken
 
     def _send_finished(self, job: ClaimedJob):
