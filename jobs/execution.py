@@ -191,6 +191,7 @@ def _call(task: Task, result, job: Job, attempt: control.Attempt | None):
         if attempt is not None:  # so that a cancel from another thread reaches this coroutine
             attempt.loop, attempt.task = asyncio.get_running_loop(), asyncio.current_task()
             if attempt.cancel.is_set():
+                attempt.seen = True
                 raise asyncio.CancelledError
         called = task.func(*args, **job.kwargs)
         # A coroutine can really be cancelled, so the async path enforces its own timeout.
@@ -233,7 +234,8 @@ def run_attempt(job: Job, task: Task, *, backend, worker_id: str, attempt: contr
         return _failed(job, task, exc, result, backend=backend, worker_id=worker_id, started=started,
                        note=_left_open_note(left_open))
     left_open = reset_connections()
-    if attempt is not None and attempt.cancel.is_set():  # it heeded cancel_requested() and returned
+    if attempt is not None and attempt.cancel.is_set() and attempt.seen:  # it heeded the cancel and returned
+        # (One that returned without having seen it came too late: its work is done, it keeps its outcome.)
         return _cancelled(job, attempt, result, backend=backend, worker_id=worker_id, started=started)
     if left_open:  # whatever it returned, what it wrote in that transaction is gone
         return _failed(job, task, TransactionLeftOpen(_left_open_note(left_open)), result, backend=backend,

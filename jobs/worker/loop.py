@@ -119,7 +119,7 @@ class Worker:
             pass
         with self.pool, self.liveness:
             start_waker(connections[self.store.alias], wake=self.wake, stop=self.stopping, queues=self.queues,
-                        on_cancel=self.pool.cancel)
+                        on_cancel=self.liveness.hint)
             loops = self._start_loops()
             logger.info("worker started worker=%s queues=%s concurrency=%d burst=%s", self.id,
                         ",".join(self.queues or ["*"]), self.concurrency, self.burst)
@@ -281,6 +281,8 @@ class Worker:
         else:
             decision, error = outcome.decision, outcome.error
             note = f"retry in {decision.delay:.1f}s" if decision.retry else decision.reason
+            if status == JobStatus.CANCELLED and outcome.final != JobStatus.CANCELLED:
+                note = "not retried: a cancel was asked while it ran"
             failed = status == JobStatus.FAILED
             logger.log(logging.ERROR if failed else logging.WARNING,
                        "job finished id=%s task=%s attempt=%s/%s duration=%.3fs outcome=%s next=%s error=%s: %s",
