@@ -222,7 +222,8 @@ def job_id(result_id, caller: str) -> int | None:
 
 
 def get_progress(result_id) -> dict | None:
-    """``{"done", "total", "message", "updated_at"}`` of a job's latest progress, or None."""
+    """``{"done", "total", "message", "updated_at"}`` of a job's latest progress, or None (also for
+    an id that is no job's); TypeError for what is no id at all."""
     from .models import Job
 
     pk = job_id(result_id, "get_progress")

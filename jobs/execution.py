@@ -268,7 +268,7 @@ def cancelled(job, attempt: control.Attempt | None, *, worker_id: str, duration:
               how: str = "cancelled while it ran") -> Outcome:
     """The outcome of a cancelled attempt: CANCELLED for good, whatever the task did."""
     asked = attempt.asked_at.isoformat() if attempt is not None and attempt.asked_at else "now"
-    exc = JobCancelled(f"attempt {job.attempts} {how} (cancel asked at {asked})")
+    exc = JobCancelled(f"attempt {job.attempts} {how} (its worker heard of the cancel at {asked})")
     outcome = failure(job, exc, worker_id=worker_id, duration=duration, permanent=True, traceback=f"{exc}\n")
     outcome.final = "CANCELLED"
     outcome.decision = retry.RetryDecision(False, reason="cancelled")

@@ -132,7 +132,8 @@ class JobQuerySet(models.QuerySet):
 
         Only READY rows match, in the same UPDATE, so a job a worker claimed a moment
         ago is left to run (on PostgreSQL the UPDATE waits for the claim's row lock and
-        then sees RUNNING). Returns the jobs cancelled.
+        then sees RUNNING). Returns the jobs cancelled; ValueError for a reason or ``by``
+        over ``jobs.control.MAX_REASON`` characters.
         """
         from .control import checked_reason
 
@@ -147,7 +148,9 @@ class JobQuerySet(models.QuerySet):
         """RUNNING jobs: ask their workers to stop them (``jobs.control``); returns the jobs asked.
 
         Only the flag and ``meta["cancelled"]`` are written: the attempt is the worker's, which
-        ends it CANCELLED. On PostgreSQL the workers hear it at once (on commit).
+        ends it CANCELLED (or SUCCESSFUL, when the attempt returns without having seen it). The
+        flag belongs to the running attempt: its end clears it. On PostgreSQL the workers are
+        told at once (on commit), a hint to read their rows.
         """
         from .control import checked_reason, notify_cancel
 

@@ -164,8 +164,8 @@ def act_on_one(modeladmin, request, pk: int, verb: str) -> None:
         if record_change(request, lambda: one.cancel(reason, by=by), f"Cancelled: {reason}"):
             say(request, f"Job #{pk} cancelled: it will not run.", messages.SUCCESS)
         elif record_change(request, lambda: one.request_cancel(reason, by=by), f"Cancelled: {reason}"):
-            say(request, f"Job #{pk} is running: its worker was asked to stop it (it ends CANCELLED within a "
-                         "heartbeat, and is interrupted if it has not returned 10 s later).", messages.SUCCESS)
+            say(request, f"Job #{pk} is running: its worker was asked to stop it (it hears within about a "
+                         "second and is interrupted if it has not returned 10 s later).", messages.SUCCESS)
         else:
             say(request, f"Job #{pk} was not cancelled: it is {_current_status(pk)}, and only ready and running "
                          "jobs can be.", messages.WARNING)
