@@ -58,7 +58,7 @@ def test_a_running_job_that_heeds_the_cancel_ends_cancelled_soon_and_is_not_retr
     assert jobs.cancel(result.id, "changed my mind", by="bob") == control.REQUESTED
     wait_for(lambda: job(result).status == JobStatus.CANCELLED, timeout=15, message="the job to end CANCELLED")
     took = time.monotonic() - asked
-    assert took < 5  # PostgreSQL: the wake-up channel; SQLite: the next heartbeat (1 s here)
+    assert took < 5  # a hint (PostgreSQL: the cancel channel; SQLite: any commit), then the rows
     cancelled = job(result)
     assert cancelled.attempts == 1 and cancelled.errors[-1]["exception_class_path"] == "jobs.exceptions.JobCancelled"
     assert cancelled.meta["cancelled"]["reason"] == "changed my mind" and seen in lines(path)
@@ -229,7 +229,7 @@ def test_a_polling_job_hears_of_its_cancel_within_a_second_between_heartbeats(wo
     assert jobs.cancel(result.id, "now") == control.REQUESTED
     wait_for(lambda: "saw the cancel" in lines(path), timeout=15, message="the job to hear of its cancel")
     took = time.monotonic() - asked
-    assert took < 1.5, f"heard after {took:.2f}s"
+    assert took < 2.5, f"heard after {took:.2f}s"  # about a second, with room for a loaded machine
     wait_for(lambda: job(result).status == JobStatus.CANCELLED, message="the job to end CANCELLED")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0, workers.output(proc)
@@ -277,11 +277,11 @@ def test_the_listener_survives_any_payload(workers, record_dir):
     woken = time.monotonic()
     result = tasks.cooperative.enqueue(str(record_dir / "runs"))
     wait_for(lambda: "started" in lines(record_dir / "runs"), timeout=20, message="the wake-up")
-    assert time.monotonic() - woken < 3  # before the fix: the next poll, 30 s later
+    assert time.monotonic() - woken < 5  # before the fix: the next poll, 30 s later
     asked = time.monotonic()
     jobs.cancel(result.id, "still heard")
     wait_for(lambda: job(result).status == JobStatus.CANCELLED, timeout=25, message="the cancel")
-    assert time.monotonic() - asked < 3
+    assert time.monotonic() - asked < 5  # the next heartbeat would be 20 s away
     assert "Traceback" not in workers.output(proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0, workers.output(proc)
