@@ -383,3 +383,18 @@ def test_job_ids_that_are_no_ids_are_refused_by_name(transactional_db):
                 jobs.set_progress(1, bad)
     finally:
         control.running(None)
+
+
+def test_a_failure_written_after_a_cancel_request_ends_cancelled_whatever_the_worker_knew(transactional_db):
+    from jobs import retry
+    from jobs.store import fail_attempt
+
+    error = {"exception_class_path": "builtins.RuntimeError", "message": "boom", "traceback": ""}
+    for decision in (retry.RetryDecision(True, delay=0), retry.RetryDecision(False, reason="last attempt")):
+        result = tasks.add.enqueue(1, 2)
+        (claimed,) = Job.objects.claim(worker_id="w", limit=1, now=timezone.now())
+        assert jobs.cancel(result.id, "stop") == control.REQUESTED  # the worker has not heard yet
+        assert fail_attempt(claimed, error, decision, now=timezone.now()) == JobStatus.CANCELLED
+        ended = job(result)
+        assert ended.status == JobStatus.CANCELLED and ended.cancel_requested_at is None
+        assert "not retried: a cancel was asked while it ran" in ended.errors[-1]["message"]

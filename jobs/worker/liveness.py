@@ -153,16 +153,18 @@ class Liveness:
                 limit = attempt_limit(job, self.backend)
                 decision = retry.decide(attempt=job.attempts, max_attempts=limit, base=self.options.retry_backoff)
             error = error_entry(exc, attempt=job.attempts, worker_id=job.worker_id, when=now, traceback=f"{exc}\n")
-            if not fail_attempt(job, error, decision, now=now, final=final, lost_before=cutoff,
-                                using=self.store.alias):
+            written = fail_attempt(job, error, decision, now=now, final=final, lost_before=cutoff,
+                                   using=self.store.alias)
+            if written is None:
                 continue  # it beat again since we looked: alive after all
             taken += 1
             # A final failure is logged at ERROR with the WorkerLost (for Sentry and mail handlers);
             # a retry, or a cancel that the lost worker never finished, at WARNING.
-            failed = not decision.retry and final == JobStatus.FAILED
+            failed = written == JobStatus.FAILED and not decision.retry  # (not a retry a queued job stands for)
             logger.log(logging.ERROR if failed else logging.WARNING,
                        "job taken back id=%s task=%s attempt=%s/%s lost_worker=%s outcome=%s", job.id,
-                       job.task_path, job.attempts, limit, job.worker_id, "RETRY" if decision.retry else final,
+                       job.task_path, job.attempts, limit, job.worker_id,
+                       "RETRY" if written == JobStatus.READY else written,
                        exc_info=exc if failed else None, extra=job_fields(job, limit))
             if failed:
                 result = None if job.damage else self._send_finished(job)

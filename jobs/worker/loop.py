@@ -185,7 +185,8 @@ class Worker:
         self.pool.give(written.claimed)
         for outcome, status in written.outcomes:
             self._log_outcome(outcome, status)
-            if status == JobStatus.FAILED:  # failed for good, and written: once per job
+            # Failed for good, and written: once per job (not a retry that a queued unique job stands for).
+            if status == JobStatus.FAILED and not (outcome.decision and outcome.decision.retry):
                 announce_failure(self.backend, outcome.job, error=outcome.error, exception=outcome.exc)
 
     def _flush_due(self) -> bool:
@@ -283,7 +284,9 @@ class Worker:
             note = f"retry in {decision.delay:.1f}s" if decision.retry else decision.reason
             if status == JobStatus.CANCELLED and outcome.final != JobStatus.CANCELLED:
                 note = "not retried: a cancel was asked while it ran"
-            failed = status == JobStatus.FAILED
+            elif status == JobStatus.FAILED and decision.retry:
+                note = "not retried: a job with the same unique key is queued"
+            failed = status == JobStatus.FAILED and not decision.retry
             logger.log(logging.ERROR if failed else logging.WARNING,
                        "job finished id=%s task=%s attempt=%s/%s duration=%.3fs outcome=%s next=%s error=%s: %s",
                        *fields, "RETRY" if status == JobStatus.READY else status, note.replace(" ", "-"),
