@@ -4,12 +4,19 @@
 A READY job is cancelled at once (one UPDATE: a worker that claims it a moment
 later sees it gone). A RUNNING one belongs to its worker, so ``cancel()`` only asks:
 it marks the row (``cancel_requested_at``, and the reason in ``meta["cancelled"]``)
-and, on PostgreSQL, says so on the wake-up channel. The worker notices at once
-(PostgreSQL) or at its next heartbeat (at most ``stale_after / 3`` seconds) and then:
-``cancel_requested()`` turns true inside the task, an async task is cancelled, and a
-sync task that has not returned ``CANCEL_GRACE`` seconds later is interrupted like a
-timed-out one. Whatever the attempt comes to after that, the job ends CANCELLED
-(never retried), through the same failure transition as every other failure.
+and, on PostgreSQL, says so on the wake-up channel. That notification (and on SQLite
+any commit, seen by the wake-up probe) is only a hint: the worker then reads its own
+rows, at most every ``CANCEL_CHECK_EVERY`` seconds, and acts on the flag it finds
+there (its heartbeat reads them too). Then ``cancel_requested()`` turns true inside
+the task, an async task is cancelled, and a sync task that has not returned
+``CANCEL_GRACE`` seconds later is interrupted like a timed-out one.
+
+The attempt then ends CANCELLED (never retried), except that one that returns
+normally without having seen the request (never read ``cancel_requested()`` as true,
+not cancelled, not interrupted) keeps its outcome: SUCCESSFUL, the cancel came too
+late. A failure of an attempt whose row carries the flag is never retried, even when
+the worker had not heard of it yet. The flag belongs to the attempt it was asked of:
+every end of an attempt, every claim and every requeue clears it.
 
 Progress is written by the task's own thread, at most ``PROGRESS_EVERY`` seconds
 apart (the latest value is kept and written at the next chance, and when the
@@ -19,7 +26,9 @@ when the job ends, and cleared when a new attempt starts.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,8 +39,12 @@ from django.utils import timezone
 
 CANCEL_GRACE = 10.0  # seconds a sync task has to return after being asked to stop
 PROGRESS_EVERY = 0.25  # seconds between progress writes of one job, at least
-CANCEL_CHANNEL = "jobs_cancel"  # PostgreSQL: the wake-up channel for cancels (payload: the job id)
-MAX_MESSAGE = 500
+CANCEL_CHANNEL = "jobs_cancel"  # PostgreSQL: the wake-up channel for cancels (a hint: the payload is not read)
+CANCEL_CHECK_EVERY = 0.5  # seconds between a worker's reads of its rows' cancel flags, on hints, at least
+MAX_MESSAGE = 500  # characters of a progress message (longer ones are cut)
+MAX_REASON = 500  # characters of a cancel's reason and of its author (longer ones are refused)
+MAX_ID = 2**63 - 1  # the largest job id a bigint column holds
+MAX_PROGRESS = 2**63 - 1  # the largest int done/total of set_progress()
 
 # What cancel() did.
 CANCELLED = "cancelled"  # it was READY: it will never run
@@ -48,6 +61,7 @@ class Attempt:
     worker_id: str
     cancel: threading.Event = field(default_factory=threading.Event)
     asked_at: datetime | None = None
+    seen: bool = False  # the task read cancel_requested() as true, or its coroutine was cancelled
     loop: object = None  # an async task's event loop, and the task, so that a cancel reaches them
     task: object = None
     pending: dict | None = None  # progress not yet written
@@ -65,16 +79,23 @@ class Attempt:
         loop, task = self.loop, self.task
         if loop is not None and task is not None:
             try:
-                loop.call_soon_threadsafe(task.cancel)
+                loop.call_soon_threadsafe(self.cancel_task, task)
             except RuntimeError:  # the loop has closed: the attempt is over anyway
                 pass
+
+    def cancel_task(self, task) -> None:
+        """In the attempt's event loop: cancel its coroutine, unless it has returned already."""
+        if task.cancel():
+            self.seen = True
 
     def progress(self, done, total, message: str) -> None:
         with self.lock:
             self.pending = {"done": done, "total": total, "message": message,
                             "updated_at": timezone.now().isoformat()}
-        if self.clock() - self.written_at >= PROGRESS_EVERY:
+        if self.clock() - self.written_at >= PROGRESS_EVERY and not _in_event_loop():
             self.flush()
+        # Inside an async task the database may not be touched from the event loop's thread: the
+        # worker's main thread writes it when due (SlotPool.due_progress), and the slot at the end.
 
     def due_progress(self) -> dict | None:
         """The progress held back by the throttle, once it may be written (for the worker's main
@@ -127,14 +148,41 @@ def running(attempt: Attempt | None) -> None:
 
 # -- inside a task -------------------------------------------------------------------------------
 
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def cancel_requested() -> bool:
-    """True once someone asked to cancel the job this task runs for (False outside a worker)."""
+    """True once someone asked to cancel the job this task runs for (False outside a worker).
+
+    Having read True here, the attempt ends CANCELLED whatever it returns."""
     attempt = current()
-    return attempt is not None and attempt.cancel.is_set()
+    if attempt is None or not attempt.cancel.is_set():
+        return False
+    attempt.seen = True
+    return True
+
+
+def _shown(value) -> str:
+    """``value`` for an error message, without rendering a huge int (repr refuses 4,300+ digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        return f"an int of {len(str(abs(value))) if value.bit_length() < 14_000 else 'thousands of'} digits"
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def _number(value, what: str):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"set_progress(): {what} must be a number, got {_shown(value)}")
+    if isinstance(value, int):
+        if not 0 <= value <= MAX_PROGRESS:
+            raise TypeError(f"set_progress(): {what} must be an int from 0 to 2**63-1 or a finite float >= 0, "
+                            f"got {_shown(value)}")
+    elif not math.isfinite(value) or value < 0:
         raise TypeError(f"set_progress(): {what} must be a finite number >= 0, got {value!r}")
     return value
 
@@ -157,42 +205,79 @@ def set_progress(done, total=None, message: str = "") -> None:
 
 # -- anywhere ------------------------------------------------------------------------------------
 
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def job_id(result_id, caller: str) -> int | None:
+    """The job id ``result_id`` stands for (a TaskResult's id is its str), None if it is no job's
+    id; TypeError for what is no id at all (a bool, a float: ``True`` or ``1.9`` is not job 1)."""
+    if isinstance(result_id, str):
+        if not _DIGITS.fullmatch(result_id):
+            return None
+        value = int(result_id)
+    elif isinstance(result_id, int) and not isinstance(result_id, bool):
+        value = result_id
+    else:
+        raise TypeError(f"{caller}(): result_id must be a job id (an int, or the str of a TaskResult's id), "
+                        f"got {type(result_id).__name__} {_shown(result_id)}")
+    return value if 1 <= value <= MAX_ID else None
+
+
 def get_progress(result_id) -> dict | None:
-    """``{"done", "total", "message", "updated_at"}`` of a job's latest progress, or None."""
+    """``{"done", "total", "message", "updated_at"}`` of a job's latest progress, or None (also for
+    an id that is no job's); TypeError for what is no id at all."""
     from .models import Job
 
-    try:
-        value = Job.objects.filter(pk=int(result_id)).values_list("progress", flat=True).first()
-    except (TypeError, ValueError):
+    pk = job_id(result_id, "get_progress")
+    if pk is None:
         return None
+    value = Job.objects.filter(pk=pk).values_list("progress", flat=True).first()
     if not isinstance(value, dict):
         return None
     return {key: value.get(key) for key in ("done", "total", "message", "updated_at")}
 
 
+def checked_reason(reason, by) -> tuple[str, str]:
+    """A cancel's reason and author as stored, or ValueError naming the one over MAX_REASON characters."""
+    reason, by = str(reason), str(by)
+    for name, text in (("reason", reason), ("by", by)):
+        if len(text) > MAX_REASON:
+            raise ValueError(f"a cancel's {name} is {len(text):,} characters long: at most {MAX_REASON} are allowed")
+    return reason, by
+
+
 def cancel(result_id, reason: str = "", *, by: str = "") -> str:
     """Cancel a job: CANCELLED at once if READY, its worker asked to stop it if RUNNING.
 
-    Returns ``CANCELLED``, ``REQUESTED`` or ``FINISHED`` (a finished job is left as it
-    was); TaskResultDoesNotExist for an id that is no job.
+    Returns ``CANCELLED`` (it will never run), ``REQUESTED`` (it was RUNNING and its worker
+    is asked to stop it: it ends CANCELLED, or SUCCESSFUL when its attempt returned without
+    having seen the request) or ``FINISHED`` (left as it was); TaskResultDoesNotExist for
+    an id that is no job, TypeError for what is no id, ValueError for a reason or an
+    author longer than MAX_REASON characters.
     """
     from .framework import TaskResultDoesNotExist
     from .models import Job, JobStatus
 
-    try:
-        pk = int(result_id)
-    except (TypeError, ValueError):
-        raise TaskResultDoesNotExist(result_id) from None
-    one = Job.objects.filter(pk=pk)
-    reason = str(reason)[:MAX_MESSAGE]
-    if one.cancel(reason, by=by):
-        return CANCELLED
-    if one.request_cancel(reason, by=by):
-        return REQUESTED
-    status = one.values_list("status", flat=True).first()
-    if status is None:
+    pk = job_id(result_id, "cancel")
+    reason, by = checked_reason(reason, by)
+    if pk is None:
         raise TaskResultDoesNotExist(result_id)
-    return REQUESTED if status == JobStatus.RUNNING else FINISHED
+    one = Job.objects.filter(pk=pk)
+    for _round in range(20):
+        if one.cancel(reason, by=by):
+            return CANCELLED
+        if one.request_cancel(reason, by=by):
+            return REQUESTED
+        status = one.values_list("status", flat=True).first()
+        if status is None:
+            raise TaskResultDoesNotExist(result_id)
+        if status not in (JobStatus.READY, JobStatus.RUNNING):
+            return FINISHED
+        if status == JobStatus.RUNNING and one.filter(cancel_requested_at__isnull=False).exists():
+            return REQUESTED  # asked already (by someone else)
+        # It moved between two statements (claimed, retried, handed back): look again.
+    raise RuntimeError(f"cancel(): job {pk} changed state 20 times while it was being cancelled; "  # pragma: no cover
+                       "nothing was done, call again")
 
 
 def notify_cancel(connection, job_ids) -> None:

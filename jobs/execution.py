@@ -214,6 +214,7 @@ def _call(task: Task, result, job: Job, attempt: control.Attempt | None):
         if attempt is not None:  # so that a cancel from another thread reaches this coroutine
             attempt.loop, attempt.task = asyncio.get_running_loop(), asyncio.current_task()
             if attempt.cancel.is_set():
+                attempt.seen = True
                 raise asyncio.CancelledError
         called = task.func(*args, **job.kwargs)
         # A coroutine can really be cancelled, so the async path enforces its own timeout.
@@ -261,7 +262,8 @@ def run_attempt(job: Job, task: Task, *, backend, worker_id: str, attempt: contr
         return _failed(job, task, exc, result, backend=backend, worker_id=worker_id, started=started,
                        note=_left_open_note(left_open))
     left_open = reset()
-    if attempt is not None and attempt.cancel.is_set():  # it heeded cancel_requested() and returned
+    if attempt is not None and attempt.cancel.is_set() and attempt.seen:  # it heeded the cancel and returned
+        # (One that returned without having seen it came too late: its work is done, it keeps its outcome.)
         return _cancelled(job, attempt, result, backend=backend, worker_id=worker_id, started=started)
     if left_open:  # whatever it returned, what it wrote in that transaction is gone
         return _failed(job, task, TransactionLeftOpen(_left_open_note(left_open)), result, backend=backend,
@@ -294,7 +296,7 @@ def cancelled(job, attempt: control.Attempt | None, *, worker_id: str, duration:
               how: str = "cancelled while it ran") -> Outcome:
     """The outcome of a cancelled attempt: CANCELLED for good, whatever the task did."""
     asked = attempt.asked_at.isoformat() if attempt is not None and attempt.asked_at else "now"
-    exc = JobCancelled(f"attempt {job.attempts} {how} (cancel asked at {asked})")
+    exc = JobCancelled(f"attempt {job.attempts} {how} (its worker heard of the cancel at {asked})")
     outcome = failure(job, exc, worker_id=worker_id, duration=duration, permanent=True, traceback=f"{exc}\n")
     outcome.final = "CANCELLED"
     outcome.decision = retry.RetryDecision(False, reason="cancelled")

@@ -113,9 +113,10 @@ class JobQuerySet(models.QuerySet):
         """Put finished jobs back to READY, due now, as the same jobs (same ids).
 
         Attempts start again from zero (a requeue is a fresh run, with all of
-        ``max_attempts`` before it); earlier errors and their workers stay in the job's
-        history, and ``meta["requeued"]`` says when and by whom. RUNNING and READY jobs
-        are left alone: a running attempt is the worker's. Returns the jobs requeued.
+        ``max_attempts`` before it, and nothing of the last run's: no cancel request, no
+        progress); earlier errors and their workers stay in the job's history, and
+        ``meta["requeued"]`` says when and by whom. RUNNING and READY jobs are left alone:
+        a running attempt is the worker's. Returns the jobs requeued.
         """
         now = now or timezone.now()
         finished = self.filter(status__in=FINISHED_STATUSES)
@@ -126,8 +127,8 @@ class JobQuerySet(models.QuerySet):
         finished = finished.filter(Q(unique_key__isnull=True) | (~Q(unique_key__in=held) & Q(pk__in=latest)))
         return finished.update_returning(
             status=JobStatus.READY, run_after=now, attempts=0, started_at=None, last_attempted_at=None,
-            finished_at=None, worker_id="", heartbeat_at=None, return_value=None,
-            meta=JSONMerge("meta", {"requeued": {"at": now.isoformat(), "by": by}}),
+            finished_at=None, worker_id="", heartbeat_at=None, return_value=None, cancel_requested_at=None,
+            progress=None, meta=JSONMerge("meta", {"requeued": {"at": now.isoformat(), "by": by}}),
         )
 
     def cancel(self, reason: str, now: datetime | None = None, *, by: str = "") -> list[ChangedJob]:
@@ -135,11 +136,15 @@ class JobQuerySet(models.QuerySet):
 
         Only READY rows match, in the same UPDATE, so a job a worker claimed a moment
         ago is left to run (on PostgreSQL the UPDATE waits for the claim's row lock and
-        then sees RUNNING). Returns the jobs cancelled.
+        then sees RUNNING). Returns the jobs cancelled; ValueError for a reason or ``by``
+        over ``jobs.control.MAX_REASON`` characters.
         """
+        from .control import checked_reason
+
+        reason, by = checked_reason(reason, by)
         now = now or timezone.now()
         return self.ready().update_returning(
-            status=JobStatus.CANCELLED, finished_at=now,
+            status=JobStatus.CANCELLED, finished_at=now, cancel_requested_at=None,
             meta=JSONMerge("meta", {"cancelled": {"at": now.isoformat(), "by": by, "reason": reason}}),
         )
 
@@ -147,10 +152,13 @@ class JobQuerySet(models.QuerySet):
         """RUNNING jobs: ask their workers to stop them (``jobs.control``); returns the jobs asked.
 
         Only the flag and ``meta["cancelled"]`` are written: the attempt is the worker's, which
-        ends it CANCELLED. On PostgreSQL the workers hear it at once (on commit).
+        ends it CANCELLED (or SUCCESSFUL, when the attempt returns without having seen it). The
+        flag belongs to the running attempt: its end clears it. On PostgreSQL the workers are
+        told at once (on commit), a hint to read their rows.
         """
-        from .control import notify_cancel
+        from .control import checked_reason, notify_cancel
 
+        reason, by = checked_reason(reason, by)
         now = now or timezone.now()
         asked = self.running().filter(cancel_requested_at__isnull=True).update_returning(
             cancel_requested_at=now,

@@ -45,41 +45,59 @@ def _attempt(job: ClaimedJob, using: str):
 
 
 def fail_attempt(job: ClaimedJob, error: dict, decision: retry.RetryDecision, *, now: datetime,
-                 final: str = JobStatus.FAILED, lost_before: datetime | None = None, using: str | None = None) -> bool:
+                 final: str = JobStatus.FAILED, lost_before: datetime | None = None,
+                 using: str | None = None) -> str | None:
     """Record a failed attempt: back to READY after ``decision.delay``, or ``final`` for good.
 
     The error joins the job's history (a history that could not be read as stored is
-    replaced) and the attempt's worker joins its workers. ``lost_before`` is the stale
-    sweep's extra fence: the take-back holds only if the worker has not beaten since.
-    Returns False when the attempt was no longer ``job.worker_id``'s to record.
+    replaced) and the attempt's worker joins its workers. A row that says a cancel was
+    asked of this attempt is not retried, whether or not its worker had heard: it ends
+    CANCELLED (and so does a final failure of it, unless the row is damaged).
+    ``lost_before`` is the stale sweep's extra fence: the take-back holds only if the
+    worker has not beaten since. Returns the status written, None when the attempt was
+    no longer ``job.worker_id``'s to record.
     """
     using = using or router.db_for_write(Job)
     errors = job.errors if isinstance(job.errors, list) else []
     workers = job.worker_ids if isinstance(job.worker_ids, list) else []
     changes = dict(errors=[*errors, error], heartbeat_at=None, worker_ids=[*workers, job.worker_id],
-                   error_class=str(error.get("exception_class_path") or "")[:255])
+                   error_class=str(error.get("exception_class_path") or "")[:255], cancel_requested_at=None)
     held = _attempt(job, using)
     if lost_before is not None:
         # A take-back: the row of a worker frozen or cut off inside a transaction is left for a
         # later sweep, not waited for (every worker sweeping would wait on the same oldest row).
         held = unless_locked(held.filter(heartbeat_at__lt=lost_before), using)
+    # The flag is read by the UPDATE itself (its WHERE), not before it: a cancel asked a moment
+    # earlier is seen (PostgreSQL re-reads a row it waited for), one asked after finds it gone.
+    unasked, asked = held.filter(cancel_requested_at__isnull=True), held.filter(cancel_requested_at__isnull=False)
+    status = None
     with transaction.atomic(using=using):
         if decision.retry:
             try:
                 with transaction.atomic(using=using):
-                    written = held.update(**changes, status=JobStatus.READY,
-                                          run_after=now + timedelta(seconds=decision.delay))
+                    if unasked.update(**changes, status=JobStatus.READY,
+                                      run_after=now + timedelta(seconds=decision.delay)):
+                        status = JobStatus.READY
             except IntegrityError:
                 # A READY job with its unique key was enqueued while it ran: that job stands for the retry.
                 superseded = {**error, "message": f"{error['message']} (not retried: a job with the same unique key "
                                                   "is queued)"}
-                written = held.update(**{**changes, "errors": [*errors, superseded]}, status=JobStatus.FAILED,
-                                      finished_at=now)
-        else:
-            written = held.update(**changes, status=final, finished_at=now)
-        if written:
+                if unasked.update(**{**changes, "errors": [*errors, superseded]}, status=JobStatus.FAILED,
+                                  finished_at=now):
+                    status = JobStatus.FAILED
+        elif final != JobStatus.FAILED or job.damage:
+            if held.update(**changes, status=final, finished_at=now):
+                status = final
+        elif unasked.update(**changes, status=final, finished_at=now):
+            status = final
+        if status is None and final != JobStatus.CANCELLED and not job.damage:
+            cancelled = {**error, "message": f"{error['message']} (not retried: a cancel was asked while it ran)"}
+            if asked.update(**{**changes, "errors": [*errors, cancelled]}, status=JobStatus.CANCELLED,
+                            finished_at=now):
+                status = JobStatus.CANCELLED
+        if status is not None:
             statements(connections[using]).release([job])
-    return bool(written)
+    return status
 
 
 def hand_back(jobs: Sequence[ClaimedJob], *, using: str | None = None) -> int:
@@ -89,21 +107,21 @@ def hand_back(jobs: Sequence[ClaimedJob], *, using: str | None = None) -> int:
     given = []
     with transaction.atomic(using=using):
         for job in jobs:
-            # Someone asked to cancel it while it ran: it does not go back, it is cancelled.
-            if _attempt(job, using).filter(cancel_requested_at__isnull=False).update(
-                    status=JobStatus.CANCELLED, heartbeat_at=None, finished_at=timezone.now()):
-                given.append(job)
-                continue
+            held = _attempt(job, using)
             try:
                 with transaction.atomic(using=using):
-                    back = _attempt(job, using).update(status=JobStatus.READY, attempts=attempts, heartbeat_at=None)
+                    back = held.filter(cancel_requested_at__isnull=True).update(
+                        status=JobStatus.READY, attempts=attempts, heartbeat_at=None)
             except IntegrityError:
                 # A READY job with its unique key exists: it will run; this one is not needed again.
-                back = _attempt(job, using).update(status=JobStatus.CANCELLED, attempts=attempts, heartbeat_at=None,
-                                                   finished_at=timezone.now(), meta=JSONMerge("meta", {"cancelled": {
-                                                       "at": timezone.now().isoformat(), "by": job.worker_id,
-                                                       "reason": "handed back while a job with the same unique key "
-                                                                 "was queued"}}))
+                back = held.update(status=JobStatus.CANCELLED, attempts=attempts, heartbeat_at=None,
+                                   cancel_requested_at=None, finished_at=timezone.now(),
+                                   meta=JSONMerge("meta", {"cancelled": {
+                                       "at": timezone.now().isoformat(), "by": job.worker_id,
+                                       "reason": "handed back while a job with the same unique key was queued"}}))
+            # Someone asked to cancel it while this worker held it: it does not go back, it is cancelled.
+            back = back or held.filter(cancel_requested_at__isnull=False).update(
+                status=JobStatus.CANCELLED, heartbeat_at=None, cancel_requested_at=None, finished_at=timezone.now())
             if back:
                 given.append(job)
         statements(connections[using]).release(given)
@@ -189,36 +207,40 @@ class WorkerStore:
         decision = outcome.decision
         try:
             with transaction.atomic(using=self.alias):
-                if not fail_attempt(outcome.job, outcome.error, decision, now=now, final=outcome.final,
-                                    using=self.alias):
-                    return None
+                return fail_attempt(outcome.job, outcome.error, decision, now=now, final=outcome.final,
+                                    using=self.alias)
         except (OperationalError, InterfaceError):
             raise
         except Exception:  # noqa: BLE001
             logger.exception("job outcome could not be written id=%s task=%s; it will be taken back as lost",
                              outcome.job.id, outcome.job.task_path)
             return None
-        return JobStatus.READY if decision.retry else outcome.final
 
     def hand_back(self, jobs: Sequence[ClaimedJob]) -> int:
         return hand_back(jobs, using=self.alias)
 
     # -- liveness ---------------------------------------------------------------------------
 
-    def heartbeat(self, held: Sequence[int], *, now: datetime) -> tuple[bool, list[tuple[int, datetime]]]:
+    def heartbeat(self, held: Sequence[int], *, now: datetime) -> tuple[bool, list[int]]:
         """Beat for the process and every job it holds: (False if the process row was gone, the
-        held jobs someone asked to cancel, with when)."""
+        held jobs someone asked to cancel)."""
         # Statements of their own, not one transaction: the server ends each one's row locks with
         # it, whatever becomes of this process (see jobs.sessions). A held row that another
         # transaction has locked is beaten next time rather than waited for.
-        asked: list[tuple[int, datetime]] = []
+        asked: list[int] = []
         alive = WorkerProcess.objects.using(self.alias).filter(pk=self.worker_id).update(heartbeat_at=now)
         if held:
-            mine = Job.objects.using(self.alias).filter(pk__in=list(held), worker_id=self.worker_id,
-                                                        status=JobStatus.RUNNING)
-            unless_locked(mine, self.alias).update(heartbeat_at=now)
-            asked = list(mine.filter(cancel_requested_at__isnull=False).values_list("pk", "cancel_requested_at"))
+            unless_locked(self._mine(held), self.alias).update(heartbeat_at=now)
+            asked = self.asked_to_cancel(held)
         return bool(alive), asked
+
+    def _mine(self, held: Sequence[int]) -> models.QuerySet:
+        return Job.objects.using(self.alias).filter(pk__in=list(held), worker_id=self.worker_id,
+                                                    status=JobStatus.RUNNING)
+
+    def asked_to_cancel(self, held: Sequence[int]) -> list[int]:
+        """The held jobs whose rows say a cancel was asked (whatever else said so, this is read)."""
+        return list(self._mine(held).filter(cancel_requested_at__isnull=False).values_list("pk", flat=True))
 
     def stale(self, *, cutoff: datetime, limit: int = 100) -> list[ClaimedJob]:
         return statements(self.connection).stale(cutoff=cutoff, backend=self.backend, limit=limit)

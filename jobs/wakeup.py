@@ -2,11 +2,14 @@
 
 PostgreSQL: enqueue runs ``pg_notify`` in the enqueueing transaction (delivered on
 commit, dropped on rollback) and each worker LISTENs on its own connection.
-A cancel of a running job comes the same way on PostgreSQL (its own channel, the
-job id as payload); on SQLite the worker finds it at its next heartbeat.
 SQLite: a probe reads ``PRAGMA data_version`` every few milliseconds on its own
 connection; the number changes whenever another connection commits, which costs
 no disk read. Either way polling stays as the fallback.
+
+A cancel of a running job comes as a hint: on PostgreSQL a notification on its own
+channel, on SQLite any commit. The worker then reads its rows' cancel flags (see
+``jobs.worker.liveness``): anyone who can connect can NOTIFY, so a payload is never
+trusted, nor even parsed, and no payload, however odd, can end this thread.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 CHANNEL = "jobs_enqueued"
 SQLITE_PROBE_INTERVAL = 0.002  # seconds between data_version reads on SQLite (one costs ~5 µs)
+POOLED_CANCEL_LOOK = 0.5  # seconds between looks for cancels behind a pooler without LISTEN
 
 # Keys of Django's OPTIONS for PostgreSQL that are not libpq connection parameters.
 _DJANGO_ONLY_OPTIONS = {"isolation_level", "server_side_binding", "pool", "assume_role", "cursor_factory",
@@ -31,17 +35,19 @@ _DJANGO_ONLY_OPTIONS = {"isolation_level", "server_side_binding", "pool", "assum
 
 
 def start_waker(connection, *, wake: Callable[[], None], stop: threading.Event, queues: Sequence[str] | None,
-                on_cancel: Callable[[int], None] = lambda job_id: None) -> threading.Thread | None:
-    """A daemon thread that calls ``wake()`` when new work may be there, and on PostgreSQL
-    ``on_cancel(job_id)`` when a running job is to be cancelled; None if unsupported."""
+                on_cancel: Callable[[], None] = lambda: None) -> threading.Thread | None:
+    """A daemon thread that calls ``wake()`` when new work may be there, and ``on_cancel()`` when a
+    cancel may have been asked (a hint to read the rows); None if unsupported."""
     if connection.vendor == "postgresql":
         if transaction_pooled(connection.settings_dict) and not direct_url():
             logger.info("no wake-up listener: behind a transaction pooler without %s, new jobs are found by "
-                        "polling", DIRECT_URL_SETTING)
-            return None
-        target, args = _listen_postgres, (connection.settings_dict, wake, stop, queues, on_cancel)
+                        "polling, and cancels by a look at the held rows every %gs", DIRECT_URL_SETTING,
+                        POOLED_CANCEL_LOOK)
+            target, args = _look_for_cancels, (stop, on_cancel)
+        else:
+            target, args = _listen_postgres, (connection.settings_dict, wake, stop, queues, on_cancel)
     elif connection.vendor == "sqlite":
-        target, args = _probe_sqlite, (connection.settings_dict, wake, stop, queues)
+        target, args = _probe_sqlite, (connection.settings_dict, wake, stop, queues, on_cancel)
     else:
         return None
     thread = threading.Thread(target=target, args=args, name="jobs-waker", daemon=True)
@@ -84,14 +90,11 @@ def _listen_postgres(settings: dict, wake, stop: threading.Event, queues, on_can
                 wake()  # anything enqueued while we were not listening
                 while not stop.is_set():
                     for notify in conn.notifies(timeout=0.5):
-                        if notify.channel == CANCEL_CHANNEL:
-                            if notify.payload.isdigit():
-                                on_cancel(int(notify.payload))
-                        elif wanted is None or notify.payload in wanted:
-                            wake()
-        except psycopg.Error as exc:
+                        _heed(notify.channel == CANCEL_CHANNEL, notify.payload, wanted, wake, on_cancel)
+        except Exception as exc:  # noqa: BLE001 - a lost connection, or a bug: this thread must go on
             backoff = min(max(backoff * 2, 0.2), 10.0)
-            logger.warning("listen connection lost, retry_in=%.1fs error=%s", backoff, str(exc).strip()[:200])
+            logger.warning("listen connection lost, retry_in=%.1fs error=%s: %s", backoff, type(exc).__name__,
+                           str(exc).strip()[:200])
             stop.wait(backoff)
 
 
@@ -110,7 +113,25 @@ def _hears_others(conn, connect: Callable[[], object], timeout: float = 2.0) -> 
     return False
 
 
-def _probe_sqlite(settings: dict, wake, stop: threading.Event, queues) -> None:
+def _look_for_cancels(stop: threading.Event, on_cancel) -> None:
+    """Behind a pooler with no direct connection to LISTEN on: no notification will come, so the
+    held rows are read for cancel requests every POOLED_CANCEL_LOOK seconds (one small query)."""
+    while not stop.wait(POOLED_CANCEL_LOOK):
+        _heed(True, None, None, lambda: None, on_cancel)
+
+
+def _heed(cancel: bool, payload, wanted, wake, on_cancel) -> None:
+    """One notification: a cancel hint (payload ignored), or a wake-up for one of our queues."""
+    try:
+        if cancel:
+            on_cancel()
+        elif wanted is None or payload in wanted:
+            wake()
+    except Exception:  # noqa: BLE001 - one notification never ends the listener
+        logger.exception("wake-up notification not handled")
+
+
+def _probe_sqlite(settings: dict, wake, stop: threading.Event, queues, on_cancel) -> None:
     conn = sqlite3.connect(settings["NAME"], timeout=5, check_same_thread=False)
     try:
         last = None
@@ -120,7 +141,8 @@ def _probe_sqlite(settings: dict, wake, stop: threading.Event, queues) -> None:
             except sqlite3.Error:
                 continue
             if version != last:  # the first read too: anything enqueued before we looked
-                wake()
+                _heed(False, None, None, wake, on_cancel)
+                _heed(True, None, None, wake, on_cancel)
             last = version
     finally:
         conn.close()

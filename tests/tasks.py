@@ -376,3 +376,68 @@ def blocks_past_timeout_retrying_only_connection_errors(path, seconds):
     """Blocked in C past its timeout: under --processes its process is ended; a timeout is not in retry_on."""
     _record(path, f"start pid={os.getpid()}")
     time.sleep(seconds)
+
+
+@task(max_attempts=3)
+def cooperative_gate(path, gate):
+    """Work until ``gate`` exists (then return "finished") or until asked to stop."""
+    import jobs
+
+    _record(path, "started")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if jobs.cancel_requested():
+            _record(path, "saw the cancel")
+            return "stopped early"
+        if os.path.exists(gate):
+            return "finished"
+        time.sleep(0.01)
+    return "ran to the end"
+
+
+@task(max_attempts=3, takes_context=True)
+def cancels_itself(context, path, then):
+    """Attempt 1 asks to cancel its own job, then ``then``: "raise" at once, or "return" once its
+    worker has heard of the cancel, without ever reading cancel_requested(). Later attempts succeed."""
+    import jobs
+    from jobs import control
+
+    _record(path, f"attempt {context.attempt}")
+    if context.attempt > 1:
+        return "ran again"
+    assert jobs.cancel(context.task_result.id, "from inside", by="itself") == control.REQUESTED
+    if then == "raise":
+        raise RuntimeError("failed after its cancel was asked")
+    attempt = control.current()
+    deadline = time.monotonic() + 30
+    while not attempt.cancel.is_set() and time.monotonic() < deadline:  # its worker has heard
+        time.sleep(0.01)
+    _record(path, "heard" if attempt.cancel.is_set() else "not heard")
+    return "done anyway"
+
+
+@task(max_attempts=1)
+def brief_cooperative(milliseconds):
+    """A few milliseconds of work that stops when asked (the cancel storm's job)."""
+    import jobs
+
+    deadline = time.monotonic() + milliseconds / 1000
+    while time.monotonic() < deadline:
+        if jobs.cancel_requested():
+            return "stopped early"
+        time.sleep(0.002)
+    return milliseconds
+
+
+@task(max_attempts=1)
+async def async_progress(gate, steps):
+    """Progress from inside a coroutine, then wait for ``gate``."""
+    import jobs
+
+    for done in range(1, steps + 1):
+        jobs.set_progress(done, steps, f"step {done}")
+        await asyncio.sleep(0)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return steps

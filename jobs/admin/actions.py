@@ -16,6 +16,7 @@ from django.db import router, transaction
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
+from ..control import MAX_REASON, checked_reason
 from ..history import log_actions
 from ..models import Job, JobStatus
 from ..templatetags.jobs_admin import status_label
@@ -32,8 +33,10 @@ DEFAULT_CANCEL_REASON = "cancelled from the admin"
 
 
 class JobActionForm(helpers.ActionForm):
-    reason = forms.CharField(required=False, max_length=500, label="", widget=forms.TextInput(
-        attrs={"placeholder": "Reason (for cancel)", "size": 22, "class": "jobs-reason"}))
+    # No max_length here: Django drops an action whose form is invalid with only "No action
+    # selected."; the cancel action refuses a reason over the cap itself, saying so.
+    reason = forms.CharField(required=False, label="", widget=forms.TextInput(
+        attrs={"placeholder": "Reason (for cancel)", "size": 22, "class": "jobs-reason", "maxlength": MAX_REASON}))
 
 
 def record_change(request, change, message: str, action_flag: int = CHANGE) -> int:
@@ -45,8 +48,15 @@ def record_change(request, change, message: str, action_flag: int = CHANGE) -> i
     return len(changed)
 
 
-def cancel_reason(request) -> str:
-    return (request.POST.get("reason") or "").strip() or DEFAULT_CANCEL_REASON
+def cancel_reason(modeladmin, request) -> str | None:
+    """The reason typed for a cancel (or the default); None, the user told why, if over the cap."""
+    reason = (request.POST.get("reason") or "").strip() or DEFAULT_CANCEL_REASON
+    try:
+        checked_reason(reason, request.user.get_username())
+    except ValueError as exc:
+        modeladmin.message_user(request, f"Nothing was cancelled: {exc}.", messages.ERROR)
+        return None
+    return reason
 
 
 def selected_across(request) -> bool:
@@ -113,7 +123,9 @@ def requeue_jobs(modeladmin, request, queryset):
 
 @admin.action(permissions=["change"], description="Cancel selected jobs")
 def cancel_jobs(modeladmin, request, queryset):
-    reason, by = cancel_reason(request), request.user.get_username()
+    reason, by = cancel_reason(modeladmin, request), request.user.get_username()
+    if reason is None:
+        return
     asked: list = []
 
     def change():
@@ -180,12 +192,14 @@ def act_on_one(modeladmin, request, pk: int, verb: str) -> None:
             say(request, f"Job #{pk} was not requeued: it is {_current_status(pk)}, and only finished jobs can be "
                          "(a running job belongs to its worker until its attempt ends).", messages.WARNING)
     elif verb == "cancel":
-        reason = cancel_reason(request)
+        reason = cancel_reason(modeladmin, request)
+        if reason is None:
+            return
         if record_change(request, lambda: one.cancel(reason, by=by), f"Cancelled: {reason}"):
             say(request, f"Job #{pk} cancelled: it will not run.", messages.SUCCESS)
         elif record_change(request, lambda: one.request_cancel(reason, by=by), f"Cancelled: {reason}"):
-            say(request, f"Job #{pk} is running: its worker was asked to stop it (it ends CANCELLED within a "
-                         "heartbeat, and is interrupted if it has not returned 10 s later).", messages.SUCCESS)
+            say(request, f"Job #{pk} is running: its worker was asked to stop it (it hears within about a "
+                         "second and is interrupted if it has not returned 10 s later).", messages.SUCCESS)
         else:
             say(request, f"Job #{pk} was not cancelled: it is {_current_status(pk)}, and only ready and running "
                          "jobs can be.", messages.WARNING)

@@ -126,7 +126,9 @@ def timeline(job: Job, attempts: list[dict], requeued: dict | None, cancelled: d
     cancelled_at = parse_time(cancelled.get("at")) if cancelled else None
     if cancelled_at:
         by = f" (by {cancelled.get('by')})" if cancelled.get("by") else ""
-        events.append({"at": cancelled_at, "kind": "cancelled", "label": "Cancelled",
+        late = cancel_too_late(job, cancelled, requeued_at)
+        events.append({"at": cancelled_at, "kind": "cancelled",
+                       "label": "Cancel asked, too late" if late else "Cancelled",
                        "detail": f"{cancelled.get('reason', '')}{by}"})
     if job.started_at and job.started_at != job.last_attempted_at:
         events.append({"at": job.started_at, "kind": "started", "label": "Attempt 1 started", "detail": ""})
@@ -157,6 +159,15 @@ def timeline(job: Job, attempts: list[dict], requeued: dict | None, cancelled: d
         event["offset"] = "" if event["kind"] == "enqueued" else (
             "+" + human_duration(offset) if offset >= 0 else "−" + human_duration(-offset))
     return events
+
+
+def cancel_too_late(job: Job, cancelled: dict | None, requeued_at: datetime | None) -> datetime | None:
+    """When a cancel was asked of the job's last run, if that run ended SUCCESSFUL all the same (its
+    attempt returned without having seen the request); None otherwise."""
+    at = parse_time(cancelled.get("at")) if cancelled and cancelled.get("while") == "running" else None
+    if job.status != JobStatus.SUCCESSFUL or at is None or (requeued_at is not None and at <= requeued_at):
+        return None
+    return at
 
 
 def origins_and_other_meta(meta: dict) -> tuple[list[Origin], dict]:
@@ -199,6 +210,7 @@ def job_page(job: Job) -> dict:
         "origins": origins,
         "other_meta": shown(as_json(other_meta)) if other_meta else None,
         "cancelled": cancelled,
+        "cancel_too_late": cancel_too_late(job, cancelled, requeued_at),
         "requeued": requeued,
         "requeued_at": requeued_at,
         "call": call_signature(job),

@@ -77,7 +77,8 @@ class GenericStatements(Statements):
                 return []
             self._jobs().filter(id__in=ids).update(
                 status=JobStatus.RUNNING, attempts=F("attempts") + 1, worker_id=worker_id, heartbeat_at=now,
-                last_attempted_at=now, started_at=models.functions.Coalesce("started_at", now))
+                last_attempted_at=now, started_at=models.functions.Coalesce("started_at", now), progress=None,
+                cancel_requested_at=None)
             jobs = [_as_claimed(values) for values in self._jobs().filter(id__in=ids).values(*CLAIMED)]
         jobs.sort(key=claim_order)
         return jobs
@@ -90,7 +91,7 @@ class GenericStatements(Statements):
                 if self._jobs().filter(pk=job.id, status=JobStatus.RUNNING, attempts=job.attempts,
                                        worker_id=worker_id).update(
                         status=JobStatus.SUCCESSFUL, return_value=value, finished_at=now, heartbeat_at=None,
-                        worker_ids=[*job.worker_ids, worker_id]):
+                        cancel_requested_at=None, worker_ids=[*job.worker_ids, worker_id]):
                     written.add(job.id)
             claimed = self.claim(worker_id=worker_id, limit=limit, now=now, queues=queues,
                                  backend=backend) if limit > 0 else []

@@ -153,8 +153,9 @@ class PostgresStatements(Statements):
             # A damaged row at the integer column's maximum must not make every claim fail.
             f"CASE WHEN {col['attempts']} < {MAX_INT} THEN {col['attempts']} + 1 ELSE {col['attempts']} END, "
             f"{col['worker_id']} = %s, {col['heartbeat_at']} = %s, {col['last_attempted_at']} = %s, "
-            f"{col['started_at']} = COALESCE({col['started_at']}, %s), {col['progress']} = NULL "
-            f"WHERE {col['id']} IN (SELECT {col['id']} FROM chosen) RETURNING {self.claimed_columns})"
+            f"{col['started_at']} = COALESCE({col['started_at']}, %s), {col['progress']} = NULL, "
+            f"{col['cancel_requested_at']} = NULL WHERE {col['id']} IN (SELECT {col['id']} FROM chosen) "
+            f"RETURNING {self.claimed_columns})"
         )
         return sql, [*params, worker_id, now, now, now]
 
@@ -260,6 +261,7 @@ class PostgresStatements(Statements):
         col, table = self.col, self.table
         return (f"done AS (UPDATE {table} j SET {col['status']} = '{JobStatus.SUCCESSFUL.value}', "
                 f"{col['return_value']} = v.value::jsonb, {col['finished_at']} = %s, {col['heartbeat_at']} = NULL, "
+                f"{col['cancel_requested_at']} = NULL, "
                 f"{col['worker_ids']} = j.{col['worker_ids']} || to_jsonb(j.{col['worker_id']}) "
                 f"FROM unnest(%s::bigint[], %s::integer[], %s::text[]) AS v(id, attempts, value) "
                 f"WHERE j.{col['id']} = v.id AND j.{col['status']} = '{JobStatus.RUNNING.value}' "

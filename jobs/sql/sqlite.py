@@ -38,7 +38,8 @@ class SqliteStatements(Statements):
                         f"RETURNING {col['id']}")
         self._success = (
             f"UPDATE {table} SET {col['status']} = '{JobStatus.SUCCESSFUL.value}', {col['return_value']} = %s, "
-            f"{col['finished_at']} = %s, {col['heartbeat_at']} = NULL, {col['worker_ids']} = %s "
+            f"{col['finished_at']} = %s, {col['heartbeat_at']} = NULL, {col['cancel_requested_at']} = NULL, "
+            f"{col['worker_ids']} = %s "
             f"WHERE {col['id']} = %s AND {col['status']} = '{JobStatus.RUNNING.value}' AND {col['attempts']} = %s "
             f"AND {col['worker_id']} = %s")
 
@@ -112,8 +113,8 @@ class SqliteStatements(Statements):
             # A damaged row at the integer column's maximum must not make every claim fail.
             f"CASE WHEN {col['attempts']} < {MAX_INT} THEN {col['attempts']} + 1 ELSE {col['attempts']} END, "
             f"{col['worker_id']} = %s, {col['heartbeat_at']} = %s, {col['last_attempted_at']} = %s, "
-            f"{col['started_at']} = COALESCE({col['started_at']}, %s), {col['progress']} = NULL "
-            f"WHERE {col['id']} IN ({chosen}) RETURNING {self.claimed_columns}"
+            f"{col['started_at']} = COALESCE({col['started_at']}, %s), {col['progress']} = NULL, "
+            f"{col['cancel_requested_at']} = NULL WHERE {col['id']} IN ({chosen}) RETURNING {self.claimed_columns}"
         )
         return sql, [worker_id, now_db, now_db, now_db, *params]
 

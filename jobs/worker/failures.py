@@ -65,7 +65,8 @@ def report_written(backend, outcomes, *, log: logging.Logger = logger, quiet: bo
     without the traceback: a test that makes a task fail on purpose prints nothing."""
     for outcome, status in outcomes:
         log_outcome(backend, outcome, status, log=log, quiet=quiet)
-        if status == JobStatus.FAILED:  # failed for good, and written: once per job
+        # Failed for good, and written: once per job (not a retry that a queued unique job stands for).
+        if status == JobStatus.FAILED and not (outcome.decision and outcome.decision.retry):
             announce_failure(backend, outcome.job, error=outcome.error, exception=outcome.exc)
 
 
@@ -84,8 +85,15 @@ def log_outcome(backend, outcome, status: str | None, *, log: logging.Logger = l
     else:
         # outcome=FAILED retry_in=2.0s, or outcome=FAILED why="no attempts left (3 of 3)": words, not codes.
         decision, error = outcome.decision, outcome.error
-        failed = status == JobStatus.FAILED
-        then = f"retry_in={decision.delay:.1f}s" if decision.retry else f'why="{decision.reason}"'
+        failed = status == JobStatus.FAILED and not decision.retry
+        if status == JobStatus.READY:
+            then = f"retry_in={decision.delay:.1f}s"
+        elif status == JobStatus.CANCELLED and outcome.final != JobStatus.CANCELLED:
+            then = 'why="not retried: a cancel was asked while it ran"'
+        elif status == JobStatus.FAILED and decision.retry:
+            then = 'why="not retried: a job with the same unique key is queued"'
+        else:
+            then = f'why="{decision.reason}"'
         level = logging.DEBUG if quiet else logging.ERROR if failed else logging.WARNING
         log.log(level, "job finished id=%s task=%s attempt=%s/%s duration=%.3fs outcome=%s %s error=%s: %s",
                 *fields, JobStatus.FAILED if status == JobStatus.READY else status, then,

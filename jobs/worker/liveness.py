@@ -6,12 +6,18 @@ stopped beating (killed, frozen, cut off) as a counted attempt whose error says 
 worker was lost, and retry them. PIDs are never looked at: they mean nothing
 across hosts. A database error waits (``jobs.backoff``) and tries again; the worker
 keeps running its jobs meanwhile, and its heartbeat resumes when the database does.
+
+Between beats, a hint that a cancel may have been asked (PostgreSQL: a notification
+on the cancel channel; SQLite: any commit, seen by the wake-up probe) makes it read
+the cancel flags of the jobs it holds, at most every ``CANCEL_CHECK_EVERY`` seconds:
+a hint is never acted on by itself, only what the rows say is.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -20,6 +26,7 @@ from django.db import connections
 from .. import retry
 from ..backoff import Backoff, first_line
 from ..clock import Clock
+from ..control import CANCEL_CHECK_EVERY
 from ..errors import error_entry
 from ..exceptions import DamagedJob, JobTimeout, WorkerLost
 from ..execution import attempt_limit, not_retried, send_finished
@@ -39,7 +46,7 @@ LOST_WORKERS_KEPT = 86400  # seconds a dead worker's row stays (listed as lost b
 
 class Liveness:
     def __init__(self, *, worker_id: str, backend, held: Callable[[], list[int]], register: Callable[[], None],
-                 clock: Clock, cancel: Callable[[int, datetime], object] = lambda job_id, asked_at: None):
+                 clock: Clock, cancel: Callable[[int], object] = lambda job_id: None):
         self.worker_id = worker_id
         self.backend = backend
         self.options = backend.jobs_options
@@ -49,6 +56,9 @@ class Liveness:
         self.clock = clock
         self.store = WorkerStore(worker_id=worker_id, backend=backend.alias)
         self.stop = threading.Event()
+        self.hinted = threading.Event()  # a cancel may have been asked: read the flags soon
+        self.wake = threading.Event()  # ends the wait between beats (a stop, a hint)
+        self.checked_at = float("-inf")  # when the flags were last read (time.monotonic)
         self.thread = threading.Thread(target=self._loop, name="jobs-liveness", daemon=True)
 
     def __enter__(self) -> Liveness:
@@ -57,7 +67,15 @@ class Liveness:
 
     def __exit__(self, *exc) -> None:
         self.stop.set()
+        self.wake.set()
         self.thread.join(timeout=10)
+
+    def hint(self) -> None:
+        """From any thread: a cancel may have been asked of a job this worker holds (never trusted:
+        the flags are read from the rows)."""
+        if self.held():
+            self.hinted.set()
+            self.wake.set()
 
     def _loop(self) -> None:
         try:
@@ -68,27 +86,53 @@ class Liveness:
 
     def _beat_until_stopped(self) -> None:
         backoff = Backoff()
-        wait = 0.0  # the first beat at once: it also sweeps what others left behind
-        while not self.stop.wait(wait):
-            try:
-                self.beat_and_sweep(self.clock.now())
-            except Exception as exc:  # noqa: BLE001 - the beat goes on when the database is back
-                wait = backoff.failed()
-                logger.warning("heartbeat failed worker=%s retry_in=%.1fs error=%s: %s", self.worker_id, wait,
-                               type(exc).__name__, first_line(exc))
-                self.store.close()
-            else:
-                backoff.succeeded()
-                wait = self.options.heartbeat_interval
+        next_beat = time.monotonic()  # the first beat at once: it also sweeps what others left behind
+        while not self.stop.is_set():
+            now = time.monotonic()
+            if now >= next_beat:
+                self.hinted.clear()
+                try:
+                    self.beat_and_sweep(self.clock.now())
+                except Exception as exc:  # noqa: BLE001 - the beat goes on when the database is back
+                    wait = backoff.failed()
+                    logger.warning("heartbeat failed worker=%s retry_in=%.1fs error=%s: %s", self.worker_id, wait,
+                                   type(exc).__name__, first_line(exc))
+                    self.store.close()
+                else:
+                    backoff.succeeded()
+                    wait = self.options.heartbeat_interval
+                self.checked_at, next_beat = now, time.monotonic() + wait
+            elif self.hinted.is_set() and now >= self.checked_at + CANCEL_CHECK_EVERY:
+                self.hinted.clear()
+                self.checked_at = now
+                try:
+                    self.check_cancels()
+                except Exception as exc:  # noqa: BLE001 - the next beat reads the flags again
+                    logger.warning("cancel check failed worker=%s error=%s: %s", self.worker_id,
+                                   type(exc).__name__, first_line(exc))
+                    self.store.close()
+            wait = next_beat - time.monotonic()
+            if self.hinted.is_set():
+                wait = min(wait, self.checked_at + CANCEL_CHECK_EVERY - time.monotonic())
+            self.wake.wait(max(wait, 0.0))
+            self.wake.clear()
 
     def beat_and_sweep(self, now: datetime) -> int:
         """One beat: the heartbeat, then the stale sweep; returns the jobs taken back."""
         alive, asked = self.store.heartbeat(self.held(), now=now)
         if not alive:
             self.register()  # our row was cleaned away (say, after a long database outage)
-        for job_id, asked_at in asked:  # on PostgreSQL the wake-up channel said so sooner
-            self.cancel(job_id, asked_at)
+        for job_id in asked:
+            self.cancel(job_id)
         return self.take_back_stale(now)
+
+    def check_cancels(self) -> int:
+        """Stop the held jobs whose rows say a cancel was asked; how many rows said so."""
+        held = self.held()
+        asked = self.store.asked_to_cancel(held) if held else []
+        for job_id in asked:
+            self.cancel(job_id)
+        return len(asked)
 
     def take_back_stale(self, now: datetime, because: dict[tuple[int, int], Exception] | None = None) -> int:
         """Fail the attempts of workers that stopped heartbeating, and retry them (or not).
@@ -116,17 +160,19 @@ class Liveness:
                     if reason:
                         decision = retry.RetryDecision(False, reason=reason)
             error = error_entry(exc, attempt=job.attempts, worker_id=job.worker_id, when=now, traceback=f"{exc}\n")
-            if not fail_attempt(job, error, decision, now=now, final=final, lost_before=cutoff,
-                                using=self.store.alias):
+            written = fail_attempt(job, error, decision, now=now, final=final, lost_before=cutoff,
+                                   using=self.store.alias)
+            if written is None:
                 continue  # it beat again since we looked: alive after all
             taken += 1
             # A final failure is logged at ERROR with the WorkerLost (for Sentry and mail handlers);
             # a retry, or a cancel that the lost worker never finished, at WARNING.
-            failed = not decision.retry and final == JobStatus.FAILED
+            failed = written == JobStatus.FAILED and not decision.retry  # (not a retry a queued job stands for)
             logger.log(logging.ERROR if failed else logging.WARNING,
                        "job taken back id=%s task=%s attempt=%s/%s lost_worker=%s outcome=%s%s", job.id,
-                       job.task_path, job.attempts, limit, job.worker_id, JobStatus.FAILED if decision.retry else final,
-                       f" retry_in={decision.delay:.1f}s" if decision.retry else "",
+                       job.task_path, job.attempts, limit, job.worker_id,
+                       JobStatus.FAILED if written == JobStatus.READY else written,
+                       f" retry_in={decision.delay:.1f}s" if written == JobStatus.READY else "",
                        exc_info=exc if failed else None, extra=job_fields(job, limit))
             if failed:
                 result = None if job.damage else self._send_finished(job)

@@ -126,7 +126,7 @@ class Worker:
             pass
         with self.pool, self.liveness:
             start_waker(connections[self.store.alias], wake=self.wake, stop=self.stopping, queues=self.queues,
-                        on_cancel=self.pool.cancel)
+                        on_cancel=self.liveness.hint)
             loops = self._start_loops()
             logger.info("worker started worker=%s queues=%s concurrency=%d burst=%s", self.id,
                         ",".join(self.queues or ["*"]), self.concurrency, self.burst)
