@@ -48,3 +48,23 @@ def test_listen_through_the_pooler_is_noticed_and_said(workers):
     proc = workers.start(env=subprocess_env(JOBS_TEST_POOLER_SETTINGS="off"))
     output = workers.wait_for_output(proc, "LISTEN hears nothing")
     assert "DATABASE_POOLER=transaction" in output
+
+
+def test_behind_the_pooler_without_a_direct_connection_a_cancel_is_still_heard_within_a_second_or_two(
+        workers, record_dir):
+    import time
+
+    import jobs
+    from jobs import control
+
+    path = record_dir / "runs"
+    proc = workers.start(env=subprocess_env(DATABASE_DIRECT_URL="none", JOBS_TEST_OPTIONS='{"stale_after": 60}'))
+    workers.wait_for_output(proc, "no wake-up listener")
+    result = tasks.cooperative.enqueue(str(path))
+    wait_for(lambda: path.exists() and "started" in path.read_text(), message="the job to start")
+    asked = time.monotonic()
+    assert jobs.cancel(result.id, "now") == control.REQUESTED
+    wait_for(lambda: "saw the cancel" in path.read_text(), timeout=15, message="the job to hear of its cancel")
+    took = time.monotonic() - asked
+    assert took < 2.5, f"heard after {took:.2f}s (heartbeats are 20 s apart)"
+    wait_for(lambda: Job.objects.get(pk=result.id).status == JobStatus.CANCELLED, message="CANCELLED")
