@@ -20,7 +20,9 @@ is not run (the test's venv already has this checkout installed): it prints what
 Each page starts from a fresh copy of a site made once per session: ``django-admin
 startproject mysite`` plus an app ``shop``, with "jobs", "scheduler" and "shop" installed, the
 SQLite OPTIONS of the install guide, and ``migrate`` run. A page whose first line is
-``% doc-test-page: bare`` starts in an empty directory instead (the tutorial makes its own).
+``% doc-test-page: bare`` starts in an empty directory instead (the tutorial makes its own), and
+one whose first line is ``% doc-test-page: plain`` in the startproject site with ``shop`` only,
+before any of the settings above (the install guide adds them).
 """
 
 from __future__ import annotations
@@ -155,14 +157,24 @@ def run(command: list[str], site: Path, block: Block, expect: int = 0, timeout: 
 
 
 @pytest.fixture(scope="session")
-def template_site(tmp_path_factory) -> Path:
-    """A startproject site with jobs, scheduler and an app ``shop``, migrated, on SQLite."""
-    site = tmp_path_factory.mktemp("docs-site")
+def plain_site(tmp_path_factory) -> Path:
+    """``django-admin startproject mysite`` and ``startapp shop``, nothing more."""
+    site = tmp_path_factory.mktemp("docs-plain-site")
     env = site_env(site)
     python = sys.executable
     subprocess.run([python, "-m", "django", "startproject", "mysite", "."], cwd=site, env=env, check=True)
     subprocess.run([python, "manage.py", "startapp", "shop"], cwd=site, env=env, check=True)
     (site / "shop" / "tasks.py").write_text("from django.tasks import task\n")
+    return site
+
+
+@pytest.fixture(scope="session")
+def template_site(tmp_path_factory, plain_site) -> Path:
+    """The plain site with jobs, scheduler and ``shop`` installed, migrated, on SQLite."""
+    site = tmp_path_factory.mktemp("docs-site") / "site"
+    shutil.copytree(plain_site, site)
+    env = site_env(site)
+    python = sys.executable
     with open(site / "mysite" / "settings.py", "a") as settings:
         settings.write(
             '\nINSTALLED_APPS += ["jobs", "scheduler", "shop"]\n'
@@ -188,11 +200,15 @@ def test_few_blocks_are_illustrations():
 
 
 @pytest.mark.parametrize("page", runnable_pages(), ids=lambda p: str(p.relative_to(DOCS)))
-def test_page_blocks_run(page: Path, template_site: Path, tmp_path: Path):
+def test_page_blocks_run(page: Path, request, tmp_path: Path):
     site = tmp_path / "site"
-    if page.read_text().startswith("% doc-test-page: bare"):
+    first_line = page.read_text().partition("\n")[0]
+    if first_line == "% doc-test-page: bare":
         site.mkdir()
+    elif first_line == "% doc-test-page: plain":
+        shutil.copytree(request.getfixturevalue("plain_site"), site)
     else:
+        template_site = request.getfixturevalue("template_site")
         shutil.copytree(template_site, site)
     background: list[tuple[Block, subprocess.Popen]] = []
     try:
