@@ -43,11 +43,16 @@ def code_files():
 def settings_read_by_code() -> dict[str, str]:
     """Setting name -> the first file that reads it."""
     found: dict[str, str] = {}
-    for path in code_files():
-        tree = ast.parse(path.read_text())
-        constants = {target.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
-                     and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
-                     for target in node.targets if isinstance(target, ast.Name)}
+    trees = {path: ast.parse(path.read_text()) for path in code_files()}
+    # Module-level string constants (SETTING = "JOBS_TASK_MODULES"), of this module first, then of
+    # any module (a constant imported from elsewhere).
+    module_constants = {path: {target.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
+                               and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+                               for target in node.targets if isinstance(target, ast.Name)}
+                        for path, tree in trees.items()}
+    everywhere = {name: value for constants in module_constants.values() for name, value in constants.items()}
+    for path, tree in trees.items():
+        constants = {**everywhere, **module_constants[path]}
         for node in ast.walk(tree):
             name = None
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "settings":

@@ -68,7 +68,7 @@ class Block:
 
 
 def pages() -> list[Path]:
-    return sorted(p for p in DOCS.rglob("*.md") if "_build" not in p.parts)
+    return sorted(p for p in DOCS.rglob("*.md") if not {"_build", "_pending"} & set(p.relative_to(DOCS).parts))
 
 
 def blocks(page: Path) -> list[Block]:
