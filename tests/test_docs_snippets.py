@@ -8,6 +8,7 @@ before its fence (a MyST comment, invisible on the site) may say what to do with
     % doc-test: background       (sh) started and left running for the rest of the page; at the
                                  page's end it gets SIGTERM and must exit 0
     % doc-test: exit N           (sh, console) the block's last command must exit with N
+    % doc-test: exit N expect    and what it printed must hold the next block's lines
     % doc-test: expect           (python, sh) run it; every line of the next fenced block (its
                                  output as shown on the page) must appear in what it printed
     % doc-test: skip REASON      illustration only (a systemd unit's command, another server);
@@ -94,7 +95,7 @@ def blocks(page: Path) -> list[Block]:
                 block.kind, block.arg = directive["kind"], directive["arg"].strip()
                 if block.kind not in {"file", "append", "background", "exit", "skip", "run", "expect"}:
                     raise AssertionError(f"{block.where()}: unknown doc-test directive {block.kind!r}")
-            if block.kind == "expect":
+            if block.kind == "expect" or (block.kind == "exit" and block.arg.endswith(" expect")):
                 block.expected = next_block_text(lines, end + 1, block)
             found.append(block)
         i = end + 1
@@ -221,7 +222,7 @@ def test_page_blocks_run(page: Path, request, tmp_path: Path):
                 with open(target, "a" if block.kind == "append" else "w") as out:
                     out.write(("\n" if block.kind == "append" else "") + block.code)
                 continue
-            expect = int(block.arg) if block.kind == "exit" else 0
+            expect = int(block.arg.split()[0]) if block.kind == "exit" else 0
             if block.lang == "python":
                 output = run([sys.executable, "manage.py", "shell", "-v", "0", "-c", block.code], site, block, expect)
                 check_output(block, output)
