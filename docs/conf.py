@@ -29,7 +29,7 @@ myst_heading_anchors = 3
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-autodoc_default_options = {"members": True, "undoc-members": False}
+autodoc_default_options: dict = {}
 
 html_theme = "furo"
 html_title = f"django-dbjobs {release}"
