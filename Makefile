@@ -96,7 +96,7 @@ $(DOCS_STAMP): $(STAMP) requirements-docs.txt
 
 docs: $(DOCS_STAMP)
 	@start=$$(date +%s); \
-	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html; \
+	$(PY) -m sphinx -E -W --keep-going -q -b html docs docs/_build/html; \
 	rc=$$?; echo "make docs: $$(( $$(date +%s) - start ))s, exit $$rc (docs/_build/html/index.html)"; exit $$rc
 
 # BENCH_ARGS=--quick (a smoke run) or --full (about an hour); bench/README.md has the rest.
