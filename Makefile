@@ -3,6 +3,7 @@
 # make lint  - ruff
 # make bench - the benchmark against the peer queues
 # make chaos - the fault test: workers on several hosts, partitions, kills, database restarts
+# make docs  - the documentation site (docs/ -> docs/_build/html), every warning an error
 
 PORT ?= 8000
 VENV ?= .venv
@@ -23,7 +24,7 @@ endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-sqlite test-postgres test-pgbouncer lint bench chaos venv clean chromium
+.PHONY: docs run test test-sqlite test-postgres test-pgbouncer lint bench chaos venv clean chromium
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@if [ -x "$(PY)" ] && [ "$$($(PY) -c 'import sys; print(sys.base_prefix)')" != "$$($(PYTHON) -c 'import sys; print(sys.base_prefix)')" ]; then \
@@ -87,6 +88,17 @@ test-pgbouncer: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# Sphinx + MyST + Furo; requirements-docs.txt is installed into the project venv on first use.
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP) requirements-docs.txt
+	$(PY) -m pip install --quiet -r requirements-docs.txt
+	@touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	@start=$$(date +%s); \
+	$(PY) -m sphinx -E -W --keep-going -q -b html docs docs/_build/html; \
+	rc=$$?; echo "make docs: $$(( $$(date +%s) - start ))s, exit $$rc (docs/_build/html/index.html)"; exit $$rc
+
 # BENCH_ARGS=--quick (a smoke run) or --full (about an hour); bench/README.md has the rest.
 # The clock starts before the venv is (re)built, so the total includes it.
 bench:
@@ -107,4 +119,4 @@ chaos:
 	rc=$$?; echo "make chaos: $$(( $$(date +%s) - start ))s, exit $$rc" >&2; exit $$rc
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .chaos
+	rm -rf $(VENV) .pytest_cache .ruff_cache .chaos docs/_build
