@@ -246,6 +246,9 @@ class Bench:
                         steps.append(Step(f"W2 ours --concurrency 2 {db} rep {rep}/{reps}",
                                           self.cost(adapter, db, n),
                                           lambda d=db, n=n, r=rep: self.w2_variant(d, n, r, "c2")))
+                        steps.append(Step(f"W2 ours with Django's default settings {db} rep {rep}/{reps}",
+                                          self.cost(adapter, db, n),
+                                          lambda d=db, n=n, r=rep: self.w2_variant(d, n, r, "defaults")))
                     if adapter is self.ours and "w4" in work:
                         steps.append(Step(f"W4 ours 2 processes {db} rep {rep}/{reps}",
                                           self.cost(adapter, db, self.profile.w4_n) * 0.8,

@@ -272,6 +272,8 @@ def _table(header: list[str], rows: list[list[str]], align: str | None = None) -
 def _system(queue: str, variant: str = "") -> str:
     if variant == "c2":
         return f"**{queue}** `--concurrency 2`"
+    if variant == "defaults":
+        return f"**{queue}** in a site with Django's defaults"
     return f"**{queue}**" if queue == "ours" else queue
 
 

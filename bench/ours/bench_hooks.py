@@ -26,8 +26,11 @@ import jobs
 from jobs.models import Job, JobStatus
 from jobs.sql import claim_sql, statements
 
-WORKER_ARGS = ["process_tasks", "--no-scheduler"]
-WORKER_VARIANTS = {"c2": [*WORKER_ARGS, "--concurrency", "2"]}
+# One thread, as in every earlier run of W2 (the command's default is 4 since issue 19).
+WORKER_ARGS = ["process_tasks", "--no-scheduler", "--concurrency", "1"]
+WORKER_VARIANTS = {"c2": [*WORKER_ARGS, "--concurrency", "2"],
+                   # A site that kept Django's defaults (bench_settings_defaults.py), with the default threads.
+                   "defaults": ["process_tasks", "--no-scheduler", "--settings", "bench_settings_defaults"]}
 IDLE_POLL_SECONDS = 1.0  # OPTIONS poll_interval default; LISTEN/NOTIFY or the SQLite probe wake it sooner
 
 
