@@ -330,3 +330,23 @@ def session_settings():
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('lock_timeout'), current_setting('idle_in_transaction_session_timeout')")
         return list(cursor.fetchone())
+
+
+# -- damaged job control and abandoned attempts (tests/test_job_control.py, issue 18) -------
+
+@task(concurrency_key="blocked-in-c", timeout=0.5, max_attempts=2, takes_context=True)
+def blocks_in_c(context, path, token, seconds):
+    """Block in one C call (time.sleep) for ``seconds`` on its first attempt, past its timeout: the
+    worker gives up on it, but its code runs on until the call returns. Records start and end."""
+    start = time.time()
+    try:
+        time.sleep(seconds if context.attempt == 1 else 0.05)
+    finally:  # the interrupt lands as the call returns: this still runs
+        _record(path, f"{token}#{context.attempt} {start:.6f} {time.time():.6f} pid={os.getpid()}")
+
+
+
+@task(concurrency_key=lambda key: key.replace("~", "\x00").replace("^", "\ud800"))
+def keyed_oddly(key):
+    """Its key callable turns ~ into NUL and ^ into a lone surrogate: keys no database stores."""
+    return key

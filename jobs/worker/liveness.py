@@ -124,6 +124,9 @@ class Liveness:
                 result = None if job.damage else self._send_finished(job)
                 announce_failure(self.backend, job, error=error, exception=exc, task_result=result)
         self.store.forget_dead_processes(now - timedelta(seconds=max(stale_after * 10, 3600)))
+        for key, was, count in self.store.mend_counts():
+            logger.warning("limit key count mended key=%r running=%s -> %d: no live attempt explained it", key,
+                           str(was)[:40], count)
         return taken
 
     def _send_finished(self, job: ClaimedJob):
