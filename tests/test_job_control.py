@@ -372,3 +372,45 @@ def test_an_attempt_blocked_in_c_past_its_timeout_holds_its_key_until_it_returns
     assert done.errors[0]["exception_class_path"] == "jobs.exceptions.JobTimeout"
     assert Job.objects.get(pk=int(second.id)).status == JobStatus.SUCCESSFUL
     assert JobLimit.objects.get(key="blocked-in-c").running == 0
+
+
+def test_a_cancelled_attempt_blocked_in_c_holds_its_key_until_it_returns(workers, record_dir):
+    """Before: interrupted after the cancel's grace, its key was freed while the C call went on."""
+    from jobs.control import CANCEL_GRACE
+
+    path = record_dir / "spans"
+    proc = workers.start("--concurrency", "2")
+    workers.wait_for_output(proc, "worker started")
+    first = tasks.blocks_in_c_untimed.enqueue(str(path), "c:first", CANCEL_GRACE + 2)
+    wait_for(lambda: Job.objects.get(pk=int(first.id)).status == JobStatus.RUNNING, message="the first to start")
+    jobs.cancel(first.id, reason="test")
+    second = tasks.blocks_in_c_untimed.enqueue(str(path), "c:second", 0.05)
+    wait_for(lambda: path.exists() and len(path.read_text().splitlines()) == 2, timeout=CANCEL_GRACE + 20,
+             message="both runs to end")
+    finish_all([proc], workers, 1)  # the second: the first ends CANCELLED
+    runs = spans(path)["c"]
+    assert len(runs) == 2 and most_at_once(runs) == 1, path.read_text()
+    assert Job.objects.get(pk=int(first.id)).status == JobStatus.CANCELLED
+    assert Job.objects.get(pk=int(second.id)).status == JobStatus.SUCCESSFUL
+    assert JobLimit.objects.get(key="blocked-in-c").running == 0
+
+
+def test_a_worker_lost_while_a_given_up_attempt_still_runs_leaves_it_to_the_sweep(workers, record_dir):
+    """The attempt given up on stays RUNNING (its key counting it) while its code runs; when its
+    worker dies, its code dies with it, and the stale sweep takes it back and retries it."""
+    path = record_dir / "spans"
+    doomed = workers.start("--concurrency", "2")
+    workers.wait_for_output(doomed, "worker started")
+    first = tasks.blocks_in_c.enqueue(str(path), "c:first", 30)
+    workers.wait_for_output(doomed, "given up on but still running")
+    row = Job.objects.get(pk=int(first.id))
+    assert row.status == JobStatus.RUNNING and row.attempts == 1  # not READY for a retry beside it
+    assert JobLimit.objects.get(key="blocked-in-c").running == 1
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(10)
+    proc = workers.start()
+    finish_all([proc], workers, 1, timeout=60)
+    done = Job.objects.get(pk=int(first.id))
+    assert done.status == JobStatus.SUCCESSFUL and done.attempts == 2
+    assert done.errors[0]["exception_class_path"] == "jobs.exceptions.WorkerLost"
+    assert JobLimit.objects.get(key="blocked-in-c").running == 0
