@@ -325,13 +325,15 @@ def test_the_sweep_mends_a_count_that_no_running_job_explains(run_worker, record
     path = record_dir / "spans"
     gone = tasks.one_at_a_time.enqueue(str(path), "gone", 0)
     alive = tasks.limited.enqueue("alive", str(path), "alive:1", 0)
-    claimed = Job.objects.claim(worker_id="w", limit=2, now=timezone.now())
-    assert {job.id for job in claimed} == {int(gone.id), int(alive.id)}
+    unrowed = tasks.limited.enqueue("unrowed", str(path), "unrowed:1", 0)
+    claimed = Job.objects.claim(worker_id="w", limit=3, now=timezone.now())
+    assert {job.id for job in claimed} == {int(gone.id), int(alive.id), int(unrowed.id)}
     Job.objects.filter(pk=int(gone.id)).delete()
     waiting = tasks.one_at_a_time.enqueue(str(path), "waiting", 0)
     JobLimit.objects.filter(key="alive").update(running=2)  # one more than its one RUNNING job
+    JobLimit.objects.filter(key="unrowed").delete()  # one less: a new row would count from 0
     assert sweep() == 0  # nothing is stale: the counts alone are wrong
-    assert dict(JobLimit.objects.values_list("key", "running")) == {"one-at-a-time": 0, "alive": 1}
+    assert dict(JobLimit.objects.values_list("key", "running")) == {"one-at-a-time": 0, "alive": 1, "unrowed": 1}
     run_worker()
     assert Job.objects.get(pk=int(waiting.id)).status == JobStatus.SUCCESSFUL
 

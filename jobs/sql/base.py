@@ -238,6 +238,8 @@ class Statements:
 
     def actual_running(self, keys: Sequence) -> dict:
         """The RUNNING jobs that count on each of ``keys``, counted (call with their rows locked)."""
+        if not keys:
+            return {}
         col = self.col
         with self.connection.cursor() as cursor:
             cursor.execute(f"SELECT j.{col['limit_key']}, COUNT(*) FROM {self.table} j WHERE j.{col['status']} = "
@@ -274,7 +276,7 @@ class Statements:
 
     def mend_counts(self, *, limit: int = 1000) -> list[tuple[str, object, int]]:
         """The stale sweep's mend: every key whose running count no live attempt explains (a RUNNING
-        job deleted, a tampered count) gets the count of its RUNNING jobs. Returns (key, was, now)
+        job deleted, a tampered count, a deleted row) gets the count of its RUNNING jobs. Returns (key, was, now)
         of each key mended. Keys another transaction holds are left for the next sweep."""
         col = self.col
         with transaction.atomic(using=self.connection.alias):
@@ -286,7 +288,7 @@ class Statements:
                 keys = [key for (key,) in cursor.fetchall() if isinstance(key, str)]
             if not keys:
                 return []
-            rows = self.lock_limits(keys, create=False)
+            rows = self.lock_limits(keys)  # a key of RUNNING jobs whose row was deleted gets one, then mended
             actual = self.actual_running(list(rows))
             mended = [(key, running, actual.get(key, 0)) for key, (running, _) in rows.items()
                       if running != actual.get(key, 0) or not limits.valid_running(running)]
@@ -314,9 +316,9 @@ class Statements:
         read without locks; a key at its concurrency limit may be left out."""
         raise NotImplementedError
 
-    def lock_limits(self, keys: Sequence[str], *, create: bool = True) -> dict[str, tuple[object, object]]:
-        """The JobLimit rows of ``keys`` that no other transaction holds, locked (made first unless
-        ``create`` is False): {key: (running, starts)} as stored, unchecked."""
+    def lock_limits(self, keys: Sequence[str]) -> dict[str, tuple[object, object]]:
+        """The JobLimit rows of ``keys`` that no other transaction holds, locked (made first where
+        missing): {key: (running, starts)} as stored, unchecked."""
         raise NotImplementedError
 
     def save_limits(self, updates: Sequence[tuple[str, int, list]]) -> None:

@@ -211,9 +211,8 @@ class PostgresStatements(Statements):
         return [make_head(key, conc, rate, priority, run_after, pk, running=running, starts=starts)
                 for key, conc, rate, running, starts, priority, run_after, pk in rows]
 
-    def lock_limits(self, keys: Sequence[str], *, create: bool = True) -> dict[str, tuple[object, object]]:
-        if create:
-            self.ensure_limits(keys)  # a key whose row went missing gets one (counting from 0)
+    def lock_limits(self, keys: Sequence[str]) -> dict[str, tuple[object, object]]:
+        self.ensure_limits(keys)  # a key whose row went missing gets one (counting from 0)
         rows = self._run(f"SELECT key, running, starts::text FROM {self.limit_table} WHERE key = ANY(%s::text[]) "
                          f"FOR UPDATE SKIP LOCKED", [list(keys)])
         return {key: (running, starts) for key, running, starts in rows}

@@ -158,10 +158,9 @@ class SqliteStatements(Statements):
             heads.append(made)
         return heads
 
-    def lock_limits(self, keys: Sequence[str], *, create: bool = True) -> dict[str, tuple[object, object]]:
+    def lock_limits(self, keys: Sequence[str]) -> dict[str, tuple[object, object]]:
         # Inside the claim's IMMEDIATE transaction: nobody else writes until it commits.
-        if create:
-            self.ensure_limits(keys)
+        self.ensure_limits(keys)
         marks = ", ".join(["%s"] * len(keys))
         rows = self._fetch(f"SELECT {self.qn('key')}, running, starts FROM {self.limit_table} "
                            f"WHERE {self.qn('key')} IN ({marks})", list(keys))
