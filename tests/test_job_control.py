@@ -361,17 +361,19 @@ def test_an_attempt_blocked_in_c_past_its_timeout_holds_its_key_until_it_returns
     """Before: the worker gave the key back when it gave up on the attempt; the next job of the key,
     and the same job's retry, ran beside the first attempt's code for as long as it blocked."""
     path = record_dir / "spans"
-    proc = workers.start("--concurrency", "3")
-    workers.wait_for_output(proc, "worker started")
-    first = tasks.blocks_in_c.enqueue(str(path), "c:first", 2.5)
+    procs = [workers.start("--concurrency", "3") for _ in range(2)]
+    for proc in procs:
+        workers.wait_for_output(proc, "worker started")
+    # Longer than stale_after (3 s here): the job is heartbeaten while its code runs, not taken back.
+    first = tasks.blocks_in_c.enqueue(str(path), "c:first", 4.5)
     wait_for(lambda: Job.objects.get(pk=int(first.id)).status == JobStatus.RUNNING, message="the first to start")
     second = tasks.blocks_in_c.enqueue(str(path), "c:second", 0.05)
-    finish_all([proc], workers, 2)
+    finish_all(procs, workers, 2)
     runs = spans(path)["c"]
     assert len(runs) == 3 and most_at_once(runs) == 1, path.read_text()
     done = Job.objects.get(pk=int(first.id))
     assert done.status == JobStatus.SUCCESSFUL and done.attempts == 2
-    assert done.errors[0]["exception_class_path"] == "jobs.exceptions.JobTimeout"
+    assert [e["exception_class_path"] for e in done.errors] == ["jobs.exceptions.JobTimeout"]
     assert Job.objects.get(pk=int(second.id)).status == JobStatus.SUCCESSFUL
     assert JobLimit.objects.get(key="blocked-in-c").running == 0
 
