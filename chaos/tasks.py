@@ -69,6 +69,22 @@ def limited(context, token, account, seconds):
     _effect(context, started)
 
 
+STUCK_KEYS = 2  # concurrency keys of ``stuck``, each with limit 1
+
+
+@task(takes_context=True, timeout=1, concurrency_key=lambda token, slot, seconds: f"stuck-{slot}",
+      concurrency_limit=1)
+def stuck(context, token, slot, seconds):
+    """Blocks in one C call (time.sleep) past its 1 s timeout on its first attempt: the worker gives
+    up on it while its code runs on, and must keep its key's place, and hold its retry, until the
+    call returns. Records its effect however it ends, so the checker sees the whole run."""
+    started = timezone.now()
+    try:
+        time.sleep(seconds if context.attempt == 1 else 0.1)
+    finally:  # the interrupt lands as the call returns: this still runs
+        _effect(context, started)
+
+
 @task(takes_context=True, unique=lambda token, slot: f"slot-{slot}")
 def once(context, token, slot):
     """While a job of its slot is READY, an enqueue returns that job instead of a new one."""

@@ -34,7 +34,7 @@ from .framework import (
     task_backends,
     task_enqueued,
 )
-from .limits import MAX_CONCURRENCY, MAX_KEY, limit_key, parse_rate, unique_key
+from .limits import MAX_CONCURRENCY, MAX_KEY, key_problem, limit_key, parse_rate, unique_key
 from .resolve import SETTING as TASK_MODULES_SETTING
 from .resolve import refusal, resolve_task
 
@@ -133,6 +133,10 @@ def result_status(job_status: str) -> TaskResultStatus:
 
 
 BULK_BATCH = 5000  # calls per statement of a bulk enqueue
+
+
+class InvalidOption(InvalidTask, ValueError):
+    """A job-control option whose value no database would store (a key with NUL, an overlong rate)."""
 # What a new job's TaskResult reads beyond its inserted columns.
 FRESH = dict(status="READY", worker_id="", worker_ids=[], errors=[], started_at=None, finished_at=None,
              last_attempted_at=None, return_value=None)
@@ -185,6 +189,8 @@ class DatabaseBackend(BaseTaskBackend):
         if key is not None and not callable(key) and not (isinstance(key, str) and 0 < len(key) <= MAX_KEY):
             raise InvalidTask(f"{path}: concurrency_key must be a non-empty str of at most {MAX_KEY} characters "
                               f"or a callable (*args, **kwargs) -> str, got {key!r}")
+        if isinstance(key, str) and key_problem(key):
+            raise InvalidOption(f"{path}: concurrency_key {key_problem(key)}: {key[:80]!r}")
         if limit is not None:
             if key is None:
                 raise InvalidTask(f"{path}: concurrency_limit needs a concurrency_key")
@@ -196,7 +202,7 @@ class DatabaseBackend(BaseTaskBackend):
             try:
                 parse_rate(rate)
             except ValueError as exc:
-                raise InvalidTask(f"{path}: {exc}") from None
+                raise InvalidOption(f"{path}: {exc}") from None
 
     def validate_runnable(self, task: Task) -> None:
         """Refuse to enqueue a job that no worker would import (see ``jobs.resolve``).

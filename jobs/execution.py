@@ -50,6 +50,8 @@ class Outcome:
     decision: retry.RetryDecision | None = None  # for a failure: decided where it happened, when known
     final: str = "FAILED"  # the status a failure ends in when not retried (CANCELLED for a cancel)
     exc: BaseException | None = None  # a failure's exception, for the log record (exc_info)
+    # An attempt given up on (timeout, cancel): the slot's thread, which may still run its code.
+    still_running: Any = None
 
 
 def attempt_limit(job: Job, backend) -> int:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 MAX_KEY = 200  # characters of a key a user's callable may give (the column holds 255)
 MAX_CONCURRENCY = 10_000
 MAX_RATE = 10_000  # attempts per period
+MAX_RATE_TEXT = 32  # characters of rate_limit text (its column)
+MAX_RUNNING = 2**31 - 1  # the running count's column
 PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*([smh])\s*$")
 
@@ -39,9 +41,10 @@ class Rate:
 
 def parse_rate(text) -> Rate:
     """``"N/s"``, ``"N/m"`` or ``"N/h"``, N from 1 to MAX_RATE; ValueError saying what is wrong."""
-    match = _RATE.match(text) if isinstance(text, str) else None
+    match = _RATE.match(text) if isinstance(text, str) and len(text) <= MAX_RATE_TEXT else None
     if not match or not 1 <= int(match.group(1)) <= MAX_RATE:
-        raise ValueError(f"rate_limit must be 'N/s', 'N/m' or 'N/h' with N from 1 to {MAX_RATE}, got {text!r}")
+        raise ValueError(f"rate_limit must be 'N/s', 'N/m' or 'N/h' with N from 1 to {MAX_RATE}, at most "
+                         f"{MAX_RATE_TEXT} characters, got {str(text)[:80]!r}")
     count, unit = int(match.group(1)), match.group(2)
     return Rate(count, PERIODS[unit], f"{count}/{unit}")
 
@@ -54,12 +57,44 @@ def _bounded(path: str, key: str) -> str:
     return f"{text[:190]}#{hashlib.sha256(text.encode()).hexdigest()}"
 
 
+def key_problem(value: str) -> str:
+    """What makes a key text unstorable by every database ("" if nothing): PostgreSQL refuses NUL
+    in text, and no driver encodes a lone surrogate."""
+    if "\x00" in value:
+        return "contains NUL"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"contains a lone surrogate at {exc.start}"
+    return ""
+
+
 def _user_key(option: str, fn: Callable, path: str, args: Sequence, kwargs: dict) -> str:
     value = fn(*args, **kwargs)
     if not isinstance(value, str) or not value or len(value) > MAX_KEY:
         raise TypeError(f"{path}: {option}(*args, **kwargs) must return a non-empty str of at most {MAX_KEY} "
-                        f"characters, got {value!r}")
+                        f"characters, got {str(value)[:80]!r}")
+    problem = key_problem(value)
+    if problem:
+        raise ValueError(f"{path}: {option}(*args, **kwargs) returned a key that {problem}: {value[:80]!r}")
     return value
+
+
+def valid_limit(value) -> bool:
+    """Whether a stored concurrency_limit is one a declaration could give (1 to MAX_CONCURRENCY)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_CONCURRENCY
+
+
+def valid_running(value) -> bool:
+    """Whether a stored running count is a count (0 to the column's maximum)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_RUNNING
+
+
+def counts_on_key(job) -> bool:
+    """Whether ``job``'s attempt counts on its key's running count: it has a key and a valid limit.
+    The claim adds exactly these, every way out of RUNNING takes exactly these away, and the
+    stale sweep's mend counts exactly these (a damaged job is claimed only to fail alone)."""
+    return isinstance(job.limit_key, str) and valid_limit(job.concurrency_limit)
 
 
 def unique_key(task, args: list, kwargs: dict) -> str | None:

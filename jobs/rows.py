@@ -25,6 +25,7 @@ from django.db import models
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from . import limits
 from .models import Job, UnreadableJSON
 
 
@@ -165,7 +166,27 @@ def _read(raw, convert, name: str, null: bool) -> tuple[str, Any]:
     shape = _SHAPES.get(name)
     if shape is not None and (not isinstance(value, shape) or isinstance(value, bool)):
         return f"stored as {type(value).__name__} {str(value)[:60]!r}, expected {shape.__name__}", value
-    return "", value
+    check = _CHECKS.get(name)
+    return (check(value) if check is not None else ""), value
+
+
+def _check_limit(value) -> str:
+    if limits.valid_limit(value):
+        return ""
+    return f"{value!r} is out of range (1 to {limits.MAX_CONCURRENCY})"
+
+
+def _check_rate(value) -> str:
+    try:
+        limits.parse_rate(value)
+    except ValueError as exc:
+        return str(exc)
+    return ""
+
+
+# Job-control columns: a value no declaration could give is damage too (a limit of 0 would hold
+# its key back for ever, a rate the claim cannot read would be no limit at all).
+_CHECKS = {"concurrency_limit": _check_limit, "rate_limit": _check_rate}
 
 
 def claim_order(job: ClaimedJob) -> tuple:

@@ -245,6 +245,10 @@ class WorkerStore:
     def stale(self, *, cutoff: datetime, limit: int = 100) -> list[ClaimedJob]:
         return statements(self.connection).stale(cutoff=cutoff, backend=self.backend, limit=limit)
 
+    def mend_counts(self) -> list[tuple[str, object, int]]:
+        """Set each limit key's running count to its RUNNING jobs where they differ (see jobs.sql)."""
+        return statements(self.connection).mend_counts()
+
     def forget_dead_processes(self, before: datetime) -> int:
         """Rows of worker processes that died long ago say nothing useful any more."""
         return WorkerProcess.objects.using(self.alias).filter(heartbeat_at__lt=before).delete()[0]

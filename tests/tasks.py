@@ -441,3 +441,32 @@ async def async_progress(gate, steps):
     while not os.path.exists(gate) and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     return steps
+
+
+# -- damaged job control and abandoned attempts (tests/test_job_control.py, issue 18) -------
+
+def _block_in_c(context, path, token, seconds):
+    start = time.time()
+    try:
+        time.sleep(seconds if context.attempt == 1 else 0.05)
+    finally:  # the interrupt lands as the call returns: this still runs
+        _record(path, f"{token}#{context.attempt} {start:.6f} {time.time():.6f} pid={os.getpid()}")
+
+
+@task(concurrency_key="blocked-in-c", timeout=0.5, max_attempts=2, takes_context=True)
+def blocks_in_c(context, path, token, seconds):
+    """Block in one C call (time.sleep) for ``seconds`` on its first attempt, past its timeout: the
+    worker gives up on it, but its code runs on until the call returns. Records start and end."""
+    _block_in_c(context, path, token, seconds)
+
+
+@task(concurrency_key="blocked-in-c", max_attempts=1, takes_context=True)
+def blocks_in_c_untimed(context, path, token, seconds):
+    """The same without a timeout: for a cancel, interrupted after its grace."""
+    _block_in_c(context, path, token, seconds)
+
+
+@task(concurrency_key=lambda key: key.replace("~", "\x00").replace("^", "\ud800"))
+def keyed_oddly(key):
+    """Its key callable turns ~ into NUL and ^ into a lone surrogate: keys no database stores."""
+    return key

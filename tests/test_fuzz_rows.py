@@ -17,7 +17,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from jobs.models import Job, JobStatus
+from jobs.models import Job, JobLimit, JobStatus
 from tests import tasks
 from tests.conftest import wait_for
 from tests.test_hardening import HOSTILE_PATHS, HUGE_INT, damage
@@ -42,6 +42,19 @@ SQLITE_DAMAGE = [
     ("priority", "high"), ("priority", 1e300), ("max_attempts", "three"), ("attempts", "many"),
     ("run_after", "0"), ("run_after", "2000-13-45 00:00:00"), ("enqueued_at", "yesterday"),
 ]
+# Job-control columns of a job with a limit key (issue 18): each such job fails alone.
+CONTROL_DAMAGE = [("concurrency_limit", 0), ("concurrency_limit", 100_000), ("rate_limit", "lots"),
+                  ("rate_limit", "0/s")]
+CONTROL_DAMAGE_SQLITE = [("concurrency_limit", "x"), ("concurrency_limit", 1.5), ("concurrency_limit", b"\x01"),
+                         ("rate_limit", b"5/s"), ("rate_limit", "5/s" + " " * 40),
+                         ("limit_key", b"fz0")]
+# jobs_joblimit rows, as SQL: the keys' good jobs still run, and every count ends at 0.
+LIMIT_ROW_DAMAGE = [{"running": "-3"}, {"running": "2147483647"}, {"starts": "'[9e15, 9e15, 9e15]'"}]
+LIMIT_ROW_DAMAGE_SQLITE = [{"running": "'x'"}, {"running": "0.5"}, {"starts": "'" + "[" * 5000 + "]" * 5000 + "'"},
+                           {"starts": "x'00'"}]
+LIMIT_ROW_DAMAGE_POSTGRES = [{"starts": "'" + "[" * 5000 + "]" * 5000 + "'::jsonb"}, {"starts": "'\"x\"'::jsonb"}]
+KEYS = [f"fz{i}" for i in range(4)]
+
 # Damage to what a run neither reads nor needs: such a job still runs, and ends SUCCESSFUL.
 HARMLESS = [("meta", "[]"), ("meta", "7"), ("meta", f"[{HUGE_INT}]")]
 HARMLESS_SQLITE = [("finished_at", "soon")]
@@ -64,13 +77,48 @@ def damaged_row(rng: random.Random, index: int, kinds_of: dict) -> int:
     return job.pk
 
 
+def damaged_control(rng: random.Random, index: int, kinds_of: dict, path: str) -> int:
+    """A job of a limit key with damaged job-control columns."""
+    pk = int(tasks.limited.using(priority=rng.randint(-5, 5)).enqueue(rng.choice(KEYS), path, f"bad:{index}", 0).id)
+    catalogue = CONTROL_DAMAGE + (CONTROL_DAMAGE_SQLITE if connection.vendor == "sqlite" else [])
+    column, value = rng.choice(catalogue)
+    damage(pk, **{column: value})
+    kinds_of[pk] = ("tests.tasks.limited", [(column, str(value)[:40])])
+    return pk
+
+
+def damage_limit_rows(rng: random.Random) -> dict:
+    """Damage each fuzz key's jobs_joblimit row (past the ORM, checks off on SQLite, as any writer could)."""
+    catalogue = LIMIT_ROW_DAMAGE + (LIMIT_ROW_DAMAGE_SQLITE if connection.vendor == "sqlite"
+                                    else LIMIT_ROW_DAMAGE_POSTGRES)
+    done = {}
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("PRAGMA ignore_check_constraints = ON")
+        for key in KEYS:
+            columns = rng.choice(catalogue)
+            cursor.execute(f"UPDATE jobs_joblimit SET {', '.join(f'{c} = {v}' for c, v in columns.items())} "
+                           f"WHERE key = %s", [key])
+            done[key] = {column: value[:40] for column, value in columns.items()}
+        if connection.vendor == "sqlite":
+            cursor.execute("PRAGMA ignore_check_constraints = OFF")
+    return done
+
+
 @pytest.mark.parametrize("seed", [SEED])
-def test_random_damage_fails_each_damaged_job_alone(workers, seed):
+def test_random_damage_fails_each_damaged_job_alone(workers, seed, tmp_path):
     rng = random.Random(seed)
     bad_ids, good_ids, kinds_of = [], [], {}
+    spans = str(tmp_path / "spans")
     for index in range(GOOD + BAD):
         if rng.random() < BAD / (GOOD + BAD):
-            bad_ids.append(damaged_row(rng, index, kinds_of))
+            if rng.random() < 0.2:
+                bad_ids.append(damaged_control(rng, index, kinds_of, spans))
+            else:
+                bad_ids.append(damaged_row(rng, index, kinds_of))
+        elif rng.random() < 0.25:  # a good job of a limit key, whose jobs_joblimit row is damaged below
+            good_ids.append(int(tasks.limited.using(priority=rng.randint(-5, 5)).enqueue(
+                rng.choice(KEYS), spans, f"good:{index}", 0).id))
         else:
             good = int(tasks.add.using(priority=rng.randint(-5, 5)).enqueue(index, index).id)
             if rng.random() < 0.2:
@@ -78,11 +126,15 @@ def test_random_damage_fails_each_damaged_job_alone(workers, seed):
                                                        else HARMLESS_SQLITE))
                 damage(good, **{column: value})
             good_ids.append(good)
+    limit_rows = damage_limit_rows(rng)
     # Not --burst: a job whose call fails is retried (after 0.05 s here), which a burst leaves for later.
     procs = [workers.start("--concurrency", "2"), workers.start()]
     finished = [JobStatus.SUCCESSFUL, JobStatus.FAILED]
     wait_for(lambda: not Job.objects.exclude(status__in=finished).exists() or any(p.poll() is not None for p in procs),
              timeout=120, message=f"seed {seed}: every job to finish")
+    # A count too high for any job to explain is mended by the stale sweep (every stale_after / 3 s).
+    wait_for(lambda: set(JobLimit.objects.values_list("running", flat=True)) <= {0}
+             or any(p.poll() is not None for p in procs), timeout=30, message=f"seed {seed}: every key's count at 0")
     for proc in procs:
         assert proc.poll() is None, f"seed {seed}: a worker died: " + workers.output(proc)[-3000:]
         proc.send_signal(signal.SIGTERM)
@@ -96,3 +148,5 @@ def test_random_damage_fails_each_damaged_job_alone(workers, seed):
     assert all(isinstance(errors[pk], list) and errors[pk] and errors[pk][-1]["message"] for pk in bad_ids)
     assert not Job.objects.filter(status=JobStatus.RUNNING).exists()
     assert not Job.objects.filter(status=JobStatus.READY).exists()
+    counts = dict(JobLimit.objects.values_list("key", "running"))
+    assert set(counts.values()) == {0}, f"seed {seed}: {counts}, damaged as {limit_rows}"

@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 import jobs
@@ -197,3 +197,224 @@ def _cpu_seconds(pid: int) -> float:
 
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- damaged job-control rows, abandoned attempts (issue 18) -------------------------------------
+
+def damage_limit(key: str, **columns) -> None:
+    """Write raw SQL values into a key's JobLimit row, past the ORM, as any other writer could."""
+    sets = ", ".join(f"{column} = {value}" for column, value in columns.items())
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":  # JSON deeper than SQLite's own checks allow: as another writer could
+            cursor.execute("PRAGMA ignore_check_constraints = ON")
+        cursor.execute(f"UPDATE jobs_joblimit SET {sets} WHERE key = %s", [key])
+        if connection.vendor == "sqlite":
+            cursor.execute("PRAGMA ignore_check_constraints = OFF")
+
+
+def damage_job(job_id, **columns) -> None:
+    sets = ", ".join(f"{column} = {value}" for column, value in columns.items())
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE jobs_job SET {sets} WHERE id = %s", [int(job_id)])
+
+
+def finish_all(procs, workers, count: int, timeout: float = 60) -> None:
+    """Wait until ``count`` jobs are SUCCESSFUL or FAILED (failing if a worker died), then stop the workers."""
+    done = [JobStatus.SUCCESSFUL, JobStatus.FAILED]
+    wait_for(lambda: Job.objects.filter(status__in=done).count() == count or any(p.poll() is not None for p in procs),
+             timeout=timeout, message=f"{count} jobs to finish")
+    for proc in procs:
+        assert proc.poll() is None, workers.output(proc)[-3000:]
+        workers.wait_for_output(proc, "worker started")  # its SIGTERM handler is in place
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        assert proc.wait(30) == 0, workers.output(proc)[-3000:]
+
+
+DEEP = "'" + "[" * 10_000 + "]" * 10_000 + "'"
+
+
+@pytest.mark.parametrize("columns", [
+    pytest.param({"running": "'x'"}, marks=pytest.mark.sqlite_only, id="running-text"),
+    pytest.param({"running": "0.5"}, marks=pytest.mark.sqlite_only, id="running-half"),
+    pytest.param({"running": "1e300"}, marks=pytest.mark.sqlite_only, id="running-huge"),
+    pytest.param({"starts": DEEP}, marks=pytest.mark.sqlite_only, id="starts-deep-text"),
+    pytest.param({"starts": DEEP + "::jsonb"}, marks=pytest.mark.postgres_only, id="starts-deep-jsonb"),
+    pytest.param({"running": 2_147_483_647}, id="running-max"),
+])
+def test_a_damaged_limit_row_stops_no_claim_and_its_key_is_mended(workers, record_dir, columns, caplog):
+    """Before: one damaged jobs_joblimit row made every claim of every worker raise, for good."""
+    path = record_dir / "spans"
+    keyed = [tasks.one_at_a_time.enqueue(str(path), f"k{i}", 0) for i in range(3)]
+    others = [tasks.limited.enqueue("other", str(path), f"other:{i}", 0) for i in range(2)]
+    plain = [tasks.add.enqueue(i, i) for i in range(3)]
+    damage_limit("one-at-a-time", **columns)
+    procs = [workers.start("--concurrency", "2"), workers.start()]
+    finish_all(procs, workers, 8)
+    assert {Job.objects.get(pk=int(r.id)).status for r in keyed + others + plain} == {JobStatus.SUCCESSFUL}
+    assert list(JobLimit.objects.values_list("running", flat=True)) == [0, 0]
+    logs = "".join(workers.output(proc) for proc in procs)
+    if "running" in columns:  # by the claim that found it, or the stale sweep, whichever came first
+        assert "mended key='one-at-a-time'" in logs, logs[-3000:]
+
+
+@pytest.mark.parametrize("running", [-3, pytest.param("'-3'", marks=pytest.mark.sqlite_only, id="text")])
+def test_a_negative_running_count_lets_no_more_than_the_limit_run(workers, record_dir, running):
+    """Before: running = -3 let four jobs of a key with limit 1 run at once."""
+    path = record_dir / "spans"
+    for i in range(4):
+        tasks.one_at_a_time.enqueue(str(path), f"k{i}", 0.3)
+    damage_limit("one-at-a-time", running=running)
+    proc = workers.start("--concurrency", "4")
+    finish_all([proc], workers, 4)
+    assert most_at_once(spans(path)["k0"] + spans(path)["k1"] + spans(path)["k2"] + spans(path)["k3"]) == 1
+    assert JobLimit.objects.get(key="one-at-a-time").running == 0
+
+
+@pytest.mark.parametrize("value,shown", [
+    pytest.param("'x'", "concurrency_limit", marks=pytest.mark.sqlite_only, id="text"),
+    pytest.param("1.5", "concurrency_limit", marks=pytest.mark.sqlite_only, id="fraction"),
+    pytest.param("x'01'", "concurrency_limit", marks=pytest.mark.sqlite_only, id="blob"),
+    pytest.param("0", "concurrency_limit", id="zero"),
+    pytest.param("100000", "concurrency_limit", id="too-high"),
+])
+def test_a_job_with_a_damaged_concurrency_limit_fails_alone(workers, record_dir, value, shown):
+    """Before: 'x', or 1.5 while a job of its key ran, made every claim raise; 0 held its key back for ever."""
+    path = record_dir / "spans"
+    good = [tasks.one_at_a_time.enqueue(str(path), "good0", 0)]
+    Job.objects.claim(worker_id="lost", limit=1, now=timezone.now())  # runs (its worker is lost: taken back later)
+    bad = tasks.one_at_a_time.using(priority=5).enqueue(str(path), "bad", 0)
+    good.append(tasks.one_at_a_time.enqueue(str(path), "good1", 0))
+    plain = [tasks.add.enqueue(i, i) for i in range(3)]
+    damage_job(bad.id, concurrency_limit=value)
+    procs = [workers.start("--concurrency", "2"), workers.start()]
+    finish_all(procs, workers, 6)
+    failed = Job.objects.get(pk=int(bad.id))
+    assert failed.status == JobStatus.FAILED and failed.attempts == 1
+    assert failed.errors[-1]["exception_class_path"] == "jobs.exceptions.DamagedJob"
+    assert shown in failed.errors[-1]["message"]
+    assert {Job.objects.get(pk=int(r.id)).status for r in good + plain} == {JobStatus.SUCCESSFUL}
+    assert JobLimit.objects.get(key="one-at-a-time").running == 0
+
+
+@pytest.mark.parametrize("starts", ["'[9e15, 9e15, 9e15, 9e15, 9e15]'", "'[1e400, 1e400, 1e400, 1e400, 1e400]'"])
+def test_a_start_log_that_would_fill_its_window_for_ever_is_mended(workers, record_dir, starts):
+    """Before: five starts in the far future (or infinite) held a 5/s key back for ever."""
+    path = record_dir / "rated"
+    rated = [tasks.rated.enqueue(str(path), str(i)) for i in range(3)]
+    damage_limit(f"task:{tasks.rated.module_path}", starts=starts)
+    proc = workers.start()
+    finish_all([proc], workers, 3, timeout=20)
+    assert {Job.objects.get(pk=int(r.id)).status for r in rated} == {JobStatus.SUCCESSFUL}
+    assert "mended key='task:tests.tasks.rated'" in workers.output(proc)
+
+
+def test_a_job_with_a_damaged_rate_limit_fails_alone(workers, record_dir):
+    bad = tasks.rated.using(priority=5).enqueue(str(record_dir / "rated"), "bad")
+    good = [tasks.rated.enqueue(str(record_dir / "rated"), f"good{i}") for i in range(2)]
+    damage_job(bad.id, rate_limit="'lots'")
+    proc = workers.start()
+    finish_all([proc], workers, 3)
+    failed = Job.objects.get(pk=int(bad.id))
+    assert failed.status == JobStatus.FAILED and "rate_limit" in failed.errors[-1]["message"]
+    assert {Job.objects.get(pk=int(r.id)).status for r in good} == {JobStatus.SUCCESSFUL}
+
+
+def test_the_sweep_mends_a_count_that_no_running_job_explains(run_worker, record_dir):
+    """Before: deleting a RUNNING limited job through the ORM left its key at 1 for ever."""
+    path = record_dir / "spans"
+    gone = tasks.one_at_a_time.enqueue(str(path), "gone", 0)
+    alive = tasks.limited.enqueue("alive", str(path), "alive:1", 0)
+    unrowed = tasks.limited.enqueue("unrowed", str(path), "unrowed:1", 0)
+    claimed = Job.objects.claim(worker_id="w", limit=3, now=timezone.now())
+    assert {job.id for job in claimed} == {int(gone.id), int(alive.id), int(unrowed.id)}
+    Job.objects.filter(pk=int(gone.id)).delete()
+    waiting = tasks.one_at_a_time.enqueue(str(path), "waiting", 0)
+    JobLimit.objects.filter(key="alive").update(running=2)  # one more than its one RUNNING job
+    JobLimit.objects.filter(key="unrowed").delete()  # one less: a new row would count from 0
+    assert sweep() == 0  # nothing is stale: the counts alone are wrong
+    assert dict(JobLimit.objects.values_list("key", "running")) == {"one-at-a-time": 0, "alive": 1, "unrowed": 1}
+    run_worker()
+    assert Job.objects.get(pk=int(waiting.id)).status == JobStatus.SUCCESSFUL
+
+
+@pytest.mark.parametrize("key,written", [("with\x00nul", "with~nul"), ("lone\ud800surrogate", "lone^surrogate")])
+def test_a_key_no_database_stores_is_refused_naming_it(transactional_db, key, written):
+    """Before: declared fine, then every enqueue failed with a driver error."""
+    with pytest.raises(ValueError, match="concurrency_key"):
+        jobs.task(concurrency_key=key)(tasks.add.func)
+    with pytest.raises(ValueError, match="unique"):
+        jobs.task(unique=lambda a, b: key)(tasks.add.func).enqueue(1, 2)
+    with pytest.raises(ValueError, match="keyed_oddly: concurrency_key.*" + ("NUL" if "~" in written else "surrogate")):
+        tasks.keyed_oddly.enqueue(written)
+    assert not Job.objects.exists()
+
+
+def test_a_rate_limit_longer_than_its_column_is_refused_at_declaration(transactional_db):
+    with pytest.raises(ValueError, match="rate_limit.*32 characters"):
+        jobs.task(rate_limit="5/s" + " " * 40)(tasks.add.func)
+    with pytest.raises(ValueError, match="rate_limit"):
+        jobs.task(rate_limit="0" * 40 + "5/s")(tasks.add.func)
+
+
+def test_an_attempt_blocked_in_c_past_its_timeout_holds_its_key_until_it_returns(workers, record_dir):
+    """Before: the worker gave the key back when it gave up on the attempt; the next job of the key,
+    and the same job's retry, ran beside the first attempt's code for as long as it blocked."""
+    path = record_dir / "spans"
+    procs = [workers.start("--concurrency", "3") for _ in range(2)]
+    for proc in procs:
+        workers.wait_for_output(proc, "worker started")
+    # Longer than stale_after (3 s here): the job is heartbeaten while its code runs, not taken back.
+    first = tasks.blocks_in_c.enqueue(str(path), "c:first", 4.5)
+    wait_for(lambda: Job.objects.get(pk=int(first.id)).status == JobStatus.RUNNING, message="the first to start")
+    second = tasks.blocks_in_c.enqueue(str(path), "c:second", 0.05)
+    finish_all(procs, workers, 2)
+    runs = spans(path)["c"]
+    assert len(runs) == 3 and most_at_once(runs) == 1, path.read_text()
+    done = Job.objects.get(pk=int(first.id))
+    assert done.status == JobStatus.SUCCESSFUL and done.attempts == 2
+    assert [e["exception_class_path"] for e in done.errors] == ["jobs.exceptions.JobTimeout"]
+    assert Job.objects.get(pk=int(second.id)).status == JobStatus.SUCCESSFUL
+    assert JobLimit.objects.get(key="blocked-in-c").running == 0
+
+
+def test_a_cancelled_attempt_blocked_in_c_holds_its_key_until_it_returns(workers, record_dir):
+    """Before: interrupted after the cancel's grace, its key was freed while the C call went on."""
+    from jobs.control import CANCEL_GRACE
+
+    path = record_dir / "spans"
+    proc = workers.start("--concurrency", "2")
+    workers.wait_for_output(proc, "worker started")
+    first = tasks.blocks_in_c_untimed.enqueue(str(path), "c:first", CANCEL_GRACE + 2)
+    wait_for(lambda: Job.objects.get(pk=int(first.id)).status == JobStatus.RUNNING, message="the first to start")
+    jobs.cancel(first.id, reason="test")
+    second = tasks.blocks_in_c_untimed.enqueue(str(path), "c:second", 0.05)
+    wait_for(lambda: path.exists() and len(path.read_text().splitlines()) == 2, timeout=CANCEL_GRACE + 20,
+             message="both runs to end")
+    finish_all([proc], workers, 1)  # the second: the first ends CANCELLED
+    runs = spans(path)["c"]
+    assert len(runs) == 2 and most_at_once(runs) == 1, path.read_text()
+    assert Job.objects.get(pk=int(first.id)).status == JobStatus.CANCELLED
+    assert Job.objects.get(pk=int(second.id)).status == JobStatus.SUCCESSFUL
+    assert JobLimit.objects.get(key="blocked-in-c").running == 0
+
+
+def test_a_worker_lost_while_a_given_up_attempt_still_runs_leaves_it_to_the_sweep(workers, record_dir):
+    """The attempt given up on stays RUNNING (its key counting it) while its code runs; when its
+    worker dies, its code dies with it, and the stale sweep takes it back and retries it."""
+    path = record_dir / "spans"
+    doomed = workers.start("--concurrency", "2")
+    workers.wait_for_output(doomed, "worker started")
+    first = tasks.blocks_in_c.enqueue(str(path), "c:first", 30)
+    workers.wait_for_output(doomed, "given up on but still running")
+    row = Job.objects.get(pk=int(first.id))
+    assert row.status == JobStatus.RUNNING and row.attempts == 1  # not READY for a retry beside it
+    assert JobLimit.objects.get(key="blocked-in-c").running == 1
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(10)
+    proc = workers.start()
+    finish_all([proc], workers, 1, timeout=60)
+    done = Job.objects.get(pk=int(first.id))
+    assert done.status == JobStatus.SUCCESSFUL and done.attempts == 2
+    assert done.errors[0]["exception_class_path"] == "jobs.exceptions.WorkerLost"
+    assert JobLimit.objects.get(key="blocked-in-c").running == 0

@@ -21,6 +21,8 @@ can take a job from more keys than it takes jobs.
 from __future__ import annotations
 
 import json
+import logging
+import math
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -31,6 +33,8 @@ from django.db import transaction
 from .. import limits
 from ..models import CLAIM_INDEX, LIMITED_INDEX, Job, JobLimit, JobStatus, QueueState
 from ..rows import CLAIMED, ClaimedJob, claim_order, columns_sql, read_rows
+
+logger = logging.getLogger("jobs.worker")
 
 KEYS_FULL_FOR = timedelta(seconds=0.1)  # see Statements.keys_full()
 MAX_INT = 2**31 - 1  # the largest value of an integer column on PostgreSQL (and MySQL)
@@ -59,6 +63,23 @@ class Head(NamedTuple):
     running: int
     starts: list
     order: tuple  # (-priority, run_after, id) of that first job: its place in claim order
+    damage: str = ""  # what is wrong with that job's job-control columns: it is claimed only to fail alone
+
+
+def make_head(key, concurrency, rate, priority, run_after, pk, *, running, starts) -> Head:
+    """A Head from stored values, whatever they are: a first job whose job-control columns no
+    declaration could give is marked damaged (it fails alone), and a damaged JobLimit row is
+    read as "may have room" (the claim mends it under its lock)."""
+    damage = ""
+    if not isinstance(key, str):
+        damage = f"limit_key stored as {type(key).__name__} {str(key)[:60]!r}"
+    elif concurrency is not None and not limits.valid_limit(concurrency):
+        damage = f"concurrency_limit {str(concurrency)[:60]!r} is not an integer from 1 to {limits.MAX_CONCURRENCY}"
+    elif rate is not None and _rate(rate) is None:
+        damage = f"rate_limit {str(rate)[:60]!r} is not a rate"
+    return Head(key, concurrency if not damage else None, rate if not damage else None,
+                running if limits.valid_running(running) else 0, read_starts(starts)[0],
+                claim_position(priority, run_after, pk), damage)
 
 
 class Statements:
@@ -158,12 +179,26 @@ class Statements:
     def _claim_limited(self, *, worker_id: str, limit: int, now: datetime, queues, backend: str) -> list[ClaimedJob]:
         epoch = now.timestamp()
         heads = self.limited_heads(now=now, queues=queues, backend=backend)  # a look without locks
-        hopeful = sorted((head for head in heads if _room(head, head.running, head.starts, epoch) > 0),
+        # A first job with damaged job-control columns is claimed by itself, uncounted, and fails
+        # alone (jobs.rows reads the same damage); its key's next job is the head next time.
+        damaged = sorted((head for head in heads if head.damage), key=lambda head: head.order)[:limit]
+        taken: list[ClaimedJob] = []
+        if damaged:
+            for head in damaged:
+                logger.warning("damaged job-control columns id=%s key=%r: %s; it fails alone", head.order[-1],
+                               head.key, head.damage)
+            taken = self.claim_ids([head.order[-1] for head in damaged], worker_id=worker_id, now=now)
+            limit -= len(taken)
+            if limit <= 0:
+                return taken
+        hopeful = sorted((head for head in heads if not head.damage and _room(head, head.running, head.starts,
+                                                                              epoch) > 0),
                          key=lambda head: head.order)[:min(limit, self.max_keys)]
-        self.keys_full_until = None if hopeful else now + KEYS_FULL_FOR
+        self.keys_full_until = None if hopeful or damaged else now + KEYS_FULL_FOR
         if not hopeful:
-            return self.claim_plain(worker_id=worker_id, limit=limit, now=now, queues=queues, backend=backend)
-        locked = self.lock_limits([head.key for head in hopeful])  # {key: (running, starts)}, fresh
+            return taken + self.claim_plain(worker_id=worker_id, limit=limit, now=now, queues=queues,
+                                            backend=backend)
+        locked = self.locked_limits([head.key for head in hopeful], epoch)  # {key: (running, starts)}, fresh
         rooms, by_key = {}, {head.key: head for head in hopeful}
         for key, (running, starts) in locked.items():
             free = _room(by_key[key], running, starts, epoch)
@@ -174,11 +209,99 @@ class Statements:
         updates = []
         for key, count in Counter(job.limit_key for job in jobs if job.limit_key in rooms).items():
             running, starts = locked[key]
-            counted = sum(1 for job in jobs if job.limit_key == key and job.concurrency_limit is not None)
+            counted = sum(1 for job in jobs if job.limit_key == key and limits.counts_on_key(job))
             updates.append((key, counted, limits.recorded_starts(starts, count, now=epoch,
                                                                  rate=_rate(by_key[key].rate_limit))))
         self.save_limits(updates)
-        return jobs
+        return taken + jobs
+
+    def claim_ids(self, ids: Sequence[int], *, worker_id: str, now: datetime) -> list[ClaimedJob]:
+        """Claim these READY jobs by id, whatever their keys say (damaged rows, to fail them alone)."""
+        if not ids:
+            return []
+        col, now_db = self.col, self.time(now)
+        sql = (f"UPDATE {self.table} SET {col['status']} = '{JobStatus.RUNNING.value}', {col['attempts']} = "
+               f"CASE WHEN {col['attempts']} < {MAX_INT} THEN {col['attempts']} + 1 ELSE {col['attempts']} END, "
+               f"{col['worker_id']} = %s, {col['heartbeat_at']} = %s, {col['last_attempted_at']} = %s, "
+               f"{col['started_at']} = COALESCE({col['started_at']}, %s), {col['progress']} = NULL "
+               f"WHERE {col['id']} IN ({', '.join(['%s'] * len(ids))}) AND {col['status']} = "
+               f"'{JobStatus.READY.value}' RETURNING {self.claimed_columns}")
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, [worker_id, now_db, now_db, now_db, *ids])
+            return self.claimed(cursor.fetchall())
+
+    # -- the counts, kept true ------------------------------------------------------------
+
+    def counted_sql(self, alias: str) -> str:
+        """Whether ``alias``'s row counts on its key (limits.counts_on_key, in SQL)."""
+        return f"{alias}.{self.col['concurrency_limit']} BETWEEN 1 AND {limits.MAX_CONCURRENCY}"
+
+    def actual_running(self, keys: Sequence) -> dict:
+        """The RUNNING jobs that count on each of ``keys``, counted (call with their rows locked)."""
+        if not keys:
+            return {}
+        col = self.col
+        with self.connection.cursor() as cursor:
+            cursor.execute(f"SELECT j.{col['limit_key']}, COUNT(*) FROM {self.table} j WHERE j.{col['status']} = "
+                           f"'{JobStatus.RUNNING.value}' AND j.{col['limit_key']} IN ({', '.join(['%s'] * len(keys))}) "
+                           f"AND {self.counted_sql('j')} GROUP BY j.{col['limit_key']}", list(keys))
+            return dict(cursor.fetchall())
+
+    def locked_limits(self, keys: Sequence[str], epoch: float) -> dict[str, tuple[int, list]]:
+        """``lock_limits``, with every damaged row mended while it is locked: a running count that
+        is not a count gets the number of RUNNING jobs of the key, an unreadable start log an empty
+        one (logged, naming the key). No stored value stops the claim."""
+        rows = self.lock_limits(keys)
+        fresh, broken = {}, []
+        for key, (running, starts) in rows.items():
+            log, unreadable = read_starts(starts, epoch)
+            if not limits.valid_running(running) or unreadable:
+                broken.append((key, running, starts))
+            fresh[key] = (running, log)
+        if broken:
+            actual = self.actual_running([key for key, _, _ in broken])
+            for key, running, starts in broken:
+                count = actual.get(key, 0)
+                logger.warning("damaged limit key mended key=%r running=%s starts=%s -> running=%d", key,
+                               str(running)[:40], "unreadable" if read_starts(starts, epoch)[1] else "kept", count)
+                fresh[key] = (count, fresh[key][1])
+            self.write_counts([(key, fresh[key][0], fresh[key][1]) for key, _, _ in broken])
+        return fresh
+
+    def write_counts(self, rows: Sequence[tuple[str, int, list]]) -> None:
+        """Set (key, running, starts) of locked JobLimit rows."""
+        with self.connection.cursor() as cursor:
+            cursor.executemany(f"UPDATE {self.limit_table} SET running = %s, starts = %s WHERE {self.qn('key')} = %s",
+                               [(running, json.dumps(log), key) for key, running, log in rows])
+
+    def mend_counts(self, *, limit: int = 1000) -> list[tuple[str, object, int]]:
+        """The stale sweep's mend: every key whose running count no live attempt explains (a RUNNING
+        job deleted, a tampered count, a deleted row) gets the count of its RUNNING jobs. Returns (key, was, now)
+        of each key mended. Keys another transaction holds are left for the next sweep."""
+        col = self.col
+        with transaction.atomic(using=self.connection.alias):
+            with self.connection.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT {self.qn('key')} FROM {self.limit_table} WHERE {self.nonzero_sql()} UNION "
+                    f"SELECT DISTINCT j.{col['limit_key']} FROM {self.table} j WHERE j.{col['status']} = "
+                    f"'{JobStatus.RUNNING.value}' AND j.{col['limit_key']} IS NOT NULL LIMIT %s", [limit])
+                keys = [key for (key,) in cursor.fetchall() if isinstance(key, str)]
+            if not keys:
+                return []
+            rows = self.lock_limits(keys)  # a key of RUNNING jobs whose row was deleted gets one, then mended
+            actual = self.actual_running(list(rows))
+            mended = [(key, running, actual.get(key, 0)) for key, (running, _) in rows.items()
+                      if running != actual.get(key, 0) or not limits.valid_running(running)]
+            if mended:
+                self.keys_full_until = None
+                with self.connection.cursor() as cursor:
+                    cursor.executemany(f"UPDATE {self.limit_table} SET running = %s WHERE {self.qn('key')} = %s",
+                                       [(count, key) for key, _, count in mended])
+        return mended
+
+    def nonzero_sql(self) -> str:
+        """JobLimit rows whose running count is not 0 (or not a number at all)."""
+        return "running <> 0"
 
     # -- the claim's parts (per vendor) ------------------------------------------------
 
@@ -193,8 +316,9 @@ class Statements:
         read without locks; a key at its concurrency limit may be left out."""
         raise NotImplementedError
 
-    def lock_limits(self, keys: Sequence[str]) -> dict[str, tuple[int, list]]:
-        """The JobLimit rows of ``keys`` that no other transaction holds, locked: {key: (running, starts)}."""
+    def lock_limits(self, keys: Sequence[str]) -> dict[str, tuple[object, object]]:
+        """The JobLimit rows of ``keys`` that no other transaction holds, locked (made first where
+        missing): {key: (running, starts)} as stored, unchecked."""
         raise NotImplementedError
 
     def save_limits(self, updates: Sequence[tuple[str, int, list]]) -> None:
@@ -203,7 +327,7 @@ class Statements:
 
     def release(self, jobs: Sequence[ClaimedJob]) -> None:
         """These jobs leave RUNNING: they no longer count on their keys (in the caller's transaction)."""
-        counts = Counter(job.limit_key for job in jobs if job.limit_key and job.concurrency_limit is not None)
+        counts = Counter(job.limit_key for job in jobs if limits.counts_on_key(job))
         if counts:
             self.keys_full_until = None  # a key has room again
         for key, count in counts.items():
@@ -247,14 +371,22 @@ class Statements:
         return f" INDEXED BY {self.qn(LIMITED_INDEX if limited else CLAIM_INDEX)}"
 
 
-def stored_starts(value) -> list:
-    """A key's start log as the database hands it back (a list, or JSON text of one); [] if unreadable."""
-    if isinstance(value, str):
+def read_starts(value, now: float | None = None) -> tuple[list, bool]:
+    """A key's start log as the database hands it back (JSON text of a list of epoch seconds):
+    (its numbers, whether it was unreadable). Never raises: nested 10,000 deep is damage too, and
+    so is a start that is not finite or lies over an hour after ``now`` (it would fill the window
+    for ever)."""
+    if isinstance(value, (str, bytes, bytearray)):
         try:
             value = json.loads(value)
-        except ValueError:
-            return []
-    return value if isinstance(value, list) else []
+        except (ValueError, RecursionError):
+            return [], True
+    if not isinstance(value, list):
+        return [], True
+    latest = math.inf if now is None else now + 3600
+    numbers = [start for start in value if isinstance(start, (int, float)) and not isinstance(start, bool)
+               and start <= latest and (isinstance(start, int) or math.isfinite(start))]
+    return numbers, len(numbers) != len(value)
 
 
 def claim_position(priority, run_after, pk) -> tuple:
@@ -273,11 +405,10 @@ def _rate(text: str | None):
 
 
 def _room(head: Head, running, starts, epoch: float) -> int:
-    if not isinstance(starts, list):
-        starts = []
+    # A start far ahead (or not finite) is damage, mended under the key's lock: it must not look
+    # like a full window here, or the key would never get there.
     return limits.room(running=running or 0, concurrency_limit=head.concurrency_limit,
-                       starts=[s for s in starts if isinstance(s, (int, float))], rate=_rate(head.rate_limit),
-                       now=epoch)
+                       starts=read_starts(starts, epoch)[0], rate=_rate(head.rate_limit), now=epoch)
 
 
 def _at_least_zero(count: int):

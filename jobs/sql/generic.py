@@ -97,6 +97,9 @@ class GenericStatements(Statements):
                                  backend=backend) if limit > 0 else []
         return written, claimed
 
+    def mend_counts(self, *, limit: int = 1000) -> list:
+        return []  # this claim keeps no counts (it does not enforce limits)
+
     def stale(self, *, cutoff: datetime, backend: str, limit: int) -> list[ClaimedJob]:
         rows = (self._jobs().filter(status=JobStatus.RUNNING, backend=backend, heartbeat_at__lt=cutoff)
                 .order_by("heartbeat_at").values(*STALE)[:limit])

@@ -22,11 +22,12 @@ from datetime import datetime
 import psycopg
 from django.db import transaction
 
+from .. import limits
 from ..models import JobStatus
 from ..pooler import transaction_pooled
 from ..rows import STALE, ClaimedJob, columns_sql, read_rows
 from ..wakeup import CHANNEL
-from .base import COMMON_FIELDS, INSERT_FIELDS, JSON_FIELDS, MAX_INT, Head, Statements, claim_position, stored_starts
+from .base import COMMON_FIELDS, INSERT_FIELDS, JSON_FIELDS, MAX_INT, Head, Statements, make_head
 
 BULK_BATCH = 5000
 ONLY_WHEN_ASKED = 2**31 - 1  # psycopg's prepare_threshold: automatic preparing never, prepare=True always
@@ -199,26 +200,30 @@ class PostgresStatements(Statements):
             # a paused one) looks further for its first due job.
             f"WITH RECURSIVE keys(k, conc, rate, priority, run_after, id, due) AS (({first_job('')}) "
             f"UNION ALL SELECT n.* FROM keys CROSS JOIN LATERAL ({first_job(next_key)}) n) "
-            f"SELECT keys.k, head.conc, head.rate, l.running, l.starts, head.priority, head.run_after, head.id "
+            f"SELECT keys.k, head.conc, head.rate, l.running, l.starts::text, head.priority, head.run_after, head.id "
             f"FROM keys CROSS JOIN LATERAL (SELECT keys.conc, keys.rate, keys.priority, keys.run_after, keys.id "
             f"WHERE keys.due IS TRUE UNION ALL (SELECT j.{col['concurrency_limit']}, j.{col['rate_limit']}, "
             f"j.{col['priority']}, j.{col['run_after']}, j.{col['id']} FROM {table} j WHERE keys.due IS NOT TRUE "
             f"AND {self.where_due('j', queues=queues, limited=True)} AND j.{col['limit_key']} = keys.k "
             f"ORDER BY {order_j} LIMIT 1)) head(conc, rate, priority, run_after, id) "
             f"LEFT JOIN {self.limit_table} l ON l.key = keys.k "
-            # A key at its concurrency limit (and without a rate limit) has no room: not sent back.
-            f"WHERE head.rate IS NOT NULL OR head.conc IS NULL OR COALESCE(l.running, 0) < head.conc"
+            # A key at its concurrency limit (and without a rate limit) has no room: not sent back. A
+            # limit no declaration gives is the first job's damage: sent back, to fail it alone.
+            f"WHERE head.rate IS NOT NULL OR head.conc IS NULL OR head.conc NOT BETWEEN 1 AND "
+            f"{limits.MAX_CONCURRENCY} OR COALESCE(l.running, 0) < head.conc"
         )
         due = [backend, now, *(queues or ())]
         rows = self._run(sql, [*due, backend, *due, backend, *due])
-        return [Head(key, conc, rate, running or 0, stored_starts(starts), claim_position(priority, run_after, pk))
+        # starts as text: psycopg would parse jsonb inside the fetch, where a value nested 10,000 deep
+        # raised RecursionError out of every claim.
+        return [make_head(key, conc, rate, priority, run_after, pk, running=running, starts=starts)
                 for key, conc, rate, running, starts, priority, run_after, pk in rows]
 
-    def lock_limits(self, keys: Sequence[str]) -> dict[str, tuple[int, list]]:
+    def lock_limits(self, keys: Sequence[str]) -> dict[str, tuple[object, object]]:
         self.ensure_limits(keys)  # a key whose row went missing gets one (counting from 0)
-        rows = self._run(f"SELECT key, running, starts FROM {self.limit_table} WHERE key = ANY(%s::text[]) "
+        rows = self._run(f"SELECT key, running, starts::text FROM {self.limit_table} WHERE key = ANY(%s::text[]) "
                          f"FOR UPDATE SKIP LOCKED", [list(keys)])
-        return {key: (running, stored_starts(starts)) for key, running, starts in rows}
+        return {key: (running, starts) for key, running, starts in rows}
 
     def save_limits(self, updates: Sequence[tuple[str, int, list]]) -> None:
         if not updates:
@@ -232,7 +237,7 @@ class PostgresStatements(Statements):
 
     def finish_and_claim(self, successes, *, worker_id: str, now: datetime, limit: int, queues,
                          backend: str) -> tuple[set[int], list[ClaimedJob]]:
-        limited_done = [job for job, _ in successes if job.limit_key and job.concurrency_limit is not None]
+        limited_done = [job for job, _ in successes if limits.counts_on_key(job)]
         if limited_done or (self.limited_ready and limit > 0 and not self.keys_full(now)):
             # Jobs of limit keys: a short transaction of a few statements (see jobs.sql.base).
             with transaction.atomic(using=self.connection.alias):

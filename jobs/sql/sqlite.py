@@ -16,7 +16,7 @@ from django.db import transaction
 
 from ..models import JobStatus
 from ..rows import STALE, ClaimedJob, columns_sql, read_rows
-from .base import COMMON_FIELDS, INSERT_FIELDS, MAX_INT, Head, Statements, claim_position, stored_starts
+from .base import COMMON_FIELDS, INSERT_FIELDS, MAX_INT, Head, Statements, make_head
 
 # SQLite allows 32,766 parameters per statement; 20 columns a row.
 BULK_BATCH = 500
@@ -133,8 +133,10 @@ class SqliteStatements(Statements):
         col, table = self.col, self.table
         ready = (f"{col['status']} = '{JobStatus.READY.value}' AND {col['limit_key']} IS NOT NULL "
                  f"AND {col['backend']} = %s")
-        head = (f"SELECT json_array(j.{col['concurrency_limit']}, j.{col['rate_limit']}, j.{col['priority']}, "
-                f"j.{col['run_after']}, j.{col['id']}) FROM {table} j"
+        # json_array refuses a BLOB: one stored in any of these columns reads as text that is no value.
+        values = ", ".join(f"CASE typeof(j.{col[name]}) WHEN 'blob' THEN 'blob' ELSE j.{col[name]} END"
+                           for name in ("concurrency_limit", "rate_limit", "priority", "run_after"))
+        head = (f"SELECT json_array({values}, j.{col['id']}) FROM {table} j"
                 f"{self.index_hint(True)} WHERE {self.where_due('j', queues=queues, limited=True)} "
                 f"AND j.{col['limit_key']} = keys.k ORDER BY j.{col['priority']} DESC, j.{col['run_after']}, "
                 f"j.{col['id']} LIMIT 1")
@@ -150,20 +152,27 @@ class SqliteStatements(Statements):
         rows = self._fetch(sql, [backend, backend, backend, self.time(now), *(queues or ())])
         heads = []
         for key, head, running, starts in rows:
-            concurrency, rate, priority, run_after, pk = json.loads(head)
-            if running and concurrency is not None and rate is None and running >= concurrency:
+            made = make_head(key, *json.loads(head), running=running, starts=starts)
+            if (not made.damage and made.concurrency_limit is not None and made.rate_limit is None
+                    and made.running >= made.concurrency_limit):
                 continue  # at its limit: no room
-            heads.append(Head(key, concurrency, rate, running or 0, stored_starts(starts),
-                              claim_position(priority, run_after, pk)))
+            heads.append(made)
         return heads
 
-    def lock_limits(self, keys: Sequence[str]) -> dict[str, tuple[int, list]]:
+    def lock_limits(self, keys: Sequence[str]) -> dict[str, tuple[object, object]]:
         # Inside the claim's IMMEDIATE transaction: nobody else writes until it commits.
         self.ensure_limits(keys)
         marks = ", ".join(["%s"] * len(keys))
         rows = self._fetch(f"SELECT {self.qn('key')}, running, starts FROM {self.limit_table} "
                            f"WHERE {self.qn('key')} IN ({marks})", list(keys))
-        return {key: (running, stored_starts(starts)) for key, running, starts in rows}
+        return {key: (running, starts) for key, running, starts in rows}
+
+    def counted_sql(self, alias: str) -> str:
+        # SQLite keeps 1.5 or '3' in an integer column: only a stored integer counts.
+        return f"typeof({alias}.{self.col['concurrency_limit']}) = 'integer' AND {super().counted_sql(alias)}"
+
+    def nonzero_sql(self) -> str:
+        return "(running <> 0 OR typeof(running) <> 'integer')"
 
     def save_limits(self, updates: Sequence[tuple[str, int, list]]) -> None:
         with self.connection.cursor() as cursor:

@@ -179,6 +179,9 @@ class Liveness:
                 announce_failure(self.backend, job, error=error, exception=exc, task_result=result)
         # Kept a day: the overview lists them as lost meanwhile (jobs/admin/live.py).
         self.store.forget_dead_processes(now - timedelta(seconds=max(stale_after * 10, LOST_WORKERS_KEPT)))
+        for key, was, count in self.store.mend_counts():
+            logger.warning("limit key count mended key=%r running=%s -> %d: no live attempt explained it", key,
+                           str(was)[:40], count)
         return taken
 
     def _send_finished(self, job: ClaimedJob):

@@ -34,6 +34,7 @@ from ..clock import REAL, Clock
 from ..control import write_progress
 from ..execution import Outcome, attempt_limit, decide_retry, run_claimed
 from ..framework import task_backends
+from ..limits import counts_on_key
 from ..loops import worker_loops
 from ..sessions import guarded_sessions, hold_limit
 from ..store import WorkerStore, Written
@@ -51,6 +52,8 @@ logger = logging.getLogger("jobs.worker")
 BUFFER_MAX_WAIT = 1.0
 # An outcome is written together with others, but waits at most this long (seconds).
 FLUSH_AFTER = 0.005
+# How often the loop looks whether an abandoned thread whose outcome waits has ended.
+LINGER_POLL = 0.05
 
 
 def make_worker_id() -> str:
@@ -85,6 +88,10 @@ class Worker:
         self.stopping = threading.Event()  # stop claiming; let running jobs finish
         self.stop_deadline: float | None = None  # when unfinished jobs are handed back
         self.unwritten: list[Outcome] = []  # outcomes not yet in the database
+        # Attempts given up on whose code still runs in an abandoned thread (a C call past its
+        # timeout): written once that thread ends, so that their key keeps counting them and their
+        # retry cannot start beside them. The job stays RUNNING, heartbeaten, meanwhile.
+        self.lingering: list[Outcome] = []
         self.unwritten_since = 0.0
         self.processed = 0
         self._backoff = Backoff()
@@ -142,7 +149,7 @@ class Worker:
     def _finished(self) -> bool:
         if not self.stopping.is_set():
             return False
-        if self.pool.idle() and not self.unwritten:
+        if self.pool.idle() and not self.unwritten and not self.lingering:
             return True
         return self.stop_deadline is not None and self.clock.monotonic() >= self.stop_deadline
 
@@ -150,7 +157,7 @@ class Worker:
 
     def step(self) -> None:
         self.notifier.ping(self.clock.monotonic())  # from this loop only: a hung loop is restarted
-        self._take(self.pool.collect() + self.pool.expire())
+        self._take(self.pool.collect() + self.pool.expire() + self._ended())
         if self.duration and not self.stopping.is_set() and self.clock.monotonic() - self._started >= self.duration:
             self.request_stop(reason=f"duration {self.duration:g}s reached")
         if not self.stopping.is_set():  # --max-jobs counts the outcomes in hand, so none claims past it
@@ -176,14 +183,34 @@ class Worker:
         self._take(self.pool.collect(timeout=self._wait_time()))
 
     def _take(self, outcomes: list[Outcome]) -> None:
-        """Outcomes in hand: decide each failure's fate now if the slot did not."""
+        """Outcomes in hand: decide each failure's fate now if the slot did not. An attempt given
+        up on while its code still runs waits in ``lingering`` if writing it would free its key's
+        place or let its retry start; any other is written at once."""
+        ready = []
         for outcome in outcomes:
             if not outcome.succeeded and outcome.decision is None:
                 outcome.decision = decide_retry(outcome.job, outcome, limit=attempt_limit(outcome.job, self.backend),
                                                 base=self.options.retry_backoff)
-        if outcomes and not self.unwritten:
+            thread = outcome.still_running
+            if thread is not None and thread.is_alive() and (outcome.decision.retry or counts_on_key(outcome.job)):
+                logger.warning("job given up on but still running id=%s task=%s attempt=%s: its outcome is written, "
+                               "and its key freed, once its code returns", outcome.job.id, outcome.job.task_path,
+                               outcome.job.attempts)
+                self.lingering.append(outcome)
+            else:
+                ready.append(outcome)
+        if ready and not self.unwritten:
             self.unwritten_since = self.clock.monotonic()
-        self.unwritten.extend(outcomes)
+        self.unwritten.extend(ready)
+
+    def _ended(self) -> list[Outcome]:
+        """The lingering attempts whose thread has ended: theirs to write now."""
+        ended = [outcome for outcome in self.lingering if not outcome.still_running.is_alive()]
+        if ended:
+            self.lingering = [outcome for outcome in self.lingering if outcome not in ended]
+            for outcome in ended:
+                outcome.still_running = None
+        return ended
 
     def _written(self, written: Written) -> None:
         self.pool.done_with([outcome.job for outcome, _status in written.outcomes])
@@ -221,10 +248,12 @@ class Worker:
                     "worker=%s count=%d", self.id, len(jobs))
 
     def _wait_time(self) -> float:
-        if self.stopping.is_set() and self.pool.idle() and not self.unwritten:
+        if self.stopping.is_set() and self.pool.idle() and not self.unwritten and not self.lingering:
             return 0.0  # nothing left to wait for: go and exit
         now = self.clock.monotonic()
         waits = [self.poll_interval if self.pool.has_free_slot() and not self.stopping.is_set() else 1.0]
+        if self.lingering:  # whether their threads have ended: looked at every LINGER_POLL
+            waits.append(LINGER_POLL)
         for moment in (self.pool.next_deadline(), self.stop_deadline, self.notifier.next_ping(),
                        self.unwritten_since + FLUSH_AFTER if self.unwritten else None,
                        self._started + self.duration if self.duration and not self.stopping.is_set() else None):
@@ -305,6 +334,15 @@ class Worker:
                                                                      now=self.clock.now()))
             if written is not None:
                 self._written(written)
+        self._take(self._ended())
+        if self.unwritten:
+            written = self._db(lambda: self.store.finish_and_claim(self.unwritten, limit=0, queues=self.queues,
+                                                                     now=self.clock.now()))
+            if written is not None:
+                self._written(written)
+        for outcome in self.lingering:  # its code runs until this process ends: the stale sweep takes it back
+            logger.warning("job left RUNNING id=%s task=%s attempt=%s: given up on, its code had not returned "
+                           "when the worker stopped", outcome.job.id, outcome.job.task_path, outcome.job.attempts)
         unfinished = self.pool.running() + self.pool.take_waiting()
 
         def hand_back_and_leave():

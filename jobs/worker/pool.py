@@ -243,6 +243,7 @@ class SlotPool:
                                            traceback=f"{exc}\n"))
                 else:
                     continue
+                expired[-1].still_running = slot.thread
                 slot.abandon()
                 self.slots[index] = fresh = Slot(self, slot.index)
                 fresh.thread.start()
