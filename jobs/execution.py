@@ -168,7 +168,23 @@ def transaction_open(conn) -> bool:
     if info is not None and hasattr(info, "transaction_status"):
         return int(info.transaction_status) != 0
     status = getattr(raw, "get_transaction_status", None)  # psycopg2
-    return bool(status()) if callable(status) else False
+    if callable(status):
+        return bool(status())
+    if conn.vendor == "mysql":  # mysqlclient does not say: the server does (one round trip)
+        return _mysql_in_transaction(conn)
+    return False
+
+
+def _mysql_in_transaction(conn) -> bool:
+    sql = ("SELECT @@in_transaction" if getattr(conn, "mysql_is_mariadb", False) else
+           "SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = CONNECTION_ID()")
+    try:
+        with conn.connection.cursor() as cursor:
+            cursor.execute(sql)
+            return bool(cursor.fetchone()[0])
+    except Exception:  # noqa: BLE001 - a broken connection: closed by the caller's next check
+        conn.errors_occurred = True
+        return False
 
 
 def _discard(conn) -> None:

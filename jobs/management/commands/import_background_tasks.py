@@ -142,7 +142,8 @@ class Command(BaseCommand):
         where, params = ("", []) if after_id is None else (f" WHERE {qn('id')} > %s", [after_id])
         # Times as text: the drivers raise inside the fetch on values a damaged table can hold
         # ('infinity', year 20000, '2026-13-45'), which would stop the whole import.
-        columns = [f"CAST({qn(c)} AS TEXT)" if c in TIME_COLUMNS else qn(c) for c in COLUMNS]
+        text = "CHAR" if source.vendor == "mysql" else "TEXT"
+        columns = [f"CAST({qn(c)} AS {text})" if c in TIME_COLUMNS else qn(c) for c in COLUMNS]
         sql = f"SELECT {', '.join(columns)} FROM {qn(TABLE)}{where} ORDER BY {qn('id')} LIMIT %s"
         with source.cursor() as cursor:
             cursor.execute(sql, [*params, limit])
