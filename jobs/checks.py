@@ -145,20 +145,36 @@ _GAP_LOCKING = {"repeatable read", "serializable"}
 
 
 @checks.register(checks.Tags.compatibility)
-def check_mysql(app_configs=None, **kwargs):
-    """MySQL and MariaDB: ``jobs.I030`` (what stands in for the partial indexes) and ``jobs.W030``
-    (an isolation level that takes gap locks). Reads settings, never opens a connection."""
+def check_mysql_isolation(app_configs=None, **kwargs):
+    """MySQL and MariaDB: ``jobs.W030`` (an isolation level that takes gap locks), at every command's
+    start. Reads settings, never opens a connection."""
+    return [note for note in _mysql_notes() if note.level >= checks.WARNING]
+
+
+@checks.register(checks.Tags.database)
+def check_mysql_indexes(app_configs=None, **kwargs):
+    """MySQL and MariaDB: ``jobs.I030`` (what stands in for the partial indexes), shown by ``migrate``
+    and ``check --database``, not at every command's start."""
+    return [note for note in _mysql_notes() if note.level < checks.WARNING]
+
+
+def _mysql_notes() -> list[checks.CheckMessage]:
     from django.apps import apps
     from django.conf import settings
     from django.db import router
-    from django.db.utils import load_backend
 
     alias = router.db_for_write(apps.get_model("jobs", "Job"))
-    database = settings.DATABASES.get(alias) or {}
+    return mysql_notes(alias, settings.DATABASES.get(alias) or {})
+
+
+def mysql_notes(alias: str, database: dict) -> list[checks.CheckMessage]:
+    """``jobs.I030`` and ``jobs.W030`` for the ``DATABASES[alias]`` entry when it is MySQL/MariaDB."""
+    from django.db.utils import load_backend
+
     engine = database.get("ENGINE") or ""
     if not engine or load_backend(engine).DatabaseWrapper.vendor != "mysql":
         return []
-    found = [checks.Info(
+    found: list[checks.CheckMessage] = [checks.Info(
         "MySQL/MariaDB have no partial indexes nor indexes on expressions, so Django leaves out the job table's "
         "(its models.W036, W037 and W043, not shown for jobs.Job); migration jobs.0006 makes their stand-ins: the "
         "claim's index in claim order, unique jobs' key in a column set only while READY under a unique index, "

@@ -25,7 +25,8 @@ USER = "jobs"
 TEST_SETTINGS = ("--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0", "--sync-binlog=0",
                  "--innodb-buffer-pool-size=256M", "--innodb-log-file-size=64M", "--max-connections=400",
                  "--character-set-server=utf8mb4", "--collation-server=utf8mb4_unicode_ci",
-                 "--skip-name-resolve", "--skip-log-bin", "--innodb-lock-wait-timeout=20")
+                 "--skip-name-resolve", "--skip-log-bin", "--innodb-lock-wait-timeout=20",
+                 "--max-allowed-packet=256M")
 
 
 class MariadbUnavailable(RuntimeError):
@@ -107,13 +108,24 @@ class MariadbServer:
             return
         import signal
 
-        # The server may run as another user (runuser): signal its whole session.
+        # The server may run as another user (runuser): signal its whole session, then wait for
+        # mariadbd itself to be gone (a new one could not lock the data files before).
+        server_pid = self._server_pid()
         os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
         try:
             process.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(10)
+        deadline = time.monotonic() + 30
+        while server_pid and Path(f"/proc/{server_pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def _server_pid(self) -> int | None:
+        try:
+            return int((self.datadir / "mysqld.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     def restart(self, *, kill: bool = True) -> None:
         """Stop (at once, by default) and start again on the same port."""
