@@ -174,3 +174,32 @@ def test_worker_survives_a_mariadb_restart(workers):
                    timeout=60, message="a job enqueued after the restart")
     assert job.return_value == 4
     assert proc.poll() is None, "the worker died"
+
+
+@pytest.mark.mysql_only
+def test_a_deadlock_in_the_two_round_trip_batch_is_run_again_and_writes_once(transactional_db, monkeypatch):
+    import MySQLdb
+
+    from jobs.sql.mysql import MysqlStatements
+
+    first, second = tasks.add.enqueue(1, 2), tasks.add.enqueue(3, 4)
+    sql = statements(connection)
+    (held,) = sql.claim(worker_id="w", limit=1, now=timezone.now(), queues=None, backend="default")
+    assert not sql.limited_ready  # so the next batch takes the two-round-trip path
+    real, calls = MysqlStatements._batch, []
+
+    def deadlock_after_writing(self, successes, **kwargs):
+        calls.append(1)
+        result = real(self, successes, **kwargs)
+        if len(calls) == 1:  # as if the commit had met a deadlock: undo what it wrote
+            Job.objects.filter(pk=held.id).update(status=JobStatus.RUNNING, return_value=None, finished_at=None)
+            Job.objects.filter(pk=int(second.id)).update(status=JobStatus.READY, attempts=0, worker_id="")
+            raise OperationalError("deadlock") from MySQLdb.OperationalError(1213, "Deadlock found")
+        return result
+
+    monkeypatch.setattr(MysqlStatements, "_batch", deadlock_after_writing)
+    written, claimed = sql.finish_and_claim([(held, 3)], worker_id="w", now=timezone.now(), limit=5, queues=None,
+                                            backend="default")
+    assert len(calls) == 2 and written == {held.id} and [job.id for job in claimed] == [int(second.id)]
+    assert Job.objects.get(pk=int(first.id)).return_value == 3
+    assert Job.objects.get(pk=int(second.id)).attempts == 1

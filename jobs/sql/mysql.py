@@ -62,11 +62,6 @@ class MysqlStatements(Statements):
         self._names = ", ".join(col[name] for name in INSERT_FIELDS)
         self._row = "(" + ", ".join(["%s"] * len(INSERT_FIELDS)) + ")"
         self._insert = f"INSERT INTO {table} ({self._names}) VALUES {self._row}"
-        self._success = (
-            f"UPDATE {table} SET {col['status']} = '{JobStatus.SUCCESSFUL.value}', {col['return_value']} = %s, "
-            f"{col['finished_at']} = %s, {col['heartbeat_at']} = NULL, {col['worker_ids']} = %s "
-            f"WHERE {col['id']} = %s AND {col['status']} = '{JobStatus.RUNNING.value}' AND {col['attempts']} = %s "
-            f"AND {col['worker_id']} = %s")
         self._order = f"{col['priority']} DESC, {col['run_after']}, {col['id']}"
         self._limited_ready = (
             f"SELECT 1 FROM {table} FORCE INDEX ({CLAIM_INDEX}) WHERE {col['status']} = '{JobStatus.READY.value}' "
@@ -251,16 +246,23 @@ class MysqlStatements(Statements):
         self.limited_ready = bool(self._fetch(self._limited_ready, [backend]))
         if not jobs:
             return []
+        self._execute(*self._claim_update(jobs, worker_id=worker_id, now=now))
+        return self._as_claimed(jobs, worker_id=worker_id, now=now)
+
+    def _claim_update(self, jobs, *, worker_id: str, now: datetime) -> tuple[str, list]:
         col, now_db = self.col, self.time(now)
         ids = [job.id for job in jobs]
-        self._execute(
+        return (
             f"UPDATE {self.table} SET {col['status']} = '{JobStatus.RUNNING.value}', {col['attempts']} = "
             # A damaged row at the integer column's maximum must not make every claim fail.
             f"CASE WHEN {col['attempts']} < {MAX_INT} THEN {col['attempts']} + 1 ELSE {col['attempts']} END, "
             f"{col['worker_id']} = %s, {col['heartbeat_at']} = %s, {col['last_attempted_at']} = %s, "
             f"{col['started_at']} = COALESCE({col['started_at']}, %s), {col['progress']} = NULL "
             f"WHERE {col['id']} IN ({', '.join(['%s'] * len(ids))})", [worker_id, now_db, now_db, now_db, *ids])
-        # What the UPDATE wrote, as a read would hand it back.
+
+    @staticmethod
+    def _as_claimed(jobs: list[ClaimedJob], *, worker_id: str, now: datetime) -> list[ClaimedJob]:
+        """The claimed jobs with what the claim's UPDATE wrote, as a read would hand them back."""
         for job in jobs:
             if isinstance(job.attempts, int) and not isinstance(job.attempts, bool) and job.attempts < MAX_INT:
                 job.attempts += 1
@@ -313,6 +315,25 @@ class MysqlStatements(Statements):
 
     def finish_and_claim(self, successes, *, worker_id: str, now: datetime, limit: int, queues,
                          backend: str) -> tuple[set[int], list[ClaimedJob]]:
+        limited_done = any(job.limit_key and job.concurrency_limit is not None for job, _ in successes)
+        if not self.connection.in_atomic_block and not limited_done and not (
+                self.limited_ready and limit > 0 and not self.keys_full(now)):
+            # The common case: no job of a limit key in play, two round trips (see _batch).
+            for attempt in range(RETRIES):
+                try:
+                    written, jobs = self._batch(successes, worker_id=worker_id, now=now, limit=limit,
+                                                queues=queues, backend=backend)
+                    break
+                except OperationalError as exc:
+                    if not conflict(exc) or attempt == RETRIES - 1:
+                        raise
+                    time.sleep(0.001 * (attempt + 1))
+            if self.limited_ready and len(jobs) < limit:  # jobs with limits READY, and too few others
+                self.keys_full_until = None
+                jobs += self.claim(worker_id=worker_id, limit=limit - len(jobs), now=now, queues=queues,
+                                   backend=backend)
+            return written, jobs
+
         def run():
             written = self._record(successes, worker_id=worker_id, now=now)
             self.release([job for job, _ in successes if job.id in written])
@@ -322,17 +343,93 @@ class MysqlStatements(Statements):
 
         return self._retried(run)
 
+    def _batch(self, successes, *, worker_id: str, now: datetime, limit: int, queues,
+               backend: str) -> tuple[set[int], list[ClaimedJob]]:
+        """Successes and the next claim in one transaction of two round trips: the transaction's start,
+        the successes' UPDATE, whether jobs with limits are READY and the claim's locking read as one
+        request of several statements; the claim's UPDATE and the commit as the second. Django's
+        connection stays in autocommit: the transaction is begun and ended here, rolled back on any
+        error."""
+        statements, params = ["START TRANSACTION"], []
+        if successes:
+            sql, values = self._success_sql(successes, worker_id=worker_id, now=now)
+            statements.append(sql)
+            params += values
+        statements.append(self._limited_ready)
+        params.append(backend)
+        if limit > 0:
+            sql, values = self._select(limit=limit, now=now, queues=queues, backend=backend, key=None)
+            statements.append(sql)
+            params += values
+        self.connection.ensure_connection()
+        cursor = self.connection.connection.cursor()
+        try:
+            with self.connection.wrap_database_errors:
+                cursor.execute("; ".join(statements), params)  # START TRANSACTION: no result
+                count = 0
+                if successes:
+                    cursor.nextset()
+                    count = cursor.rowcount
+                cursor.nextset()
+                self.limited_ready = bool(cursor.fetchall())
+                rows = []
+                if limit > 0:
+                    cursor.nextset()
+                    rows = list(cursor.fetchall())
+                while cursor.nextset():
+                    pass
+                jobs = read_rows(self.connection, CLAIMED, rows)
+                jobs.sort(key=claim_order)
+                if jobs:
+                    sql, values = self._claim_update(jobs, worker_id=worker_id, now=now)
+                    cursor.execute(f"{sql}; COMMIT", values)
+                    while cursor.nextset():
+                        pass
+                else:
+                    cursor.execute("COMMIT")
+        except BaseException:
+            try:
+                while cursor.nextset():
+                    pass
+            except Exception:  # noqa: BLE001
+                pass
+            try:
+                self.connection.connection.rollback()
+            except Exception:  # noqa: BLE001 - a lost connection: the server rolled back
+                pass
+            raise
+        finally:
+            cursor.close()
+        written = self._recorded(successes, count, worker_id) if successes else set()
+        return written, self._as_claimed(jobs, worker_id=worker_id, now=now)
+
+    def _success_sql(self, successes, *, worker_id: str, now: datetime) -> tuple[str, list]:
+        """One UPDATE for every success of a batch, fenced on each job's attempt and its worker."""
+        col = self.col
+        cases, values, workers, attempts, ids = [], [], [], [], []
+        for job, value in successes:
+            values += [job.id, None if value is None else json.dumps(value)]
+            workers += [job.id, json.dumps([*job.worker_ids, worker_id])]
+            attempts += [job.id, job.attempts]
+            ids.append(job.id)
+        cases = " ".join(["WHEN %s THEN %s"] * len(successes))
+        sql = (f"UPDATE {self.table} SET {col['status']} = '{JobStatus.SUCCESSFUL.value}', "
+               f"{col['return_value']} = CASE {col['id']} {cases} END, {col['finished_at']} = %s, "
+               f"{col['heartbeat_at']} = NULL, {col['worker_ids']} = CASE {col['id']} {cases} END "
+               f"WHERE {col['id']} IN ({', '.join(['%s'] * len(ids))}) "
+               f"AND {col['status']} = '{JobStatus.RUNNING.value}' AND {col['worker_id']} = %s "
+               f"AND {col['attempts']} = CASE {col['id']} {cases} END")
+        return sql, [*values, self.time(now), *workers, *ids, worker_id, *attempts]
+
     def _record(self, successes, *, worker_id: str, now: datetime) -> set[int]:
         if not successes:
             return set()
-        finished = self.time(now)
-        count = 0
-        with self.connection.cursor() as cursor:
-            for job, value in successes:
-                cursor.execute(self._success, [None if value is None else json.dumps(value), finished,
-                                               json.dumps([*job.worker_ids, worker_id]), job.id, job.attempts,
-                                               worker_id])
-                count += cursor.rowcount
+        count = self._execute(*self._success_sql(successes, worker_id=worker_id, now=now))
+        return self._recorded(successes, count, worker_id)
+
+    def _recorded(self, successes, count: int, worker_id: str) -> set[int]:
+        """The ids written, given how many rows the success UPDATE matched (Django asks MySQL for
+        rows matched, not changed)."""
         ids = {job.id for job, _ in successes}
         if count == len(successes):
             return ids
