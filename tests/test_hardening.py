@@ -122,7 +122,7 @@ def test_sqlite_values_of_the_wrong_type_fail_that_job(run_worker, columns, fiel
     assert job(good.id).status == JobStatus.SUCCESSFUL
 
 
-@pytest.mark.postgres_only
+@pytest.mark.vendors("postgresql", "mysql")  # SQLite's integers have no such limit
 def test_a_row_at_the_largest_attempt_number_does_not_break_the_claim(run_worker):
     top = row(attempts=2**31 - 1, max_attempts=2**31 - 1)
     good = tasks.add.enqueue(1, 1)
