@@ -149,18 +149,21 @@ class MysqlStatements(Statements):
         col = self.col
         constants = self.insert_values(common, COMMON_FIELDS)
         per_call = ", ".join(col[name] for name in ("args", "kwargs", "unique_key", "limit_key"))
-        # Each call's arguments travel as JSON text inside the batch's JSON, not as JSON: MariaDB's
-        # JSON_TABLE refuses a document nested 32 levels deep, which the batch would make of arguments
-        # nested 29 deep.
+        # MariaDB's JSON_TABLE refuses a document nested 32 levels deep, which the batch (two levels)
+        # makes of arguments nested 30 deep: a batch that deep sends each call's arguments as JSON
+        # text (strings) instead, encoded once more here.
+        deep = json_depth(text) >= MARIADB_JSON_DEPTH + 2
+        kind = "LONGTEXT" if deep else "JSON"
         sql = (f"INSERT INTO {self.table} ({', '.join(col[name] for name in COMMON_FIELDS)}, {per_call}) "
                f"SELECT {', '.join(['%s'] * len(COMMON_FIELDS))}, v.a, v.k, v.u, v.l "
-               f"FROM JSON_TABLE(%s, '$[*]' COLUMNS (n FOR ORDINALITY, a LONGTEXT PATH '$[0]', "
-               f"k LONGTEXT PATH '$[1]', u VARCHAR(255) PATH '$[2]', l VARCHAR(255) PATH '$[3]')) AS v "
+               f"FROM JSON_TABLE(%s, '$[*]' COLUMNS (n FOR ORDINALITY, a {kind} PATH '$[0]', "
+               f"k {kind} PATH '$[1]', u VARCHAR(255) PATH '$[2]', l VARCHAR(255) PATH '$[3]')) AS v "
                f"ORDER BY v.n RETURNING {col['id']}, {col['unique_key']}")
         for attempt in range(3):
             try:
                 with transaction.atomic(using=self.connection.alias):
-                    return sorted(tuple(row) for row in self._fetch(sql, [*constants, _as_texts(text)]))
+                    batch = _as_texts(text) if deep else text
+                    return sorted(tuple(row) for row in self._fetch(sql, [*constants, batch]))
             except IntegrityError as exc:
                 # Another enqueue took one of these unique keys meanwhile: leave those calls out.
                 if not _duplicate_ready_key(exc) or attempt == 2:
@@ -447,6 +450,12 @@ class MysqlStatements(Statements):
                f"WHERE {col['status']} = '{JobStatus.RUNNING.value}' AND {col['backend']} = %s "
                f"AND {col['heartbeat_at']} < %s ORDER BY {col['heartbeat_at']} LIMIT %s")
         return read_rows(self.connection, STALE, self._fetch(sql, [backend, self.time(cutoff), limit]))
+
+
+def json_depth(text: str) -> int:
+    from ..backends import json_depth as depth
+
+    return depth(text)
 
 
 def _as_texts(text: str) -> str:
