@@ -203,3 +203,32 @@ def test_a_deadlock_in_the_two_round_trip_batch_is_run_again_and_writes_once(tra
     assert len(calls) == 2 and written == {held.id} and [job.id for job in claimed] == [int(second.id)]
     assert Job.objects.get(pk=int(first.id)).return_value == 3
     assert Job.objects.get(pk=int(second.id)).attempts == 1
+
+
+@pytest.mark.mysql_only
+def test_a_take_back_and_a_heartbeat_skip_a_row_another_transaction_holds_instead_of_waiting(transactional_db):
+    import time
+
+    from jobs import retry
+    from jobs.store import WorkerStore, fail_attempt
+
+    tasks.add.enqueue(1, 1)
+    (job,) = Job.objects.claim(worker_id="frozen", limit=1, now=timezone.now())
+    Job.objects.filter(pk=job.id).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+    other = connections.create_connection("default")
+    try:
+        other.set_autocommit(False)
+        with other.cursor() as cursor:  # a worker frozen inside its transaction, holding the row
+            cursor.execute("SELECT id FROM jobs_job WHERE id = %s FOR UPDATE", [job.id])
+        started = time.monotonic()
+        taken = fail_attempt(job, {"message": "lost"}, retry.RetryDecision(retry=True, delay=0), now=timezone.now(),
+                             lost_before=timezone.now())
+        beaten = WorkerStore(worker_id="frozen", backend="default").heartbeat([job.id], now=timezone.now())
+        assert time.monotonic() - started < 5  # not innodb_lock_wait_timeout (20 s here, 50 s by default)
+        assert taken is False and beaten == (False, [])
+        other.rollback()
+    finally:
+        other.close()
+    assert fail_attempt(job, {"message": "lost"}, retry.RetryDecision(retry=True, delay=0), now=timezone.now(),
+                        lost_before=timezone.now())  # free again: taken back
+    assert Job.objects.get(pk=job.id).status == JobStatus.READY
