@@ -1,5 +1,5 @@
 # make run   - set up and start the admin (http://127.0.0.1:$(PORT)/admin/) plus one worker
-# make test  - set up and run the whole suite (SQLite, then PostgreSQL when its binaries exist)
+# make test  - set up and run the whole suite (SQLite, then PostgreSQL and MariaDB when their binaries exist)
 # make lint  - ruff
 # make bench - the benchmark against the peer queues
 # make chaos - the fault test: workers on several hosts, partitions, kills, database restarts
@@ -24,7 +24,7 @@ endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: docs run test test-sqlite test-postgres test-pgbouncer lint bench chaos venv clean chromium
+.PHONY: docs run test test-sqlite test-postgres test-pgbouncer test-mariadb lint bench chaos venv clean chromium
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@if [ -x "$(PY)" ] && [ "$$($(PY) -c 'import sys; print(sys.base_prefix)')" != "$$($(PYTHON) -c 'import sys; print(sys.base_prefix)')" ]; then \
@@ -55,7 +55,7 @@ chromium:
 test: $(STAMP) chromium
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory test-sqlite && $(MAKE) --no-print-directory test-postgres && \
-		$(MAKE) --no-print-directory test-pgbouncer; \
+		$(MAKE) --no-print-directory test-pgbouncer && $(MAKE) --no-print-directory test-mariadb; \
 	rc=$$?; echo "make test: $$(( $$(date +%s) - start ))s, exit $$rc"; exit $$rc
 
 test-sqlite: $(STAMP)
@@ -83,6 +83,16 @@ test-pgbouncer: $(STAMP)
 		echo "ERROR: REQUIRE_POSTGRES=1 but PostgreSQL's binaries or pgbouncer were not found (Debian: postgresql, pgbouncer)" >&2; exit 1; \
 	else \
 		echo "SKIPPED: the PgBouncer run (install Debian's postgresql and pgbouncer)"; \
+	fi
+
+# MariaDB binaries missing: skipped with a message, unless REQUIRE_MARIADB=1 makes it an error.
+test-mariadb: $(STAMP)
+	@if $(PY) -m tests.mariadbserver --available; then \
+		$(PY) -m pytest --ds=tests.settings_mariadb $(PYTEST_ARGS); \
+	elif [ "$(REQUIRE_MARIADB)" = "1" ]; then \
+		echo "ERROR: REQUIRE_MARIADB=1 but no MariaDB server binaries (mariadbd, mariadb-install-db) were found" >&2; exit 1; \
+	else \
+		echo "SKIPPED: the MariaDB suite (no server binaries found; install Debian's mariadb-server)"; \
 	fi
 
 lint: $(STAMP)

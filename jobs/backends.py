@@ -60,51 +60,67 @@ def json_depth(text: str) -> int:
 _UNSTORABLE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000|[\ud800-\udfff]")
 
 
-def _dumps(value, *, depth: int = MAX_NESTING) -> str:
-    """``value`` as the JSON text the database will store, or ValueError/TypeError saying why not."""
+def _dumps(value, *, depth: int = MAX_NESTING, limit: int = MAX_NESTING) -> str:
+    """``value`` as the JSON text the database will store, or ValueError/TypeError saying why not.
+    ``depth``: the nesting allowed for ``value`` itself; ``limit``: the one a stored column may
+    have, named in the error (a server's may be less than MAX_NESTING: see ``nesting_limit``)."""
     text = json.dumps(value, allow_nan=False, ensure_ascii=False)
     # Counting brackets is a cheap upper bound on the depth; only text that could be too deep is measured.
     if text.count("[") + text.count("{") > depth and json_depth(text) > depth:
-        raise ValueError(f"nested more than {MAX_NESTING} levels deep")
+        raise ValueError(f"nested more than {limit} levels deep{_server(limit)}")
     if _UNSTORABLE.search(text):
         raise ValueError("a string holds a NUL character or a lone surrogate, which the database cannot store")
     return text
 
 
-def to_json(value, culprit: str):
+def nesting_limit(connection) -> int:
+    """How deeply an argument may nest on ``connection``'s database: MAX_NESTING, or less where
+    the server refuses deeper JSON (MariaDB 30, MySQL 99: their limits, less the arguments' list)."""
+    from .sql import statements
+
+    return min(MAX_NESTING, getattr(statements(connection), "max_json_depth", MAX_NESTING))
+
+
+def _server(limit: int) -> str:
+    return "" if limit >= MAX_NESTING else " (the most this database server stores in the arguments' list)"
+
+
+def to_json(value, culprit: str, *, limit: int = MAX_NESTING):
     """``value`` as plain JSON types, or a TypeError that names the culprit."""
     try:
-        return json.loads(_dumps(value))
+        return json.loads(_dumps(value, depth=limit, limit=limit))
     except (TypeError, ValueError, RecursionError) as exc:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
         raise TypeError(f"{culprit} is not JSON-serialisable ({type(value).__name__}: {reason})") from exc
 
 
-def serialise_arguments(task: Task, args, kwargs) -> tuple[list, dict]:
-    """Check every argument before anything is written, naming the one that fails."""
+def serialise_arguments(task: Task, args, kwargs, *, limit: int = MAX_NESTING) -> tuple[list, dict]:
+    """Check every argument before anything is written, naming the one that fails. ``limit``:
+    the nesting a stored column may have (``nesting_limit``)."""
     if all(isinstance(key, str) for key in kwargs):
-        try:  # the common case in one round: the whole call at once
-            json_args, json_kwargs = json.loads(_dumps([list(args), kwargs]))
+        try:  # the common case in one round: the whole call at once (two levels more: the call, the list)
+            json_args, json_kwargs = json.loads(_dumps([list(args), kwargs], depth=limit + 2, limit=limit))
             return json_args, json_kwargs
         except (TypeError, ValueError, RecursionError):
             pass  # find and name the culprit below
     path = task.module_path
-    json_args = [to_json(value, f"{path}: positional argument {index}") for index, value in enumerate(args)]
+    json_args = [to_json(value, f"{path}: positional argument {index}", limit=limit)
+                 for index, value in enumerate(args)]
     json_kwargs = {}
     for key, value in kwargs.items():
         if not isinstance(key, str):
             raise TypeError(f"{path}: keyword argument names must be strings, got {key!r}")
-        json_kwargs[key] = to_json(value, f"{path}: keyword argument {key!r}")
+        json_kwargs[key] = to_json(value, f"{path}: keyword argument {key!r}", limit=limit)
     return json_args, json_kwargs
 
 
-def _checked_batch(calls: list) -> tuple[str, list]:
+def _checked_batch(calls: list, limit: int = MAX_NESTING) -> tuple[str, list]:
     """(the JSON text of ``calls``, the calls as JSON gives them back): one dump and one load for
-    the whole batch, and the same checks as one call's (two levels more: the batch, the call)."""
+    the whole batch, and the same checks as one call's (three levels more: the batch, the call, the list)."""
     for _args, kwargs in calls:
         if not all(isinstance(key, str) for key in kwargs):
             raise TypeError("keyword argument names must be strings")
-    text = _dumps(calls, depth=MAX_NESTING + 2)
+    text = _dumps(calls, depth=limit + 3, limit=limit)
     return text, json.loads(text)
 
 
@@ -237,7 +253,7 @@ class DatabaseBackend(BaseTaskBackend):
         and hands back that job's result (same id)."""
         self.validate_task(task)
         self.validate_runnable(task)
-        json_args, json_kwargs = serialise_arguments(task, args, kwargs)
+        json_args, json_kwargs = serialise_arguments(task, args, kwargs, limit=self._nesting_limit())
         now = timezone.now()
         values = self.row_values(task, now, args=json_args, kwargs=json_kwargs, meta=meta or {})
         due = task.run_after is None or task.run_after <= now
@@ -272,11 +288,13 @@ class DatabaseBackend(BaseTaskBackend):
         self.validate_runnable(task)
         calls = [[list(args), kwargs] for args, kwargs in calls]
         try:
-            batches = [_checked_batch(calls[start:start + BULK_BATCH]) for start in range(0, len(calls), BULK_BATCH)]
+            limit = self._nesting_limit()
+            batches = [_checked_batch(calls[start:start + BULK_BATCH], limit)
+                       for start in range(0, len(calls), BULK_BATCH)]
         except (TypeError, ValueError, RecursionError):
             for index, (args, kwargs) in enumerate(calls):  # name the culprit
                 try:
-                    serialise_arguments(task, args, kwargs)
+                    serialise_arguments(task, args, kwargs, limit=limit)
                 except TypeError as exc:
                     raise TypeError(f"call {index}: {exc}") from exc
             raise
@@ -352,6 +370,11 @@ class DatabaseBackend(BaseTaskBackend):
         from .sql import statements
 
         return statements(connections[router.db_for_write(Job)])
+
+    def _nesting_limit(self) -> int:
+        from .models import Job
+
+        return nesting_limit(connections[router.db_for_write(Job)])
 
     def get_result(self, result_id) -> TaskResult:
         from .models import Job

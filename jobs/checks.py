@@ -173,3 +173,59 @@ def pooler_problems(databases: dict, direct) -> list[checks.CheckMessage]:
         problems.append(checks.Error(f"{DIRECT_URL_SETTING} must be a postgres:// URL, got {str(direct)[:80]!r}",
                                      obj=f"settings.{DIRECT_URL_SETTING}", id="jobs.E032"))
     return problems
+
+
+# Django's warnings that MySQL and MariaDB leave out partial indexes (W037), conditional unique
+# constraints (W036) and indexes on expressions (W043): for jobs.Job, migration 0008 makes their
+# stand-ins there, so Job.check() drops them and jobs.I030 says what stands in for what.
+MYSQL_INDEX_WARNINGS = frozenset({"models.W036", "models.W037", "models.W043"})
+# Isolation levels under which InnoDB's locking reads take gap locks: claims block each other.
+_GAP_LOCKING = {"repeatable read", "serializable"}
+
+
+@checks.register(checks.Tags.compatibility)
+def check_mysql_isolation(app_configs=None, **kwargs):
+    """MySQL and MariaDB: ``jobs.W030`` (an isolation level that takes gap locks), at every command's
+    start. Reads settings, never opens a connection."""
+    return [note for note in _mysql_notes() if note.level >= checks.WARNING]
+
+
+@checks.register(checks.Tags.database)
+def check_mysql_indexes(app_configs=None, **kwargs):
+    """MySQL and MariaDB: ``jobs.I030`` (what stands in for the partial indexes), shown by ``migrate``
+    and ``check --database``, not at every command's start."""
+    return [note for note in _mysql_notes() if note.level < checks.WARNING]
+
+
+def _mysql_notes() -> list[checks.CheckMessage]:
+    from django.apps import apps
+    from django.conf import settings
+    from django.db import router
+
+    alias = router.db_for_write(apps.get_model("jobs", "Job"))
+    return mysql_notes(alias, settings.DATABASES.get(alias) or {})
+
+
+def mysql_notes(alias: str, database: dict) -> list[checks.CheckMessage]:
+    """``jobs.I030`` and ``jobs.W030`` for the ``DATABASES[alias]`` entry when it is MySQL/MariaDB."""
+    from django.db.utils import load_backend
+
+    engine = database.get("ENGINE") or ""
+    if not engine or load_backend(engine).DatabaseWrapper.vendor != "mysql":
+        return []
+    found: list[checks.CheckMessage] = [checks.Info(
+        "MySQL/MariaDB have no partial indexes nor indexes on expressions, so Django leaves out the job table's "
+        "(its models.W036, W037 and W043, not shown for jobs.Job); migration jobs.0008 makes their stand-ins: the "
+        "claim's index in claim order, unique jobs' key in a column set only while READY under a unique index, "
+        "and the stale sweep's and finishes' indexes. Unique jobs, limits and the flat claim hold as elsewhere. "
+        "(scheduler.ScheduleRun's latest run with a job is read through its schedule's index, newest first.)",
+        obj="jobs.Job", id="jobs.I030")]
+    level = str((database.get("OPTIONS") or {}).get("isolation_level") or "read committed").lower()
+    if level in _GAP_LOCKING:
+        found.append(checks.Warning(
+            f"DATABASES[{alias!r}] holds the jobs on MySQL/MariaDB with isolation_level {level!r}: its locking reads "
+            "take gap locks, so workers' claims block each other and deadlock",
+            hint="Use 'read committed' (Django's default for MySQL): remove 'isolation_level' from its OPTIONS "
+                 "or set it to 'read committed'.",
+            obj=f"DATABASES[{alias!r}]['OPTIONS']", id="jobs.W030"))
+    return found

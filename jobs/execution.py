@@ -8,6 +8,7 @@ with other outcomes and the next claim, in one transaction).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -193,7 +194,67 @@ def transaction_open(conn) -> bool:
     if info is not None and hasattr(info, "transaction_status"):
         return int(info.transaction_status) != 0
     status = getattr(raw, "get_transaction_status", None)  # psycopg2
-    return bool(status()) if callable(status) else False
+    if callable(status):
+        return bool(status())
+    if conn.vendor == "mysql":  # mysqlclient does not say: the server does (one round trip)
+        return _mysql_in_transaction(conn)
+    return False
+
+
+def _mysql_in_transaction(conn) -> bool:
+    status = _native_server_status(conn.connection)
+    if status is not None:
+        return bool(status & _SERVER_STATUS_IN_TRANS)
+    sql = ("SELECT @@in_transaction" if getattr(conn, "mysql_is_mariadb", False) else
+           "SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = CONNECTION_ID()")
+    try:
+        with conn.connection.cursor() as cursor:
+            cursor.execute(sql)
+            return bool(cursor.fetchone()[0])
+    except Exception:  # noqa: BLE001 - a broken connection: closed by the caller's next check
+        conn.errors_occurred = True
+        return False
+
+
+_SERVER_STATUS_IN_TRANS = 1  # the server's status flag, sent with every reply
+_MARIADB_CONNECTION_SERVER_STATUS = 30  # enum mariadb_value of MariaDB Connector/C
+
+
+@functools.cache
+def _status_reader():
+    """``mariadb_get_infov`` of MariaDB Connector/C, which mysqlclient is built on (Debian's
+    libmariadb-dev), and the capsule helpers; None when it is built on MySQL's library."""
+    try:
+        import ctypes
+
+        import MySQLdb._mysql as native
+
+        read = ctypes.CDLL(native.__file__).mariadb_get_infov
+    except (ImportError, OSError, AttributeError):
+        return None
+    read.argtypes, read.restype = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p], ctypes.c_int
+    name = ctypes.pythonapi.PyCapsule_GetName
+    name.argtypes, name.restype = [ctypes.py_object], ctypes.c_char_p
+    pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    pointer.argtypes, pointer.restype = [ctypes.py_object, ctypes.c_char_p], ctypes.c_void_p
+    return ctypes, read, name, pointer
+
+
+def _native_server_status(raw) -> int | None:
+    """The status flags of the server's last reply on ``raw`` (a MySQLdb connection), read from the
+    client library without a round trip; None when that library cannot say."""
+    reader = _status_reader()
+    if reader is None:
+        return None
+    ctypes, read, name, pointer = reader
+    try:
+        capsule = raw._get_native_connection()
+        value = ctypes.c_uint()
+        if read(pointer(capsule, name(capsule)), _MARIADB_CONNECTION_SERVER_STATUS, ctypes.byref(value)) != 0:
+            return None
+    except Exception:  # noqa: BLE001 - then ask the server
+        return None
+    return value.value
 
 
 def discard_connection(conn) -> None:

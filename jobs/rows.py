@@ -90,7 +90,9 @@ def column_sql(connection, name: str, table: str = "") -> str:
     if table:
         column = f"{table}.{column}"
     if isinstance(model_field, models.DateTimeField):
-        return f"CAST({column} AS TEXT)" if connection.vendor == "sqlite" else f"{column}::text"
+        if connection.vendor == "postgresql":
+            return f"{column}::text"
+        return f"CAST({column} AS CHAR)" if connection.vendor == "mysql" else f"CAST({column} AS TEXT)"
     return column
 
 

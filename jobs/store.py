@@ -130,8 +130,15 @@ def hand_back(jobs: Sequence[ClaimedJob], *, using: str | None = None) -> int:
 
 def unless_locked(jobs: models.QuerySet, using: str) -> models.QuerySet:
     """``jobs`` less the rows another transaction holds locked, found without waiting (PostgreSQL:
-    ``FOR UPDATE SKIP LOCKED``, its locks ending with the statement in autocommit); elsewhere all."""
+    ``FOR UPDATE SKIP LOCKED``, its locks ending with the statement in autocommit; MySQL/MariaDB:
+    the same read, made now); elsewhere (SQLite: one writer at a time) all."""
     connection = connections[using]
+    if connection.vendor == "mysql":
+        # MySQL/MariaDB cannot UPDATE a table it reads in a subquery: the rows free now, read first.
+        sql, params = jobs.values("pk").query.get_compiler(using=using).as_sql()
+        with connection.cursor() as cursor:
+            cursor.execute(f"{sql} FOR UPDATE SKIP LOCKED", params)
+            return jobs.filter(pk__in=[row[0] for row in cursor.fetchall()])
     if connection.vendor != "postgresql":
         return jobs
     sql, params = jobs.values("pk").query.get_compiler(using=using).as_sql()

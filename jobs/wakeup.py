@@ -4,10 +4,14 @@ PostgreSQL: enqueue runs ``pg_notify`` in the enqueueing transaction (delivered 
 commit, dropped on rollback) and each worker LISTENs on its own connection.
 SQLite: a probe reads ``PRAGMA data_version`` every few milliseconds on its own
 connection; the number changes whenever another connection commits, which costs
-no disk read. Either way polling stays as the fallback.
+no disk read. MySQL and MariaDB have neither: a probe reads the job table's highest
+id every 10 ms on its own connection (the end of the primary key: the optimiser
+answers it without reading a row), which changes when an enqueue commits. Either
+way polling stays as the fallback (and finds retries and moved run times).
 
 A cancel of a running job comes as a hint: on PostgreSQL a notification on its own
-channel, on SQLite any commit. The worker then reads its rows' cancel flags (see
+channel, on SQLite any commit, on MySQL/MariaDB every half second (no change it could
+probe for cheaply says so). The worker then reads its rows' cancel flags (see
 ``jobs.worker.liveness``): anyone who can connect can NOTIFY, so a payload is never
 trusted, nor even parsed, and no payload, however odd, can end this thread.
 """
@@ -28,6 +32,7 @@ logger = logging.getLogger(__name__)
 CHANNEL = "jobs_enqueued"
 SQLITE_PROBE_INTERVAL = 0.002  # seconds between data_version reads on SQLite (one costs ~5 µs)
 POOLED_CANCEL_LOOK = 0.5  # seconds between looks for cancels behind a pooler without LISTEN
+MYSQL_PROBE_INTERVAL = 0.01  # seconds between MAX(id) reads on MySQL/MariaDB (a round trip, ~0.1 ms)
 
 # Keys of Django's OPTIONS for PostgreSQL that are not libpq connection parameters.
 _DJANGO_ONLY_OPTIONS = {"isolation_level", "server_side_binding", "pool", "assume_role", "cursor_factory",
@@ -48,6 +53,11 @@ def start_waker(connection, *, wake: Callable[[], None], stop: threading.Event, 
             target, args = _listen_postgres, (connection.settings_dict, wake, stop, queues, on_cancel)
     elif connection.vendor == "sqlite":
         target, args = _probe_sqlite, (connection.settings_dict, wake, stop, queues, on_cancel)
+    elif connection.vendor == "mysql":
+        from .models import Job
+
+        target, args = _probe_mysql, (connection.get_connection_params(), connection.ops.quote_name(
+            Job._meta.db_table), wake, stop, on_cancel)
     else:
         return None
     thread = threading.Thread(target=target, args=args, name="jobs-waker", daemon=True)
@@ -145,4 +155,39 @@ def _probe_sqlite(settings: dict, wake, stop: threading.Event, queues, on_cancel
                 _heed(True, None, None, wake, on_cancel)
             last = version
     finally:
+        conn.close()
+
+
+def _probe_mysql(params: dict, table: str, wake, stop: threading.Event, on_cancel) -> None:
+    import MySQLdb
+
+    backoff, conn, last = 0.0, None, None
+    next_cancel_look = time.monotonic() + POOLED_CANCEL_LOOK
+    while not stop.wait(backoff or MYSQL_PROBE_INTERVAL):
+        if time.monotonic() >= next_cancel_look:  # a cancel is an UPDATE: MAX(id) does not show it
+            next_cancel_look = time.monotonic() + POOLED_CANCEL_LOOK
+            _heed(True, None, None, wake, on_cancel)
+        try:
+            if conn is None:
+                conn = MySQLdb.connect(**params)
+                conn.autocommit(True)
+            cursor = conn.cursor()
+            cursor.execute(f"SELECT MAX(id) FROM {table}")
+            newest = cursor.fetchone()[0]
+            cursor.close()
+            backoff = 0.0
+        except MySQLdb.Error as exc:
+            backoff = min(max(backoff * 2, 0.2), 10.0)
+            logger.warning("wake-up probe lost its connection, retry_in=%.1fs error=%s", backoff, str(exc)[:200])
+            if conn is not None:
+                try:
+                    conn.close()
+                except MySQLdb.Error:
+                    pass
+            conn, last = None, None
+            continue
+        if newest != last:  # the first read too: anything enqueued before we looked
+            wake()
+        last = newest
+    if conn is not None:
         conn.close()

@@ -96,6 +96,16 @@ POSTGRES_OPTIONS = {
 }
 
 
+# MySQL and MariaDB: 4-byte UTF-8 (emoji in arguments) and READ COMMITTED, which is Django's
+# default but said here, since the queue's statements count on it (REPEATABLE READ takes gap
+# locks: claims would block each other; ``jobs.W030`` warns of it). A URL's query string
+# (``?isolation_level=...``) overrides any of them.
+MYSQL_OPTIONS = {
+    "charset": "utf8mb4",
+    "isolation_level": "read committed",
+    "connect_timeout": 10,  # seconds
+}
+
 # PostgreSQL behind PgBouncer (or another pooler) in transaction pooling: DATABASE_POOLER=transaction.
 # Nothing that lives in a server session can be used, since each transaction may get another server
 # connection: no prepared statements (psycopg's prepare_threshold None, said explicitly: that is
@@ -107,7 +117,7 @@ JOBS_DIRECT_DATABASE_URL = os.environ.get("DATABASE_DIRECT_URL", "")
 
 
 def database_from_url(url: str, *, pooler: str = DATABASE_POOLER) -> dict:
-    """dj-database-url, plus the SQLite and PostgreSQL options above and kept-open connections."""
+    """dj-database-url, plus the SQLite, PostgreSQL and MySQL options above and kept-open connections."""
     config = dj_database_url.parse(url, conn_max_age=600, conn_health_checks=True)
     if config["ENGINE"] == "django.db.backends.sqlite3":
         config["OPTIONS"] = {**SQLITE_OPTIONS, **config.get("OPTIONS", {})}
@@ -122,6 +132,8 @@ def database_from_url(url: str, *, pooler: str = DATABASE_POOLER) -> dict:
 
             raise ImproperlyConfigured(f"DATABASE_POOLER={pooler!r}: the one mode that needs settings is "
                                        "'transaction' (session pooling needs none; leave it unset)")
+    elif config["ENGINE"] == "django.db.backends.mysql":
+        config["OPTIONS"] = {**MYSQL_OPTIONS, **config.get("OPTIONS", {})}
     return config
 
 

@@ -126,6 +126,13 @@ class ScheduleRun(models.Model):
         when = self.fire_time.isoformat() if self.fire_time else f"run now at {self.enqueued_at.isoformat()}"
         return f"{self.schedule_id}@{when}"
 
+    @classmethod
+    def check(cls, **kwargs):
+        """Less Django's models.W037 on MySQL/MariaDB (no partial indexes; ``jobs.I030`` says what serves)."""
+        from jobs.checks import MYSQL_INDEX_WARNINGS
+
+        return [issue for issue in super().check(**kwargs) if issue.id not in MYSQL_INDEX_WARNINGS]
+
     @property
     def manual(self) -> bool:
         return self.fire_time is None

@@ -32,6 +32,11 @@ def on_postgres():
     return connection.vendor == "postgresql"
 
 
+@pytest.fixture
+def on_mysql():
+    return connection.vendor == "mysql"
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """Environment for a child process that must use this test run's database."""
     env = dict(os.environ)
@@ -114,16 +119,33 @@ def record_dir(tmp_path) -> Path:
     return path
 
 
-def pytest_collection_modifyitems(config, items):
-    """Deselect (not skip) the tests that are about the other database."""
-    from django.conf import settings
+# Which databases a marked test is for (a test without one of these runs on every database).
+VENDOR_MARKERS = {"sqlite_only": {"sqlite"}, "postgres_only": {"postgresql"}, "mysql_only": {"mysql"}}
 
-    vendor = "postgresql" if "postgresql" in settings.DATABASES["default"]["ENGINE"] else "sqlite"
-    other = {"sqlite_only" if vendor == "postgresql" else "postgres_only"}
-    if not getattr(settings, "VIA_PGBOUNCER", False):
-        other.add("pgbouncer_only")
-    kept = [item for item in items if not other & set(item.keywords)]
-    deselected = [item for item in items if other & set(item.keywords)]
+
+def marked_vendors(item) -> set[str] | None:
+    """The vendors ``item`` is for (``sqlite_only`` and the like, or ``vendors(...)``); None: all."""
+    wanted = None
+    for name, vendors in VENDOR_MARKERS.items():
+        if item.get_closest_marker(name) is not None:
+            wanted = (wanted or set()) | vendors
+    for marker in item.iter_markers("vendors"):
+        wanted = (wanted or set()) | set(marker.args)
+    return wanted
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselect (not skip) the tests that are about another database."""
+    from django.conf import settings
+    from django.db.utils import load_backend
+
+    vendor = load_backend(settings.DATABASES["default"]["ENGINE"]).DatabaseWrapper.vendor
+    kept, deselected = [], []
+    pooled = getattr(settings, "VIA_PGBOUNCER", False)
+    for item in items:
+        wanted = marked_vendors(item)
+        fits = (wanted is None or vendor in wanted) and (pooled or item.get_closest_marker("pgbouncer_only") is None)
+        (kept if fits else deselected).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept

@@ -16,6 +16,8 @@ from sentry_sdk.transport import Transport
 
 if os.environ.get("JOBS_TEST_PG_URL"):  # started by the PostgreSQL suite
     from tests.settings_postgres import *  # noqa: F403
+elif os.environ.get("JOBS_TEST_MARIADB_URL"):  # started by the MariaDB suite
+    from tests.settings_mariadb import *  # noqa: F403
 else:
     from tests.settings import *  # noqa: F403
 

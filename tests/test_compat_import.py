@@ -26,11 +26,12 @@ from tests import bgtasks_tasks as t
 
 
 def create_tables() -> None:
-    pk, dt = ("integer PRIMARY KEY", "datetime") if connection.vendor == "sqlite" else (
-        "serial PRIMARY KEY", "timestamp with time zone")
+    pk, dt = {"sqlite": ("integer PRIMARY KEY", "datetime"), "mysql": ("serial PRIMARY KEY", "datetime(6)")}.get(
+        connection.vendor, ("serial PRIMARY KEY", "timestamp with time zone"))
+    repeat = connection.ops.quote_name("repeat")  # a reserved word on MySQL
     columns = (f"id {pk}, task_name varchar(190) NOT NULL, task_params text NOT NULL, "
                f"task_hash varchar(40) NOT NULL, verbose_name varchar(255) NULL, priority integer NOT NULL, "
-               f"run_at {dt} NOT NULL, repeat bigint NOT NULL, repeat_until {dt} NULL, queue varchar(190) NULL, "
+               f"run_at {dt} NOT NULL, {repeat} bigint NOT NULL, repeat_until {dt} NULL, queue varchar(190) NULL, "
                f"attempts integer NOT NULL, failed_at {dt} NULL, last_error text NOT NULL, "
                f"locked_by varchar(64) NULL, locked_at {dt} NULL, creator_object_id integer NULL, "
                f"creator_content_type_id integer NULL")
@@ -49,7 +50,7 @@ def insert(table="background_task", **values) -> int:
         if isinstance(row.get(key), datetime) and connection.vendor == "sqlite":
             # As Django writes them there: naive UTC text.
             row[key] = row[key].astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
-    names = ", ".join(row)
+    names = ", ".join(connection.ops.quote_name(name) for name in row)
     marks = ", ".join(["%s"] * len(row))
     with connection.cursor() as cursor:
         cursor.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", list(row.values()))
@@ -76,7 +77,8 @@ ConnectionError: mail server down
 
 
 @pytest.fixture
-def tables(db):
+def tables(transactional_db):
+    # Transactional: MySQL commits on CREATE TABLE, so a test's rows would outlive its rollback.
     create_tables()
     yield
     with connection.cursor() as cursor:  # a transactional test commits them: leave nothing behind

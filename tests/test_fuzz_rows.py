@@ -55,20 +55,27 @@ LIMIT_ROW_DAMAGE_SQLITE = [{"running": "'x'"}, {"running": "0.5"}, {"starts": "'
 LIMIT_ROW_DAMAGE_POSTGRES = [{"starts": "'" + "[" * 5000 + "]" * 5000 + "'::jsonb"}, {"starts": "'\"x\"'::jsonb"}]
 KEYS = [f"fz{i}" for i in range(4)]
 
+# MySQL and MariaDB refuse wrong types and invalid JSON, but a datetime column takes the zero date
+# (no NO_ZERO_DATE in the default sql_mode), which Python's datetime cannot hold.
+MYSQL_DAMAGE = [("run_after", "0000-00-00 00:00:00"), ("enqueued_at", "0000-00-00 00:00:00"),
+                ("started_at", "0000-00-00 00:00:00")]
 # Damage to what a run neither reads nor needs: such a job still runs, and ends SUCCESSFUL.
 HARMLESS = [("meta", "[]"), ("meta", "7"), ("meta", f"[{HUGE_INT}]")]
 HARMLESS_SQLITE = [("finished_at", "soon")]
 HARMLESS_POSTGRES = [("finished_at", "infinity")]
+HARMLESS_MYSQL = [("finished_at", "0000-00-00 00:00:00")]
+DAMAGE = {"postgresql": POSTGRES_DAMAGE, "mysql": MYSQL_DAMAGE}
+HARMLESS_BY_VENDOR = {"postgresql": HARMLESS_POSTGRES, "mysql": HARMLESS_MYSQL}
 
 
 def damaged_row(rng: random.Random, index: int, kinds_of: dict) -> int:
     now = timezone.now()
     path = rng.choice(HOSTILE_PATHS) if rng.random() < 0.25 else "tests.tasks.add"
-    if connection.vendor == "postgresql" and ("\x00" in path or len(path) > 255):
+    if connection.vendor != "sqlite" and ("\x00" in path or len(path) > 255):  # refused, not stored, there
         path = "os.system"
     job = Job.objects.create(task_path=path, args=[index, index], run_after=now, enqueued_at=now,
                              priority=rng.randint(-5, 5))
-    catalogue = JSON_DAMAGE + (POSTGRES_DAMAGE if connection.vendor == "postgresql" else SQLITE_DAMAGE)
+    catalogue = JSON_DAMAGE + DAMAGE.get(connection.vendor, SQLITE_DAMAGE)
     kinds = rng.sample(catalogue, rng.choice([0, 1, 1, 2])) if path != "tests.tasks.add" else \
         rng.sample(catalogue, rng.choice([1, 1, 2]))
     for column, value in kinds:
@@ -122,8 +129,7 @@ def test_random_damage_fails_each_damaged_job_alone(workers, seed, tmp_path):
         else:
             good = int(tasks.add.using(priority=rng.randint(-5, 5)).enqueue(index, index).id)
             if rng.random() < 0.2:
-                column, value = rng.choice(HARMLESS + (HARMLESS_POSTGRES if connection.vendor == "postgresql"
-                                                       else HARMLESS_SQLITE))
+                column, value = rng.choice(HARMLESS + HARMLESS_BY_VENDOR.get(connection.vendor, HARMLESS_SQLITE))
                 damage(good, **{column: value})
             good_ids.append(good)
     limit_rows = damage_limit_rows(rng)

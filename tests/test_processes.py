@@ -157,7 +157,8 @@ def test_worker_survives_a_postgres_restart(workers):
 
 
 def test_an_idle_worker_wakes_on_enqueue_long_before_its_poll(workers):
-    """LISTEN/NOTIFY on PostgreSQL, the data_version probe on SQLite: no waiting for the 60 s poll."""
+    """LISTEN/NOTIFY on PostgreSQL, the data_version probe on SQLite, the MAX(id) probe on MySQL/MariaDB:
+    no waiting for the 60 s poll."""
     env = subprocess_env(JOBS_TEST_OPTIONS='{"stale_after": 90}')  # heartbeats 30 s apart: no early wake
     proc = workers.start("--sleep", "60", env=env)
     workers.wait_for_output(proc, "worker started")

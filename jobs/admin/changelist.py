@@ -60,9 +60,11 @@ class LastErrorMessage(Func):
                            **extra)
 
     def as_mysql(self, compiler, connection, **extra):
+        # The last entry's index spelled out: MariaDB resolves '$[last]' in a query over many rows
+        # from the first row's length only.
         return Func.as_sql(self, compiler, connection,
-                           template=f"LEFT(JSON_UNQUOTE(JSON_EXTRACT(%(expressions)s, '$[last].message')), "
-                                    f"{LIST_ERROR_CHARS})", **extra)
+                           template=f"LEFT(JSON_UNQUOTE(JSON_EXTRACT(%(expressions)s, CONCAT('$[', "
+                                    f"JSON_LENGTH(%(expressions)s) - 1, '].message'))), {LIST_ERROR_CHARS})", **extra)
 
     def as_sql(self, compiler, connection, **extra):
         return "NULL", []

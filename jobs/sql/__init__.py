@@ -3,8 +3,8 @@
 Everything a worker does per job, and every enqueue, goes through these: the claim
 (the only statement that takes READY jobs), writing successes together with the
 next claim, single and bulk inserts, the stale sweep's read. ``statements(connection)``
-picks the vendor's set; ``generic`` is the ORM version for databases without
-``UPDATE ... RETURNING`` (MySQL, MariaDB), which this project does not test.
+picks the vendor's set: ``postgresql``, ``sqlite``, ``mysql`` (MySQL and MariaDB);
+``generic`` is the ORM version for any other database Django has a backend for, untested.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ def statements(connection) -> Statements:
         from .postgresql import PostgresStatements as cls
     elif connection.vendor == "sqlite":
         from .sqlite import SqliteStatements as cls
+    elif connection.vendor == "mysql":
+        from .mysql import MysqlStatements as cls
     else:
         from .generic import GenericStatements as cls
     connection._jobs_statements = made = cls(connection)

@@ -150,7 +150,8 @@ class Command(BaseCommand):
         where, params = ("", []) if after_id is None else (f" WHERE {qn('id')} > %s", [after_id])
         # Times as text: the drivers raise inside the fetch on values a damaged table can hold
         # ('infinity', year 20000, '2026-13-45'), which would stop the whole import.
-        columns = ", ".join(f"CAST({qn(c)} AS TEXT)" if c in TIME_COLUMNS else qn(c) for c in COLUMNS)
+        text = "CHAR" if source.vendor == "mysql" else "TEXT"
+        columns = ", ".join(f"CAST({qn(c)} AS {text})" if c in TIME_COLUMNS else qn(c) for c in COLUMNS)
         try:
             return self._select(source, f"SELECT {columns} FROM {qn(TABLE)}{where} ORDER BY {qn('id')} LIMIT %s",
                                 [*params, limit])

@@ -36,6 +36,15 @@ class Command(BaseCommand):
                             help="The TASKS alias whose stale_after and QUEUES to use (default: every "
                                  "jobs.backends.DatabaseBackend, the shortest stale_after).")
 
+    def check(self, *args, **kwargs):
+        # On MySQL/MariaDB Django's own model checks connect (to learn the server's version): a
+        # database that is down must still be exit 2 and one line, not a traceback.
+        try:
+            return super().check(*args, **kwargs)
+        except DatabaseError as exc:
+            raise CommandError(f"cannot read the jobs tables: {type(exc).__name__}: {exc}".strip(),
+                               returncode=UNUSABLE) from exc
+
     def handle(self, *args, **options):
         limits = status.Thresholds(max_lag=options["max_lag"], min_workers=options["min_workers"],
                                    max_failed=options["max_failed"])
