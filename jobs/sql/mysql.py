@@ -25,9 +25,10 @@ from datetime import datetime
 
 from django.db import IntegrityError, OperationalError, transaction
 
+from .. import limits
 from ..models import JobStatus
 from ..rows import CLAIMED, STALE, ClaimedJob, claim_order, columns_sql, read_rows
-from .base import COMMON_FIELDS, INSERT_FIELDS, MAX_INT, Head, Statements, claim_position, stored_starts
+from .base import COMMON_FIELDS, INSERT_FIELDS, MAX_INT, Head, Statements, make_head
 
 logger = logging.getLogger(__name__)
 
@@ -296,10 +297,10 @@ class MysqlStatements(Statements):
             if head_json is None:
                 continue  # no job of the key is due
             concurrency, rate, priority, run_after, pk = json.loads(head_json)
-            if running and concurrency is not None and rate is None and running >= concurrency:
-                continue  # at its limit: no room
-            heads.append(Head(key, concurrency, rate, running or 0, stored_starts(starts),
-                              claim_position(priority, run_after, pk)))
+            if (rate is None and limits.valid_limit(concurrency) and limits.valid_running(running)
+                    and running >= concurrency):
+                continue  # at its limit: no room (a damaged limit or count is sent on, to be mended or failed)
+            heads.append(make_head(key, concurrency, rate, priority, run_after, pk, running=running, starts=starts))
         return heads
 
     def lock_limits(self, keys: Sequence[str]) -> dict[str, tuple[int, list]]:
@@ -307,7 +308,7 @@ class MysqlStatements(Statements):
         key = self.qn("key")
         rows = self._fetch(f"SELECT {key}, running, starts FROM {self.limit_table} "
                            f"WHERE {key} IN ({', '.join(['%s'] * len(keys))}) FOR UPDATE SKIP LOCKED", list(keys))
-        return {k: (running, stored_starts(starts)) for k, running, starts in rows}
+        return {k: (running, starts) for k, running, starts in rows}
 
     def save_limits(self, updates: Sequence[tuple[str, int, list]]) -> None:
         for key, added, log in updates:
