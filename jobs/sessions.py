@@ -1,4 +1,5 @@
-"""A worker's own PostgreSQL sessions may not hold row locks for long once it stops answering.
+"""A worker's own PostgreSQL (and MySQL/MariaDB) sessions may not hold row locks for long once it
+stops answering.
 
 A worker paused (SIGSTOP, a long GC, a VM migration) or cut off by the network in
 the middle of a transaction keeps every row that transaction locked until its
@@ -20,11 +21,14 @@ the point where it would itself be taken for lost.
 
 Behind PgBouncer in transaction pooling (``"prepare_threshold": None`` in OPTIONS, the
 README's PgBouncer setting) session settings would leak to other clients, so none are
-made: set the two on the worker's database role instead (``ALTER ROLE ... SET``).
+made: set the two on the worker's database role instead (``ALTER ROLE ... SET``). On MySQL and
+MariaDB the two are ``innodb_lock_wait_timeout`` and (MariaDB only) ``idle_transaction_timeout``,
+in whole seconds (at least 1).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,13 +80,24 @@ def _on_connect(sender, connection, **kwargs) -> None:
 
 
 def guarded(connection) -> bool:
-    """Whether this connection's sessions get the settings (PostgreSQL, not behind PgBouncer)."""
+    """Whether this connection's sessions get the settings (PostgreSQL, not behind PgBouncer; MySQL
+    and MariaDB)."""
+    if connection.vendor == "mysql":
+        return True
     return connection.vendor == "postgresql" and not transaction_pooled(connection.settings_dict)
 
 
 def _apply(connection, seconds: float | None) -> None:
     """Set both (None: back to the server's defaults) on this session, outside any transaction."""
     if not guarded(connection) or connection.in_atomic_block:
+        return
+    if connection.vendor == "mysql":
+        # Whole seconds, at least 1. MariaDB ends a transaction left idle (idle_transaction_timeout,
+        # closing the session as PostgreSQL does); MySQL has only the lock wait's limit.
+        value = "DEFAULT" if seconds is None else str(max(1, math.ceil(seconds)))
+        idle = f", idle_transaction_timeout = {value}" if getattr(connection, "mysql_is_mariadb", False) else ""
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET SESSION innodb_lock_wait_timeout = {value}{idle}")
         return
     value = None if seconds is None else str(max(1, int(seconds * 1000)))
     with connection.cursor() as cursor:

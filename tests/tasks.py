@@ -334,6 +334,9 @@ def session_settings():
     from django.db import connection
 
     with connection.cursor() as cursor:
+        if connection.vendor == "mysql":
+            cursor.execute("SELECT @@innodb_lock_wait_timeout, @@idle_transaction_timeout")
+            return [str(value) for value in cursor.fetchone()]
         cursor.execute("SELECT current_setting('lock_timeout'), current_setting('idle_in_transaction_session_timeout')")
         return list(cursor.fetchone())
 
