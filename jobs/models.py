@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from django.core.exceptions import EmptyResultSet
-from django.db import connections, models, transaction
+from django.db import OperationalError, connections, models, transaction
 from django.db.models import F, Q, sql
 from django.db.models.fields.json import KeyTransform
 from django.db.models.signals import post_delete, pre_delete
@@ -226,9 +226,18 @@ class JobQuerySet(models.QuerySet):
         """Run ``query`` (UPDATE or DELETE) with RETURNING; without it (MySQL), read, then ``by_ids``."""
         connection = connections[self.db]
         if connection.vendor not in ("postgresql", "sqlite"):
-            with transaction.atomic(using=self.db):
-                rows = list(self.select_for_update().values_list("pk", "task_path", "status"))
-                by_ids([pk for pk, _, _ in rows])
+            # InnoDB may pick this transaction as a deadlock's victim (1213) while workers claim and
+            # finish beside it; it is rolled back whole, so run it again (outside a caller's own
+            # transaction only: inside one, the caller's work is gone too and the error is theirs).
+            for attempt in range(5):
+                try:
+                    with transaction.atomic(using=self.db):
+                        rows = list(self.select_for_update().values_list("pk", "task_path", "status"))
+                        by_ids([pk for pk, _, _ in rows])
+                    break
+                except OperationalError as exc:
+                    if connection.in_atomic_block or attempt == 4 or exc.args[:1] not in ((1213,), (1205,)):
+                        raise
             return [ChangedJob(*row) for row in rows]
         try:
             statement, params = query.get_compiler(self.db).as_sql()

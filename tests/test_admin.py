@@ -806,11 +806,12 @@ def test_progress_shows_as_a_bar(admin_client):
 
 def raw_update(table: str, pk_column: str, pk, **columns) -> None:
     """Raw values past the ORM, as any writer of the table could leave them."""
-    pg = connection.vendor == "postgresql"
+    pg, qn = connection.vendor == "postgresql", connection.ops.quote_name
     json_columns = {"progress", "args", "errors", "starts", "meta"}
-    sets = [f"{column} = %s{'::jsonb' if pg and column in json_columns else ''}" for column in columns]
+    sets = [f"{qn(column)} = %s{'::jsonb' if pg and column in json_columns else ''}" for column in columns]
     with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {table} SET {', '.join(sets)} WHERE {pk_column} = %s", [*columns.values(), pk])
+        cursor.execute(f"UPDATE {qn(table)} SET {', '.join(sets)} WHERE {qn(pk_column)} = %s",
+                       [*columns.values(), pk])
 
 
 def damaged_jobs() -> dict[str, int]:
@@ -824,6 +825,12 @@ def damaged_jobs() -> dict[str, int]:
             "enqueued_at past 9999": ("FAILED", {"enqueued_at": "20000-01-01"}),
             "run_after -infinity": ("FAILED", {"run_after": "-infinity"}),
             "args nested deep": ("FAILED", {"args": "[" * 1200 + "]" * 1200}),
+        })
+    elif connection.vendor == "mysql":  # strict: no text in a time or a number; but the zero date
+        kinds.update({
+            "finished_at zero date": ("FAILED", {"finished_at": "0000-00-00 00:00:00"}),
+            "started_at zero date": ("FAILED", {"started_at": "0000-00-00 00:00:00"}),
+            "run_after zero date": ("READY", {"run_after": "0000-00-00 00:00:00"}),
         })
     else:
         kinds.update({
@@ -846,7 +853,7 @@ def damage_limit_rows() -> None:
 
     for key in ("damaged-key", "huge", "text", "nested"):
         JobLimit.objects.create(key=key)
-    raw_update("jobs_joblimit", "key", "huge", running=2**31 - 1 if connection.vendor == "postgresql" else 1e300)
+    raw_update("jobs_joblimit", "key", "huge", running=1e300 if connection.vendor == "sqlite" else 2**31 - 1)
     raw_update("jobs_joblimit", "key", "nested", starts="[" * 10_000 + "]" * 10_000 if connection.vendor == "postgresql"
                else "[%s]" % ("9" * 5000))  # SQLite's json_valid refuses the depth; Python the digits
     if connection.vendor == "sqlite":
@@ -874,10 +881,11 @@ def test_damaged_rows_are_shown_not_a_500(admin_client):
 
 
 def test_rows_a_worker_failed_as_damaged_are_shown(admin_client, run_worker):
-    from tests.test_fuzz_rows import POSTGRES_DAMAGE, SQLITE_DAMAGE
+    from tests.test_fuzz_rows import MYSQL_DAMAGE, POSTGRES_DAMAGE, SQLITE_DAMAGE
 
+    damage = {"postgresql": POSTGRES_DAMAGE, "mysql": MYSQL_DAMAGE}.get(connection.vendor, SQLITE_DAMAGE)
     ids = []
-    for column, value in POSTGRES_DAMAGE if connection.vendor == "postgresql" else SQLITE_DAMAGE:
+    for column, value in damage:
         (job,) = make_jobs(1, JobStatus.READY)
         raw_update("jobs_job", "id", job.pk, **{column: value})
         ids.append(job.pk)

@@ -207,7 +207,7 @@ def damage_limit(key: str, **columns) -> None:
     with connection.cursor() as cursor:
         if connection.vendor == "sqlite":  # JSON deeper than SQLite's own checks allow: as another writer could
             cursor.execute("PRAGMA ignore_check_constraints = ON")
-        cursor.execute(f"UPDATE jobs_joblimit SET {sets} WHERE key = %s", [key])
+        cursor.execute(f"UPDATE jobs_joblimit SET {sets} WHERE {connection.ops.quote_name('key')} = %s", [key])
         if connection.vendor == "sqlite":
             cursor.execute("PRAGMA ignore_check_constraints = OFF")
 

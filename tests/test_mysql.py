@@ -60,7 +60,10 @@ def test_a_claim_locks_only_the_rows_it_takes_and_another_claims_the_next(transa
         with transaction.atomic():
             first = Job.objects.claim(worker_id="one", limit=3, now=timezone.now())
             # InnoDB counts a claimed row twice: its claim-index entry and the row itself.
-            assert rows_locked_by_others(other) == [6]  # 6,000 when the claim read every READY row
+            # InnoDB counts a claimed row once per record it locks (the row and the index entries the
+            # claim changes): at most 3 each for 3 rows; 6,000 when the claim read every READY row.
+            (locked,) = rows_locked_by_others(other)
+            assert 3 <= locked <= 9, locked
             other.set_autocommit(False)
             second = statements(other).claim(worker_id="two", limit=3, now=timezone.now(), queues=None,
                                              backend="default")
@@ -116,7 +119,7 @@ def test_the_mysql_checks_say_what_stands_in_and_warn_of_repeatable_read():
     mysql = {"ENGINE": "django.db.backends.mysql", "NAME": "x", "OPTIONS": {}}
     notes = mysql_notes("default", mysql)
     assert [note.id for note in notes] == ["jobs.I030"] and notes[0].level == checks.INFO
-    assert "migration jobs.0006" in notes[0].msg and "unique" in notes[0].msg
+    assert "migration jobs.0008" in notes[0].msg and "unique" in notes[0].msg
     for level in ("repeatable read", "REPEATABLE READ", "serializable"):
         found = mysql_notes("default", {**mysql, "OPTIONS": {"isolation_level": level}})
         warning = next(note for note in found if note.id == "jobs.W030")
@@ -225,7 +228,7 @@ def test_a_take_back_and_a_heartbeat_skip_a_row_another_transaction_holds_instea
                              lost_before=timezone.now())
         beaten = WorkerStore(worker_id="frozen", backend="default").heartbeat([job.id], now=timezone.now())
         assert time.monotonic() - started < 5  # not innodb_lock_wait_timeout (20 s here, 50 s by default)
-        assert taken is False and beaten == (False, [])
+        assert taken is None and beaten == (False, [])
         other.rollback()
     finally:
         other.close()

@@ -253,6 +253,21 @@ class MysqlStatements(Statements):
         self._execute(*self._claim_update(jobs, worker_id=worker_id, now=now))
         return self._as_claimed(jobs, worker_id=worker_id, now=now)
 
+    def claim_ids(self, ids: Sequence[int], *, worker_id: str, now: datetime) -> list[ClaimedJob]:
+        """Claim these READY jobs by id (damaged rows, to fail them alone): a locking read, then the
+        claim's UPDATE, as ``claim_rows`` does (no UPDATE ... RETURNING here)."""
+        if not ids:
+            return []
+        col = self.col
+        rows = self._fetch(f"SELECT {self.claimed_columns} FROM {self.table} WHERE {col['id']} IN "
+                           f"({', '.join(['%s'] * len(ids))}) AND {col['status']} = '{JobStatus.READY.value}' "
+                           f"FOR UPDATE SKIP LOCKED", list(ids))
+        jobs = read_rows(self.connection, CLAIMED, rows)
+        if not jobs:
+            return []
+        self._execute(*self._claim_update(jobs, worker_id=worker_id, now=now))
+        return self._as_claimed(jobs, worker_id=worker_id, now=now)
+
     def _claim_update(self, jobs, *, worker_id: str, now: datetime) -> tuple[str, list]:
         col, now_db = self.col, self.time(now)
         ids = [job.id for job in jobs]
@@ -261,7 +276,8 @@ class MysqlStatements(Statements):
             # A damaged row at the integer column's maximum must not make every claim fail.
             f"CASE WHEN {col['attempts']} < {MAX_INT} THEN {col['attempts']} + 1 ELSE {col['attempts']} END, "
             f"{col['worker_id']} = %s, {col['heartbeat_at']} = %s, {col['last_attempted_at']} = %s, "
-            f"{col['started_at']} = COALESCE({col['started_at']}, %s), {col['progress']} = NULL "
+            f"{col['started_at']} = COALESCE({col['started_at']}, %s), {col['progress']} = NULL, "
+            f"{col['cancel_requested_at']} = NULL "
             f"WHERE {col['id']} IN ({', '.join(['%s'] * len(ids))})", [worker_id, now_db, now_db, now_db, *ids])
 
     @staticmethod
@@ -419,7 +435,8 @@ class MysqlStatements(Statements):
         cases = " ".join(["WHEN %s THEN %s"] * len(successes))
         sql = (f"UPDATE {self.table} SET {col['status']} = '{JobStatus.SUCCESSFUL.value}', "
                f"{col['return_value']} = CASE {col['id']} {cases} END, {col['finished_at']} = %s, "
-               f"{col['heartbeat_at']} = NULL, {col['worker_ids']} = CASE {col['id']} {cases} END "
+               f"{col['heartbeat_at']} = NULL, {col['cancel_requested_at']} = NULL, "
+               f"{col['worker_ids']} = CASE {col['id']} {cases} END "
                f"WHERE {col['id']} IN ({', '.join(['%s'] * len(ids))}) "
                f"AND {col['status']} = '{JobStatus.RUNNING.value}' AND {col['worker_id']} = %s "
                f"AND {col['attempts']} = CASE {col['id']} {cases} END")
