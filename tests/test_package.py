@@ -161,12 +161,16 @@ for url in ["/admin/", "/admin/jobs/job/", f"/admin/jobs/job/{job.pk}/change/", 
 '''
 
 
-def readme_snippet(name: str) -> str:
-    """The python block after ``<!-- snippet: NAME -->`` in the README, so the docs are what is tested."""
-    readme = (REPO / "README.md").read_text()
-    match = re.search(rf"<!-- snippet: {name} -->\n```python\n(.*?)```", readme, re.DOTALL)
-    assert match, f"README.md has no python block marked 'snippet: {name}'"
-    return match.group(1)
+def docs_snippet(name: str) -> str:
+    """The python block after ``<!-- snippet: NAME -->`` in the README or a docs page (a
+    ``% doc-test:`` line may stand between), so the docs are what is tested."""
+    for page in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]:
+        if "_build" in page.parts:
+            continue
+        match = re.search(rf"<!-- snippet: {name} -->\n(?:%[^\n]*\n)?```python\n(.*?)```", page.read_text(), re.DOTALL)
+        if match:
+            return match.group(1)
+    raise AssertionError(f"no python block marked 'snippet: {name}' in README.md or docs/")
 
 
 class Project:
@@ -239,8 +243,8 @@ def test_a_fresh_project_checks_migrates_runs_a_job_and_a_schedule_and_serves_th
     assert project.result(job_id) == ["SUCCESSFUL", 5]
 
     # The README's SQLite options and pruning schedule: no warning at all any more.
-    project.append_settings(readme_snippet("sqlite-options"))
-    project.append_settings(readme_snippet("prune-schedule") + EVERY_SECOND)
+    project.append_settings(docs_snippet("sqlite-options"))
+    project.append_settings(docs_snippet("prune-schedule") + EVERY_SECOND)
     clean = project.manage("check", "--fail-level", "WARNING")
     assert "no issues" in clean.stdout, clean.stderr
 
