@@ -21,7 +21,7 @@ version = release
 
 extensions = ["myst_parser", "sphinx.ext.autodoc"]
 source_suffix = {".md": "markdown"}
-exclude_patterns = ["_build", "_pending"]
+exclude_patterns = ["_build"]
 root_doc = "index"
 
 myst_enable_extensions = ["colon_fence", "deflist"]

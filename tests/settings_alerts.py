@@ -1,5 +1,5 @@
-"""A worker wired for alerts as the README's "Alerts" says: its LOGGING snippet (read from the
-README itself, so that the two cannot drift apart), mail to ADMINS, and Sentry.
+"""A worker wired for alerts as docs/howto/monitoring.md says: its LOGGING snippet (read from the
+page itself, so that the two cannot drift apart), mail to ADMINS, and Sentry.
 
 The mail goes to files and Sentry's events to a JSON-lines file, both in the folder
 ``JOBS_TEST_ALERTS``, for the test (``tests/test_alerts.py``) to read.
@@ -22,8 +22,8 @@ else:
     from tests.settings import *  # noqa: F403
 
 _folder = Path(os.environ["JOBS_TEST_ALERTS"])
-_readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-_snippet = re.search(r"<!-- alerts-logging -->\n```python\n(.*?)```", _readme, re.S).group(1)
+_page = (Path(__file__).resolve().parent.parent / "docs" / "howto" / "monitoring.md").read_text()
+_snippet = re.search(r"<!-- alerts-logging -->\n(?:%[^\n]*\n)?```python\n(.*?)```", _page, re.S).group(1)
 exec(_snippet)  # defines LOGGING, as in the reader's settings.py
 
 DEBUG = False
@@ -47,14 +47,14 @@ class _FileTransport(Transport):
                 events.write(json.dumps(event, default=str) + "\n")
 
 
-# Sentry as the README's snippet sets it up (read from the README too), its events into the
+# Sentry as the page's snippet sets it up (read from the page too), its events into the
 # file: the transport writes each event inside the logging call, so the file is complete
 # when the worker exits, however loaded the machine.
 os.environ["SENTRY_DSN"] = "https://key@sentry.invalid/1"
 _init = sentry_sdk.init
 sentry_sdk.init = lambda *args, **kwargs: _init(*args, transport=_FileTransport, **kwargs)
 try:
-    exec(re.search(r"<!-- alerts-sentry -->\n```python\n(.*?)```", _readme, re.S).group(1))
+    exec(re.search(r"<!-- alerts-sentry -->\n(?:%[^\n]*\n)?```python\n(.*?)```", _page, re.S).group(1))
 finally:
     sentry_sdk.init = _init
 ignore_events("django_tasks")  # noqa: F405 - the snippet's; the backport's logger, on Django 5.2

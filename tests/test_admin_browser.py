@@ -9,7 +9,7 @@ reads the traceback, deploys the fix, requeues it; a real worker process runs it
 again and the page shows it succeeded, its earlier error kept. Screenshots of the
 list, the job page and the overview go to test-artifacts/ (with
 ``UPDATE_DOCS_SCREENSHOTS=1`` the list and the overview are also copied to docs/
-for the README).
+for the docs site).
 """
 
 from __future__ import annotations

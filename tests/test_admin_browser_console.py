@@ -2,7 +2,7 @@
 
 Launched as tests/test_admin_browser.py launches it (Debian's chromium, never a
 download). Each test checks the layout as a person sees it (nothing the page is about
-scrolled out of sight) and saves a screenshot to docs/ for the README.
+scrolled out of sight) and saves a screenshot to docs/ for the docs site.
 """
 
 from __future__ import annotations

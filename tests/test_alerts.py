@@ -1,4 +1,4 @@
-"""The README's alerts, end to end: a real worker under ``tests.settings_alerts`` (the README's
+"""The alerts of docs/howto/monitoring.md, end to end: a real worker under ``tests.settings_alerts`` (the page's
 LOGGING snippet, mail to ADMINS, Sentry) fails one job for good and retries another."""
 
 from __future__ import annotations

@@ -232,7 +232,7 @@ def test_a_receiver_that_raises_is_logged_and_neither_the_others_nor_the_worker_
 
 
 def test_admin_email_handler_on_the_jobs_logger_mails_the_final_failure_with_its_traceback(run_worker):
-    """The README's LOGGING snippet: ``AdminEmailHandler`` on the ``jobs`` logger."""
+    """The LOGGING snippet of docs/howto/monitoring.md: ``AdminEmailHandler`` on the ``jobs`` logger."""
     admins = ["ops@example.com"] if django.VERSION >= (6, 0) else [("Ops", "ops@example.com")]
     # Django 6.1 mails through MAILERS (test runs turn every alias into locmem); before, EMAIL_BACKEND.
     mailers = {"MAILERS": {"default": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}} \

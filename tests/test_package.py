@@ -2,7 +2,7 @@
 wheel into a fresh virtualenv beside a project made by ``django-admin startproject``.
 
 That project knows nothing of this repository (no ``queue_project``, no ``TASKS``): it adds
-the apps as the README's "Install into your project" says, and must check, migrate, run a
+the apps as README.md and docs/howto/install.md say, and must check, migrate, run a
 task, run a schedule and serve the admin. pip reaches PyPI for Django and the rest, through
 its usual cache. It runs once per ``make test`` (the SQLite run; marker ``package``), and in
 ``.ci/run`` once more on Python 3.11, where the wheel brings Django 5.2 and the backport.
@@ -132,7 +132,7 @@ def add(a, b):
 '''
 
 EVERY_SECOND = 'SCHEDULED_JOBS["add-every-second"] = {"task": "shop.tasks.add", "cron": "* * * * * *", "args": [20, 22]}\n'
-# What the README's "Install into your project" tells a user to add, and a schedule to watch.
+# What README.md and docs/howto/install.md tell a user to add, and a schedule to watch.
 SETTINGS_ADDITIONS = '''
 import django
 
@@ -161,12 +161,16 @@ for url in ["/admin/", "/admin/jobs/job/", f"/admin/jobs/job/{job.pk}/change/", 
 '''
 
 
-def readme_snippet(name: str) -> str:
-    """The python block after ``<!-- snippet: NAME -->`` in the README, so the docs are what is tested."""
-    readme = (REPO / "README.md").read_text()
-    match = re.search(rf"<!-- snippet: {name} -->\n```python\n(.*?)```", readme, re.DOTALL)
-    assert match, f"README.md has no python block marked 'snippet: {name}'"
-    return match.group(1)
+def docs_snippet(name: str) -> str:
+    """The python block after ``<!-- snippet: NAME -->`` in the README or a docs page (a
+    ``% doc-test:`` line may stand between), so the docs are what is tested."""
+    for page in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]:
+        if "_build" in page.parts:
+            continue
+        match = re.search(rf"<!-- snippet: {name} -->\n(?:%[^\n]*\n)?```python\n(.*?)```", page.read_text(), re.DOTALL)
+        if match:
+            return match.group(1)
+    raise AssertionError(f"no python block marked 'snippet: {name}' in README.md or docs/")
 
 
 class Project:
@@ -238,9 +242,9 @@ def test_a_fresh_project_checks_migrates_runs_a_job_and_a_schedule_and_serves_th
     assert "state=SUCCESSFUL" not in burst.stderr + burst.stdout  # the framework's own per-job line is quiet at -v 1
     assert project.result(job_id) == ["SUCCESSFUL", 5]
 
-    # The README's SQLite options and pruning schedule: no warning at all any more.
-    project.append_settings(readme_snippet("sqlite-options"))
-    project.append_settings(readme_snippet("prune-schedule") + EVERY_SECOND)
+    # The docs' SQLite options and pruning schedule: no warning at all any more.
+    project.append_settings(docs_snippet("sqlite-options"))
+    project.append_settings(docs_snippet("prune-schedule") + EVERY_SECOND)
     clean = project.manage("check", "--fail-level", "WARNING")
     assert "no issues" in clean.stdout, clean.stderr
 

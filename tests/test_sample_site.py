@@ -11,16 +11,16 @@ import pytest
 from django.db import connection
 
 from tests.conftest import REPO
-from tests.test_package import readme_snippet
+from tests.test_package import docs_snippet
 
 SITE = REPO / "tests" / "sample_site"
 
 
 def site_copy(tmp_path):
-    """The sample site, plus the README's TestCase example as one more test module of it."""
+    """The sample site, plus the docs' TestCase example (docs/howto/testing.md) as one more test module of it."""
     site = tmp_path / "site"
     shutil.copytree(SITE, site, ignore=shutil.ignore_patterns("__pycache__"))
-    (site / "shop" / "test_readme.py").write_text(readme_snippet("testing-testcase"))
+    (site / "shop" / "test_readme.py").write_text(docs_snippet("testing-testcase"))
     return site
 
 
@@ -45,7 +45,7 @@ def test_the_sites_tests_pass_under_djangos_runner(tmp_path):
                site_env(tmp_path, "sample_django", site), site)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    assert "Ran 8 tests" in output and "OK" in output, output  # 6 of the site's, 2 of the README's
+    assert "Ran 8 tests" in output and "OK" in output, output  # 6 of the site's, 2 of the docs'
     assert "Traceback" not in output, output  # the failures the tests make on purpose print nothing
 
 
@@ -56,5 +56,5 @@ def test_the_sites_tests_pass_under_pytest_django(tmp_path):
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert "4 passed" in output, output
-    fixture = readme_snippet("testing-fixture").split("\n\n", 1)[1]  # the README's, less its imports
+    fixture = docs_snippet("testing-fixture").split("\n\n", 1)[1]  # the docs', less its imports
     assert fixture in (SITE / "shop" / "pytest_tests.py").read_text()
