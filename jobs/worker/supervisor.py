@@ -118,6 +118,7 @@ class Child:
     partial: bytes = b""
     deadlines: dict[tuple[int, int], tuple[float, str]] = field(default_factory=dict)  # (job, attempt) -> when, kind
     ended_by_parent: bool = False
+    told: int = 0  # the pid last sent the parent's SIGTERM
 
     @property
     def worker_id(self) -> str | None:
@@ -154,10 +155,17 @@ class Supervisor:
             self._kill_all()
             os._exit(128 + signum)
         self.stopping.set()
+        self._pass_stop_on()
+
+    def _pass_stop_on(self) -> None:
+        """SIGTERM to every live child not yet told. Also called from the loop: a signal that came
+        while a child was being started (between the spawn and ``child.proc``) missed that child."""
         for child in self.children:
-            if child.proc is not None and child.proc.poll() is None:
+            proc = child.proc
+            if proc is not None and proc.poll() is None and child.told != proc.pid:
+                child.told = proc.pid
                 try:
-                    child.proc.send_signal(signal.SIGTERM)
+                    proc.send_signal(signal.SIGTERM)
                 except OSError:
                     pass
 
@@ -193,6 +201,8 @@ class Supervisor:
             if self.healthy():
                 self.notifier.ping(now)
             self._reap(now)
+            if self.stopping.is_set():
+                self._pass_stop_on()
             for child in self.children:
                 if child.restart_at is not None and self.stopping.is_set():
                     child.done, child.restart_at = True, None  # stopping: a dead child stays dead
