@@ -141,10 +141,13 @@ def pytest_collection_modifyitems(config, items):
 
     vendor = load_backend(settings.DATABASES["default"]["ENGINE"]).DatabaseWrapper.vendor
     kept, deselected = [], []
+    import django
+
     pooled = getattr(settings, "VIA_PGBOUNCER", False)
     for item in items:
         wanted = marked_vendors(item)
         fits = (wanted is None or vendor in wanted) and (pooled or item.get_closest_marker("pgbouncer_only") is None)
+        fits = fits and all(django.VERSION[:2] >= tuple(m.args) for m in item.iter_markers("needs_django"))
         (kept if fits else deselected).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)

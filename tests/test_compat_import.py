@@ -247,9 +247,8 @@ def test_imported_jobs_get_the_unique_and_limit_keys_of_an_enqueue(tables, worke
     assert Job.objects.get(task_path="tests.tasks.sync_account").unique_key.endswith(":account-7")
 
 
+@pytest.mark.sqlite_only  # only SQLite stores a BLOB or text that is not UTF-8 in a text column
 def test_a_row_the_driver_cannot_read_is_left_out_alone(tables):
-    if connection.vendor != "sqlite":
-        pytest.skip("only SQLite stores a BLOB or text that is not UTF-8 in a text column")
     good = [insert(task_name="tests.bgtasks_tasks.notify", args=["/tmp/x", n]) for n in range(2)]
     bad = [insert(task_name="tests.bgtasks_tasks.notify", args=["/tmp/x", n]) for n in range(3)]
     good.append(insert(task_name="tests.bgtasks_tasks.notify", args=["/tmp/x", 9]))
@@ -266,9 +265,8 @@ def test_a_row_the_driver_cannot_read_is_left_out_alone(tables):
     assert sorted(Job.objects.values_list("meta__background_task__source_id", flat=True)) == good
 
 
+@pytest.mark.sqlite_only  # only SQLite keeps an infinite float in an integer column
 def test_a_row_the_database_refuses_is_left_out_alone(tables, django_user_model):
-    if connection.vendor != "sqlite":
-        pytest.skip("only SQLite keeps an infinite float in an integer column")
     user_type = ContentType.objects.get_for_model(django_user_model)
     good = [insert(task_name="tests.bgtasks_tasks.notify", args=["/tmp/x", n]) for n in range(3)]
     refused = insert(task_name="tests.bgtasks_tasks.notify", args=["/tmp/x", 9], creator_content_type_id=user_type.pk,

@@ -37,7 +37,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import django
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,7 +49,7 @@ MAX_ILLUSTRATIONS = 20
 
 pytestmark = [
     pytest.mark.sqlite_only,
-    pytest.mark.skipif(django.VERSION < (6, 0), reason="the docs show Django 6's imports (django.tasks)"),
+    pytest.mark.needs_django(6, 0),  # the docs show Django 6's imports (django.tasks)
 ]
 
 

@@ -209,10 +209,9 @@ def test_a_database_it_cannot_read_exits_2_without_a_traceback(transactional_db,
     assert "cannot read the jobs tables" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.sqlite_only  # a file of SQLite's
 @pytest.mark.parametrize("kind", ["not a database", "cannot be opened"])
 def test_a_sqlite_file_it_cannot_open_exits_2_without_a_traceback(transactional_db, tmp_path, kind):
-    if connection.vendor != "sqlite":
-        pytest.skip("a file of SQLite's")
     path = tmp_path / "jobs.sqlite3"
     if kind == "not a database":
         path.write_bytes(b"this is no SQLite file, " * 100)

@@ -3,7 +3,6 @@
 import pickle
 import re
 
-import django
 import pytest
 
 from jobs import task
@@ -69,7 +68,7 @@ def test_bad_retry_on_or_discard_on_is_a_type_error_at_declaration(options, culp
             pass
 
 
-needs_61 = pytest.mark.skipif(django.VERSION < (6, 1), reason="Django 6.1 forwards @task keywords to task_class")
+needs_61 = pytest.mark.needs_django(6, 1)  # Django 6.1 forwards @task keywords to task_class
 
 
 @needs_61
