@@ -23,8 +23,8 @@ def runs(path: Path) -> Counter:
     return Counter(tuple(line.split()[:2]) for line in lines)
 
 
-def start_parent(workers, *args):
-    parent = workers.start("--processes", "2", *args)
+def start_parent(workers, *args, env=None):
+    parent = workers.start("--processes", "2", *args, env=env)
     workers.wait_for_output(parent, "supervisor started")
     wait_for(lambda: WorkerProcess.objects.count() == 2, message="both worker processes registered")
     return parent
@@ -141,7 +141,9 @@ def test_processes_and_reload_do_not_go_together(workers):
 
 def test_a_job_holding_the_gil_past_its_timeout_ends_with_its_process_and_others_go_on(workers, record_dir):
     path, others = record_dir / "runs", record_dir / "others"
-    parent = start_parent(workers, "--concurrency", "2")
+    # Liveness is not the subject here (the parent's beat is, above): a loaded machine must not let a
+    # late beat turn the timeout under test into a take-back.
+    parent = start_parent(workers, "--concurrency", "2", env=subprocess_env(JOBS_TEST_OPTIONS='{"stale_after": 15}'))
     stuck = tasks.holds_gil_past_timeout.enqueue(str(path), "gil", 60)
     job = wait_for(lambda: Job.objects.filter(pk=stuck.id, status=JobStatus.FAILED).first(), timeout=60,
                    message="both attempts to time out")
