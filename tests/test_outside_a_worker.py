@@ -5,10 +5,14 @@ import pytest
 from django.test import override_settings
 
 import jobs
-from jobs.framework import TaskResultStatus, task_backends
+from jobs.framework import (
+    FRAMEWORK,  # django.tasks on 6.x, django_tasks on the backport
+    TaskResultStatus,
+    task_backends,
+)
 from tests import kit_tasks
 
-IMMEDIATE = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend",
+IMMEDIATE = {"default": {"BACKEND": f"{FRAMEWORK}.backends.immediate.ImmediateBackend",
                          "QUEUES": ["default", "emails"]}}
 
 
