@@ -14,7 +14,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from tests.test_admin_browser import DOCS, browser, make_backdrop  # noqa: F401  (the browser fixture)
+from tests.test_admin_browser import browser, make_backdrop, screenshot  # noqa: F401  (the browser fixture)
 
 pytestmark = pytest.mark.browser
 VIEWPORT = {"width": 1280, "height": 800}
@@ -37,8 +37,8 @@ def page(browser, live_server):  # noqa: F811
 
 
 def shot(page, name: str, *, full_page: bool = False) -> None:
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / f"admin-{name}.png"), full_page=full_page)
+    """Into the test artifacts; into docs/ only with UPDATE_DOCS_SCREENSHOTS=1 (a test run never edits the checkout)."""
+    screenshot(page, name, full_page=full_page, docs=True)
 
 
 def right_edge(page, selector: str) -> float:
