@@ -2,11 +2,14 @@
 
 ``from jobs import task`` is Django's ``@task`` plus the queue's options (``max_attempts``,
 ``timeout``, ``backoff``, ``unique``, ``concurrency_key``, ``rate_limit``); ``cancel``,
-``cancel_requested``, ``set_progress`` and ``get_progress`` control running jobs.
+``cancel_requested``, ``set_progress`` and ``get_progress`` control running jobs; ``batch``,
+``get_batch``, ``enqueue_after`` and ``parent_results`` coordinate jobs.
 Nothing here imports models at import time.
 """
 
+from .batches import batch, get_batch
 from .decorators import task
+from .dependencies import enqueue_after, parent_results
 
 # The one place the version lives: pyproject.toml reads it from here (hatchling, without importing).
 __version__ = "0.1.0"
@@ -60,4 +63,5 @@ def get_progress(result_id) -> dict | None:
     return get_progress(result_id)
 
 
-__all__ = ["__version__", "cancel", "cancel_requested", "enqueue_many", "get_progress", "set_progress", "task"]
+__all__ = ["__version__", "batch", "cancel", "cancel_requested", "enqueue_after", "enqueue_many", "get_batch",
+           "get_progress", "parent_results", "set_progress", "task"]

@@ -142,9 +142,12 @@ def new_result(values: dict) -> TaskResult:
 
 
 def result_status(job_status: str) -> TaskResultStatus:
-    """Django knows four states; a cancelled job is, to it, one that failed."""
+    """Django knows four states; a cancelled job is, to it, one that failed, and a child waiting
+    for its parents one that is ready."""
     if job_status == "CANCELLED":
         return TaskResultStatus.FAILED
+    if job_status == "WAITING":
+        return TaskResultStatus.READY
     return TaskResultStatus(job_status)
 
 
@@ -245,18 +248,20 @@ class DatabaseBackend(BaseTaskBackend):
         default = getattr(task, "default_max_attempts", None)
         return default(self) if default is not None else self.jobs_options.max_attempts
 
-    def enqueue(self, task: Task, args, kwargs, *, meta: dict | None = None) -> TaskResult:
+    def enqueue(self, task: Task, args, kwargs, *, meta: dict | None = None,
+                initial: dict | None = None) -> TaskResult:
         """Django's enqueue: one INSERT in the caller's transaction (and on PostgreSQL the
         wake-up in the same statement). ``meta`` is where the job came from (the
         scheduler's run, a django-background-tasks call): written with the row, never
         patched in afterwards. A unique task whose key a READY job holds writes nothing
-        and hands back that job's result (same id)."""
+        and hands back that job's result (same id). ``initial``: a child's ``status`` and
+        ``waiting_for`` (``jobs.dependencies``)."""
         self.validate_task(task)
         self.validate_runnable(task)
         json_args, json_kwargs = serialise_arguments(task, args, kwargs, limit=self._nesting_limit())
         now = timezone.now()
-        values = self.row_values(task, now, args=json_args, kwargs=json_kwargs, meta=meta or {})
-        due = task.run_after is None or task.run_after <= now
+        values = self.row_values(task, now, args=json_args, kwargs=json_kwargs, meta=meta or {}, **(initial or {}))
+        due = (task.run_after is None or task.run_after <= now) and values.get("status", "READY") == "READY"
         statements = self._statements()
         if values["limit_key"]:
             statements.ensure_limits([values["limit_key"]])
@@ -270,7 +275,7 @@ class DatabaseBackend(BaseTaskBackend):
                 return self.get_result(existing)
         else:
             raise RuntimeError(f"{task.module_path}: unique key {values['unique_key']!r} kept changing hands")
-        result = self.to_task_result(SimpleNamespace(pk=job_id, **FRESH, **values), task, result_task=task)
+        result = self.to_task_result(SimpleNamespace(pk=job_id, **{**FRESH, **values}), task, result_task=task)
         task_enqueued.send(type(self), task_result=result)
         return result
 
@@ -342,7 +347,9 @@ class DatabaseBackend(BaseTaskBackend):
     def row_values(self, task: Task, now, **values) -> dict:
         """The columns of a new job of ``task`` (its arguments already JSON), as ``jobs.sql`` inserts them."""
         args, kwargs = values.get("args"), values.get("kwargs")
-        row = dict(task_path=task.module_path, backend=self.alias, queue_name=task.queue_name,
+        from .batches import current_batch_id
+
+        row = dict(task_path=task.module_path, backend=self.alias, queue_name=task.queue_name, batch_id=current_batch_id(),
                    priority=task.priority, run_after=task.run_after or now, task_run_after=task.run_after,
                    enqueued_at=now, max_attempts=getattr(task, "max_attempts", None),
                    concurrency_limit=getattr(task, "concurrency_limit", None),

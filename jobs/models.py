@@ -62,6 +62,9 @@ class JobStatus(models.TextChoices):
     FAILED = TaskResultStatus.FAILED.value, "Failed"
     # Never ran and never will: cancelled from the admin. Shown to Django's API as FAILED.
     CANCELLED = "CANCELLED", "Cancelled"
+    # A child (jobs.enqueue_after) whose parents have not all ended SUCCESSFUL: no claim reads it
+    # (the claim's indexes hold READY rows only). Shown to Django's API as READY.
+    WAITING = "WAITING", "Waiting"
 
 
 CLAIM_INDEX = "jobs_job_claim_idx"  # the partial index of READY jobs without limits, in claim order
@@ -69,6 +72,7 @@ LIMITED_INDEX = "jobs_job_limited_idx"  # READY jobs with a limit key, by key, i
 UNIQUE_READY = "jobs_job_unique_ready"  # the partial unique index of unique jobs' keys
 
 FINISHED_STATUSES = (JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.CANCELLED)
+NOT_STARTED = (JobStatus.READY, JobStatus.WAITING)  # what a cancel ends at once
 
 
 class JobQuerySet(models.QuerySet):
@@ -125,28 +129,52 @@ class JobQuerySet(models.QuerySet):
         latest = finished.filter(unique_key__isnull=False).values("unique_key").annotate(
             latest=models.Max("id")).values("latest")
         finished = finished.filter(Q(unique_key__isnull=True) | (~Q(unique_key__in=held) & Q(pk__in=latest)))
-        return finished.update_returning(
-            status=JobStatus.READY, run_after=now, attempts=0, started_at=None, last_attempted_at=None,
-            finished_at=None, worker_id="", heartbeat_at=None, return_value=None, cancel_requested_at=None,
-            progress=None, meta=JSONMerge("meta", {"requeued": {"at": now.isoformat(), "by": by}}),
-        )
+
+        def requeue() -> list[ChangedJob]:
+            with transaction.atomic(using=self.db):
+                # A member of a batch still open is no longer counted as ended: it will be when it
+                # ends again. (A finished batch stays finished; its callbacks do not fire again.)
+                members = list(finished.filter(batch_id__isnull=False).values_list("pk", "batch_id", "status"))
+                changed = finished.update_returning(
+                    status=JobStatus.READY, run_after=now, attempts=0, started_at=None, last_attempted_at=None,
+                    finished_at=None, worker_id="", heartbeat_at=None, return_value=None, cancel_requested_at=None,
+                    progress=None, meta=JSONMerge("meta", {"requeued": {"at": now.isoformat(), "by": by}}),
+                )
+                if members:
+                    from .settle import uncount_members
+
+                    requeued = {job.pk for job in changed}
+                    uncount_members(self.db, [(batch, status) for pk, batch, status in members if pk in requeued])
+            return changed
+
+        return retried_on_conflict(self.db, requeue)
 
     def cancel(self, reason: str, now: datetime | None = None, *, by: str = "") -> list[ChangedJob]:
         """READY jobs to CANCELLED: they never run. ``meta["cancelled"]`` keeps the reason.
 
-        Only READY rows match, in the same UPDATE, so a job a worker claimed a moment
+        Only READY (and WAITING) rows match, in the same UPDATE, so a job a worker claimed a moment
         ago is left to run (on PostgreSQL the UPDATE waits for the claim's row lock and
         then sees RUNNING). Returns the jobs cancelled; ValueError for a reason or ``by``
         over ``jobs.control.MAX_REASON`` characters.
         """
         from .control import checked_reason
+        from .settle import settle
 
         reason, by = checked_reason(reason, by)
         now = now or timezone.now()
-        return self.ready().update_returning(
-            status=JobStatus.CANCELLED, finished_at=now, cancel_requested_at=None,
-            meta=JSONMerge("meta", {"cancelled": {"at": now.isoformat(), "by": by, "reason": reason}}),
-        )
+
+        def cancel() -> list[ChangedJob]:
+            # Children waiting for parents are not started either; what their end sets off (their
+            # own children, their batch) is settled in the same transaction.
+            with transaction.atomic(using=self.db):
+                changed = self.filter(status__in=NOT_STARTED).update_returning(
+                    status=JobStatus.CANCELLED, finished_at=now, cancel_requested_at=None,
+                    meta=JSONMerge("meta", {"cancelled": {"at": now.isoformat(), "by": by, "reason": reason}}),
+                )
+                settle(self.db, {job.pk: JobStatus.CANCELLED for job in changed}, now=now)
+            return changed
+
+        return retried_on_conflict(self.db, cancel)
 
     def request_cancel(self, reason: str, now: datetime | None = None, *, by: str = "") -> list[ChangedJob]:
         """RUNNING jobs: ask their workers to stop them (``jobs.control``); returns the jobs asked.
@@ -194,10 +222,12 @@ class JobQuerySet(models.QuerySet):
         if not simple or any(signal.has_listeners(Job) for signal in (pre_delete, post_delete)):
             with transaction.atomic(using=self.db):
                 gone = [ChangedJob(*row) for row in self.select_for_update().values_list("pk", "task_path", "status")]
+                self._settle_deleted()
                 self.delete()
             return gone
         ids = self.order_by().values("pk")
         with transaction.atomic(using=self.db):
+            self._settle_deleted()
             for relation in relations:
                 related = relation.related_model._base_manager.using(self.db).filter(
                     **{f"{relation.field.name}__in": ids})
@@ -206,6 +236,16 @@ class JobQuerySet(models.QuerySet):
                 elif relation.on_delete is models.CASCADE:
                     related.delete()
             return self.delete_returning()
+
+    def _settle_deleted(self) -> None:
+        """Jobs deleted before they ended end, for what waits on them, as cancelled: their children
+        are cancelled and their batches count them, so that neither waits for ever."""
+        from .settle import DELETED, settle
+
+        unended = self.exclude(status__in=FINISHED_STATUSES).filter(Q(batch_id__isnull=False) | Q(has_dependents=True))
+        ids = list(unended.values_list("pk", flat=True))
+        if ids:
+            settle(self.db, dict.fromkeys(ids, DELETED), now=timezone.now())
 
     def reschedule(self, run_after: datetime, *, priority: int) -> int:
         """READY jobs moved to another run time and priority (django-background-tasks'
@@ -249,6 +289,20 @@ class JobQuerySet(models.QuerySet):
             cursor.execute(f"{statement} RETURNING {returning}", params)
             rows = cursor.fetchall()
         return [ChangedJob(*row) for row in rows]
+
+
+def retried_on_conflict(using: str, change):
+    """``change()`` (a transaction of its own), run again when InnoDB picks it as a deadlock's
+    victim (1213) or a lock wait times out (1205) while workers claim and finish beside it; inside
+    a caller's transaction the error is the caller's (its work is gone too)."""
+    connection = connections[using]
+    for attempt in range(5):
+        try:
+            return change()
+        except OperationalError as exc:
+            if (connection.vendor != "mysql" or connection.in_atomic_block or attempt == 4
+                    or exc.args[:1] not in ((1213,), (1205,))):
+                raise
 
 
 class ChangedJob(NamedTuple):
@@ -360,6 +414,13 @@ class Job(models.Model):
     cancel_requested_at = models.DateTimeField(null=True, blank=True,
                                                help_text="A cancel was asked while it ran: its worker stops it.")
     progress = SafeJSONField(null=True, blank=True, help_text="What the running task last said of its progress.")
+    # Batches and dependencies (jobs.batches, jobs.dependencies); what a job's end sets off is jobs.settle.
+    batch_id = models.CharField(max_length=32, null=True, blank=True,  # noqa: DJ001
+                                help_text="The batch it is a member of.")
+    waiting_for = models.PositiveIntegerField(default=0, db_default=0,
+                                              help_text="Parents that have not yet ended SUCCESSFUL.")
+    has_dependents = models.BooleanField(default=False, db_default=False,
+                                         help_text="Jobs wait for it (jobs.enqueue_after).")
 
     objects = JobQuerySet.as_manager()
 
@@ -394,6 +455,9 @@ class Job(models.Model):
             # The overview's throughput chart, failing tasks and pruning read finishes only: jobs
             # not finished are not in it, so enqueues and claims never write to it.
             models.Index(fields=["finished_at"], name="jobs_job_finished_idx", condition=Q(finished_at__isnull=False)),
+            # A batch's members (its page, its count when its block ends, pruning's check); most jobs
+            # have no batch and are not in it.
+            models.Index(fields=["batch_id", "status"], name="jobs_job_batch_idx", condition=Q(batch_id__isnull=False)),
         ]
         constraints = [
             # Unique jobs: the database, not a check-then-insert, keeps a key to one READY job.
@@ -415,6 +479,60 @@ class Job(models.Model):
     @property
     def task_name(self) -> str:
         return self.task_path.rsplit(".", 1)[-1]
+
+
+class JobBatch(models.Model):
+    """A batch (``jobs.batch``): its members' outcomes counted as each ends, and its callbacks.
+
+    Each member's end adds one to a count here, in the transaction that records it (no
+    count over the members per outcome). ``sealed_at`` is set when the ``with`` block
+    ends, with ``total``; the batch finishes (``finished_at``, its callbacks enqueued) in
+    the one transaction that finds every member counted, under this row's lock.
+    """
+
+    id = models.CharField(max_length=32, primary_key=True)
+    backend = models.CharField(max_length=64, default="default")
+    on_success = models.CharField(max_length=255, blank=True, default="", help_text="Task path.")
+    on_failure = models.CharField(max_length=255, blank=True, default="", help_text="Task path.")
+    on_finish = models.CharField(max_length=255, blank=True, default="", help_text="Task path.")
+    created_at = models.DateTimeField()
+    sealed_at = models.DateTimeField(null=True, blank=True, help_text="Its block ended: every member is known.")
+    finished_at = models.DateTimeField(null=True, blank=True, help_text="Every member ended; callbacks enqueued.")
+    total = models.PositiveIntegerField(default=0, help_text="Members, counted when its block ended.")
+    successful = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    cancelled = models.PositiveIntegerField(default=0)
+    callbacks = SafeJSONField(default=list, blank=True, help_text="The callback jobs it enqueued (or why not).")
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "batch"
+        verbose_name_plural = "batches"
+
+    def __str__(self) -> str:
+        return f"batch {self.id}"
+
+
+class JobDependency(models.Model):
+    """One parent of a child job (``jobs.enqueue_after``), in the order given.
+
+    ``satisfied`` turns true once, in the transaction that records the parent's success,
+    and only then is the child's ``waiting_for`` lowered: a parent counts once, however
+    often it is requeued.
+    """
+
+    child = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="parent_links", db_index=False)
+    parent = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="child_links")
+    position = models.PositiveSmallIntegerField()
+    satisfied = models.BooleanField(default=False)
+
+    class Meta:
+        verbose_name = "dependency"
+        verbose_name_plural = "dependencies"
+        constraints = [models.UniqueConstraint(fields=["child", "position"], name="jobs_dependency_order")]
+
+    def __str__(self) -> str:
+        return f"#{self.child_id} after #{self.parent_id}"
 
 
 class JobLimit(models.Model):

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from django.db import transaction
 
 from .framework import DEFAULT_TASK_BACKEND_ALIAS
-from .models import Job, JobStatus
+from .models import FINISHED_STATUSES, Job, JobBatch, JobDependency, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,8 @@ def prune(*, now: datetime, retain_successful: float, retain_failed: float, batc
     }
     counts = {}
     for name, (statuses, retain) in groups.items():
-        old = Job.objects.filter(backend=backend, status__in=statuses, finished_at__lt=now - timedelta(seconds=retain))
+        old = kept_back(Job.objects.filter(backend=backend, status__in=statuses,
+                                           finished_at__lt=now - timedelta(seconds=retain)))
         if dry_run:
             counts[name] = old.count()
             continue
@@ -42,3 +43,12 @@ def prune(*, now: datetime, retain_successful: float, retain_failed: float, batc
         counts[name] = deleted
     logger.info("prune done dry_run=%s successful=%d failed=%d", dry_run, counts["successful"], counts["failed"])
     return counts
+
+
+def kept_back(jobs):
+    """``jobs`` less those something still needs: a member of a batch that has not finished (its
+    page lists it) and a parent of a child that has not ended (``parent_results()`` reads it)."""
+    open_batches = JobBatch.objects.filter(finished_at__isnull=True).values("pk")
+    needed = JobDependency.objects.exclude(child__status__in=FINISHED_STATUSES).values("parent_id")
+    return jobs.exclude(batch_id__in=open_batches).exclude(has_dependents=True, pk__in=needed)
+

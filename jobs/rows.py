@@ -59,6 +59,8 @@ class ClaimedJob:
     concurrency_limit: Any = None
     rate_limit: str | None = None
     cancel_requested_at: datetime | None = None
+    batch_id: str | None = None
+    has_dependents: Any = False
     damage: list[str] = field(default_factory=list)  # what could not be read as stored
     claimed_at: float = 0.0  # the worker's monotonic clock when it claimed the job
 
@@ -66,11 +68,17 @@ class ClaimedJob:
     def pk(self) -> int:
         return self.id
 
+    @property
+    def coordinated(self) -> bool:
+        """Its end sets something off (a batch's count, children): recorded with ``jobs.settle``."""
+        return self.batch_id is not None or bool(self.has_dependents)
+
 
 # What the worker reads of a claimed job: what it needs to run it and to record it.
 CLAIMED = ("id", "task_path", "backend", "queue_name", "priority", "args", "kwargs", "run_after", "task_run_after",
            "enqueued_at", "started_at", "last_attempted_at", "attempts", "max_attempts", "worker_id",
-           "heartbeat_at", "errors", "worker_ids", "unique_key", "limit_key", "concurrency_limit", "rate_limit")
+           "heartbeat_at", "errors", "worker_ids", "unique_key", "limit_key", "concurrency_limit", "rate_limit",
+           "batch_id", "has_dependents")
 # What the stale sweep reads: enough to fail an attempt, not its arguments.
 STALE = ("id", "task_path", "backend", "attempts", "max_attempts", "worker_id", "heartbeat_at", "errors",
          "worker_ids", "unique_key", "limit_key", "concurrency_limit", "cancel_requested_at")

@@ -125,9 +125,11 @@ def as_text(snap: Snapshot, limits: Thresholds, found: list[str]) -> str:
         rows.append([q.name, "paused" if q.paused else "active", _number(q.due, "due" in q.estimated),
                      _number(q.scheduled, q.scheduled_estimated)]
                     + [_number(q.count(s), s in q.estimated)
-                       for s in (JobStatus.RUNNING, JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.CANCELLED)]
+                       for s in (JobStatus.WAITING, JobStatus.RUNNING, JobStatus.SUCCESSFUL, JobStatus.FAILED,
+                                 JobStatus.CANCELLED)]
                     + [human_duration(q.lag_seconds) if q.lag is not None else "-"])
-    lines += _table(["queue", "state", "due", "later", "running", "successful", "failed", "cancelled", "lag"],
+    lines += _table(["queue", "state", "due", "later", "waiting", "running", "successful", "failed", "cancelled",
+                     "lag"],
                     rows, numeric_from=2)
     if any("~" in cell for row in rows for cell in row):
         lines.append(f"~ PostgreSQL's estimate: counts over {EXACT_UP_TO:,} are not read row by row")

@@ -25,8 +25,9 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from . import retry
-from .models import Job, JobStatus, JSONMerge, WorkerProcess
+from .models import FINISHED_STATUSES, Job, JobStatus, JSONMerge, WorkerProcess
 from .rows import ClaimedJob
+from .settle import settle_guarded
 from .sql import statements
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,8 @@ def fail_attempt(job: ClaimedJob, error: dict, decision: retry.RetryDecision, *,
                 status = JobStatus.CANCELLED
         if status is not None:
             statements(connections[using]).release([job])
+        if status in FINISHED_STATUSES:
+            settle_guarded(using, {job.id: status}, now=now)
     return status
 
 
@@ -104,7 +107,7 @@ def hand_back(jobs: Sequence[ClaimedJob], *, using: str | None = None) -> int:
     """Give unstarted or unfinished attempts back, READY; they do not count as attempts."""
     using = using or router.db_for_write(Job)
     attempts = models.Case(models.When(attempts__gt=0, then=F("attempts") - 1), default=models.Value(0))
-    given = []
+    given, cancelled = [], {}
     with transaction.atomic(using=using):
         for job in jobs:
             held = _attempt(job, using)
@@ -119,12 +122,17 @@ def hand_back(jobs: Sequence[ClaimedJob], *, using: str | None = None) -> int:
                                    meta=JSONMerge("meta", {"cancelled": {
                                        "at": timezone.now().isoformat(), "by": job.worker_id,
                                        "reason": "handed back while a job with the same unique key was queued"}}))
+                if back:
+                    cancelled[job.id] = JobStatus.CANCELLED
             # Someone asked to cancel it while this worker held it: it does not go back, it is cancelled.
-            back = back or held.filter(cancel_requested_at__isnull=False).update(
-                status=JobStatus.CANCELLED, heartbeat_at=None, cancel_requested_at=None, finished_at=timezone.now())
+            if not back and held.filter(cancel_requested_at__isnull=False).update(
+                    status=JobStatus.CANCELLED, heartbeat_at=None, cancel_requested_at=None,
+                    finished_at=timezone.now()):
+                back = cancelled[job.id] = JobStatus.CANCELLED
             if back:
                 given.append(job)
         statements(connections[using]).release(given)
+        settle_guarded(using, cancelled, now=timezone.now())
     return len(given)
 
 
@@ -197,18 +205,45 @@ class WorkerStore:
         outcome, logged, instead of failing the whole batch again and again; its job is
         taken back once its heartbeat stops. A lost connection still raises.
         """
-        successes = [o for o in outcomes if o.succeeded]
+        successes = [o for o in outcomes if o.succeeded and not o.job.coordinated]
+        # Members of batches and parents: their ends set something off (jobs.settle), first, so that
+        # this batch's claim can take a child or a callback they release.
+        settled = [o for o in outcomes if o.succeeded and o.job.coordinated]
         failures = [o for o in outcomes if not o.succeeded]
+        written = set()
+        if settled:
+            written = self.finish_settled(settled, now=now)
+            now = max(now, timezone.now())  # a callback it enqueued is due by its own clock: claimable now
         sql = statements(self.connection)
         arguments = dict(worker_id=self.worker_id, now=now, limit=limit, queues=queues, backend=self.backend)
         if not failures:
-            written, claimed = sql.finish_and_claim([(o.job, o.return_value) for o in successes], **arguments)
-            return Written([(o, JobStatus.SUCCESSFUL if o.job.id in written else None) for o in successes], claimed)
+            fast, claimed = sql.finish_and_claim([(o.job, o.return_value) for o in successes], **arguments)
+        else:
+            with transaction.atomic(using=self.alias):
+                failed = [(o, self._isolated(o, now)) for o in failures]
+                fast, claimed = sql.finish_and_claim([(o.job, o.return_value) for o in successes], **arguments)
+        # The fast statements leave alone a row that became a parent after its claim (enqueue_after
+        # marked it meanwhile): recorded here, as the others were (a lost attempt is not written again).
+        late = [o for o in successes if o.job.id not in fast]
+        written |= fast | (self.finish_settled(late, now=now) if late else set())
+        done = [(o, JobStatus.SUCCESSFUL if o.job.id in written else None) for o in settled + successes]
+        return Written(done + (failed if failures else []), claimed)
+
+    def finish_settled(self, outcomes: Sequence, *, now: datetime) -> set[int]:
+        """Record successes one by one (fenced), with what each sets off, in one transaction."""
+        written: set[int] = set()
         with transaction.atomic(using=self.alias):
-            failed = [(o, self._isolated(o, now)) for o in failures]
-            written, claimed = sql.finish_and_claim([(o.job, o.return_value) for o in successes], **arguments)
-        done = [(o, JobStatus.SUCCESSFUL if o.job.id in written else None) for o in successes]
-        return Written(done + failed, claimed)
+            for outcome in outcomes:
+                job = outcome.job
+                workers = job.worker_ids if isinstance(job.worker_ids, list) else []
+                if _attempt(job, self.alias).update(
+                        status=JobStatus.SUCCESSFUL, return_value=outcome.return_value, finished_at=now,
+                        heartbeat_at=None, cancel_requested_at=None, worker_ids=[*workers, self.worker_id]):
+                    written.add(job.id)
+            sql = statements(self.connection)
+            sql.release([o.job for o in outcomes if o.job.id in written])
+            settle_guarded(self.alias, dict.fromkeys(written, JobStatus.SUCCESSFUL), now=now)
+        return written
 
     def _isolated(self, outcome, now: datetime) -> str | None:
         decision = outcome.decision

@@ -473,3 +473,51 @@ def blocks_in_c_untimed(context, path, token, seconds):
 def keyed_oddly(key):
     """Its key callable turns ~ into NUL and ^ into a lone surrogate: keys no database stores."""
     return key
+
+
+# -- batches and dependencies (tests/test_batches.py) ---------------------------------------------
+
+@task(max_attempts=2, backoff=lambda exc, result: 0)
+def member(path, token, outcome="ok", seconds=0.0):
+    """A batch member: 'ok', 'fail' (every attempt) or 'flaky' (the first attempt fails)."""
+    _record(path, f"start {token}")
+    time.sleep(seconds)
+    if outcome == "fail" or (outcome == "flaky" and f"failed {token}" not in Path(path).read_text()):
+        _record(path, f"failed {token}")
+        raise ValueError(f"member {token} fails")
+    _record(path, f"end {token}")
+    return token
+
+
+def _callback_state(batch_id):
+    from jobs import get_batch
+
+    state = get_batch(batch_id)
+    return {"finished": state.finished, "total": state.total, "pending": state.pending,
+            "successful": state.successful, "failed": state.failed, "cancelled": state.cancelled}
+
+
+@task
+def batch_succeeded(batch_id):
+    return _callback_state(batch_id)
+
+
+@task
+def batch_failed(batch_id):
+    return _callback_state(batch_id)
+
+
+@task
+def batch_finished(batch_id):
+    return _callback_state(batch_id)
+
+
+@task(max_attempts=3, backoff=lambda exc, result: 0)
+def link(path, n, seconds=0.0):
+    """A link of a chain: records itself, and what its parents returned."""
+    from jobs import parent_results
+
+    parents = [result.return_value for result in parent_results()]
+    _record(path, f"link {n} after {parents}")
+    time.sleep(seconds)
+    return n

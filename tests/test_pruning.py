@@ -33,7 +33,7 @@ def test_prune_deletes_in_batches_and_keeps_the_rest(mixed):
     counts = prune(now=timezone.now(), retain_successful=7 * 86400, retain_failed=30 * 86400, batch_size=10)
     assert counts == {"successful": 25, "failed": 7}
     left = dict((s, Job.objects.filter(status=s).count()) for s in JobStatus.values)
-    assert left == {"READY": 6, "RUNNING": 1, "SUCCESSFUL": 3, "FAILED": 4, "CANCELLED": 0}
+    assert left == {"READY": 6, "RUNNING": 1, "SUCCESSFUL": 3, "FAILED": 4, "CANCELLED": 0, "WAITING": 0}
 
 
 def test_dry_run_deletes_nothing(mixed):

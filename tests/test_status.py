@@ -65,7 +65,7 @@ def test_json_report(busy_site):
     queues = {q["name"]: q for q in report["queues"]}
     assert sorted(queues) == ["default", "emails", "other", "reports"]  # configured queues too
     emails = queues["emails"]
-    assert emails["counts"] == {"READY": 5, "RUNNING": 2, "SUCCESSFUL": 0, "FAILED": 0, "CANCELLED": 0}
+    assert emails["counts"] == {"READY": 5, "RUNNING": 2, "SUCCESSFUL": 0, "FAILED": 0, "CANCELLED": 0, "WAITING": 0}
     assert (emails["due"], emails["scheduled"], emails["paused"], emails["estimated"]) == (3, 2, False, [])
     assert 290 < emails["lag_seconds"] < 360 and emails["oldest_due"]
     assert queues["reports"]["paused"] is True and queues["reports"]["lag_seconds"] is None

@@ -9,13 +9,15 @@ One module per page or concern:
 - ``actions.py``: bulk actions and the job page's one-job buttons, each one statement
   plus one INSERT of history;
 - ``job_page.py``: what the job page shows (origins come from ``jobs.origins``);
+- ``batches.py``: the batches' pages (counts, callbacks, members) and cancelling a batch;
 - ``queues.py``, ``chart.py``: the overview, pause and resume, the throughput chart's geometry;
 - ``common.py``: breadcrumbs, status labels and badges, job URLs, JSON as shown.
 
 Counting lives in ``jobs.counts`` and ``jobs.stats``, shared with ``jobs_status`` and metrics.
 """
 
+from .batches import JobBatchAdmin
 from .jobs import JobAdmin
 from .queues import QueueStateAdmin
 
-__all__ = ["JobAdmin", "QueueStateAdmin"]
+__all__ = ["JobAdmin", "JobBatchAdmin", "QueueStateAdmin"]

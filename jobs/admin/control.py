@@ -11,10 +11,35 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from ..limits import held_back, parse_rate
-from ..models import JobLimit, JobStatus
+from ..models import JobDependency, JobLimit, JobStatus
+
+PARENTS_NAMED = 3  # parents a "waiting for" reason names
 
 
 def held_back_reasons(jobs) -> dict[int, str]:
+    """{job id: why it waits} for the READY jobs among ``jobs`` that a limit holds back and the
+    WAITING children among them (one query each)."""
+    return {**waiting_reasons(jobs), **limited_reasons(jobs)}
+
+
+def waiting_reasons(jobs) -> dict[int, str]:
+    """{child id: "waiting for #3 (RUNNING), #5 (READY)"}: the parents it still waits for."""
+    waiting = [job.pk for job in jobs if job.status == JobStatus.WAITING]
+    if not waiting:
+        return {}
+    parents: dict[int, list[str]] = {}
+    for child, parent, status in (JobDependency.objects.filter(child_id__in=waiting, satisfied=False)
+                                  .order_by("child_id", "position").values_list("child_id", "parent_id",
+                                                                                "parent__status")):
+        parents.setdefault(child, []).append(f"#{parent} ({status})")
+    reasons = {}
+    for child, names in parents.items():
+        more = f" and {len(names) - PARENTS_NAMED:,} more" if len(names) > PARENTS_NAMED else ""
+        reasons[child] = f"waiting for its parent{'s' if len(names) > 1 else ''} {', '.join(names[:PARENTS_NAMED])}{more}"
+    return reasons
+
+
+def limited_reasons(jobs) -> dict[int, str]:
     """{job id: why it waits} for the READY jobs among ``jobs`` that a limit holds back (one query)."""
     keyed = [job for job in jobs if job.status == JobStatus.READY and getattr(job, "limit_key", None)]
     if not keyed:

@@ -19,11 +19,11 @@ from datetime import datetime
 from django.urls import reverse
 from django.utils import timezone
 
-from ..models import FINISHED_STATUSES, Job, JobStatus, WorkerProcess
+from ..models import FINISHED_STATUSES, NOT_STARTED, Job, JobBatch, JobDependency, JobStatus, WorkerProcess
 from ..origins import Origin, consumed_keys, origins_of
 from ..stats import stale_after
 from ..templatetags.jobs_admin import human_duration, relative
-from .common import as_json, attempt_limit_of, status_badge
+from .common import as_json, attempt_limit_of, job_url, status_badge
 from .control import held_back_reasons, progress_bar
 
 PAGE_VALUE_CHARS = 20_000  # of each JSON value
@@ -188,6 +188,28 @@ def worker_of(job: Job, now: datetime) -> dict | None:
             "heartbeat_age": (now - process.heartbeat_at).total_seconds()}
 
 
+RELATIVES_SHOWN = 50  # parents and children listed on a job page
+
+
+def family(job: Job) -> dict:
+    """The job's batch, its parents and its children, with their states (a few small queries)."""
+    batch = JobBatch.objects.filter(pk=job.batch_id).first() if job.batch_id else None
+    links = JobDependency.objects
+    parents = list(links.filter(child_id=job.pk).order_by("position").values_list(
+        "parent_id", "parent__task_path", "parent__status")[:RELATIVES_SHOWN])
+    children = list(links.filter(parent_id=job.pk).order_by("child_id").values_list(
+        "child_id", "child__task_path", "child__status")[:RELATIVES_SHOWN]) if job.has_dependents else []
+    return {
+        "batch": batch,
+        "batch_url": reverse("admin:jobs_jobbatch_change", args=[batch.pk]) if batch else "",
+        "batch_members_url": f"{reverse('admin:jobs_job_changelist')}?batch_id={job.batch_id}" if job.batch_id else "",
+        "parents": [{"pk": pk, "task": task, "badge": status_badge(status), "url": job_url(pk)}
+                    for pk, task, status in parents],
+        "children": [{"pk": pk, "task": task, "badge": status_badge(status), "url": job_url(pk)}
+                     for pk, task, status in children],
+    }
+
+
 def _dict_or_none(value) -> dict | None:
     return value if isinstance(value, dict) else None
 
@@ -226,10 +248,11 @@ def job_page(job: Job) -> dict:
         "is_due_later": job.status == JobStatus.READY and bool(job.run_after) and job.run_after > now,
         "damage": getattr(job, "damage", []),  # values the row holds that are none (jobs/admin/damage.py)
         "can_requeue": job.status in FINISHED_STATUSES,
-        "can_cancel": job.status == JobStatus.READY or (job.status == JobStatus.RUNNING
+        "can_cancel": job.status in NOT_STARTED or (job.status == JobStatus.RUNNING
                                                          and not job.cancel_requested_at),
         "held_back": held_back_reasons([job]).get(job.pk, ""),
         "progress_bar": progress_bar(job.progress),
+        "family": family(job),
         "keys": [(label, value) for label, value in (
             ("Unique key", job.unique_key), ("Limit key", job.limit_key),
             ("Concurrency limit", job.concurrency_limit), ("Rate limit", job.rate_limit)) if value],

@@ -43,7 +43,7 @@ MAX_INT = 2**31 - 1  # the largest value of an integer column on PostgreSQL (and
 # an insert may set: the importer brings attempts and errors).
 INSERT_FIELDS = ("task_path", "backend", "queue_name", "priority", "args", "kwargs", "status", "run_after",
                  "task_run_after", "enqueued_at", "attempts", "max_attempts", "worker_id", "worker_ids", "errors",
-                 "meta", "unique_key", "limit_key", "concurrency_limit", "rate_limit")
+                 "meta", "unique_key", "limit_key", "concurrency_limit", "rate_limit", "batch_id", "waiting_for")
 JSON_FIELDS = frozenset({"args", "kwargs", "worker_ids", "errors", "meta", "return_value"})
 TIME_FIELDS = frozenset({"run_after", "task_run_after", "enqueued_at"})
 # A bulk enqueue's columns: the same for every job of the call but these, which come with each call.
@@ -51,7 +51,8 @@ PER_CALL = ("args", "kwargs", "unique_key", "limit_key")
 COMMON_FIELDS = tuple(name for name in INSERT_FIELDS if name not in PER_CALL)
 INSERT_DEFAULTS = {"status": JobStatus.READY.value, "task_run_after": None, "attempts": 0, "max_attempts": None,
                    "worker_id": "", "worker_ids": [], "errors": [], "meta": {}, "unique_key": None,
-                   "limit_key": None, "concurrency_limit": None, "rate_limit": None}
+                   "limit_key": None, "concurrency_limit": None, "rate_limit": None, "batch_id": None,
+                   "waiting_for": 0}
 
 
 class Head(NamedTuple):

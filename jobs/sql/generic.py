@@ -89,7 +89,7 @@ class GenericStatements(Statements):
         with transaction.atomic(using=self.connection.alias):
             for job, value in successes:
                 if self._jobs().filter(pk=job.id, status=JobStatus.RUNNING, attempts=job.attempts,
-                                       worker_id=worker_id).update(
+                                       worker_id=worker_id, batch_id__isnull=True, has_dependents=False).update(
                         status=JobStatus.SUCCESSFUL, return_value=value, finished_at=now, heartbeat_at=None,
                         cancel_requested_at=None, worker_ids=[*job.worker_ids, worker_id]):
                     written.add(job.id)

@@ -439,6 +439,7 @@ class MysqlStatements(Statements):
                f"{col['worker_ids']} = CASE {col['id']} {cases} END "
                f"WHERE {col['id']} IN ({', '.join(['%s'] * len(ids))}) "
                f"AND {col['status']} = '{JobStatus.RUNNING.value}' AND {col['worker_id']} = %s "
+               f"AND {col['batch_id']} IS NULL AND NOT {col['has_dependents']} "
                f"AND {col['attempts']} = CASE {col['id']} {cases} END")
         return sql, [*values, self.time(now), *workers, *ids, worker_id, *attempts]
 

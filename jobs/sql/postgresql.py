@@ -34,7 +34,7 @@ ONLY_WHEN_ASKED = 2**31 - 1  # psycopg's prepare_threshold: automatic preparing 
 # The type of each inserted column's parameter.
 TYPES = {name: "jsonb" for name in JSON_FIELDS} | {
     "task_path": "text", "backend": "text", "queue_name": "text", "status": "text", "worker_id": "text",
-    "unique_key": "text", "limit_key": "text", "rate_limit": "text",
+    "unique_key": "text", "limit_key": "text", "rate_limit": "text", "batch_id": "text", "waiting_for": "integer",
     "priority": "integer", "attempts": "integer", "max_attempts": "integer", "concurrency_limit": "integer",
     "run_after": "timestamptz", "task_run_after": "timestamptz", "enqueued_at": "timestamptz",
 }
@@ -270,7 +270,9 @@ class PostgresStatements(Statements):
                 f"{col['worker_ids']} = j.{col['worker_ids']} || to_jsonb(j.{col['worker_id']}) "
                 f"FROM unnest(%s::bigint[], %s::integer[], %s::text[]) AS v(id, attempts, value) "
                 f"WHERE j.{col['id']} = v.id AND j.{col['status']} = '{JobStatus.RUNNING.value}' "
-                f"AND j.{col['attempts']} = v.attempts AND j.{col['worker_id']} = %s RETURNING j.{col['id']})")
+                f"AND j.{col['attempts']} = v.attempts AND j.{col['worker_id']} = %s "
+                # A row that became a parent after its claim is left for jobs.settle (jobs.store).
+                f"AND j.{col['batch_id']} IS NULL AND NOT j.{col['has_dependents']} RETURNING j.{col['id']})")
 
     @staticmethod
     def _done_params(successes, worker_id: str, now: datetime) -> list:

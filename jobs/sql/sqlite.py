@@ -41,7 +41,7 @@ class SqliteStatements(Statements):
             f"{col['finished_at']} = %s, {col['heartbeat_at']} = NULL, {col['cancel_requested_at']} = NULL, "
             f"{col['worker_ids']} = %s "
             f"WHERE {col['id']} = %s AND {col['status']} = '{JobStatus.RUNNING.value}' AND {col['attempts']} = %s "
-            f"AND {col['worker_id']} = %s")
+            f"AND {col['worker_id']} = %s AND {col['batch_id']} IS NULL AND NOT {col['has_dependents']}")
 
     def _fetch(self, sql: str, params) -> list[tuple]:
         with self.connection.cursor() as cursor:
