@@ -41,7 +41,7 @@ from .backends import database_backend
 from .exceptions import JobTimeout
 from .execution import attempt_limit, decide_retry, discard_connection, failure, run_claimed, transaction_open
 from .framework import FRAMEWORK
-from .models import Job, JobStatus
+from .models import NOT_STARTED, Job, JobStatus
 from .store import WorkerStore
 from .worker.failures import report_written
 
@@ -274,7 +274,8 @@ def _task_path(task) -> str | None:
 
 
 def _ready(task=None, *, args=None, kwargs=None, queue_name=None, backend: str = "default"):
-    jobs = Job.objects.filter(backend=backend, status=JobStatus.READY)
+    # A child waiting for its parents is READY to Django's API: enqueued, as far as a test can tell.
+    jobs = Job.objects.filter(backend=backend, status__in=NOT_STARTED)
     path = _task_path(task)
     if path is not None:
         jobs = jobs.filter(task_path=path)
@@ -305,7 +306,7 @@ def _describe(rows) -> str:
     if not rows:
         return "nothing is enqueued"
     shown = [f"  {row.task_path}(args={row.args!r}, kwargs={row.kwargs!r}) queue={row.queue_name!r} id={row.pk}"
-             for row in rows[:20]]
+             + (" (waiting for its parents)" if row.status == JobStatus.WAITING else "") for row in rows[:20]]
     more = [f"  ... and {len(rows) - 20} more"] if len(rows) > 20 else []
     return "enqueued (READY):\n" + "\n".join(shown + more)
 

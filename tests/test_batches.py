@@ -428,3 +428,15 @@ def test_damaged_children_and_batch_ids_do_not_stop_a_parents_outcome(run_worker
     other = tasks.link.enqueue(path, 3)
     run_worker()
     assert Job.objects.get(pk=int(other.id)).status == JobStatus.SUCCESSFUL
+
+
+def test_a_waiting_child_counts_as_enqueued_for_the_testing_helpers(db):
+    from jobs.testing import assert_enqueued, enqueued
+
+    parent = tasks.link.enqueue("/dev/null", 1)
+    child = enqueue_after([parent], tasks.link, "/dev/null", 2)
+    [found] = assert_enqueued(tasks.link, args=["/dev/null", 2])
+    assert found.id == child.id and found.status == TaskResultStatus.READY
+    assert len(enqueued(tasks.link)) == 2
+    with pytest.raises(AssertionError, match=rf"id={child.id} \(waiting for its parents\)"):
+        assert_enqueued(tasks.link, args=["/dev/null", 3])
