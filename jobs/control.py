@@ -62,6 +62,7 @@ class Attempt:
     cancel: threading.Event = field(default_factory=threading.Event)
     asked_at: datetime | None = None
     seen: bool = False  # the task read cancel_requested() as true, or its coroutine was cancelled
+    abandoned: bool = False  # its worker gave up on it (timeout, shutdown): whatever it returns is not its outcome
     loop: object = None  # an async task's event loop, and the task, so that a cancel reaches them
     task: object = None
     pending: dict | None = None  # progress not yet written

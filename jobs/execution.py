@@ -112,6 +112,13 @@ def send_finished(backend, result, *, status: TaskResultStatus, error: dict | No
     once the outcome is written: its status, ``finished_at``, every error, the
     return value.
     """
+    attempt = control.current()
+    if attempt is not None and attempt.abandoned:
+        # The worker gave up on this attempt (its timeout) and recorded that outcome, and sent its
+        # signal; the code returning (or failing) later changes nothing, so says nothing.
+        logger.info("abandoned attempt returned id=%s task=%s: no task_finished for it", result.id,
+                    result.task.module_path)
+        return
     object.__setattr__(result, "status", status)
     object.__setattr__(result, "finished_at", timezone.now())
     if error is not None:

@@ -521,3 +521,14 @@ def link(path, n, seconds=0.0):
     _record(path, f"link {n} after {parents}")
     time.sleep(seconds)
     return n
+
+
+@task(timeout=0.5, max_attempts=1)
+def swallows_timeout(path):
+    """Sleeps in C past its timeout and swallows the interrupt that lands after it, then returns."""
+    try:
+        time.sleep(1.5)
+    except BaseException:  # noqa: BLE001 - the point of the task
+        _record(path, "interrupted")
+    _record(path, "returned")
+    return "late"

@@ -81,3 +81,33 @@ def test_a_cancelled_job_sends_no_task_finished(transactional_db, record_dir):
         task_finished.disconnect(receiver)
     assert not thread.is_alive() and Job.objects.get(pk=running.id).status == JobStatus.CANCELLED
     assert finished == []  # Django's receiver would have logged it at ERROR as state=FAILED
+
+
+def test_an_attempt_given_up_on_sends_task_finished_failed_once_and_nothing_when_its_code_returns_later(
+        transactional_db, record_dir):
+    import threading
+
+    from jobs.framework import TaskResultStatus, task_finished
+    from jobs.worker import Worker
+
+    log = record_dir / "runs"
+    result = tasks.swallows_timeout.enqueue(str(log))
+    sent = []
+
+    def receiver(sender, task_result, **kwargs):
+        if task_result.id == result.id:
+            sent.append(task_result.status)
+
+    before = set(threading.enumerate())
+    task_finished.connect(receiver)
+    try:
+        Worker(burst=True).run()  # returns once the attempt is given up on and written
+        assert Job.objects.get(pk=result.id).status == JobStatus.FAILED
+        wait_for(lambda: log.exists() and "returned" in log.read_text(), message="the task's code to return")
+        # the abandoned slot's thread ends right after its code returns (and would send then)
+        wait_for(lambda: not [t for t in set(threading.enumerate()) - before if t.name.startswith("jobs-slot")],
+                 message="the abandoned slot's thread to end")
+    finally:
+        task_finished.disconnect(receiver)
+    assert sent == [TaskResultStatus.FAILED]
+    assert Job.objects.get(pk=result.id).status == JobStatus.FAILED

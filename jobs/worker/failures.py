@@ -13,6 +13,7 @@ import logging
 
 from ..errors import exception_class_path, exception_message
 from ..execution import attempt_limit
+from ..framework import task_finished
 from ..models import JobStatus
 from ..signals import job_failed
 
@@ -68,6 +69,20 @@ def report_written(backend, outcomes, *, log: logging.Logger = logger, quiet: bo
         # Failed for good, and written: once per job (not a retry that a queued unique job stands for).
         if status == JobStatus.FAILED and not (outcome.decision and outcome.decision.retry):
             announce_failure(backend, outcome.job, error=outcome.error, exception=outcome.exc)
+            if outcome.still_running is not None:
+                finish_given_up(backend, outcome.job)
+
+
+def finish_given_up(backend, job) -> None:
+    """``task_finished`` (FAILED) for an attempt the worker gave up on (its timeout) and wrote as
+    failed for good; its thread, whenever its code returns, sends nothing (``jobs.execution``)."""
+    result = _result(backend, job.id)
+    if result is None:
+        return
+    try:
+        task_finished.send(sender=type(backend), task_result=result)
+    except Exception:  # noqa: BLE001 - a receiver's error is logged; the worker goes on
+        logger.exception("task_finished receiver raised id=%s task=%s", job.id, job.task_path)
 
 
 def log_outcome(backend, outcome, status: str | None, *, log: logging.Logger = logger, quiet: bool = False) -> None:

@@ -127,6 +127,8 @@ class Slot:
         its job, gets an exception there (best effort: C code finishes its call first)."""
         with self.guard:
             self.abandoned = True
+            if self.attempt is not None:
+                self.attempt.abandoned = True  # its late return sends no task_finished (jobs.execution)
             ident = self.thread.ident
             if self.in_job and ident is not None and self.thread.is_alive():
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(JobTimeout))
