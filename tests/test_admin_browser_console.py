@@ -45,8 +45,6 @@ def right_edge(page, selector: str) -> float:
     return page.locator(selector).first.evaluate("e => e.getBoundingClientRect().right")
 
 
-# Django 5.2's admin lays the job list out 25 px wider at 1280: checked on 6.x only for now.
-@pytest.mark.needs_django(6, 0)
 def test_job_list_shows_status_task_queue_and_times_at_1280_with_the_sidebar_open(page):
     from playwright.sync_api import expect
 
