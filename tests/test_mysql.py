@@ -235,3 +235,19 @@ def test_a_take_back_and_a_heartbeat_skip_a_row_another_transaction_holds_instea
     assert fail_attempt(job, {"message": "lost"}, retry.RetryDecision(retry=True, delay=0), now=timezone.now(),
                         lost_before=timezone.now())  # free again: taken back
     assert Job.objects.get(pk=job.id).status == JobStatus.READY
+
+
+def test_keys_that_differ_only_in_case_are_different_keys(transactional_db):
+    """MySQL/MariaDB compare text case-insensitively by default (utf8mb4_unicode_ci): the key
+    columns are compared byte for byte there too (migration 0010), as on SQLite and PostgreSQL."""
+    from jobs.models import JobLimit
+
+    upper, lower = tasks.sync_account.enqueue("A"), tasks.sync_account.enqueue("a")
+    assert upper.id != lower.id and Job.objects.filter(task_path="tests.tasks.sync_account").count() == 2
+    tasks.one_per_key.enqueue("K")
+    tasks.one_per_key.enqueue("k")
+    assert set(JobLimit.objects.values_list("key", flat=True)) == {"K", "k"}
+    claimed = statements(connection).claim(worker_id="w", limit=10, now=timezone.now(), queues=None,
+                                           backend="default")
+    assert sorted(job.limit_key for job in claimed if job.limit_key) == ["K", "k"]  # one each: two keys
+    assert dict(JobLimit.objects.values_list("key", "running")) == {"K": 1, "k": 1}
