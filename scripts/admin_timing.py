@@ -1,11 +1,11 @@
-"""How fast the jobs admin and the operations views answer with a million jobs in PostgreSQL.
+"""How fast the jobs admin and the operations views answer with a million jobs in PostgreSQL or MariaDB.
 
-    .venv/bin/python scripts/admin_timing.py [--rows 1000000] [--runs 15] [--explain]
+    .venv/bin/python scripts/admin_timing.py [--db postgres|mariadb] [--rows 1000000] [--runs 15] [--explain]
 
-Starts a throwaway PostgreSQL server (tests/pgserver.py), migrates, loads ``--rows``
+Starts a throwaway PostgreSQL server (tests/pgserver.py; or MariaDB, tests/mariadbserver.py), migrates, loads ``--rows``
 jobs shaped like a busy site's month (mostly successful, some failed with three
 tracebacks each, a backlog of ready jobs, a few running), runs VACUUM ANALYZE as
-autovacuum would, then requests each admin page through Django's test client (the
+autovacuum would (MariaDB: ANALYZE TABLE), then requests each admin page through Django's test client (the
 whole request: middleware, session, queries, templates) and prints the median, the
 90th percentile and the slowest of ``--runs`` requests after two warm-up requests,
 with the page's queries and their time. ``--explain`` prints the plan of every query.
@@ -120,6 +120,66 @@ def load(rows: int) -> None:
     print()
 
 
+def load_mysql(rows: int) -> None:
+    """MariaDB: the same rows as ``load``, one INSERT ... SELECT per 100,000 from the sequence engine."""
+    from django.db import connection
+
+    cases = " ".join(f"WHEN b < {sum(t[2] for t in TASKS[:i + 1])} THEN {i}" for i in range(len(TASKS)))
+    paths = ", ".join(f"'{t[0]}'" for t in TASKS)
+    queues = ", ".join(f"'{t[1]}'" for t in TASKS)
+    fails = ", ".join(str(t[3]) for t in TASKS)
+    cls = "(CASE WHEN (g DIV 7) %% 5 = 0 THEN 'builtins.KeyError' ELSE 'httpx.ConnectTimeout' END)"
+    done = "('SUCCESSFUL', 'FAILED', 'RUNNING')"
+    started = "enq + INTERVAL 300000 MICROSECOND"
+
+    def error(a: int) -> str:
+        return (f"JSON_OBJECT('attempt', {a}, 'exception_class_path', {cls}, 'message', CASE WHEN k = 3 THEN "
+                f"CONCAT('card declined for order-', g) ELSE 'timed out connecting to payments.example.com:443' "
+                f"END, 'traceback', %(tb)s, 'worker_id', 'web-1:4242:9f3ab2c1', 'at', "
+                f"DATE_FORMAT(enq + INTERVAL {a * 10} SECOND, '%%Y-%%m-%%dT%%H:%%i:%%s+00:00'))")
+
+    sql = f"""
+    INSERT INTO jobs_job (task_path, backend, queue_name, priority, args, kwargs, status, run_after, enqueued_at,
+                          started_at, last_attempted_at, finished_at, attempts, max_attempts, worker_id,
+                          heartbeat_at, worker_ids, return_value, errors, meta, error_class)
+    SELECT ELT(k + 1, {paths}), 'default', ELT(k + 1, {queues}), IF(g %% 10 = 0, 10, 0),
+           JSON_ARRAY(g %% 100000, CONCAT('order-', g)), JSON_OBJECT('notify', g %% 2 = 0),
+           st, IF(st = 'READY' AND g %% 2 = 0, UTC_TIMESTAMP(6) + INTERVAL (g %% 3600) SECOND, enq), enq,
+           IF(st IN {done}, {started}, NULL),
+           IF(st IN {done}, {started} + INTERVAL IF(st = 'FAILED', 20, 0) SECOND, NULL),
+           IF(st IN ('SUCCESSFUL', 'FAILED', 'CANCELLED'), {started} + INTERVAL ((g %% 4000) * 1000) MICROSECOND
+              + INTERVAL IF(st = 'FAILED', 20, 0) SECOND, NULL),
+           CASE st WHEN 'FAILED' THEN 3 WHEN 'READY' THEN 0 WHEN 'CANCELLED' THEN 0 ELSE 1 END, 3,
+           IF(st IN {done}, 'web-1:4242:9f3ab2c1', ''),
+           IF(st = 'RUNNING', UTC_TIMESTAMP(6), NULL),
+           IF(st IN ('SUCCESSFUL', 'FAILED'), JSON_ARRAY('web-1:4242:9f3ab2c1'), JSON_ARRAY()),
+           IF(st = 'SUCCESSFUL', JSON_OBJECT('ok', true, 'rows', g %% 977), NULL),
+           IF(st = 'FAILED', JSON_ARRAY({error(1)}, {error(2)}, {error(3)}), JSON_ARRAY()),
+           IF(k = 5, JSON_OBJECT('schedule', 'daily-report', 'fire_time',
+                                 DATE_FORMAT(enq, '%%Y-%%m-%%dT%%H:%%i:%%s+00:00')), JSON_OBJECT()),
+           IF(st = 'FAILED', {cls}, '')
+    FROM (
+        SELECT g, k, enq,
+               CASE WHEN g > %(total)s - 400 AND g %% 2 = 0 THEN 'RUNNING'
+                    WHEN g > %(total)s - 9000 AND g %% 3 = 0 THEN 'READY'
+                    WHEN (g * 7919) %% 1000 < ELT(k + 1, {fails}) THEN 'FAILED'
+                    WHEN (g * 104729) %% 1000 < 8 THEN 'CANCELLED'
+                    ELSE 'SUCCESSFUL' END AS st
+        FROM (SELECT g, CASE {cases} ELSE 0 END AS k,
+                     UTC_TIMESTAMP(6) - INTERVAL ((%(total)s - g) * 2500000) MICROSECOND AS enq
+              FROM (SELECT seq AS g, (seq * 2654435761) %% 1000 AS b FROM seq_%(lo)s_to_%(hi)s) AS s) AS t
+    ) AS r
+    """
+    step = 100_000
+    with connection.cursor() as cursor:
+        for lo in range(1, rows + 1, step):
+            hi = min(lo + step - 1, rows)
+            cursor.execute(sql.replace("%(lo)s", str(lo)).replace("%(hi)s", str(hi)),
+                           {"total": rows, "tb": TRACEBACK})
+            print(f"  loaded {hi:,} rows", end="\r", flush=True)
+    print()
+
+
 def timed_queries():
     """Collect (milliseconds, sql, params) for every query run inside the context."""
     from contextlib import contextmanager
@@ -190,6 +250,7 @@ def measure_group_requeue(client, explain: bool = False) -> tuple[str, float, fl
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", choices=("postgres", "mariadb"), default="postgres")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--explain", action="store_true", help="print each query's plan (EXPLAIN ANALYZE)")
@@ -198,11 +259,18 @@ def main() -> int:
     parser.add_argument("--only", metavar="TEXT", default="", help="measure only the pages and operations named so")
     options = parser.parse_args()
 
-    from tests.pgserver import start_server
+    mariadb = options.db == "mariadb"
+    if mariadb:
+        from tests.mariadbserver import start_server
 
-    print("starting a throwaway PostgreSQL server ...")
-    server = start_server(settings=("fsync=off", "synchronous_commit=off", "full_page_writes=off",
-                                    "shared_buffers=256MB"))
+        print("starting a throwaway MariaDB server ...")
+        server = start_server(settings=("--innodb-flush-log-at-trx-commit=2", "--innodb-buffer-pool-size=512M"))
+    else:
+        from tests.pgserver import start_server
+
+        print("starting a throwaway PostgreSQL server ...")
+        server = start_server(settings=("fsync=off", "synchronous_commit=off", "full_page_writes=off",
+                                        "shared_buffers=256MB"))
     os.environ["DATABASE_URL"] = server.url
     os.environ["DJANGO_SETTINGS_MODULE"] = "queue_project.settings"
     os.environ["DJANGO_DEBUG"] = "0"
@@ -218,7 +286,42 @@ def main() -> int:
     call_command("migrate", verbosity=0)
     started = time.perf_counter()
     print(f"loading {options.rows:,} jobs ...")
-    load(options.rows)
+    (load_mysql if mariadb else load)(options.rows)
+    with connection.cursor() as cursor:
+        if mariadb:
+            cursor.execute("ANALYZE TABLE jobs_job")
+            cursor.fetchall()
+            cursor.execute("SELECT ROUND(data_length / 1048576), ROUND((data_length + index_length) / 1048576) "
+                           "FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = 'jobs_job'")
+            heap, total = (f"{n} MB" for n in cursor.fetchone())
+            cursor.execute("SELECT COUNT(*) FROM jobs_job")
+            count = cursor.fetchone()[0]
+            cursor.execute("SELECT status, count(*) FROM jobs_job GROUP BY status ORDER BY status")
+            by_status = ", ".join(f"{s} {n:,}" for s, n in cursor.fetchall())
+            cursor.execute("SELECT VERSION()")
+            version = "MariaDB " + cursor.fetchone()[0].split("-")[0]
+    if mariadb:
+        print(f"loaded in {time.perf_counter() - started:.0f} s: {count:,} rows, table {heap}, with indexes {total}")
+        print(f"  {by_status}")
+    else:
+        loaded_postgres(options)
+        version = postgres_version()
+    return measure_all(options, server, version, connection, call_command, Client, User)
+
+
+def postgres_version() -> str:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT version()")
+        return cursor.fetchone()[0].split(" on ")[0]
+
+
+def loaded_postgres(options) -> None:
+    """VACUUM ANALYZE as autovacuum would, then what was loaded."""
+    from django.db import connection
+
+    started = time.perf_counter()
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE jobs_job")
         # A VACUUM that ran while an autovacuum worker still held an older snapshot leaves the
@@ -236,12 +339,16 @@ def main() -> int:
         total, heap, count = cursor.fetchone()
         cursor.execute("SELECT status, count(*) FROM jobs_job GROUP BY status ORDER BY status")
         by_status = ", ".join(f"{s} {n:,}" for s, n in cursor.fetchall())
-        cursor.execute("SELECT version()")
-        version = cursor.fetchone()[0].split(" on ")[0]
-    print(f"loaded in {time.perf_counter() - started:.0f} s: {count:,} rows, table {heap}, with indexes {total}")
+    print(f"loaded and vacuumed in {time.perf_counter() - started:.0f} s: {count:,} rows, table {heap}, "
+          f"with indexes {total}")
     print(f"  {by_status}")
     print(f"  {planner_view()}")
 
+
+def measure_all(options, server, version, connection, call_command, Client, User) -> int:
+    import django
+
+    mariadb = connection.vendor == "mysql"
     user = User.objects.create_superuser("admin", "admin@example.com", "pw")
     client = Client(SERVER_NAME="localhost")
     client.force_login(user)
@@ -319,8 +426,8 @@ def main() -> int:
             for _, sql, params in query_logs[0]:
                 if sql.lstrip().upper().startswith(("SELECT", "WITH")) and "django_session" not in sql:
                     with connection.cursor() as cursor:
-                        cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
-                        plan = "\n      ".join(row[0] for row in cursor.fetchall())
+                        cursor.execute(("EXPLAIN " if mariadb else "EXPLAIN (ANALYZE, BUFFERS) ") + sql, params)
+                        plan = "\n      ".join(str(row if mariadb else row[0]) for row in cursor.fetchall())
                     print(f"    {sql[:160]}\n      {plan}\n")
         return name, median, target
 
@@ -331,7 +438,8 @@ def main() -> int:
     results += [measure(name, url, 200) for name, url in operations]
     if not options.only or "requeue" in options.only:
         results.append(measure_group_requeue(client, options.explain))
-    print(f"\n{planner_view()}")
+    if not mariadb:
+        print(f"\n{planner_view()}")
     missed = [(name, median, target) for name, median, target in results if median >= target]
     for name, median, target in missed:
         print(f"over target: {name} {median:.1f} ms (target < {target} ms)")
