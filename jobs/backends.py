@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, fields
 from functools import cache, cached_property
-from itertools import accumulate
 from types import SimpleNamespace
 
 from django.apps import apps
@@ -34,6 +33,7 @@ from .framework import (
     task_backends,
     task_enqueued,
 )
+from .jsontext import json_depth
 from .limits import MAX_CONCURRENCY, MAX_KEY, key_problem, limit_key, parse_rate, unique_key
 from .resolve import SETTING as TASK_MODULES_SETTING
 from .resolve import refusal, resolve_task
@@ -41,18 +41,6 @@ from .resolve import refusal, resolve_task
 # Deepest nesting of lists and objects a stored value may have: both databases (SQLite
 # refuses JSON deeper than 1000) and the worker's decoder must be able to read it back.
 MAX_NESTING = 500
-
-
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
-
-
-def json_depth(text: str) -> int:
-    """How deeply lists and objects nest in the JSON ``text`` (0 for a scalar), at C speed:
-    strings dropped, then the running count of the brackets left."""
-    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
-    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
 
 
 # A NUL character (\u0000 in JSON, after an odd number of backslashes) and a lone UTF-16
