@@ -37,9 +37,10 @@ from datetime import datetime
 from django.db import router
 from django.utils import timezone
 
+from .wakeup import CANCEL_CHANNEL
+
 CANCEL_GRACE = 10.0  # seconds a sync task has to return after being asked to stop
 PROGRESS_EVERY = 0.25  # seconds between progress writes of one job, at least
-CANCEL_CHANNEL = "jobs_cancel"  # PostgreSQL: the wake-up channel for cancels (a hint: the payload is not read)
 CANCEL_CHECK_EVERY = 0.5  # seconds between a worker's reads of its rows' cancel flags, on hints, at least
 MAX_MESSAGE = 500  # characters of a progress message (longer ones are cut)
 MAX_REASON = 500  # characters of a cancel's reason and of its author (longer ones are refused)
