@@ -9,7 +9,9 @@ picks the vendor's set: ``postgresql``, ``sqlite``, ``mysql`` (MySQL and MariaDB
 
 from __future__ import annotations
 
-from .base import Statements, claim_sql  # noqa: F401
+from datetime import datetime
+
+from .base import Statements
 
 
 def statements(connection) -> Statements:
@@ -27,3 +29,10 @@ def statements(connection) -> Statements:
         from .generic import GenericStatements as cls
     connection._jobs_statements = made = cls(connection)
     return made
+
+
+def claim_sql(connection, *, worker_id: str, limit: int, now: datetime, queues, backend: str = "default",
+              rooms: dict[str, int] | None = None) -> tuple[str, list]:
+    """The claim statement the workers run (exposed so that tests can EXPLAIN it)."""
+    return statements(connection).claim_sql(worker_id=worker_id, limit=limit, now=now, queues=queues,
+                                            backend=backend, rooms=rooms or {})
