@@ -10,7 +10,6 @@ write is here: one UPDATE however many rows, handing back the rows it changed.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
@@ -21,7 +20,7 @@ from django.db.models.fields.json import KeyTransform
 from django.db.models.signals import post_delete, pre_delete
 from django.utils import timezone
 
-from .framework import DEFAULT_TASK_BACKEND_ALIAS, TaskResultStatus
+from .framework import TaskResultStatus
 
 
 class UnreadableJSON(str):
@@ -91,18 +90,6 @@ class JobQuerySet(models.QuerySet):
     def stale(self, cutoff: datetime):
         """RUNNING jobs whose worker has not heartbeaten since ``cutoff``."""
         return self.running().filter(heartbeat_at__lt=cutoff)
-
-    # -- the claim: the only place that takes READY jobs -------------------------------
-
-    def claim(self, *, worker_id: str, limit: int, now: datetime, queues: Sequence[str] | None = None,
-              backend: str = DEFAULT_TASK_BACKEND_ALIAS):
-        """Take up to ``limit`` due jobs of ``backend`` for ``worker_id`` (``jobs.sql``'s claim)."""
-        from .sql import statements
-
-        if limit <= 0:
-            return []
-        return statements(connections[self.db]).claim(worker_id=worker_id, limit=limit, now=now, queues=queues,
-                                                     backend=backend)
 
     # -- changes made from outside a running attempt -----------------------------------
     # Each is one UPDATE (or DELETE) however many rows, and hands back the jobs it changed,
