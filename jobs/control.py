@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db import router
+from django.db import connections, router
 from django.utils import timezone
 
 from .wakeup import CANCEL_CHANNEL
@@ -247,6 +247,45 @@ def checked_reason(reason, by) -> tuple[str, str]:
     return reason, by
 
 
+def cancel_ready(queryset, reason: str, now: datetime | None = None, *, by: str = "") -> list:
+    """READY jobs of ``queryset`` to CANCELLED: they never run. ``meta["cancelled"]`` keeps the reason.
+
+    Only READY rows match, in the same UPDATE, so a job a worker claimed a moment
+    ago is left to run (on PostgreSQL the UPDATE waits for the claim's row lock and
+    then sees RUNNING). Returns the jobs cancelled (``ChangedJob``); ValueError for a
+    reason or ``by`` over ``MAX_REASON`` characters.
+    """
+    from .models import JobStatus, JSONMerge
+
+    reason, by = checked_reason(reason, by)
+    now = now or timezone.now()
+    return queryset.ready().update_returning(
+        status=JobStatus.CANCELLED, finished_at=now, cancel_requested_at=None,
+        meta=JSONMerge("meta", {"cancelled": {"at": now.isoformat(), "by": by, "reason": reason}}),
+    )
+
+
+def request_cancel(queryset, reason: str, now: datetime | None = None, *, by: str = "") -> list:
+    """RUNNING jobs of ``queryset``: ask their workers to stop them; returns the jobs asked (``ChangedJob``).
+
+    Only the flag and ``meta["cancelled"]`` are written: the attempt is the worker's, which
+    ends it CANCELLED (or SUCCESSFUL, when the attempt returns without having seen it). The
+    flag belongs to the running attempt: its end clears it. On PostgreSQL the workers are
+    told at once (on commit), a hint to read their rows.
+    """
+    from .models import JSONMerge
+
+    reason, by = checked_reason(reason, by)
+    now = now or timezone.now()
+    asked = queryset.running().filter(cancel_requested_at__isnull=True).update_returning(
+        cancel_requested_at=now,
+        meta=JSONMerge("meta", {"cancelled": {"at": now.isoformat(), "by": by, "reason": reason,
+                                              "while": "running"}}),
+    )
+    notify_cancel(connections[queryset.db], [job.pk for job in asked])
+    return asked
+
+
 def cancel(result_id, reason: str = "", *, by: str = "") -> str:
     """Cancel a job: CANCELLED at once if READY, its worker asked to stop it if RUNNING.
 
@@ -265,9 +304,9 @@ def cancel(result_id, reason: str = "", *, by: str = "") -> str:
         raise TaskResultDoesNotExist(result_id)
     one = Job.objects.filter(pk=pk)
     for _round in range(20):
-        if one.cancel(reason, by=by):
+        if cancel_ready(one, reason, by=by):
             return CANCELLED
-        if one.request_cancel(reason, by=by):
+        if request_cancel(one, reason, by=by):
             return REQUESTED
         status = one.values_list("status", flat=True).first()
         if status is None:

@@ -3,8 +3,11 @@
 A job is one launch of a task: one row, from READY through RUNNING to SUCCESSFUL or
 FAILED (or CANCELLED), keeping its id across retries and requeues. What a worker
 writes for a running attempt (fenced on the attempt and its worker) is in
-``jobs.store``, on statements of ``jobs.sql``; what the admin and ``jobs.cancel``
-write is here: one UPDATE however many rows, handing back the rows it changed.
+``jobs.store``, on statements of ``jobs.sql``; the claim is ``jobs.sql.claim``; a cancel
+is ``jobs.control``'s. What the admin writes otherwise (requeue, run now, delete) is here:
+one UPDATE however many rows, handing back the rows it changed. Of this project it imports
+only ``jobs.framework`` and ``jobs.checks``, which import no model: the modules above import
+it, never the other way round (``tests/test_module_graph.py``).
 """
 
 from __future__ import annotations
@@ -117,43 +120,6 @@ class JobQuerySet(models.QuerySet):
             finished_at=None, worker_id="", heartbeat_at=None, return_value=None, cancel_requested_at=None,
             progress=None, meta=JSONMerge("meta", {"requeued": {"at": now.isoformat(), "by": by}}),
         )
-
-    def cancel(self, reason: str, now: datetime | None = None, *, by: str = "") -> list[ChangedJob]:
-        """READY jobs to CANCELLED: they never run. ``meta["cancelled"]`` keeps the reason.
-
-        Only READY rows match, in the same UPDATE, so a job a worker claimed a moment
-        ago is left to run (on PostgreSQL the UPDATE waits for the claim's row lock and
-        then sees RUNNING). Returns the jobs cancelled; ValueError for a reason or ``by``
-        over ``jobs.control.MAX_REASON`` characters.
-        """
-        from .control import checked_reason
-
-        reason, by = checked_reason(reason, by)
-        now = now or timezone.now()
-        return self.ready().update_returning(
-            status=JobStatus.CANCELLED, finished_at=now, cancel_requested_at=None,
-            meta=JSONMerge("meta", {"cancelled": {"at": now.isoformat(), "by": by, "reason": reason}}),
-        )
-
-    def request_cancel(self, reason: str, now: datetime | None = None, *, by: str = "") -> list[ChangedJob]:
-        """RUNNING jobs: ask their workers to stop them (``jobs.control``); returns the jobs asked.
-
-        Only the flag and ``meta["cancelled"]`` are written: the attempt is the worker's, which
-        ends it CANCELLED (or SUCCESSFUL, when the attempt returns without having seen it). The
-        flag belongs to the running attempt: its end clears it. On PostgreSQL the workers are
-        told at once (on commit), a hint to read their rows.
-        """
-        from .control import checked_reason, notify_cancel
-
-        reason, by = checked_reason(reason, by)
-        now = now or timezone.now()
-        asked = self.running().filter(cancel_requested_at__isnull=True).update_returning(
-            cancel_requested_at=now,
-            meta=JSONMerge("meta", {"cancelled": {"at": now.isoformat(), "by": by, "reason": reason,
-                                                  "while": "running"}}),
-        )
-        notify_cancel(connections[self.db], [job.pk for job in asked])
-        return asked
 
     def run_now(self, now: datetime | None = None) -> list[ChangedJob]:
         """READY jobs waiting for a later ``run_after`` (a delay or a retry) become due now; returns them."""
