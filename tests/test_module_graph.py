@@ -1,7 +1,8 @@
-"""The project's modules import each other one way only, and each imports on its own.
+"""The project's modules import each other one way only, each imports on its own, and the
+architecture page's module map matches them.
 
-Two checks, both over every module of ``jobs``, ``scheduler``, ``queue_project`` and
-``example`` (the apps and the host project; not the suite, the benchmark or the fault test):
+Over every module of ``jobs``, ``scheduler``, ``queue_project`` and ``example`` (the apps, the
+host project and the demo; not the suite, the benchmark or the fault test):
 
 - **The graph has no cycle.** Every import statement of every module is read with ``ast``:
   at the top of the module and inside functions alike (an import inside a function that
@@ -17,6 +18,10 @@ Two checks, both over every module of ``jobs``, ``scheduler``, ``queue_project``
   are left out here (Django's migration loader imports each of them in every test run) but
   are in the graph, and so are empty ``__init__.py`` files. The interpreters run two to four
   at a time (about 0.45 s of CPU each: 20 s on two idle cores).
+- **The map matches.** ``docs/explanation/architecture.md`` has one row per module that holds
+  code (migrations: one per app), no row for what is no module, and its groups are layers:
+  no module imports from a group further down the page. ``jobs`` never imports
+  ``scheduler``, and neither app imports the host project or the demo.
 
 To see the graph: ``python tests/test_module_graph.py`` prints each module and what it imports.
 """
