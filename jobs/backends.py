@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, fields
 from functools import cache, cached_property
-from itertools import accumulate
 from types import SimpleNamespace
 
 from django.apps import apps
@@ -20,6 +19,7 @@ from django.core import checks
 from django.db import connections, router, transaction
 from django.utils import timezone
 
+from .batch_scope import current_batch_id
 from .conf import MAX_ATTEMPTS, MAX_TIMEOUT, JobsOptions, OptionsError, parse_options
 from .decorators import JobTask
 from .exceptions import JobError
@@ -34,6 +34,7 @@ from .framework import (
     task_backends,
     task_enqueued,
 )
+from .jsontext import json_depth
 from .limits import MAX_CONCURRENCY, MAX_KEY, key_problem, limit_key, parse_rate, unique_key
 from .resolve import SETTING as TASK_MODULES_SETTING
 from .resolve import refusal, resolve_task
@@ -41,18 +42,6 @@ from .resolve import refusal, resolve_task
 # Deepest nesting of lists and objects a stored value may have: both databases (SQLite
 # refuses JSON deeper than 1000) and the worker's decoder must be able to read it back.
 MAX_NESTING = 500
-
-
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
-
-
-def json_depth(text: str) -> int:
-    """How deeply lists and objects nest in the JSON ``text`` (0 for a scalar), at C speed:
-    strings dropped, then the running count of the brackets left."""
-    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
-    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
 
 
 # A NUL character (\u0000 in JSON, after an odd number of backslashes) and a lone UTF-16
@@ -347,8 +336,6 @@ class DatabaseBackend(BaseTaskBackend):
     def row_values(self, task: Task, now, **values) -> dict:
         """The columns of a new job of ``task`` (its arguments already JSON), as ``jobs.sql`` inserts them."""
         args, kwargs = values.get("args"), values.get("kwargs")
-        from .batches import current_batch_id
-
         row = dict(task_path=task.module_path, backend=self.alias, queue_name=task.queue_name, batch_id=current_batch_id(),
                    priority=task.priority, run_after=task.run_after or now, task_run_after=task.run_after,
                    enqueued_at=now, max_attempts=getattr(task, "max_attempts", None),

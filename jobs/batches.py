@@ -11,7 +11,6 @@ it (or that has none).
 
 from __future__ import annotations
 
-import threading
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,22 +18,7 @@ from dataclasses import dataclass
 from django.db import connections, router, transaction
 from django.utils import timezone
 
-_local = threading.local()
-
-
-def current_batch_id() -> str | None:
-    """The batch the calling thread's enqueues join, if it is inside a ``batch()`` block."""
-    return getattr(_local, "batch", None)
-
-
-@contextmanager
-def outside_batch():
-    """Enqueues made inside are in no batch (a callback is not a member of the batch it reports on)."""
-    saved, _local.batch = current_batch_id(), None
-    try:
-        yield
-    finally:
-        _local.batch = saved
+from .batch_scope import current_batch_id, join
 
 
 @dataclass(frozen=True)
@@ -90,15 +74,15 @@ def batch(*, on_success=None, on_failure=None, on_finish=None):
                  on_finish=_callback_path("on_finish", on_finish))
     using = router.db_for_write(Job)
     made = JobBatch.objects.using(using).create(id=uuid.uuid4().hex, created_at=timezone.now(), **paths)
-    _local.batch = made.id
+    join(made.id)
     try:
         yield Batch(made.id)
     except BaseException:
-        _local.batch = None
+        join(None)
         if not connections[using].needs_rollback:  # a transaction being rolled back takes the batch with it
             seal(using, made.id)
         raise
-    _local.batch = None
+    join(None)
     seal(using, made.id)
 
 

@@ -300,6 +300,7 @@ class BackgroundTask(JobTask):
             meta["creator"] = _creator_meta(creator)
         priority = map_priority(priority)
 
+        from .control import delete_jobs
         from .models import Job, JobStatus
 
         db = router.db_for_write(Job)
@@ -310,7 +311,7 @@ class BackgroundTask(JobTask):
                 # Locked rows are being claimed by a worker right now: they are not pending any more.
                 ids = list(same.select_for_update(skip_locked=True).values_list("pk", flat=True))
                 if ids:
-                    Job.objects.using(db).filter(pk__in=ids, status=JobStatus.READY).delete_jobs()
+                    delete_jobs(Job.objects.using(db).filter(pk__in=ids, status=JobStatus.READY))
             if schedule.action != TaskSchedule.SCHEDULE:
                 existing = same.filter(queue_name=queue_name) if queue else same
                 if schedule.action == TaskSchedule.RESCHEDULE_EXISTING:

@@ -34,12 +34,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db import router
+from django.db import connections, router, transaction
+from django.db.models import Q
 from django.utils import timezone
+
+from .wakeup import CANCEL_CHANNEL
 
 CANCEL_GRACE = 10.0  # seconds a sync task has to return after being asked to stop
 PROGRESS_EVERY = 0.25  # seconds between progress writes of one job, at least
-CANCEL_CHANNEL = "jobs_cancel"  # PostgreSQL: the wake-up channel for cancels (a hint: the payload is not read)
 CANCEL_CHECK_EVERY = 0.5  # seconds between a worker's reads of its rows' cancel flags, on hints, at least
 MAX_MESSAGE = 500  # characters of a progress message (longer ones are cut)
 MAX_REASON = 500  # characters of a cancel's reason and of its author (longer ones are refused)
@@ -247,6 +249,71 @@ def checked_reason(reason, by) -> tuple[str, str]:
     return reason, by
 
 
+def cancel_ready(queryset, reason: str, now: datetime | None = None, *, by: str = "") -> list:
+    """READY (and WAITING) jobs of ``queryset`` to CANCELLED: they never run. ``meta["cancelled"]``
+    keeps the reason.
+
+    Only those rows match, in the same UPDATE, so a job a worker claimed a moment ago is
+    left to run (on PostgreSQL the UPDATE waits for the claim's row lock and then sees
+    RUNNING). What their end sets off (their children, their batch: ``jobs.settle``) is
+    written in the same transaction. Returns the jobs cancelled (``ChangedJob``);
+    ValueError for a reason or ``by`` over ``MAX_REASON`` characters.
+    """
+    from .models import NOT_STARTED, JobStatus, JSONMerge, retried_on_conflict
+    from .settle import settle
+
+    reason, by = checked_reason(reason, by)
+    now = now or timezone.now()
+
+    def cancel() -> list:
+        with transaction.atomic(using=queryset.db):
+            changed = queryset.filter(status__in=NOT_STARTED).update_returning(
+                status=JobStatus.CANCELLED, finished_at=now, cancel_requested_at=None,
+                meta=JSONMerge("meta", {"cancelled": {"at": now.isoformat(), "by": by, "reason": reason}}),
+            )
+            settle(queryset.db, dict.fromkeys((job.pk for job in changed), JobStatus.CANCELLED), now=now)
+        return changed
+
+    return retried_on_conflict(queryset.db, cancel)
+
+
+def delete_jobs(queryset) -> list:
+    """Delete the jobs of ``queryset`` (``JobQuerySet.delete_jobs``), a job that has not ended
+    counting, for what waits on it, as cancelled: its children are cancelled and its batch
+    counts it, in the same transaction, so that neither waits for ever. Returns the jobs deleted."""
+    from .models import FINISHED_STATUSES
+    from .settle import DELETED, settle
+
+    with transaction.atomic(using=queryset.db):
+        unended = queryset.exclude(status__in=FINISHED_STATUSES).filter(
+            Q(batch_id__isnull=False) | Q(has_dependents=True))
+        ids = list(unended.values_list("pk", flat=True))
+        if ids:
+            settle(queryset.db, dict.fromkeys(ids, DELETED), now=timezone.now())
+        return queryset.delete_jobs()
+
+
+def request_cancel(queryset, reason: str, now: datetime | None = None, *, by: str = "") -> list:
+    """RUNNING jobs of ``queryset``: ask their workers to stop them; returns the jobs asked (``ChangedJob``).
+
+    Only the flag and ``meta["cancelled"]`` are written: the attempt is the worker's, which
+    ends it CANCELLED (or SUCCESSFUL, when the attempt returns without having seen it). The
+    flag belongs to the running attempt: its end clears it. On PostgreSQL the workers are
+    told at once (on commit), a hint to read their rows.
+    """
+    from .models import JSONMerge
+
+    reason, by = checked_reason(reason, by)
+    now = now or timezone.now()
+    asked = queryset.running().filter(cancel_requested_at__isnull=True).update_returning(
+        cancel_requested_at=now,
+        meta=JSONMerge("meta", {"cancelled": {"at": now.isoformat(), "by": by, "reason": reason,
+                                              "while": "running"}}),
+    )
+    notify_cancel(connections[queryset.db], [job.pk for job in asked])
+    return asked
+
+
 def cancel(result_id, reason: str = "", *, by: str = "") -> str:
     """Cancel a job: CANCELLED at once if READY, its worker asked to stop it if RUNNING.
 
@@ -265,14 +332,14 @@ def cancel(result_id, reason: str = "", *, by: str = "") -> str:
         raise TaskResultDoesNotExist(result_id)
     one = Job.objects.filter(pk=pk)
     for _round in range(20):
-        if one.cancel(reason, by=by):
+        if cancel_ready(one, reason, by=by):
             return CANCELLED
-        if one.request_cancel(reason, by=by):
+        if request_cancel(one, reason, by=by):
             return REQUESTED
         status = one.values_list("status", flat=True).first()
         if status is None:
             raise TaskResultDoesNotExist(result_id)
-        if status not in (JobStatus.READY, JobStatus.RUNNING):
+        if status not in (JobStatus.READY, JobStatus.WAITING, JobStatus.RUNNING):
             return FINISHED
         if status == JobStatus.RUNNING and one.filter(cancel_requested_at__isnull=False).exists():
             return REQUESTED  # asked already (by someone else)

@@ -3,25 +3,28 @@
 A job is one launch of a task: one row, from READY through RUNNING to SUCCESSFUL or
 FAILED (or CANCELLED), keeping its id across retries and requeues. What a worker
 writes for a running attempt (fenced on the attempt and its worker) is in
-``jobs.store``, on statements of ``jobs.sql``; what the admin and ``jobs.cancel``
-write is here: one UPDATE however many rows, handing back the rows it changed.
+``jobs.store``, on statements of ``jobs.sql``; the claim is ``jobs.sql.claim``; a cancel
+is ``jobs.control``'s. What the admin writes otherwise (requeue, run now, delete) is here:
+one UPDATE however many rows, handing back the rows it changed. Of this project it imports
+only ``jobs.framework`` and ``jobs.checks``, which import no model: the modules above import
+it, never the other way round (``tests/test_module_graph.py``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from django.core.exceptions import EmptyResultSet
 from django.db import OperationalError, connections, models, transaction
-from django.db.models import F, Q, sql
+from django.db.models import Case, F, Q, Value, When, sql
 from django.db.models.fields.json import KeyTransform
 from django.db.models.signals import post_delete, pre_delete
 from django.utils import timezone
 
-from .framework import DEFAULT_TASK_BACKEND_ALIAS, TaskResultStatus
+from .framework import TaskResultStatus
 
 
 class UnreadableJSON(str):
@@ -73,6 +76,8 @@ UNIQUE_READY = "jobs_job_unique_ready"  # the partial unique index of unique job
 
 FINISHED_STATUSES = (JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.CANCELLED)
 NOT_STARTED = (JobStatus.READY, JobStatus.WAITING)  # what a cancel ends at once
+# A batch's count of its members' ends, by the status they ended in (jobs.settle adds, a requeue takes away).
+BATCH_COUNTS = {"successful": JobStatus.SUCCESSFUL, "failed": JobStatus.FAILED, "cancelled": JobStatus.CANCELLED}
 
 
 class JobQuerySet(models.QuerySet):
@@ -95,18 +100,6 @@ class JobQuerySet(models.QuerySet):
     def stale(self, cutoff: datetime):
         """RUNNING jobs whose worker has not heartbeaten since ``cutoff``."""
         return self.running().filter(heartbeat_at__lt=cutoff)
-
-    # -- the claim: the only place that takes READY jobs -------------------------------
-
-    def claim(self, *, worker_id: str, limit: int, now: datetime, queues: Sequence[str] | None = None,
-              backend: str = DEFAULT_TASK_BACKEND_ALIAS):
-        """Take up to ``limit`` due jobs of ``backend`` for ``worker_id`` (``jobs.sql``'s claim)."""
-        from .sql import statements
-
-        if limit <= 0:
-            return []
-        return statements(connections[self.db]).claim(worker_id=worker_id, limit=limit, now=now, queues=queues,
-                                                     backend=backend)
 
     # -- changes made from outside a running attempt -----------------------------------
     # Each is one UPDATE (or DELETE) however many rows, and hands back the jobs it changed,
@@ -141,60 +134,11 @@ class JobQuerySet(models.QuerySet):
                     progress=None, meta=JSONMerge("meta", {"requeued": {"at": now.isoformat(), "by": by}}),
                 )
                 if members:
-                    from .settle import uncount_members
-
                     requeued = {job.pk for job in changed}
                     uncount_members(self.db, [(batch, status) for pk, batch, status in members if pk in requeued])
             return changed
 
         return retried_on_conflict(self.db, requeue)
-
-    def cancel(self, reason: str, now: datetime | None = None, *, by: str = "") -> list[ChangedJob]:
-        """READY jobs to CANCELLED: they never run. ``meta["cancelled"]`` keeps the reason.
-
-        Only READY (and WAITING) rows match, in the same UPDATE, so a job a worker claimed a moment
-        ago is left to run (on PostgreSQL the UPDATE waits for the claim's row lock and
-        then sees RUNNING). Returns the jobs cancelled; ValueError for a reason or ``by``
-        over ``jobs.control.MAX_REASON`` characters.
-        """
-        from .control import checked_reason
-        from .settle import settle
-
-        reason, by = checked_reason(reason, by)
-        now = now or timezone.now()
-
-        def cancel() -> list[ChangedJob]:
-            # Children waiting for parents are not started either; what their end sets off (their
-            # own children, their batch) is settled in the same transaction.
-            with transaction.atomic(using=self.db):
-                changed = self.filter(status__in=NOT_STARTED).update_returning(
-                    status=JobStatus.CANCELLED, finished_at=now, cancel_requested_at=None,
-                    meta=JSONMerge("meta", {"cancelled": {"at": now.isoformat(), "by": by, "reason": reason}}),
-                )
-                settle(self.db, {job.pk: JobStatus.CANCELLED for job in changed}, now=now)
-            return changed
-
-        return retried_on_conflict(self.db, cancel)
-
-    def request_cancel(self, reason: str, now: datetime | None = None, *, by: str = "") -> list[ChangedJob]:
-        """RUNNING jobs: ask their workers to stop them (``jobs.control``); returns the jobs asked.
-
-        Only the flag and ``meta["cancelled"]`` are written: the attempt is the worker's, which
-        ends it CANCELLED (or SUCCESSFUL, when the attempt returns without having seen it). The
-        flag belongs to the running attempt: its end clears it. On PostgreSQL the workers are
-        told at once (on commit), a hint to read their rows.
-        """
-        from .control import checked_reason, notify_cancel
-
-        reason, by = checked_reason(reason, by)
-        now = now or timezone.now()
-        asked = self.running().filter(cancel_requested_at__isnull=True).update_returning(
-            cancel_requested_at=now,
-            meta=JSONMerge("meta", {"cancelled": {"at": now.isoformat(), "by": by, "reason": reason,
-                                                  "while": "running"}}),
-        )
-        notify_cancel(connections[self.db], [job.pk for job in asked])
-        return asked
 
     def run_now(self, now: datetime | None = None) -> list[ChangedJob]:
         """READY jobs waiting for a later ``run_after`` (a delay or a retry) become due now; returns them."""
@@ -222,12 +166,10 @@ class JobQuerySet(models.QuerySet):
         if not simple or any(signal.has_listeners(Job) for signal in (pre_delete, post_delete)):
             with transaction.atomic(using=self.db):
                 gone = [ChangedJob(*row) for row in self.select_for_update().values_list("pk", "task_path", "status")]
-                self._settle_deleted()
                 self.delete()
             return gone
         ids = self.order_by().values("pk")
         with transaction.atomic(using=self.db):
-            self._settle_deleted()
             for relation in relations:
                 related = relation.related_model._base_manager.using(self.db).filter(
                     **{f"{relation.field.name}__in": ids})
@@ -236,16 +178,6 @@ class JobQuerySet(models.QuerySet):
                 elif relation.on_delete is models.CASCADE:
                     related.delete()
             return self.delete_returning()
-
-    def _settle_deleted(self) -> None:
-        """Jobs deleted before they ended end, for what waits on them, as cancelled: their children
-        are cancelled and their batches count them, so that neither waits for ever."""
-        from .settle import DELETED, settle
-
-        unended = self.exclude(status__in=FINISHED_STATUSES).filter(Q(batch_id__isnull=False) | Q(has_dependents=True))
-        ids = list(unended.values_list("pk", flat=True))
-        if ids:
-            settle(self.db, dict.fromkeys(ids, DELETED), now=timezone.now())
 
     def reschedule(self, run_after: datetime, *, priority: int) -> int:
         """READY jobs moved to another run time and priority (django-background-tasks'
@@ -289,6 +221,20 @@ class JobQuerySet(models.QuerySet):
             cursor.execute(f"{statement} RETURNING {returning}", params)
             rows = cursor.fetchall()
         return [ChangedJob(*row) for row in rows]
+
+
+def uncount_members(using: str, members: list[tuple[str, str]]) -> None:
+    """Requeued members (batch id, the status they had ended with) are no longer counted as
+    ended, on batches that have not finished (a finished batch stays finished)."""
+    by_batch: dict[str, Counter] = defaultdict(Counter)
+    for batch, status in members:
+        by_batch[batch][status] += 1
+    for batch in sorted(by_batch, key=str):
+        counts = by_batch[batch]
+        taken = {field: Case(When(**{f"{field}__gt": counts[status]}, then=F(field) - counts[status]),
+                             default=Value(0)) for field, status in BATCH_COUNTS.items() if counts[status]}
+        if taken:
+            JobBatch.objects.using(using).filter(pk=batch, finished_at__isnull=True).update(**taken)
 
 
 def retried_on_conflict(using: str, change):

@@ -18,7 +18,8 @@ from datetime import datetime
 from django.db import connections, transaction
 from django.db.models import Case, F, Q, Value, When
 
-from .models import FINISHED_STATUSES, Job, JobBatch, JobDependency, JobStatus, JSONMerge
+from .batch_scope import outside_batch
+from .models import BATCH_COUNTS, FINISHED_STATUSES, Job, JobBatch, JobDependency, JobStatus, JSONMerge
 
 logger = logging.getLogger("jobs.worker")
 
@@ -124,27 +125,12 @@ def count_members(using: str, ends: list[tuple[str, str]], *, now: datetime) -> 
         by_batch[batch][JobStatus.CANCELLED if status == DELETED else status] += 1
     for batch in sorted(by_batch, key=str):  # one lock order for every transaction: no deadlock between two
         counts = by_batch[batch]
-        added = {field: F(field) + counts[status] for field, status in COUNTED.items() if counts[status]}
+        added = {field: F(field) + counts[status] for field, status in BATCH_COUNTS.items() if counts[status]}
         if added and JobBatch.objects.using(using).filter(pk=batch, finished_at__isnull=True).update(**added):
             finish_if_done(using, batch, now=now)
 
 
-COUNTED = {"successful": JobStatus.SUCCESSFUL, "failed": JobStatus.FAILED, "cancelled": JobStatus.CANCELLED}
 DELETED = "DELETED"  # a job deleted before it ended: cancelled, for what waits on it
-
-
-def uncount_members(using: str, members: list[tuple[str, str]]) -> None:
-    """Requeued members (batch id, the status they had ended with) are no longer counted as
-    ended, on batches that have not finished (a finished batch stays finished)."""
-    by_batch: dict[str, Counter] = defaultdict(Counter)
-    for batch, status in members:
-        by_batch[batch][status] += 1
-    for batch in sorted(by_batch, key=str):
-        counts = by_batch[batch]
-        taken = {field: Case(When(**{f"{field}__gt": counts[status]}, then=F(field) - counts[status]),
-                             default=Value(0)) for field, status in COUNTED.items() if counts[status]}
-        if taken:
-            JobBatch.objects.using(using).filter(pk=batch, finished_at__isnull=True).update(**taken)
 
 
 def finish_if_done(using: str, batch: str, *, now: datetime) -> bool:
@@ -171,7 +157,6 @@ def enqueue_callback(using: str, path: str, batch: str) -> dict:
     """Enqueue one callback (``batch_id=...``) in the caller's transaction. A callback that cannot
     be enqueued (its task is gone from the code) is logged and noted on the batch; it must not
     undo the member's outcome that finished the batch."""
-    from .batches import outside_batch
     from .resolve import resolve_task
 
     try:

@@ -30,6 +30,7 @@ from .pooler import DIRECT_URL_SETTING, direct_url, transaction_pooled
 logger = logging.getLogger(__name__)
 
 CHANNEL = "jobs_enqueued"
+CANCEL_CHANNEL = "jobs_cancel"  # PostgreSQL: the wake-up channel for cancels (a hint: the payload is not read)
 SQLITE_PROBE_INTERVAL = 0.002  # seconds between data_version reads on SQLite (one costs ~5 µs)
 POOLED_CANCEL_LOOK = 0.5  # seconds between looks for cancels behind a pooler without LISTEN
 MYSQL_PROBE_INTERVAL = 0.01  # seconds between MAX(id) reads on MySQL/MariaDB (a round trip, ~0.1 ms)
@@ -67,8 +68,6 @@ def start_waker(connection, *, wake: Callable[[], None], stop: threading.Event, 
 
 def _listen_postgres(settings: dict, wake, stop: threading.Event, queues, on_cancel) -> None:
     import psycopg
-
-    from .control import CANCEL_CHANNEL
 
     params = {"dbname": settings["NAME"], "user": settings.get("USER") or None,
               "password": settings.get("PASSWORD") or None, "host": settings.get("HOST") or None,

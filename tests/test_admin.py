@@ -20,6 +20,7 @@ from django.utils import timezone
 from jobs.admin.changelist import EstimatedCountPaginator
 from jobs.counts import distinct_values
 from jobs.models import Job, JobStatus, QueueState, WorkerProcess
+from jobs.sql import claim
 from tests import tasks
 
 LIST = "/admin/jobs/job/"
@@ -615,8 +616,8 @@ def test_a_paused_queue_is_not_claimed_until_resumed(admin_client, run_worker):
     state = QueueState.objects.get(name="emails")
     assert state.paused and state.changed_by == "admin"
     assert "emails</strong> is paused" in admin_client.get(LIST).content.decode()
-    assert [j.pk for j in Job.objects.claim(worker_id="w", limit=10, now=timezone.now())] == [int(other.id)]
-    assert Job.objects.claim(worker_id="w", limit=10, now=timezone.now(), queues=["emails"]) == []
+    assert [j.pk for j in claim(worker_id="w", limit=10, now=timezone.now())] == [int(other.id)]
+    assert claim(worker_id="w", limit=10, now=timezone.now(), queues=["emails"]) == []
     run_worker()  # a fresh worker (a restart) does not claim them either
     assert all(Job.objects.get(pk=int(r.id)).status == JobStatus.READY for r in emails)
 
@@ -781,7 +782,7 @@ def test_held_back_jobs_say_why_and_the_keys_show(admin_client):
 
     path = "/tmp/unused"
     running = tasks.one_at_a_time.enqueue(path, "first", 0)
-    Job.objects.claim(worker_id="w", limit=1, now=timezone.now())
+    claim(worker_id="w", limit=1, now=timezone.now())
     waiting = tasks.one_at_a_time.enqueue(path, "second", 0)
     assert JobLimit.objects.get(key="one-at-a-time").running == 1
     page = admin_client.get(LIST).content.decode()

@@ -9,6 +9,7 @@ import pytest
 from django.utils import timezone
 
 from jobs.models import JobStatus, WorkerProcess
+from jobs.sql import claim
 from tests.test_admin import OVERVIEW, make_jobs
 
 pytestmark = pytest.mark.django_db
@@ -111,7 +112,7 @@ def test_the_overview_counts_jobs_held_back_by_their_keys_limits(admin_client):
     from tests import tasks
 
     tasks.one_at_a_time.enqueue("/tmp/unused", "first", 0)
-    Job.objects.claim(worker_id="w", limit=1, now=timezone.now())  # the key's one slot taken
+    claim(worker_id="w", limit=1, now=timezone.now())  # the key's one slot taken
     tasks.one_at_a_time.enqueue("/tmp/unused", "second", 0)
     tasks.one_at_a_time.enqueue("/tmp/unused", "third", 0)
     response = admin_client.get(OVERVIEW)

@@ -15,6 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from jobs import batch, enqueue_after, get_batch
+from jobs.control import cancel_ready, delete_jobs
 from jobs.framework import TaskResultStatus
 from jobs.models import Job, JobBatch, JobDependency, JobStatus
 from jobs.rows import ClaimedJob
@@ -133,7 +134,7 @@ def test_cancel_of_a_member_counts_it_cancelled_and_fails_the_batch(db, record_d
     path = str(record_dir / "runs")
     with batch(on_success=tasks.batch_succeeded, on_failure=tasks.batch_failed) as b:
         results = [tasks.member.enqueue(path, f"m{i}") for i in range(2)]
-    Job.objects.filter(pk__in=[int(r.id) for r in results]).cancel("not needed")
+    cancel_ready(Job.objects.filter(pk__in=[int(r.id) for r in results]), "not needed")
     state = get_batch(b.id)
     assert (state.cancelled, state.finished) == (2, True)
     assert callbacks_of(b.id) == Counter({"tests.tasks.batch_failed": 1})
@@ -243,10 +244,10 @@ def test_cancel_or_delete_of_a_waiting_parent_cancels_what_waits_on_it(db, recor
     parent, other = tasks.link.enqueue(path, 1), tasks.link.enqueue(path, 9)
     child = enqueue_after([parent], tasks.link, path, 2)
     grandchild = enqueue_after([child], tasks.link, path, 3)
-    assert [j.pk for j in Job.objects.filter(pk=int(child.id)).cancel("no")] == [int(child.id)]
+    assert [j.pk for j in cancel_ready(Job.objects.filter(pk=int(child.id)), "no")] == [int(child.id)]
     assert Job.objects.get(pk=int(grandchild.id)).status == JobStatus.CANCELLED
     orphan = enqueue_after([other], tasks.link, path, 4)
-    Job.objects.filter(pk=int(other.id)).delete_jobs()
+    delete_jobs(Job.objects.filter(pk=int(other.id)))
     job = Job.objects.get(pk=int(orphan.id))
     assert job.status == JobStatus.CANCELLED and "was deleted" in job.errors[0]["message"]
 

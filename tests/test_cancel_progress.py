@@ -11,6 +11,7 @@ from django.utils import timezone
 import jobs
 from jobs import control
 from jobs.models import Job, JobStatus
+from jobs.sql import claim
 from tests import tasks
 from tests.conftest import wait_for
 
@@ -101,7 +102,7 @@ def test_progress_is_read_back_from_another_process_and_kept_after_the_end(worke
 
 def test_progress_writes_are_throttled_and_a_new_attempt_starts_without_it(transactional_db):
     result = tasks.add.enqueue(1, 2)
-    (claimed,) = Job.objects.claim(worker_id="w", limit=1, now=timezone.now())
+    (claimed,) = claim(worker_id="w", limit=1, now=timezone.now())
     now = [0.0]
     attempt = control.Attempt(job_id=claimed.id, attempts=claimed.attempts, worker_id="w", clock=lambda: now[0])
     for step in range(1000):  # a second of calls, one a millisecond
@@ -111,7 +112,7 @@ def test_progress_writes_are_throttled_and_a_new_attempt_starts_without_it(trans
     assert attempt.writes <= 1 / control.PROGRESS_EVERY + 2
     assert jobs.get_progress(result.id)["done"] == 999
     Job.objects.filter(pk=claimed.id).update(status=JobStatus.READY)
-    Job.objects.claim(worker_id="w2", limit=1, now=timezone.now())
+    claim(worker_id="w2", limit=1, now=timezone.now())
     assert jobs.get_progress(result.id) is None
 
 
@@ -170,16 +171,16 @@ def test_a_late_cancel_leaves_no_flag_for_a_later_hand_back_or_take_back(transac
     from tests.conftest import record_success, sweep
 
     result = tasks.add.enqueue(1, 2)
-    (claimed,) = Job.objects.claim(worker_id="w1", limit=1, now=timezone.now())
+    (claimed,) = claim(worker_id="w1", limit=1, now=timezone.now())
     assert jobs.cancel(result.id, "too late") == control.REQUESTED
     assert record_success(claimed, 3)  # the attempt had returned: it keeps its outcome
     done = job(result)
     assert done.status == JobStatus.SUCCESSFUL and done.return_value == 3
     Job.objects.filter(pk=done.pk).requeue()
-    (again,) = Job.objects.claim(worker_id="w2", limit=1, now=timezone.now())
+    (again,) = claim(worker_id="w2", limit=1, now=timezone.now())
     assert hand_back([again]) == 1
     assert job(result).status == JobStatus.READY  # handed back, not cancelled by an old request
-    (third,) = Job.objects.claim(worker_id="w3", limit=1, now=timezone.now())
+    (third,) = claim(worker_id="w3", limit=1, now=timezone.now())
     assert sweep(now=timezone.now() + timezone.timedelta(seconds=60)) == 1
     taken = job(result)
     assert taken.status == JobStatus.READY and taken.errors[-1]["exception_class_path"] == "jobs.exceptions.WorkerLost"
@@ -189,7 +190,7 @@ def test_a_late_cancel_leaves_no_flag_for_a_later_hand_back_or_take_back(transac
 def test_a_cancel_flag_left_on_a_ready_row_is_cleared_by_the_claim(transactional_db):
     result = tasks.add.enqueue(1, 2)
     Job.objects.filter(pk=int(result.id)).update(cancel_requested_at=timezone.now())  # left by an older version
-    (claimed,) = Job.objects.claim(worker_id="w", limit=1, now=timezone.now())
+    (claimed,) = claim(worker_id="w", limit=1, now=timezone.now())
     assert job(result).cancel_requested_at is None and claimed.cancel_requested_at is None
 
 
@@ -393,7 +394,7 @@ def test_a_failure_written_after_a_cancel_request_ends_cancelled_whatever_the_wo
     error = {"exception_class_path": "builtins.RuntimeError", "message": "boom", "traceback": ""}
     for decision in (retry.RetryDecision(True, delay=0), retry.RetryDecision(False, reason="last attempt")):
         result = tasks.add.enqueue(1, 2)
-        (claimed,) = Job.objects.claim(worker_id="w", limit=1, now=timezone.now())
+        (claimed,) = claim(worker_id="w", limit=1, now=timezone.now())
         assert jobs.cancel(result.id, "stop") == control.REQUESTED  # the worker has not heard yet
         assert fail_attempt(claimed, error, decision, now=timezone.now()) == JobStatus.CANCELLED
         ended = job(result)

@@ -9,25 +9,25 @@ from django.db import connection
 from django.utils import timezone
 
 from jobs.models import Job, JobStatus
-from jobs.sql import claim_sql
+from jobs.sql import claim, claim_sql
 from tests import tasks
 
 
 def test_claim_takes_a_batch_and_marks_it_running(transactional_db):
     for i in range(5):
         tasks.add.enqueue(i, i)
-    claimed = Job.objects.claim(worker_id="w", limit=3, now=timezone.now())
+    claimed = claim(worker_id="w", limit=3, now=timezone.now())
     assert len(claimed) == 3
     assert [j.pk for j in claimed] == sorted(j.pk for j in claimed)
     assert all(j.status == JobStatus.RUNNING and j.attempts == 1 and j.worker_id == "w" for j in claimed)
     assert Job.objects.filter(status=JobStatus.RUNNING).count() == 3
-    assert len(Job.objects.claim(worker_id="w", limit=10, now=timezone.now())) == 2
-    assert Job.objects.claim(worker_id="w", limit=10, now=timezone.now()) == []
+    assert len(claim(worker_id="w", limit=10, now=timezone.now())) == 2
+    assert claim(worker_id="w", limit=10, now=timezone.now()) == []
 
 
 def test_claimed_rows_carry_decoded_values(transactional_db):
     result = tasks.add.using(priority=7, queue_name="emails").enqueue([1, {"a": "b"}], b=None)
-    (job,) = Job.objects.claim(worker_id="w", limit=1, now=timezone.now())
+    (job,) = claim(worker_id="w", limit=1, now=timezone.now())
     assert job.pk == int(result.id)
     assert job.args == [[1, {"a": "b"}]] and job.kwargs == {"b": None}
     assert job.priority == 7 and job.queue_name == "emails" and job.errors == [] and job.worker_ids == []
@@ -47,22 +47,22 @@ def test_skip_locked_from_a_second_connection(transactional_db):
         done = threading.Event()
         claimed = []
 
-        def claim():
+        def claim_beside():
             from django.db import connections
 
             try:
-                claimed.extend(Job.objects.claim(worker_id="w", limit=3, now=timezone.now()))
+                claimed.extend(claim(worker_id="w", limit=3, now=timezone.now()))
             finally:
                 connections.close_all()
                 done.set()
 
-        threading.Thread(target=claim).start()
+        threading.Thread(target=claim_beside).start()
         assert done.wait(5), "the claim waited for the locked row"
         assert sorted(j.pk for j in claimed) == ids[1:]
     finally:
         other.rollback()
         other.close()
-    assert [j.pk for j in Job.objects.claim(worker_id="w", limit=3, now=timezone.now())] == [ids[0]]
+    assert [j.pk for j in claim(worker_id="w", limit=3, now=timezone.now())] == [ids[0]]
 
 
 @pytest.mark.postgres_only

@@ -28,7 +28,7 @@ from django.utils import timezone
 from jobs import compat, enqueue_many
 from jobs.framework import TaskResultStatus, task_backends, task_finished, task_started
 from jobs.models import Job, JobStatus, QueueState
-from jobs.sql import claim_sql
+from jobs.sql import claim, claim_sql
 from tests import bgtasks_tasks as bg
 from tests import tasks
 from tests.conftest import REPO, subprocess_env, sweep
@@ -173,7 +173,7 @@ def test_1_the_claim_seeks_its_backend_in_the_claim_index_on_sqlite(transactiona
         plan = "\n".join(str(row[-1]) for row in cursor.fetchall())
     assert "USING INDEX jobs_job_claim_idx (backend=?)" in plan, plan
     assert "TEMP B-TREE" not in plan, plan
-    claimed = Job.objects.claim(worker_id="w", limit=10, now=now, backend="default")
+    claimed = claim(worker_id="w", limit=10, now=now, backend="default")
     assert [job.backend for job in claimed] == ["default"] * 5
 
 
@@ -269,7 +269,7 @@ def test_3_a_final_failure_is_sent_once_with_every_error(run_worker):
 def test_3_a_lost_workers_last_attempt_taken_back_is_reported_finished(transactional_db):
     result = tasks.add.enqueue(1, 2)
     Job.objects.filter(pk=int(result.id)).update(attempts=2)
-    Job.objects.claim(worker_id="gone", limit=1, now=timezone.now())
+    claim(worker_id="gone", limit=1, now=timezone.now())
     Job.objects.update(heartbeat_at=timezone.now() - timedelta(minutes=5))
     with received(task_finished) as finished:
         assert sweep() == 1
@@ -279,7 +279,7 @@ def test_3_a_lost_workers_last_attempt_taken_back_is_reported_finished(transacti
 
 def test_3_a_retried_take_back_sends_nothing(transactional_db):
     tasks.add.enqueue(1, 2)
-    Job.objects.claim(worker_id="gone", limit=1, now=timezone.now())
+    claim(worker_id="gone", limit=1, now=timezone.now())
     Job.objects.update(heartbeat_at=timezone.now() - timedelta(minutes=5))
     with received(task_finished) as finished:
         assert sweep() == 1
@@ -403,7 +403,7 @@ def test_6_max_attempts_setting_applies_to_queued_background_tasks(run_worker, t
 
 def test_6_the_take_back_of_a_lost_attempt_applies_the_current_limit(transactional_db):
     result = tasks.add.enqueue(1, 2)
-    Job.objects.claim(worker_id="gone", limit=1, now=timezone.now())
+    claim(worker_id="gone", limit=1, now=timezone.now())
     Job.objects.update(heartbeat_at=timezone.now() - timedelta(minutes=5))
     with options(max_attempts=1):
         assert sweep() == 1

@@ -22,6 +22,7 @@ from django.utils.log import AdminEmailHandler
 from jobs.framework import TaskResultStatus
 from jobs.models import Job, JobStatus
 from jobs.signals import job_failed
+from jobs.sql import claim
 from jobs.worker import Worker
 from tests import tasks
 from tests.conftest import sweep, wait_for
@@ -140,7 +141,7 @@ def damage_args(job: Job) -> Job:
 def lost(result, *, attempts: int) -> None:
     """The job claimed by a worker that then vanished, on its ``attempts``-th attempt."""
     Job.objects.filter(pk=int(result.id)).update(attempts=attempts - 1)
-    Job.objects.claim(worker_id="gone", limit=1, now=timezone.now())
+    claim(worker_id="gone", limit=1, now=timezone.now())
     Job.objects.update(heartbeat_at=timezone.now() - timedelta(minutes=5))
 
 

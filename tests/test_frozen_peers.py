@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from jobs.models import Job, JobStatus
 from jobs.sessions import MAX_HOLD, guarded_sessions, hold_limit
+from jobs.sql import claim
 from jobs.store import WorkerStore
 from tests import tasks
 from tests.conftest import sweep
@@ -66,7 +67,7 @@ def in_thread(fn, timeout: float):
 
 def stale_jobs(n: int) -> list[int]:
     ids = [int(tasks.add.enqueue(i, i).id) for i in range(n)]
-    Job.objects.claim(worker_id="gone", limit=n, now=timezone.now())
+    claim(worker_id="gone", limit=n, now=timezone.now())
     Job.objects.update(heartbeat_at=timezone.now() - timedelta(minutes=5))
     return ids
 
@@ -83,7 +84,7 @@ def test_the_sweep_skips_a_stale_row_another_transaction_holds(transactional_db,
 def test_the_heartbeat_skips_a_held_row_another_transaction_holds(transactional_db, frozen_peer):
     ids = [int(tasks.add.enqueue(i, i).id) for i in range(2)]
     store = WorkerStore(worker_id="alive", backend="default")
-    Job.objects.claim(worker_id="alive", limit=2, now=timezone.now())
+    claim(worker_id="alive", limit=2, now=timezone.now())
     frozen_peer(ids[0])
     beat = timezone.now() + timedelta(seconds=30)
     in_thread(lambda: store.heartbeat(ids, now=beat), timeout=5)

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 import jobs
 from jobs.models import Job, JobLimit, JobStatus
+from jobs.sql import claim
 from tests import tasks
 from tests.conftest import REPO, subprocess_env, sweep, wait_for
 
@@ -144,7 +145,7 @@ def test_no_more_than_the_limit_run_at_once_over_several_workers(workers, record
 def test_a_lost_workers_job_frees_its_place(run_worker, record_dir):
     path = record_dir / "spans"
     lost = tasks.one_at_a_time.enqueue(str(path), "lost", 0)
-    Job.objects.claim(worker_id="gone", limit=1, now=timezone.now())
+    claim(worker_id="gone", limit=1, now=timezone.now())
     waiting = tasks.one_at_a_time.enqueue(str(path), "waiting", 0)
     run_worker()
     assert Job.objects.get(pk=int(waiting.id)).status == JobStatus.READY  # held back: the key's place is taken
@@ -161,9 +162,9 @@ def test_a_claim_over_many_keys_with_room_takes_the_best_jobs_first(transactiona
     jobs.enqueue_many(tasks.one_per_key, [((f"k{i:04}",), {}) for i in range(1200)])
     best = [tasks.one_per_key.using(priority=priority).enqueue(f"k{i:04}")
             for i, priority in ((700, 9), (5, 8), (1100, 7))]
-    claimed = Job.objects.claim(worker_id="w", limit=3, now=timezone.now())
+    claimed = claim(worker_id="w", limit=3, now=timezone.now())
     assert [job.id for job in claimed] == [int(r.id) for r in best]
-    more = Job.objects.claim(worker_id="w", limit=1000, now=timezone.now())  # more than a worker asks for
+    more = claim(worker_id="w", limit=1000, now=timezone.now())  # more than a worker asks for
     assert len(more) >= 400 and len({job.limit_key for job in more}) == len(more)
     assert {job.limit_key for job in more}.isdisjoint({"k0700", "k0005", "k1100"})  # still at their limit
 
@@ -282,7 +283,7 @@ def test_a_job_with_a_damaged_concurrency_limit_fails_alone(workers, record_dir,
     """Before: 'x', or 1.5 while a job of its key ran, made every claim raise; 0 held its key back for ever."""
     path = record_dir / "spans"
     good = [tasks.one_at_a_time.enqueue(str(path), "good0", 0)]
-    Job.objects.claim(worker_id="lost", limit=1, now=timezone.now())  # runs (its worker is lost: taken back later)
+    claim(worker_id="lost", limit=1, now=timezone.now())  # runs (its worker is lost: taken back later)
     bad = tasks.one_at_a_time.using(priority=5).enqueue(str(path), "bad", 0)
     good.append(tasks.one_at_a_time.enqueue(str(path), "good1", 0))
     plain = [tasks.add.enqueue(i, i) for i in range(3)]
@@ -326,7 +327,7 @@ def test_the_sweep_mends_a_count_that_no_running_job_explains(run_worker, record
     gone = tasks.one_at_a_time.enqueue(str(path), "gone", 0)
     alive = tasks.limited.enqueue("alive", str(path), "alive:1", 0)
     unrowed = tasks.limited.enqueue("unrowed", str(path), "unrowed:1", 0)
-    claimed = Job.objects.claim(worker_id="w", limit=3, now=timezone.now())
+    claimed = claim(worker_id="w", limit=3, now=timezone.now())
     assert {job.id for job in claimed} == {int(gone.id), int(alive.id), int(unrowed.id)}
     Job.objects.filter(pk=int(gone.id)).delete()
     waiting = tasks.one_at_a_time.enqueue(str(path), "waiting", 0)

@@ -15,7 +15,7 @@ from django.utils import timezone
 import jobs
 from jobs.checks import mysql_notes
 from jobs.models import Job, JobStatus
-from jobs.sql import claim_sql, statements
+from jobs.sql import claim, claim_sql, statements
 from tests import tasks
 
 
@@ -58,7 +58,7 @@ def test_a_claim_locks_only_the_rows_it_takes_and_another_claims_the_next(transa
     other = connections.create_connection("default")
     try:
         with transaction.atomic():
-            first = Job.objects.claim(worker_id="one", limit=3, now=timezone.now())
+            first = claim(worker_id="one", limit=3, now=timezone.now())
             # InnoDB counts a claimed row twice: its claim-index entry and the row itself.
             # InnoDB counts a claimed row once per record it locks (the row and the index entries the
             # claim changes): at most 3 each for 3 rows; 6,000 when the claim read every READY row.
@@ -149,7 +149,7 @@ def test_djangos_index_warnings_for_the_job_table_give_way_to_ours(db):
 @pytest.mark.mysql_only
 def test_the_stale_sweep_reads_running_rows_through_its_index(transactional_db):
     jobs.enqueue_many(tasks.add, [((i, i), {}) for i in range(50)])
-    claimed = Job.objects.claim(worker_id="gone", limit=3, now=timezone.now() - timedelta(minutes=5))
+    claimed = claim(worker_id="gone", limit=3, now=timezone.now() - timedelta(minutes=5))
     lost = statements(connection).stale(cutoff=timezone.now(), backend="default", limit=10)
     assert sorted(job.id for job in lost) == sorted(job.id for job in claimed)
     with connection.cursor() as cursor:
@@ -216,7 +216,7 @@ def test_a_take_back_and_a_heartbeat_skip_a_row_another_transaction_holds_instea
     from jobs.store import WorkerStore, fail_attempt
 
     tasks.add.enqueue(1, 1)
-    (job,) = Job.objects.claim(worker_id="frozen", limit=1, now=timezone.now())
+    (job,) = claim(worker_id="frozen", limit=1, now=timezone.now())
     Job.objects.filter(pk=job.id).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
     other = connections.create_connection("default")
     try:

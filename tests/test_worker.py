@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from jobs.framework import TaskResultStatus
 from jobs.models import Job, JobStatus
+from jobs.sql import claim
 from jobs.worker import Worker
 from tests import tasks
 from tests.conftest import liveness, record_success, sweep
@@ -198,12 +199,12 @@ def test_a_late_outcome_from_a_lost_attempt_is_discarded(transactional_db):
     """Fencing: worker A was presumed lost, B took the job over; A's late success must not count."""
     result = tasks.add.enqueue(1, 2)
     now = timezone.now()
-    (claimed_by_a,) = Job.objects.claim(worker_id="A", limit=1, now=now)
+    (claimed_by_a,) = claim(worker_id="A", limit=1, now=now)
     Job.objects.filter(pk=claimed_by_a.pk).update(heartbeat_at=now - timedelta(seconds=60))
     assert sweep() == 1
     job = job_of(result)
     assert job.status == JobStatus.READY and job.errors[0]["exception_class_path"] == "jobs.exceptions.WorkerLost"
-    (claimed_by_b,) = Job.objects.claim(worker_id="B", limit=1, now=timezone.now() + timedelta(seconds=1))
+    (claimed_by_b,) = claim(worker_id="B", limit=1, now=timezone.now() + timedelta(seconds=1))
     assert claimed_by_b.attempts == 2
     assert record_success(claimed_by_a, 999) is False  # A wakes up: refused
     assert record_success(claimed_by_b, 3) is True
@@ -213,7 +214,7 @@ def test_a_late_outcome_from_a_lost_attempt_is_discarded(transactional_db):
 
 def test_live_workers_jobs_are_not_taken_back(transactional_db):
     tasks.add.enqueue(1, 2)
-    Job.objects.claim(worker_id="alive", limit=1, now=timezone.now())
+    claim(worker_id="alive", limit=1, now=timezone.now())
     assert sweep() == 0
     assert Job.objects.get().status == JobStatus.RUNNING
 
@@ -221,7 +222,7 @@ def test_live_workers_jobs_are_not_taken_back(transactional_db):
 def test_take_back_past_max_attempts_ends_failed(transactional_db):
     result = tasks.add.enqueue(1, 2)
     Job.objects.filter(pk=int(result.id)).update(attempts=2)
-    Job.objects.claim(worker_id="gone", limit=1, now=timezone.now())
+    claim(worker_id="gone", limit=1, now=timezone.now())
     Job.objects.update(heartbeat_at=timezone.now() - timedelta(minutes=5))
     assert sweep() == 1
     job = job_of(result)
@@ -244,7 +245,7 @@ def test_heartbeat_covers_jobs_waiting_in_the_prefetch_buffer(transactional_db):
     for i in range(3):
         tasks.add.enqueue(i, i)
     worker = Worker(burst=True)  # not started: its slots take nothing
-    worker.pool.give(Job.objects.claim(worker_id=worker.id, limit=3, now=timezone.now()))
+    worker.pool.give(claim(worker_id=worker.id, limit=3, now=timezone.now()))
     Job.objects.update(heartbeat_at=timezone.now() - timedelta(seconds=60))
     liveness(worker).beat_and_sweep(timezone.now())
     assert Job.objects.filter(status=JobStatus.RUNNING, heartbeat_at__gte=timezone.now() - timedelta(seconds=5)
@@ -256,7 +257,7 @@ def test_prefetched_jobs_stuck_behind_a_slow_job_are_handed_back(transactional_d
     for i in range(3):
         tasks.add.enqueue(i, i)
     worker = Worker(burst=True, clock=clock)  # not started: it has no slot running to take them
-    claimed = Job.objects.claim(worker_id=worker.id, limit=3, now=timezone.now())
+    claimed = claim(worker_id=worker.id, limit=3, now=timezone.now())
     worker.pool.give(claimed[:1])
     clock.advance(4.5)
     worker.pool.give(claimed[1:])
@@ -269,7 +270,7 @@ def test_prefetched_jobs_stuck_behind_a_slow_job_are_handed_back(transactional_d
 def test_freshly_prefetched_jobs_are_kept(transactional_db, clock):
     tasks.add.enqueue(1, 1)
     worker = Worker(burst=True, clock=clock)
-    (job,) = Job.objects.claim(worker_id=worker.id, limit=1, now=timezone.now())
+    (job,) = claim(worker_id=worker.id, limit=1, now=timezone.now())
     worker.pool.give([job])
     clock.advance(0.5)
     worker.step()

@@ -16,7 +16,7 @@ from django.db import router, transaction
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
-from ..control import MAX_REASON, checked_reason
+from ..control import MAX_REASON, cancel_ready, checked_reason, delete_jobs, request_cancel
 from ..history import log_actions
 from ..models import Job, JobStatus
 from ..templatetags.jobs_admin import status_label
@@ -129,8 +129,8 @@ def cancel_jobs(modeladmin, request, queryset):
     asked: list = []
 
     def change():
-        cancelled = queryset.cancel(reason, by=by)
-        asked.extend(queryset.request_cancel(reason, by=by))
+        cancelled = cancel_ready(queryset, reason, by=by)
+        asked.extend(request_cancel(queryset, reason, by=by))
         return cancelled + asked
 
     changed = record_change(request, change, f"Cancelled: {reason}")
@@ -152,7 +152,7 @@ def run_jobs_now(modeladmin, request, queryset):
 @admin.action(permissions=["delete"], description="Delete selected jobs")
 def delete_selected(modeladmin, request, queryset):
     if request.POST.get("post") == "yes":
-        deleted = record_change(request, lambda: queryset.exclude(status=JobStatus.RUNNING).delete_jobs(), "",
+        deleted = record_change(request, lambda: delete_jobs(queryset.exclude(status=JobStatus.RUNNING)), "",
                                 action_flag=DELETION)
         report(modeladmin, request, deleted, "Deleted {}.", "running jobs are not deleted: their worker holds them.")
         return None
@@ -195,9 +195,9 @@ def act_on_one(modeladmin, request, pk: int, verb: str) -> None:
         reason = cancel_reason(modeladmin, request)
         if reason is None:
             return
-        if record_change(request, lambda: one.cancel(reason, by=by), f"Cancelled: {reason}"):
+        if record_change(request, lambda: cancel_ready(one, reason, by=by), f"Cancelled: {reason}"):
             say(request, f"Job #{pk} cancelled: it will not run.", messages.SUCCESS)
-        elif record_change(request, lambda: one.request_cancel(reason, by=by), f"Cancelled: {reason}"):
+        elif record_change(request, lambda: request_cancel(one, reason, by=by), f"Cancelled: {reason}"):
             say(request, f"Job #{pk} is running: its worker was asked to stop it (it hears within about a "
                          "second and is interrupted if it has not returned 10 s later).", messages.SUCCESS)
         else:

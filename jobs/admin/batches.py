@@ -12,6 +12,7 @@ from django.contrib import admin, messages
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from ..control import cancel_ready
 from ..models import NOT_STARTED, Job, JobBatch
 from .actions import cancel_reason, record_change
 from .common import job_url
@@ -72,7 +73,7 @@ class JobBatchAdmin(admin.ModelAdmin):
         by = request.user.get_username()
         ids = list(queryset.values_list("pk", flat=True))
         cancelled = record_change(
-            request, lambda: Job.objects.filter(batch_id__in=ids, status__in=NOT_STARTED).cancel(reason, by=by),
+            request, lambda: cancel_ready(Job.objects.filter(batch_id__in=ids, status__in=NOT_STARTED), reason, by=by),
             f"Cancelled with its batch: {reason}")
         self.message_user(request, f"Cancelled {cancelled:,} job{'s' if cancelled != 1 else ''} of "
                                    f"{len(ids):,} batch{'es' if len(ids) != 1 else ''}.", messages.SUCCESS)

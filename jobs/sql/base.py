@@ -427,12 +427,3 @@ def not_paused_sql(connection, alias: str = "") -> str:
     return (f" AND {alias + '.' if alias else ''}{column} NOT IN "
             f"(SELECT {qn(meta.get_field('name').column)} FROM {qn(meta.db_table)} "
             f"WHERE {qn(meta.get_field('paused').column)})")
-
-
-def claim_sql(connection, *, worker_id: str, limit: int, now: datetime, queues, backend: str = "default",
-              rooms: dict[str, int] | None = None) -> tuple[str, list]:
-    """The claim statement the workers run (exposed so that tests can EXPLAIN it)."""
-    from . import statements
-
-    return statements(connection).claim_sql(worker_id=worker_id, limit=limit, now=now, queues=queues,
-                                            backend=backend, rooms=rooms or {})

@@ -26,6 +26,7 @@ from datetime import datetime
 from django.db import IntegrityError, OperationalError, transaction
 
 from .. import limits
+from ..jsontext import json_depth
 from ..models import JobStatus
 from ..rows import CLAIMED, STALE, ClaimedJob, claim_order, columns_sql, read_rows
 from .base import COMMON_FIELDS, INSERT_FIELDS, MAX_INT, Head, Statements, make_head
@@ -469,12 +470,6 @@ class MysqlStatements(Statements):
                f"WHERE {col['status']} = '{JobStatus.RUNNING.value}' AND {col['backend']} = %s "
                f"AND {col['heartbeat_at']} < %s ORDER BY {col['heartbeat_at']} LIMIT %s")
         return read_rows(self.connection, STALE, self._fetch(sql, [backend, self.time(cutoff), limit]))
-
-
-def json_depth(text: str) -> int:
-    from ..backends import json_depth as depth
-
-    return depth(text)
 
 
 def _as_texts(text: str) -> str:
