@@ -127,7 +127,6 @@ def child_pids(output: str) -> list[int]:
 
 RELOAD_TASKS = '''"""Tasks of one --reload test, in a folder of its own: touching this restarts that test's worker only."""
 
-import os
 import time
 
 from jobs.framework import task
