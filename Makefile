@@ -1,5 +1,6 @@
 # make run   - set up and start the admin (http://127.0.0.1:$(PORT)/admin/) plus one worker
-# make test  - set up and run the whole suite (SQLite, then PostgreSQL and MariaDB when their binaries exist)
+# make test  - set up and run the whole suite (SQLite, PostgreSQL, PgBouncer, MariaDB when their binaries exist;
+#              in two lanes side by side, TEST_LANES)
 # make lint  - ruff
 # make bench - the benchmark against the peer queues
 # make chaos - the fault test: workers on several hosts, partitions, kills, database restarts
@@ -52,10 +53,15 @@ chromium:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 		else echo "WARNING: chromium is missing; the browser test will fail (apt-get install chromium)" >&2; fi; }
 
+# The suites in lanes side by side, the suites of a lane one after another (a lane: a quoted list).
+# Every suite starts its own servers on free ports in temp dirs, so no two share a server. Each
+# suite's output goes to test-artifacts/logs/<suite>.log; at the end one summary line per suite and
+# the whole log of every suite that failed (scripts/test_lanes.sh). TEST_LANES=sqlite postgres ...
+# (one suite per lane) or TEST_LANES='"sqlite postgres pgbouncer mariadb"' (one after another).
+TEST_LANES ?= "sqlite mariadb" "postgres pgbouncer"
 test: $(STAMP) chromium
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory test-sqlite && $(MAKE) --no-print-directory test-postgres && \
-		$(MAKE) --no-print-directory test-pgbouncer && $(MAKE) --no-print-directory test-mariadb; \
+	MAKE="$(MAKE)" bash scripts/test_lanes.sh $(TEST_LANES); \
 	rc=$$?; echo "make test: $$(( $$(date +%s) - start ))s, exit $$rc"; exit $$rc
 
 test-sqlite: $(STAMP)

@@ -62,8 +62,15 @@ class WorkerProcesses:
         return self.manage("process_tasks", "--no-scheduler", *args, env=env)
 
     def manage(self, *command: str, env: dict | None = None) -> subprocess.Popen:
-        """Any ``manage.py`` command as a real process, its output kept in a log file."""
-        log = open(self.tmp_path / f"process-{len(self.procs)}.log", "w+")
+        """Any ``manage.py`` command as a real process, its output kept in a log file.
+
+        The process writes to it in append mode (O_APPEND, inherited by the processes it starts):
+        every write lands at the end whatever the file's shared offset. ``output`` reads it through a
+        file of its own. Opened "w+" and read through the same file (seek(0), read), the offset the
+        writers share moved back to 0 under them, and a line written then overwrote the log's start
+        (seen as a "reload: started the worker" line gone when the machine was loaded).
+        """
+        log = open(self.tmp_path / f"process-{len(self.procs)}.log", "a")
         proc = subprocess.Popen(
             [sys.executable, str(REPO / "manage.py"), *command],
             cwd=REPO, env=env or subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
@@ -74,9 +81,8 @@ class WorkerProcesses:
 
     @staticmethod
     def output(proc: subprocess.Popen) -> str:
-        proc.log.flush()
-        proc.log.seek(0)
-        return proc.log.read()
+        with open(proc.log.name) as log:
+            return log.read()
 
     def wait_for_output(self, proc, text: str, timeout: float = 30.0) -> str:
         return wait_for(lambda: text in self.output(proc) and self.output(proc), timeout,

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.ports import free_port
+
 USER = "jobs"
 # Durability off (a test server's data dies with it), utf8mb4 throughout; the isolation level
 # stays the server's default (REPEATABLE READ): Django sets READ COMMITTED per connection.
@@ -40,12 +42,6 @@ def find_binaries() -> tuple[str, str] | None:
     if server and install:
         return server, install
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -151,7 +147,7 @@ def start_server(settings: tuple[str, ...] = TEST_SETTINGS) -> MariadbServer:
     subprocess.run([*as_user, install_bin, "--no-defaults", f"--datadir={datadir / 'data'}",
                     "--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve"],
                    check=True, capture_output=True, text=True)
-    server = MariadbServer(server=server_bin, datadir=datadir, port=_free_port(), as_user=as_user,
+    server = MariadbServer(server=server_bin, datadir=datadir, port=free_port(), as_user=as_user,
                            settings=settings)
     atexit.register(server.destroy)
     server.start()

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.pgserver import _free_port
+from tests.ports import free_port
 
 
 class PgBouncerUnavailable(RuntimeError):
@@ -53,7 +53,7 @@ def start_pgbouncer(server_port: int, *, pool_size: int = 20) -> PgBouncer:
     if binary is None:
         raise PgBouncerUnavailable("pgbouncer not found; install Debian's 'pgbouncer'")
     directory = Path(tempfile.mkdtemp(prefix="jobs-pgbouncer-"))
-    port = _free_port()
+    port = free_port()
     (directory / "users.txt").write_text('"postgres" ""\n')
     (directory / "pgbouncer.ini").write_text(f"""\
 [databases]

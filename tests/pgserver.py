@@ -12,11 +12,12 @@ import atexit
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.ports import free_port
 
 TEST_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
 
@@ -39,12 +40,6 @@ def find_bindir() -> Path | None:
         if candidate and (Path(candidate) / "initdb").exists() and (Path(candidate) / "pg_ctl").exists():
             return Path(candidate)
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -105,7 +100,7 @@ def start_server(settings: tuple[str, ...] = TEST_SETTINGS, *, listen: tuple[str
     datadir = Path(tempfile.mkdtemp(prefix="jobs-pg-"))
     if as_user:
         shutil.chown(datadir, "postgres", "postgres")
-    server = PostgresServer(bindir=bindir, datadir=datadir, port=_free_port(), as_user=as_user, settings=settings,
+    server = PostgresServer(bindir=bindir, datadir=datadir, port=free_port(), as_user=as_user, settings=settings,
                             listen=listen)
     server._run(str(bindir / "initdb"), "-D", str(datadir / "data"), "-U", "postgres", "-A", "trust",
                 "--no-sync", "-E", "UTF8", "--locale=C")

@@ -7,9 +7,10 @@ a browser. Without it this test fails rather than skips: CI installs it (.ci/run
 The story: a job fails for good; someone logs in, filters the failed jobs, opens it,
 reads the traceback, deploys the fix, requeues it; a real worker process runs it
 again and the page shows it succeeded, its earlier error kept. Screenshots of the
-list, the job page and the overview go to test-artifacts/ (with
-``UPDATE_DOCS_SCREENSHOTS=1`` the list and the overview are also copied to docs/
-for the docs site).
+list, the job page and the overview go to test-artifacts/<suite>/, one folder per
+database and Django version, so that suites running side by side do not overwrite
+each other's (with ``UPDATE_DOCS_SCREENSHOTS=1`` the list and the overview are also
+copied to docs/ for the docs site).
 """
 
 from __future__ import annotations
@@ -36,8 +37,17 @@ pytestmark = pytest.mark.browser
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-ARTIFACTS = REPO / "test-artifacts"
 DOCS = REPO / "docs"
+
+
+def artifacts() -> Path:
+    """This suite's folder under test-artifacts/: sqlite-django6.1, postgresql-pgbouncer-django6.1..."""
+    import django
+    from django.conf import settings
+    from django.db import connection
+
+    pooled = "-pgbouncer" if getattr(settings, "VIA_PGBOUNCER", False) else ""
+    return REPO / "test-artifacts" / f"{connection.vendor}{pooled}-django{django.VERSION[0]}.{django.VERSION[1]}"
 
 
 @task(max_attempts=1, queue_name="emails")
@@ -91,12 +101,15 @@ def run_worker_burst() -> None:
 
 
 def screenshot(page, name: str, *, full_page: bool = False, docs: bool = False) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / f"admin-{name}.png"
+    folder = artifacts()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"admin-{name}.png"
     page.screenshot(path=str(path), full_page=full_page)
     if docs and os.environ.get("UPDATE_DOCS_SCREENSHOTS") == "1":
         DOCS.mkdir(exist_ok=True)
-        shutil.copyfile(path, DOCS / f"admin-{name}.png")
+        partial = DOCS / f".admin-{name}.png.{os.getpid()}"  # whole or not at all, were two runs at it
+        shutil.copyfile(path, partial)
+        os.replace(partial, DOCS / f"admin-{name}.png")
 
 
 TRACEBACK = """Traceback (most recent call last):

@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -124,6 +125,62 @@ def child_pids(output: str) -> list[int]:
     return [int(pid) for pid in re.findall(r"reload: started the worker \(pid (\d+)\)", output)]
 
 
+RELOAD_TASKS = '''"""Tasks of one --reload test, in a folder of its own: touching this restarts that test's worker only."""
+
+import time
+
+from jobs.framework import task
+
+
+def _record(path, line):
+    with open(path, "a") as out:
+        out.write(line + "\\n")
+
+
+@task
+def record(path, token):
+    _record(path, token)
+
+
+@task
+def slow_then_record(path, token, seconds):
+    _record(path, f"start {token}")
+    time.sleep(seconds)
+    _record(path, f"end {token}")
+'''
+
+
+class ReloadProject:
+    """This run's settings and a task module, written into ``folder``: the files a ``--reload`` test
+    touches. The checkout's own files are never touched, so the --reload workers of another suite
+    running from the same checkout at the same time (make test's lanes) do not restart."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.settings = folder / "reload_settings.py"
+        self.tasks = folder / "reload_tasks.py"
+        base = os.environ.get("DJANGO_SETTINGS_MODULE", "tests.settings")
+        self.settings.write_text(f"from {base} import *  # noqa: F403\n\n"
+                                 "JOBS_TASK_MODULES = [*JOBS_TASK_MODULES, \"reload_tasks\"]  # noqa: F405\n")
+        self.tasks.write_text(RELOAD_TASKS)
+
+    def env(self) -> dict[str, str]:
+        return subprocess_env(DJANGO_SETTINGS_MODULE="reload_settings",
+                              PYTHONPATH=os.pathsep.join([str(self.folder), str(REPO)]))
+
+
+@pytest.fixture
+def reload_project(tmp_path, monkeypatch, settings) -> ReloadProject:
+    folder = tmp_path.resolve() / "project"
+    folder.mkdir()
+    project = ReloadProject(folder)
+    monkeypatch.syspath_prepend(str(folder))  # this process enqueues reload_tasks' tasks too
+    monkeypatch.delitem(sys.modules, "reload_tasks", raising=False)
+    settings.JOBS_TASK_MODULES = [*settings.JOBS_TASK_MODULES, "reload_tasks"]
+    yield project
+    sys.modules.pop("reload_tasks", None)
+
+
 def touch_until_restarted(module: Path, workers, proc) -> None:
     """Move ``module``'s modification time a second on, wait for a second worker to start, move it back."""
     before = module.stat()
@@ -134,24 +191,26 @@ def touch_until_restarted(module: Path, workers, proc) -> None:
         os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
-def test_reload_restarts_the_worker_when_a_module_it_imported_changes_and_stops_cleanly(workers, record_dir):
+def test_reload_restarts_the_worker_when_a_module_it_imported_changes_and_stops_cleanly(workers, record_dir,
+                                                                                       reload_project):
+    import reload_tasks
+
     runs = record_dir / "runs"
-    module = REPO / "tests" / "tasks.py"
-    proc = workers.start("--reload", "-v", "2")
+    proc = workers.start("--reload", "-v", "2", env=reload_project.env())
     workers.wait_for_output(proc, "worker started")
-    tasks.record.enqueue(str(runs), "before")  # the worker imports tests.tasks to run it
+    reload_tasks.record.enqueue(str(runs), "before")  # the worker imports reload_tasks to run it
     wait_for(lambda: runs.exists() and "before" in runs.read_text(), message="the first job")
-    wait_for(lambda: re.search(r"now also watching .*tests/tasks\.py", workers.output(proc)),
+    wait_for(lambda: re.search(r"now also watching .*/reload_tasks\.py", workers.output(proc)),
              message="the parent to watch the module the worker imported")
     (first_child,) = child_pids(workers.output(proc))
-    touch_until_restarted(module, workers, proc)
+    touch_until_restarted(reload_project.tasks, workers, proc)
     out = workers.output(proc)
-    assert f"tests/tasks.py changed; restarting the worker (pid {first_child})" in out
+    assert f"{reload_project.tasks} changed; restarting the worker (pid {first_child})" in out
     assert "reason=SIGTERM" in out  # stopped as systemctl stop would: gracefully
     wait_for(lambda: not alive(first_child), message="the first worker to be gone")
     _, second_child = child_pids(out)
     # Ctrl-C while a job runs: the job finishes, the worker leaves, the parent exits 0.
-    result = tasks.slow_then_record.enqueue(str(runs), "during", 1.0)
+    result = reload_tasks.slow_then_record.enqueue(str(runs), "during", 1.0)
     wait_for(lambda: "start during" in runs.read_text(), message="the slow job to start")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(30) == 0, workers.output(proc)
@@ -162,15 +221,15 @@ def test_reload_restarts_the_worker_when_a_module_it_imported_changes_and_stops_
     assert_left_clean()
 
 
-def test_a_worker_that_dies_under_reload_is_started_again_once_a_file_changes(workers):
-    module = REPO / "tests" / "settings.py"  # imported by the parent itself: watched from the start
-    proc = workers.start("--reload", "-v", "2")
+def test_a_worker_that_dies_under_reload_is_started_again_once_a_file_changes(workers, reload_project):
+    proc = workers.start("--reload", "-v", "2", env=reload_project.env())
     workers.wait_for_output(proc, "worker started")
     (child,) = child_pids(workers.output(proc))
     os.kill(child, signal.SIGKILL)  # as a crash would end it
     workers.wait_for_output(proc, "reload: the worker exited with status 137; it restarts when a file changes")
     assert proc.poll() is None  # the parent waits for the fix
-    touch_until_restarted(module, workers, proc)
+    # reload_settings.py: imported by the parent itself, so watched from the start
+    touch_until_restarted(reload_project.settings, workers, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0, workers.output(proc)
 

@@ -1,7 +1,6 @@
 """``manage.py serve`` (what ``make run`` starts): web and worker up, one Ctrl-C stops both."""
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -9,12 +8,7 @@ import urllib.error
 import urllib.request
 
 from tests.conftest import REPO, subprocess_env, wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.ports import free_port
 
 
 def admin_answers(port: int) -> bool:
