@@ -21,7 +21,7 @@ Workloads (bench/README.md says how each is measured):
         server databases: no-op and 50 ms jobs; throughput, duplicates, connections
     W9  what batches and dependencies cost (ours): (a) 100,000 jobs in one bulk enqueue inside
         a batch() block vs without; (b) one worker draining N plain jobs, N members of one
-        batch, and N members of a batch 10x larger; (c) the last member's end to the
+        batch, and the last N members of a batch 10x larger; (c) the last member's end to the
         callback's start, idle worker; (d) a chain of 1,000 enqueue_after links, one worker
 
 --db mariadb starts a throwaway MariaDB server (tests/mariadbserver.py, default durability) for
@@ -101,9 +101,9 @@ class Profile:
     w8_noop_n: int = 4000  # no-op jobs per W8 run
     w8_io_n: int = 400  # 50 ms jobs per W8 run (20 s for one process of one thread)
     w9_enqueue_n: int = 100_000  # (a) jobs in the bulk enqueue, with and without a batch
-    w9_drain_n: int = 10_000  # (b) jobs drained per run
+    w9_drain_n: int = 5000  # (b) jobs drained per run (--full: 10,000)
     w9_large_batch: int = 100_000  # (b) members of the large batch (w9_drain_n of them drained)
-    w9_callbacks: int = 20  # (c) batches timed
+    w9_callbacks: int = 10  # (c) batches timed (--full: 20)
     w9_members: int = 10  # (c) members per batch
     w9_chain: int = 1000  # (d) links
 
@@ -130,7 +130,7 @@ PROFILES = {
     ),
     "full": Profile(
         "full", ours_n=10000, reps=3, latency_ours=50, w4_n=10000, w5_rows=1_000_000, w5_claims=2000,
-        w5_drain_n=10000,
+        w5_drain_n=10000, w9_drain_n=10_000, w9_callbacks=20,
         peer_n={"django-background-tasks": {"sqlite": 1000, "postgres": 1000},
                 "django-tasks-db": {"sqlite": 10000, "postgres": 10000},
                 "django-q2": {"sqlite": 10000, "postgres": 10000},

@@ -190,7 +190,13 @@ def _summarize_w9(runs: list[dict]) -> list[dict]:
                 row[f"enqueue_{key}_jobs_per_s"] = median([r["jobs_per_s"] for r in chosen])
             row["enqueue_n"] = enqueue[0]["n"]
             row["enqueue_runs"] = len(enqueue) // 2
-            row["enqueue_ratio"] = _ratio(row["enqueue_batch_s"], row["enqueue_plain_s"])
+            # The two runs of a repetition ran one after the other: their ratio, then the median of those
+            # (drift of a shared machine between repetitions cancels); the ratio of the medians is kept too.
+            pairs = _group(enqueue, "rep")
+            row["enqueue_ratio"] = median([
+                _ratio(*(next(r["seconds"] for r in pair if r["batched"] is b) for b in (True, False)))
+                for pair in pairs.values() if len(pair) == 2])
+            row["enqueue_ratio_of_medians"] = _ratio(row["enqueue_batch_s"], row["enqueue_plain_s"])
         drains = [r for r in group if r["part"] == "drain"]
         if drains:
             row["drain_n"] = drains[0]["n"]
@@ -505,9 +511,10 @@ def _w9_markdown(w9: list[dict]) -> list[str]:
     rows = [r for r in w9 if r.get("enqueue_ratio") is not None or r.get("drain_n")]
     if rows:
         out += ["", "**W9 batches and dependencies (ours)**: (a) one bulk enqueue in a `batch()` block vs the "
-                "same without one, fresh databases side by side; (b) one worker draining N no-op jobs, steady "
-                "rate (first job's end to the last's): plain, the members of one batch of N, and N members of a "
-                "larger batch (the rest parked on a queue the worker does not take)", ""]
+                "same without one, fresh databases side by side (time ratio: the median of each "
+                "repetition's); (b) one worker draining N no-op jobs, steady "
+                "rate (first job's end to the last's): plain, the members of one batch of N, and the last N members "
+                "of a larger batch (its other members ended)", ""]
         table = []
         for r in rows:
             table.append([DB_LABEL.get(r["db"], r["db"]), f"{r.get('enqueue_n') or 0:,}",

@@ -442,12 +442,27 @@ def batch_enqueue_cost(n: int, batched: bool) -> dict:
     return {"n": n, "batched": batched, "seconds": seconds, "jobs_per_s": n / seconds}
 
 
+def _wait_for_purge(timeout: float = 60.0) -> None:
+    """MySQL/MariaDB: after one UPDATE of many rows, wait until InnoDB has purged their old index
+    entries (the history list is short again), which slow every claim meanwhile (see the MariaDB
+    section of docs/explanation/performance.md); elsewhere nothing to wait for."""
+    if connection.vendor != "mysql":
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT COUNT FROM information_schema.INNODB_METRICS WHERE NAME = 'trx_rseg_history_len'")
+            row = cursor.fetchone()
+        if row is None or int(row[0]) < 1000:
+            return
+        time.sleep(0.2)
+
+
 def batch_drain(n: int, kind: str, size: int = 0) -> dict:
     """W9b: one worker (queue "default" only) drains ``n`` no-op jobs: ``plain`` (no batch), ``batch``
-    (the ``n`` are the members of one batch, with a callback), or ``large`` (one batch of ``size``
-    members, ``n`` of them on "default" and the rest parked on "reports", which this worker does not
-    take: each of the ``n`` ends in a batch of ``size``). Per member: the steady rate, from the first
-    job's end to the last's (the worker's start-up out)."""
+    (the ``n`` are the members of one batch, with a callback), or ``large`` (the last ``n`` members of
+    a batch of ``size`` whose others have ended). Per job: the steady rate, from the first job's end
+    to the last's (the worker's start-up out)."""
     from django.db.models import Max
 
     if _unfinished(queue_name="default"):
@@ -461,9 +476,27 @@ def batch_drain(n: int, kind: str, size: int = 0) -> dict:
         with jobs.batch(on_finish=batch_stamp):
             jobs.enqueue_many(noop, calls)
     elif kind == "large":
-        with jobs.batch(on_finish=batch_stamp):
-            jobs.enqueue_many(noop.using(queue_name="reports"), [((), {})] * (size - n))
-            jobs.enqueue_many(noop, calls)
+        from django.db.models import F
+
+        from jobs.models import JobBatch
+
+        with jobs.batch(on_finish=batch_stamp) as made:
+            jobs.enqueue_many(noop, [((), {})] * size)
+        # All but the last n members end first, as if a worker had run them: SUCCESSFUL and
+        # counted on the batch's row (what a member's end writes), so each of the n drained ends
+        # in a batch of ``size`` and no other READY row is in the claim's way.
+        ended = size - n
+        with transaction.atomic():
+            cut = Job.objects.filter(batch_id=made.id).order_by("pk").values_list("pk", flat=True)[ended - 1]
+            now = timezone.now()
+            Job.objects.filter(batch_id=made.id, pk__lte=cut).update(
+                status=JobStatus.SUCCESSFUL, attempts=1, started_at=now, last_attempted_at=now, finished_at=now)
+            JobBatch.objects.filter(pk=made.id).update(successful=F("successful") + ended)
+        before = cut
+        _wait_for_purge()
+    elif kind == "parked":  # not a batch: n plain jobs, behind size - n READY ones on another queue
+        jobs.enqueue_many(noop.using(queue_name="reports"), [((), {})] * (size - n))
+        jobs.enqueue_many(noop, calls)
     else:
         raise ValueError(f"unknown kind {kind!r}")
     enqueue_s = time.perf_counter() - started
@@ -474,7 +507,7 @@ def batch_drain(n: int, kind: str, size: int = 0) -> dict:
     if ok != n:
         raise RuntimeError(f"{ok} of {n} jobs SUCCESSFUL")
     steady = (n - 1) / _span(drained)
-    return {"n": n, "kind": kind, "batch_size": {"plain": 0, "batch": n, "large": size}[kind],
+    return {"n": n, "kind": kind, "batch_size": {"batch": n, "large": size}.get(kind, 0),
             "enqueue_s": enqueue_s, "seconds": seconds, "jobs_per_s": n / seconds, "steady_jobs_per_s": steady,
             "us_per_job": 1e6 / steady}
 
@@ -524,7 +557,17 @@ def chain(n: int) -> dict:
         previous = jobs.enqueue_after([previous], noop)
     enqueue_s = time.perf_counter() - started
     links = Job.objects.filter(task_path=noop.module_path)
-    seconds = _run_worker_until(lambda: not _unfinished(), timeout=120 + n / 5)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    before, polls = _counters(), [0]
+
+    def done() -> bool:
+        polls[0] += 1
+        return not _unfinished()
+
+    seconds = _run_worker_until(done, timeout=120 + n / 5)
+    after = _counters()
     ok = links.filter(status=JobStatus.SUCCESSFUL).count()
     if ok != n:
         raise RuntimeError(f"{ok} of {n} links SUCCESSFUL")
@@ -534,5 +577,8 @@ def chain(n: int) -> dict:
     runs = sorted((finished - started).total_seconds() for started, finished in times)
     return {"gap_p50_ms": gaps[len(gaps) // 2] * 1000, "gap_p90_ms": gaps[int(len(gaps) * 0.9)] * 1000,
             "run_p50_ms": runs[len(runs) // 2] * 1000,
+            # PostgreSQL: the worker's statements and commits per link (the harness's polls taken out)
+            "round_trips_per_link": (after["statements"] - before["statements"] - polls[0] - 2) / n if after else None,
+            "commits_per_link": (after["commits"] - before["commits"] - polls[0] - 2) / n if after else None,
             "n": n, "enqueue_s": enqueue_s, "enqueue_per_s": n / enqueue_s, "seconds": seconds,
             "links_per_s": n / span, "wall_links_per_s": n / seconds}
