@@ -442,20 +442,22 @@ def batch_enqueue_cost(n: int, batched: bool) -> dict:
     return {"n": n, "batched": batched, "seconds": seconds, "jobs_per_s": n / seconds}
 
 
-def _wait_for_purge(timeout: float = 60.0) -> None:
+def _wait_for_purge(timeout: float = 60.0) -> float | None:
     """MySQL/MariaDB: after one UPDATE of many rows, wait until InnoDB has purged their old index
-    entries (the history list is short again), which slow every claim meanwhile (see the MariaDB
-    section of docs/explanation/performance.md); elsewhere nothing to wait for."""
+    entries (its history list is empty: the server is the bench's own), which slow every claim
+    meanwhile (see the MariaDB section of docs/explanation/performance.md). Returns the seconds
+    waited; None elsewhere."""
     if connection.vendor != "mysql":
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+        return None
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
         with connection.cursor() as cursor:
             cursor.execute("SELECT COUNT FROM information_schema.INNODB_METRICS WHERE NAME = 'trx_rseg_history_len'")
             row = cursor.fetchone()
-        if row is None or int(row[0]) < 1000:
-            return
-        time.sleep(0.2)
+        if row is None or int(row[0]) == 0:
+            break
+        time.sleep(0.1)
+    return time.monotonic() - started
 
 
 def batch_drain(n: int, kind: str, size: int = 0) -> dict:
@@ -469,6 +471,7 @@ def batch_drain(n: int, kind: str, size: int = 0) -> dict:
         raise RuntimeError("the queue is not empty; the harness must give a fresh database")
     before = Job.objects.aggregate(last=Max("pk"))["last"] or 0  # the jobs of earlier runs stay, finished
     calls = [((), {})] * n
+    purge_wait_s = None
     started = time.perf_counter()
     if kind == "plain":
         jobs.enqueue_many(noop, calls)
@@ -493,7 +496,7 @@ def batch_drain(n: int, kind: str, size: int = 0) -> dict:
                 status=JobStatus.SUCCESSFUL, attempts=1, started_at=now, last_attempted_at=now, finished_at=now)
             JobBatch.objects.filter(pk=made.id).update(successful=F("successful") + ended)
         before = cut
-        _wait_for_purge()
+        purge_wait_s = _wait_for_purge()
     elif kind == "parked":  # not a batch: n plain jobs, behind size - n READY ones on another queue
         jobs.enqueue_many(noop.using(queue_name="reports"), [((), {})] * (size - n))
         jobs.enqueue_many(noop, calls)
@@ -509,7 +512,7 @@ def batch_drain(n: int, kind: str, size: int = 0) -> dict:
     steady = (n - 1) / _span(drained)
     return {"n": n, "kind": kind, "batch_size": {"batch": n, "large": size}.get(kind, 0),
             "enqueue_s": enqueue_s, "seconds": seconds, "jobs_per_s": n / seconds, "steady_jobs_per_s": steady,
-            "us_per_job": 1e6 / steady}
+            "us_per_job": 1e6 / steady, "purge_wait_s": purge_wait_s}
 
 
 def callback_latency(batches: int, members: int) -> dict:
