@@ -1,10 +1,11 @@
-"""``make bench``: our queue against the peers, side by side, on SQLite and PostgreSQL.
+"""``make bench``: our queue against the peers, side by side, on SQLite and PostgreSQL (and ours on MariaDB).
 
 Usage (from the repository root; ``make bench BENCH_ARGS=...`` passes the options):
     python -m bench                 # the default run (~13 min on 2 cores, venvs included)
     python -m bench --quick         # a smoke run: small N, one repetition (~4 min)
     python -m bench --full          # N=10000 for every peer too (about an hour)
     python -m bench --workloads w2,w3 --peers procrastinate --db postgres
+    python -m bench --workloads w9 --db sqlite,postgres,mariadb
 
 Workloads (bench/README.md says how each is measured):
     W1  enqueue throughput: one by one (autocommit), N in one transaction, bulk
@@ -18,6 +19,13 @@ Workloads (bench/README.md says how each is measured):
         and round trips (statements, counted by pg_stat_statements on PostgreSQL)
     W8  1-8 of our worker processes, separate or under one --processes parent, on the
         server databases: no-op and 50 ms jobs; throughput, duplicates, connections
+    W9  what batches and dependencies cost (ours): (a) 100,000 jobs in one bulk enqueue inside
+        a batch() block vs without; (b) one worker draining N plain jobs, N members of one
+        batch, and the last N members of a batch 10x larger; (c) the last member's end to the
+        callback's start, idle worker; (d) a chain of 1,000 enqueue_after links, one worker
+
+--db mariadb starts a throwaway MariaDB server (tests/mariadbserver.py, default durability) for
+OUR queue only (the peers' bench projects have no MySQL set-up); W5's fill is not written for it.
 
 Every queue runs in its own interpreter (ours: the project's venv; the peers:
 venvs under .bench/venvs built on first use). PostgreSQL is a throwaway server
@@ -50,7 +58,7 @@ if __package__ in (None, ""):  # run as a script: make "bench" importable
 
 from bench.harness import report
 from bench.harness.adapter import AdapterError, DriverAdapter
-from bench.harness.databases import PostgresDatabases, SqliteDatabases
+from bench.harness.databases import MariadbDatabases, PostgresDatabases, SqliteDatabases
 from bench.harness.ours import make_ours
 from bench.harness.peers import PEERS, make_adapters
 from bench.harness.progress import Progress
@@ -59,11 +67,11 @@ from bench.harness.venvs import ensure_venv
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO_ROOT / ".bench"
 CHART_DIR = Path(__file__).resolve().parent / "chart"
-WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8")
+WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9")
 
 # Rough rates (jobs/s) on a 2-core machine; only for the progress bar's estimate.
 RATE_HINTS = {
-    "ours": {"sqlite": 2500, "postgres": 1100},
+    "ours": {"sqlite": 2500, "postgres": 1100, "mariadb": 1000},
     "django-background-tasks": {"sqlite": 14, "postgres": 14},
     "django-tasks-db": {"sqlite": 150, "postgres": 55},
     "django-q2": {"sqlite": 50, "postgres": 22},
@@ -92,12 +100,19 @@ class Profile:
     w8_processes: tuple[int, ...] = (1, 2, 4, 8)
     w8_noop_n: int = 4000  # no-op jobs per W8 run
     w8_io_n: int = 400  # 50 ms jobs per W8 run (20 s for one process of one thread)
+    w9_enqueue_n: int = 100_000  # (a) jobs in the bulk enqueue, with and without a batch
+    w9_drain_n: int = 5000  # (b) jobs drained per run (--full: 10,000)
+    w9_large_batch: int = 100_000  # (b) members of the large batch (w9_drain_n of them drained)
+    w9_callbacks: int = 10  # (c) batches timed (--full: 20)
+    w9_members: int = 10  # (c) members per batch
+    w9_chain: int = 1000  # (d) links
 
 
 PROFILES = {
     "quick": Profile(
         "quick", ours_n=2000, reps=1, latency_ours=10, w4_n=2000, w5_rows=100_000, w5_claims=200, w5_drain_n=1000,
         w6_keys=(100,), w6_claims=100, w8_processes=(1, 4), w8_noop_n=1000, w8_io_n=100,
+        w9_enqueue_n=20_000, w9_drain_n=2000, w9_large_batch=20_000, w9_callbacks=5, w9_chain=200,
         peer_n={"django-background-tasks": {"sqlite": 60, "postgres": 60},
                 "django-tasks-db": {"sqlite": 400, "postgres": 200},
                 "django-q2": {"sqlite": 200, "postgres": 100},
@@ -115,7 +130,7 @@ PROFILES = {
     ),
     "full": Profile(
         "full", ours_n=10000, reps=3, latency_ours=50, w4_n=10000, w5_rows=1_000_000, w5_claims=2000,
-        w5_drain_n=10000,
+        w5_drain_n=10000, w9_drain_n=10_000, w9_callbacks=20,
         peer_n={"django-background-tasks": {"sqlite": 1000, "postgres": 1000},
                 "django-tasks-db": {"sqlite": 10000, "postgres": 10000},
                 "django-q2": {"sqlite": 10000, "postgres": 10000},
@@ -140,7 +155,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of w1..w8")
     parser.add_argument("--peers", help="comma-separated subset of: " + ", ".join(p.name for p in PEERS)
                         + " ('none' for ours alone)")
-    parser.add_argument("--db", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
+    parser.add_argument("--db", default="sqlite,postgres",
+                        help="comma-separated: sqlite, postgres, mariadb (ours only; a throwaway server)")
     parser.add_argument("--no-cap", action="store_true", help="give the peers the same N as ours (slow)")
     parser.add_argument("--sqlite-dir", type=Path, default=BENCH_DIR / "tmp",
                         help="where the SQLite files go (default .bench/tmp: the checkout's disk, not tmpfs)")
@@ -180,6 +196,7 @@ class Results:
     w6: list[dict] = field(default_factory=list)
     w7: list[dict] = field(default_factory=list)
     w8: list[dict] = field(default_factory=list)
+    w9: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -266,6 +283,8 @@ class Bench:
                                   lambda a=adapter, d=db, s=samples: self.w3(a, d, s)))
         if "w5" in work and self.ours:
             for db in self.providers:
+                if db == "mariadb":  # fill_finished is written for PostgreSQL and SQLite only
+                    continue
                 rows = self.profile.w5_rows
                 steps.append(Step(f"W5 ours {db}: {rows:,} finished rows", 6 + rows / 50_000,
                                   lambda d=db: self.w5_fill(d)))
@@ -297,6 +316,30 @@ class Bench:
                             guess = 4 + (n / (20 * processes) if kind == "io" else n / 1500)
                             steps.append(Step(f"W8 ours {db}: {processes} x {mode}, {n:,} {kind} jobs", guess,
                                               lambda d=db, k=kind, n=n, p=processes, m=mode: self.w8(d, k, n, p, m)))
+        if "w9" in work and self.ours:
+            steps += self.w9_steps(reps)
+        return steps
+
+    def w9_steps(self, reps: int) -> list[Step]:
+        """W9, per database: (a) and (b) per repetition, the order of their runs reversed every other
+        repetition; then (c) once, and (d) per repetition."""
+        p, steps = self.profile, []
+        for db in self.providers:
+            rate = RATE_HINTS["ours"].get(db, 1000)
+            for rep in range(1, reps + 1):
+                modes = (False, True) if rep % 2 else (True, False)
+                steps.append(Step(f"W9a ours {db}: {p.w9_enqueue_n:,} jobs in bulk, with and without a batch, "
+                                  f"rep {rep}/{reps}", 2 * (8 + p.w9_enqueue_n / 20_000),
+                                  lambda d=db, r=rep, m=modes: self.w9_enqueue(d, r, m)))
+                kinds = ("plain", "batch", "large") if rep % 2 else ("large", "batch", "plain")
+                steps.append(Step(f"W9b ours {db}: {p.w9_drain_n:,} jobs drained: plain, one batch, in a batch of "
+                                  f"{p.w9_large_batch:,}, rep {rep}/{reps}",
+                                  8 + 3 * p.w9_drain_n / (rate / 2) + p.w9_large_batch / 20_000,
+                                  lambda d=db, r=rep, k=kinds: self.w9_drain(d, r, k)))
+                steps.append(Step(f"W9d ours {db}: a chain of {p.w9_chain:,} jobs, rep {rep}/{reps}",
+                                  5 + p.w9_chain / 100, lambda d=db, r=rep: self.w9_chain(d, r)))
+            steps.append(Step(f"W9c ours {db}: callback latency, {p.w9_callbacks} batches",
+                              6 + p.w9_callbacks * 0.7, lambda d=db: self.w9_callback(d)))
         return steps
 
     def latency_samples(self, adapter: DriverAdapter) -> int:
@@ -462,6 +505,48 @@ class Bench:
                  f"load {cost['rss_load_peak_mb']:.0f} MB; per job {cost['cpu_ms_per_job']:.3f} CPU ms"
                  f"{', ' + per_job if per_job else ''}")
 
+    def w9_enqueue(self, db: str, rep: int, modes: tuple[bool, ...]) -> None:
+        n = self.profile.w9_enqueue_n
+        for batched in modes:
+            with self.providers[db].fresh(f"ours_w9a_{'batch' if batched else 'plain'}_r{rep}") as url:
+                self.ours.setup(url)
+                out = self.ours.call("batch_enqueue_cost", n, batched, timeout=600)
+            self.results.w9.append({"part": "enqueue", "db": db, "rep": rep, **out})
+            self.say(f"rep {rep}  W9a ours {db:<8} {n:,} in bulk {'in a batch' if batched else 'no batch  '} "
+                     f"{out['jobs_per_s']:9,.0f} jobs/s ({out['seconds']:.2f} s)")
+
+    def w9_drain(self, db: str, rep: int, kinds: tuple[str, ...]) -> None:
+        """(b) in one database per repetition: each run drains its own jobs (the earlier ones stay
+        SUCCESSFUL in the table: W5 shows those cost the claim nothing)."""
+        n, size = self.profile.w9_drain_n, self.profile.w9_large_batch
+        with self.providers[db].fresh(f"ours_w9b_r{rep}") as url:
+            self.ours.setup(url)
+            for kind in kinds:
+                out = self.ours.call("batch_drain", n, kind, size, timeout=600 + n / 10)
+                self.results.w9.append({"part": "drain", "db": db, "rep": rep, **out})
+                self.say(f"rep {rep}  W9b ours {db:<8} {kind:<5} (batch of {out['batch_size']:>7,}) "
+                         f"{out['steady_jobs_per_s']:8,.0f} jobs/s steady, {out['us_per_job']:6.0f} µs per job")
+
+    def w9_callback(self, db: str) -> None:
+        p = self.profile
+        with self.providers[db].fresh("ours_w9c") as url:
+            self.ours.setup(url)
+            out = self.ours.call("callback_latency", p.w9_callbacks, p.w9_members, timeout=120 + p.w9_callbacks * 5)
+        self.results.w9.append({"part": "callback", "db": db, **out})
+        ordered = sorted(out["samples"])
+        self.say(f"W9c ours {db:<8} last member's end to callback start: p50 "
+                 f"{report.percentile(ordered, 50) * 1000:.1f} ms, max {ordered[-1] * 1000:.1f} ms "
+                 f"({len(ordered)} batches)")
+
+    def w9_chain(self, db: str, rep: int) -> None:
+        n = self.profile.w9_chain
+        with self.providers[db].fresh(f"ours_w9d_r{rep}") as url:
+            self.ours.setup(url)
+            out = self.ours.call("chain", n, timeout=600 + n)
+        self.results.w9.append({"part": "chain", "db": db, "rep": rep, **out})
+        self.say(f"rep {rep}  W9d ours {db:<8} chain of {n:,}: {out['links_per_s']:7,.0f} links/s "
+                 f"(enqueue {out['enqueue_per_s']:,.0f} links/s)")
+
     def w8(self, db: str, kind: str, n: int, processes: int, mode: str) -> None:
         with self.providers[db].fresh(f"ours_w8_{kind}_{processes}_{mode}") as url:
             self.ours.setup(url)
@@ -486,6 +571,12 @@ def open_databases(kinds: set[str], sqlite_dir: Path) -> dict:
             providers["postgres"] = PostgresDatabases()
         except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
             log(f"PostgreSQL unavailable, skipping it: {exc}")
+    if "mariadb" in kinds:
+        try:
+            log("starting a throwaway MariaDB server (default durability)")
+            providers["mariadb"] = MariadbDatabases()
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+            log(f"MariaDB unavailable, skipping it: {exc}")
     return providers
 
 
@@ -609,14 +700,18 @@ def main(argv: list[str] | None = None) -> int:
                   "peer_n": profile.peer_n if not args.no_cap else "same as ours", "w4_n": profile.w4_n,
                   "w5_rows": profile.w5_rows, "w5_claims": profile.w5_claims, "w5_drain_n": profile.w5_drain_n,
                   "w6_jobs": profile.w6_jobs, "w6_keys": list(profile.w6_keys), "w6_claims": profile.w6_claims,
-                  "latency_ours": profile.latency_ours, "latency_peers": profile.latency_peers},
+                  "latency_ours": profile.latency_ours, "latency_peers": profile.latency_peers,
+                  "w9": {"enqueue_n": profile.w9_enqueue_n, "drain_n": profile.w9_drain_n,
+                         "large_batch": profile.w9_large_batch, "callbacks": profile.w9_callbacks,
+                         "members": profile.w9_members, "chain": profile.w9_chain}},
         "machine": {**machine_facts(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "databases": databases,
         "queues": queues,
         "summary": summary,
         "errors": results.errors,
         "runs": {"w1": results.w1, "w2": results.w2, "w3": results.w3, "w4": results.w4, "w5": results.w5,
-                 "w5_fill": results.w5_fill, "w6": results.w6, "w7": results.w7, "w8": results.w8},
+                 "w5_fill": results.w5_fill, "w6": results.w6, "w7": results.w7, "w8": results.w8,
+                 "w9": results.w9},
     }
     payload["wall_s"] = round(time.perf_counter() - wall_started, 1)
     report.write_json(args.out, payload)  # first: a problem below must not lose the measurements

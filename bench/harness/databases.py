@@ -129,3 +129,42 @@ class PostgresDatabases:
 
     def close(self) -> None:
         self.server.destroy()
+
+
+class MariadbDatabases:
+    """One throwaway MariaDB server (``tests/mariadbserver.py``) at default durability; a new
+    database per run. Our queue only: the peers' bench projects speak SQLite and PostgreSQL."""
+
+    kind = "mariadb"
+
+    def __init__(self):
+        if str(REPO_ROOT) not in sys.path:
+            sys.path.insert(0, str(REPO_ROOT))
+        from tests.mariadbserver import TEST_SETTINGS, start_server
+
+        # The test server's settings less the ones that trade durability for speed (a commit is
+        # flushed to the log, as in production); the rest (utf8mb4, connections, buffer pool) stay.
+        durability_off = ("--innodb-flush-log-at-trx-commit=", "--innodb-doublewrite=", "--sync-binlog=")
+        self.server = start_server(settings=tuple(s for s in TEST_SETTINGS if not s.startswith(durability_off)))
+        self._counter = itertools.count(1)
+
+    def describe(self) -> dict:
+        rows = self.server.sql(
+            "SELECT VERSION(), @@innodb_flush_log_at_trx_commit, @@innodb_doublewrite, "
+            "@@innodb_buffer_pool_size, @@tx_isolation").split("\t")
+        version, flush, doublewrite, pool, isolation = (cell.strip() for cell in rows)
+        return {"kind": self.kind, "server_version": version,
+                "settings": f"innodb_flush_log_at_trx_commit={flush},innodb_doublewrite={doublewrite},"
+                            f"innodb_buffer_pool_size={pool},server isolation={isolation}"}
+
+    @contextlib.contextmanager
+    def fresh(self, label: str) -> Iterator[str]:
+        name = f"bench_{next(self._counter):03d}_{''.join(c if c.isalnum() else '_' for c in label)}"[:64]
+        self.server.sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+        try:
+            yield f"mysql://jobs@127.0.0.1:{self.server.port}/{name}"
+        finally:
+            self.server.sql(f"DROP DATABASE IF EXISTS `{name}`")
+
+    def close(self) -> None:
+        self.server.destroy()

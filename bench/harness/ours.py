@@ -64,6 +64,7 @@ class OursAdapter(DriverAdapter):
 def make_ours(log_dir: Path | None, python: str | None = None) -> OursAdapter:
     return OursAdapter(
         name="ours",
+        databases=("sqlite", "postgres", "mariadb"),
         project_dir=OURS_DIR,
         extra_pythonpath=(str(REPO_ROOT),),
         extra_env={"DJANGO_DEBUG": "0", "DJANGO_SECRET_KEY": "bench-not-secret"},

@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 
 MODES = {"each": "one by one", "tx": "one transaction", "bulk": "bulk"}
-DB_LABEL = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+DB_LABEL = {"sqlite": "SQLite", "postgres": "PostgreSQL", "mariadb": "MariaDB"}
 POLL_INTERVAL_S = 1.0  # our OPTIONS poll_interval default: the W3 SQLite target is half of it
 
 # (workload, peer, database, minimum ratio) from issue 6.
@@ -62,8 +62,9 @@ def summarize(results, profile, ours_name: str = "ours") -> dict:
     w6 = _summarize_w6(getattr(results, "w6", []))
     w7 = _summarize_w7(getattr(results, "w7", []))
     w8 = list(getattr(results, "w8", []))
-    return {"w1": w1, "w2": w2, "w3": w3, "w4": w4, "w5": w5, "w6": w6, "w7": w7, "w8": w8,
-            "targets": targets(w1, w2, w3, w4, w5, ours_name, w6)}
+    w9 = _summarize_w9(getattr(results, "w9", []))
+    return {"w1": w1, "w2": w2, "w3": w3, "w4": w4, "w5": w5, "w6": w6, "w7": w7, "w8": w8, "w9": w9,
+            "targets": targets(w1, w2, w3, w4, w5, ours_name, w6) + w9_targets(w9)}
 
 
 def _summarize_w1(runs: list[dict], ours: str) -> list[dict]:
@@ -170,6 +171,78 @@ def _summarize_w7(runs: list[dict]) -> list[dict]:
             row[name] = median(values) if values else None
         rows.append(row)
     return sorted(rows, key=lambda r: {"sqlite": 0, "postgres": 1}.get(r["db"], 9))
+
+
+DB_ORDER = {"sqlite": 0, "postgres": 1, "mariadb": 2}
+
+
+def _summarize_w9(runs: list[dict]) -> list[dict]:
+    """One row per database: (a) the bulk enqueue with and without a batch, (b) the drains per
+    kind, (c) the callback's delay, (d) the chain."""
+    rows = []
+    for (db,), group in sorted(_group(runs, "db").items(), key=lambda item: DB_ORDER.get(item[0][0], 9)):
+        row: dict = {"db": db}
+        enqueue = [r for r in group if r["part"] == "enqueue"]
+        if enqueue:
+            for batched, key in ((False, "plain"), (True, "batch")):
+                chosen = [r for r in enqueue if r["batched"] is batched]
+                row[f"enqueue_{key}_s"] = median([r["seconds"] for r in chosen])
+                row[f"enqueue_{key}_jobs_per_s"] = median([r["jobs_per_s"] for r in chosen])
+            row["enqueue_n"] = enqueue[0]["n"]
+            row["enqueue_runs"] = len(enqueue) // 2
+            # The two runs of a repetition ran one after the other: their ratio, then the median of those
+            # (drift of a shared machine between repetitions cancels); the ratio of the medians is kept too.
+            pairs = _group(enqueue, "rep")
+            row["enqueue_ratio"] = median([
+                _ratio(*(next(r["seconds"] for r in pair if r["batched"] is b) for b in (True, False)))
+                for pair in pairs.values() if len(pair) == 2])
+            row["enqueue_ratio_of_medians"] = _ratio(row["enqueue_batch_s"], row["enqueue_plain_s"])
+        drains = [r for r in group if r["part"] == "drain"]
+        if drains:
+            row["drain_n"] = drains[0]["n"]
+            row["drain_runs"] = len(drains) // 3
+            for kind in ("plain", "batch", "large"):
+                chosen = [r for r in drains if r["kind"] == kind]
+                row[f"drain_{kind}_jobs_per_s"] = median([r["steady_jobs_per_s"] for r in chosen])
+                row[f"drain_{kind}_batch_size"] = chosen[0]["batch_size"] if chosen else None
+            row["member_cost_ratio"] = _ratio(row["drain_plain_jobs_per_s"], row["drain_batch_jobs_per_s"])
+            row["large_vs_batch"] = _ratio(row["drain_large_jobs_per_s"], row["drain_batch_jobs_per_s"])
+        callbacks = [s for r in group if r["part"] == "callback" for s in r["samples"]]
+        if callbacks:
+            row.update(callback_samples=len(callbacks), callback_p50_s=percentile(callbacks, 50),
+                       callback_p95_s=percentile(callbacks, 95), callback_max_s=max(callbacks))
+        chains = [r for r in group if r["part"] == "chain"]
+        if chains:
+            row.update(chain_n=chains[0]["n"], chain_runs=len(chains),
+                       chain_links_per_s=median([r["links_per_s"] for r in chains]),
+                       chain_enqueue_per_s=median([r["enqueue_per_s"] for r in chains]))
+        rows.append(row)
+    return rows
+
+
+W9_ENQUEUE_MAX, W9_LARGE_MIN, W9_CALLBACK_S, W9_CHAIN_MIN = 1.10, 0.9, 1.0, 200  # issue 22, item 3
+
+
+def w9_targets(w9: list[dict]) -> list[dict]:
+    out = []
+    for row in w9:
+        label = DB_LABEL.get(row["db"], row["db"])
+        for name, value, met, shown in (
+            (f"W9a bulk enqueue of {row.get('enqueue_n') or 0:,} in a batch <= {W9_ENQUEUE_MAX:.2f}x without, "
+             f"on {label}", row.get("enqueue_ratio"),
+             lambda v: v <= W9_ENQUEUE_MAX, lambda v: f"{v:.2f}x"),
+            (f"W9b a member's end does not cost more in a larger batch (rate in the batch of "
+             f"{row.get('drain_large_batch_size') or 0:,} >= {W9_LARGE_MIN}x in the batch of "
+             f"{row.get('drain_batch_batch_size') or 0:,}) on {label}", row.get("large_vs_batch"),
+             lambda v: v >= W9_LARGE_MIN, lambda v: f"{v:.2f}x"),
+            (f"W9c callback p50 < {W9_CALLBACK_S:.0f} s after the last member on {label}", row.get("callback_p50_s"),
+             lambda v: v < W9_CALLBACK_S, lambda v: f"{v * 1000:.0f} ms"),
+            (f"W9d chain of {row.get('chain_n') or 0:,} >= {W9_CHAIN_MIN} links/s on {label}",
+             row.get("chain_links_per_s"), lambda v: v >= W9_CHAIN_MIN, lambda v: f"{v:,.0f} links/s"),
+        ):
+            if value is not None:
+                out.append({"target": name, "measured": value, "met": met(value), "shown": shown(value)})
+    return out
 
 
 W6_TARGET_KEYS, W6_TARGET_S = 100, 0.005  # issue 12: 100,000 READY, 99% held back, a claim under 5 ms
@@ -420,14 +493,56 @@ def markdown(payload: dict) -> str:
         out.append(_table(["db", "jobs", "processes", "started", "N", "jobs/s", "vs 1", "dup/miss", "connections",
                            "parent RSS, CPU"], rows, "llrlrrrrrl"))
 
+    if s.get("w9"):
+        out += _w9_markdown(s["w9"])
+
     if s["targets"]:
-        out += ["", "**Targets** (issues 6, 12 and 14)", ""]
+        out += ["", "**Targets** (issues 6, 12, 14 and 22)", ""]
         rows = [[t["target"], t["shown"], {True: "met", False: "**missed**", None: "not measured"}[t["met"]]]
                 for t in s["targets"]]
         out.append(_table(["target", "measured", ""], rows, "lrl"))
     if payload.get("errors"):
         out += ["", "Errors:", *(f"- {e.splitlines()[0]}" for e in payload["errors"])]
     return "\n".join(out)
+
+
+def _w9_markdown(w9: list[dict]) -> list[str]:
+    out = []
+    rows = [r for r in w9 if r.get("enqueue_ratio") is not None or r.get("drain_n")]
+    if rows:
+        out += ["", "**W9 batches and dependencies (ours)**: (a) one bulk enqueue in a `batch()` block vs the "
+                "same without one, fresh databases side by side (time ratio: the median of each "
+                "repetition's); (b) one worker draining N no-op jobs, steady "
+                "rate (first job's end to the last's): plain, the members of one batch of N, and the last N members "
+                "of a larger batch (its other members ended)", ""]
+        table = []
+        for r in rows:
+            table.append([DB_LABEL.get(r["db"], r["db"]), f"{r.get('enqueue_n') or 0:,}",
+                          _rate(r.get("enqueue_plain_jobs_per_s")), _rate(r.get("enqueue_batch_jobs_per_s")),
+                          f"**{r['enqueue_ratio']:.2f}x**" if r.get("enqueue_ratio") else "-",
+                          f"{r.get('drain_n') or 0:,}", _rate(r.get("drain_plain_jobs_per_s")),
+                          _rate(r.get("drain_batch_jobs_per_s")), _rate(r.get("drain_large_jobs_per_s")),
+                          f"{r['member_cost_ratio']:.2f}x" if r.get("member_cost_ratio") else "-",
+                          f"**{r['large_vs_batch']:.2f}x**" if r.get("large_vs_batch") else "-"])
+        large = f"jobs/s batch of {rows[0].get('drain_large_batch_size') or 0:,}"
+        out.append(_table(["db", "enqueued", "jobs/s no batch", "jobs/s in a batch", "time ratio", "drained",
+                           "jobs/s plain", "jobs/s batch of N", large,
+                           "cost per member ÷ plain", "large ÷ N"], table, "lrrrrrrrrrr"))
+    rows = [r for r in w9 if r.get("callback_samples") or r.get("chain_n")]
+    if rows:
+        out += ["", "**W9 callbacks and chains (ours)**: (c) the last member's end to the callback's start, one "
+                "idle worker, batches at a random phase of its poll; (d) a chain of `enqueue_after` links, each "
+                "waiting for the previous, all enqueued first, one worker (first link's start to last link's end)",
+                ""]
+        table = [[DB_LABEL.get(r["db"], r["db"]), str(r.get("callback_samples") or "-"),
+                  _num(r.get("callback_p50_s") and r["callback_p50_s"] * 1000, ".1f"),
+                  _num(r.get("callback_p95_s") and r["callback_p95_s"] * 1000, ".1f"),
+                  _num(r.get("callback_max_s") and r["callback_max_s"] * 1000, ".1f"),
+                  f"{r.get('chain_n') or 0:,}", _rate(r.get("chain_links_per_s")), _rate(r.get("chain_enqueue_per_s"))]
+                 for r in rows]
+        out.append(_table(["db", "batches", "callback p50 ms", "p95 ms", "max ms", "chain links", "links/s",
+                           "enqueue_after/s"], table, "lrrrrrrr"))
+    return out
 
 
 def write_json(path: Path, payload: dict) -> None:

@@ -5,7 +5,9 @@ defaults (one slot; ``--concurrency 2`` as a variant). W1 has all three ways
 to enqueue; W4 records which jobs ran; W5 fills the table with finished rows
 and times the claim statement itself; W6 times the claim past held-back keys; W7
 measures a worker's memory and its CPU, commits and round trips per job; W8 scales out
-to several worker processes, started one by one or as ``process_tasks --processes``.
+to several worker processes, started one by one or as ``process_tasks --processes``; W9 measures
+what batches and dependencies cost (bulk enqueue in a batch, a member's end, the callback's
+delay, a chain of ``enqueue_after``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from bench_tasks import keyed, noop, record, record_io, stamp
+from bench_tasks import batch_stamp, keyed, noop, record, record_io, stamp
 from django.db import connection, transaction
 from django.db.models import Count
 from django.utils import timezone
@@ -385,3 +387,201 @@ def scale_out(n: int, processes: int, mode: str, kind: str, concurrency: int = 1
             "peak_connections": peak_connections if connection.vendor != "sqlite" else None,
             "parent_rss_mb": parent["rss_mb"] if parent else None,
             "parent_cpu_ms": parent["cpu_s"] * 1000 if parent else None}
+
+
+# -- W9: batches and dependencies ------------------------------------------------------------------
+
+def _unfinished(**filters) -> int:
+    return Job.objects.filter(status__in=[JobStatus.READY, JobStatus.RUNNING, JobStatus.WAITING], **filters).count()
+
+
+def _run_worker_until(done, timeout: float, extra_args: tuple[str, ...] = ()) -> float:
+    """Start one worker, poll ``done()`` every 20 ms, stop the worker; seconds from spawn to done."""
+    worker = subprocess.Popen([sys.executable, "-m", "django", *WORKER_ARGS, *extra_args], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    started = time.monotonic()
+    try:
+        while not done():
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker exited with code {worker.returncode}")
+            if time.monotonic() - started > timeout:
+                raise RuntimeError(f"not done after {timeout:.0f} s")
+            time.sleep(0.02)
+        return time.monotonic() - started
+    finally:
+        _stop(worker)
+
+
+def _span(rows, start: str = "finished_at") -> float:
+    """Seconds from the first ``start`` to the last ``finished_at`` of ``rows`` (a queryset)."""
+    from django.db.models import Max, Min
+
+    got = rows.aggregate(first=Min(start), last=Max("finished_at"))
+    return (got["last"] - got["first"]).total_seconds()
+
+
+def batch_enqueue_cost(n: int, batched: bool) -> dict:
+    """W9a: ``n`` no-op jobs in one ``enqueue_many``, inside a ``batch()`` block (its row, each
+    member's batch id, the count when the block ends) or not; the whole block is timed."""
+    if _unfinished():
+        raise RuntimeError("the queue is not empty; the harness must give a fresh database")
+    calls = [((), {})] * n
+    started = time.perf_counter()
+    if batched:
+        with jobs.batch(on_finish=batch_stamp) as made:
+            jobs.enqueue_many(noop, calls)
+    else:
+        jobs.enqueue_many(noop, calls)
+    seconds = time.perf_counter() - started
+    members = Job.objects.filter(batch_id=made.id).count() if batched else 0
+    if members != (n if batched else 0) or Job.objects.count() != n:
+        raise RuntimeError(f"expected {n} jobs ({'all' if batched else 'none'} in the batch), got "
+                           f"{Job.objects.count()} ({members} members)")
+    if batched and jobs.get_batch(made.id).total != n:
+        raise RuntimeError(f"the batch counts {jobs.get_batch(made.id).total} members, not {n}")
+    return {"n": n, "batched": batched, "seconds": seconds, "jobs_per_s": n / seconds}
+
+
+def _wait_for_purge(timeout: float = 60.0) -> float | None:
+    """MySQL/MariaDB: after one UPDATE of many rows, wait until InnoDB has purged their old index
+    entries (its history list is empty: the server is the bench's own), which slow every claim
+    meanwhile (see the MariaDB section of docs/explanation/performance.md). Returns the seconds
+    waited; None elsewhere."""
+    if connection.vendor != "mysql":
+        return None
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT COUNT FROM information_schema.INNODB_METRICS WHERE NAME = 'trx_rseg_history_len'")
+            row = cursor.fetchone()
+        if row is None or int(row[0]) == 0:
+            break
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def batch_drain(n: int, kind: str, size: int = 0) -> dict:
+    """W9b: one worker (queue "default" only) drains ``n`` no-op jobs: ``plain`` (no batch), ``batch``
+    (the ``n`` are the members of one batch, with a callback), or ``large`` (the last ``n`` members of
+    a batch of ``size`` whose others have ended). Per job: the steady rate, from the first job's end
+    to the last's (the worker's start-up out)."""
+    from django.db.models import Max
+
+    if _unfinished(queue_name="default"):
+        raise RuntimeError("the queue is not empty; the harness must give a fresh database")
+    before = Job.objects.aggregate(last=Max("pk"))["last"] or 0  # the jobs of earlier runs stay, finished
+    calls = [((), {})] * n
+    purge_wait_s = None
+    started = time.perf_counter()
+    if kind == "plain":
+        jobs.enqueue_many(noop, calls)
+    elif kind == "batch":
+        with jobs.batch(on_finish=batch_stamp):
+            jobs.enqueue_many(noop, calls)
+    elif kind == "large":
+        from django.db.models import F
+
+        from jobs.models import JobBatch
+
+        with jobs.batch(on_finish=batch_stamp) as made:
+            jobs.enqueue_many(noop, [((), {})] * size)
+        # All but the last n members end first, as if a worker had run them: SUCCESSFUL and
+        # counted on the batch's row (what a member's end writes), so each of the n drained ends
+        # in a batch of ``size`` and no other READY row is in the claim's way.
+        ended = size - n
+        with transaction.atomic():
+            cut = Job.objects.filter(batch_id=made.id).order_by("pk").values_list("pk", flat=True)[ended - 1]
+            now = timezone.now()
+            Job.objects.filter(batch_id=made.id, pk__lte=cut).update(
+                status=JobStatus.SUCCESSFUL, attempts=1, started_at=now, last_attempted_at=now, finished_at=now)
+            JobBatch.objects.filter(pk=made.id).update(successful=F("successful") + ended)
+        before = cut
+        purge_wait_s = _wait_for_purge()
+    elif kind == "parked":  # not a batch: n plain jobs, behind size - n READY ones on another queue
+        jobs.enqueue_many(noop.using(queue_name="reports"), [((), {})] * (size - n))
+        jobs.enqueue_many(noop, calls)
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    enqueue_s = time.perf_counter() - started
+    drained = Job.objects.filter(pk__gt=before, task_path=noop.module_path, queue_name="default")
+    seconds = _run_worker_until(lambda: not _unfinished(queue_name="default"), timeout=120 + n / 20,
+                                extra_args=("--queue", "default"))
+    ok = drained.filter(status=JobStatus.SUCCESSFUL).count()
+    if ok != n:
+        raise RuntimeError(f"{ok} of {n} jobs SUCCESSFUL")
+    steady = (n - 1) / _span(drained)
+    return {"n": n, "kind": kind, "batch_size": {"batch": n, "large": size}.get(kind, 0),
+            "enqueue_s": enqueue_s, "seconds": seconds, "jobs_per_s": n / seconds, "steady_jobs_per_s": steady,
+            "us_per_job": 1e6 / steady, "purge_wait_s": purge_wait_s}
+
+
+def callback_latency(batches: int, members: int) -> dict:
+    """W9c: ``batches`` batches of ``members`` probe jobs each, one at a time, given to one idle
+    worker; per batch, the callback's start minus the last member's start (a member runs nothing
+    but its stamp, so that is its end). Before each batch the driver sleeps a random fraction of
+    the poll interval, as in W3."""
+    import random
+    from pathlib import Path
+
+    stamps = Path(os.environ["BENCH_STAMP_DIR"])
+    worker = _start_worker()
+    samples, totals = [], []
+    try:
+        _wait_registered(worker)
+        time.sleep(0.5)
+        for number in range(batches):
+            time.sleep(random.uniform(0, IDLE_POLL_SECONDS) + 0.05)
+            enqueued = time.time()
+            with jobs.batch(on_finish=batch_stamp) as made:
+                jobs.enqueue_many(stamp, [((f"member-{number}-{i}",), {}) for i in range(members)])
+            done = stamps / f"callback-{made.id}"
+            deadline = time.monotonic() + 60
+            while not done.exists():
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"batch {number}: no callback within 60 s (worker exit {worker.poll()})")
+                time.sleep(0.005)
+            callback = float(done.read_text())
+            last = max(float((stamps / f"member-{number}-{i}").read_text()) for i in range(members))
+            samples.append(callback - last)
+            totals.append(callback - enqueued)
+    finally:
+        _stop(worker)
+    return {"batches": batches, "members": members, "samples": samples, "enqueue_to_callback": totals}
+
+
+def chain(n: int) -> dict:
+    """W9d: ``n`` no-op jobs, each enqueued with ``enqueue_after([previous])`` (all before the worker
+    starts), run by one worker. links/s from the first link's start to the last link's end."""
+    if _unfinished():
+        raise RuntimeError("the queue is not empty; the harness must give a fresh database")
+    started = time.perf_counter()
+    previous = noop.enqueue()
+    for _ in range(n - 1):
+        previous = jobs.enqueue_after([previous], noop)
+    enqueue_s = time.perf_counter() - started
+    links = Job.objects.filter(task_path=noop.module_path)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    before, polls = _counters(), [0]
+
+    def done() -> bool:
+        polls[0] += 1
+        return not _unfinished()
+
+    seconds = _run_worker_until(done, timeout=120 + n / 5)
+    after = _counters()
+    ok = links.filter(status=JobStatus.SUCCESSFUL).count()
+    if ok != n:
+        raise RuntimeError(f"{ok} of {n} links SUCCESSFUL")
+    span = _span(links, start="started_at")
+    times = list(links.order_by("pk").values_list("started_at", "finished_at"))
+    gaps = sorted((times[i + 1][0] - times[i][1]).total_seconds() for i in range(len(times) - 1))
+    runs = sorted((finished - started).total_seconds() for started, finished in times)
+    return {"gap_p50_ms": gaps[len(gaps) // 2] * 1000, "gap_p90_ms": gaps[int(len(gaps) * 0.9)] * 1000,
+            "run_p50_ms": runs[len(runs) // 2] * 1000,
+            # PostgreSQL: the worker's statements and commits per link (the harness's polls taken out)
+            "round_trips_per_link": (after["statements"] - before["statements"] - polls[0] - 2) / n if after else None,
+            "commits_per_link": (after["commits"] - before["commits"] - polls[0] - 2) / n if after else None,
+            "n": n, "enqueue_s": enqueue_s, "enqueue_per_s": n / enqueue_s, "seconds": seconds,
+            "links_per_s": n / span, "wall_links_per_s": n / seconds}

@@ -42,3 +42,9 @@ def record_io(context):
 
     time.sleep(0.05)
     record.func(context)
+
+
+@task
+def batch_stamp(batch_id):
+    """W9: a batch's callback; records when it started (the token names the batch)."""
+    write_stamp(f"callback-{batch_id}")
