@@ -3,25 +3,6 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-BATCH_INDEX = "jobs_job_my_batch"
-
-
-def create_mysql_index(apps, schema_editor):
-    """MySQL and MariaDB leave out the partial index of batch members: a plain one stands in."""
-    connection = schema_editor.connection
-    if connection.vendor == "mysql":
-        table = connection.ops.quote_name(apps.get_model("jobs", "Job")._meta.db_table)
-        with connection.cursor() as cursor:
-            cursor.execute(f"CREATE INDEX {BATCH_INDEX} ON {table} (batch_id, status)")
-
-
-def drop_mysql_index(apps, schema_editor):
-    connection = schema_editor.connection
-    if connection.vendor == "mysql":
-        table = connection.ops.quote_name(apps.get_model("jobs", "Job")._meta.db_table)
-        with connection.cursor() as cursor:
-            cursor.execute(f"DROP INDEX {BATCH_INDEX} ON {table}")
-
 
 class Migration(migrations.Migration):
 
@@ -103,5 +84,4 @@ class Migration(migrations.Migration):
             model_name='jobdependency',
             constraint=models.UniqueConstraint(fields=('child', 'position'), name='jobs_dependency_order'),
         ),
-        migrations.RunPython(create_mysql_index, drop_mysql_index, elidable=False),
     ]
