@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 from datetime import datetime
 
 from django.db import connections, transaction
-from django.db.models import Case, F, Q, Value, When
+from django.db.models import F, Q
 
 from .batch_scope import outside_batch
 from .models import BATCH_COUNTS, FINISHED_STATUSES, Job, JobBatch, JobDependency, JobStatus, JSONMerge
@@ -69,34 +69,78 @@ def settle(using: str, ends: dict[int, str], *, now: datetime) -> None:
 
 def release_children(using: str, parents: list[int], *, now: datetime) -> list[int]:
     """The parents ended SUCCESSFUL: each child counts each once; those left waiting for none
-    become READY. Returns the children released."""
-    if not parents:
+    become READY (PostgreSQL: and the listening workers are told, on commit). Returns the
+    children released. On PostgreSQL and SQLite two statements, whatever the fan-out within a
+    chunk: the links marked (handing back their children), then the children counted and
+    released in one UPDATE; MySQL reads what it cannot have handed back."""
+    connection = connections[using]
+    returning = connection.vendor in ("postgresql", "sqlite")
+    children: list[int] = []
+    for ids in chunks(parents):
+        children += satisfy_links(connection, ids, returning=returning)
+    if not children:
         return []
-    links = [link for ids in chunks(parents) for link in JobDependency.objects.using(using).filter(
-        parent_id__in=ids, satisfied=False).values_list("pk", "child_id")]
-    if not links:
-        return []
-    for ids in chunks([pk for pk, _ in links]):
-        JobDependency.objects.using(using).filter(pk__in=ids).update(satisfied=True)
-    counts = Counter(child for _, child in links)
     by_count: dict[int, list[int]] = defaultdict(list)
-    for child, count in counts.items():
+    for child, count in Counter(children).items():
         by_count[count].append(child)
-    jobs = Job.objects.using(using)
-    for count, children in by_count.items():
-        for ids in chunks(children):
-            # Never below 0 (an unsigned column on MySQL would refuse the subtraction itself).
-            jobs.filter(pk__in=ids, status=JobStatus.WAITING).update(
-                waiting_for=Case(When(waiting_for__gt=count, then=F("waiting_for") - count), default=Value(0)))
-    released, queues = [], set()
-    for ids in chunks(list(counts)):
-        ready = jobs.filter(pk__in=ids, status=JobStatus.WAITING, waiting_for=0)
-        found = list(ready.values_list("pk", "queue_name"))
-        if found and ready.filter(pk__in=[pk for pk, _ in found]).update(status=JobStatus.READY):
-            released += [pk for pk, _ in found]
-            queues |= {queue for _, queue in found}
-    wake(using, queues)
-    return released
+    released: list[tuple[int, str]] = []
+    for count, waiting in by_count.items():
+        for ids in chunks(waiting):
+            released += count_down(connection, ids, count, returning=returning)
+    if connection.vendor != "postgresql":
+        wake(using, {queue for _, queue in released})
+    return [pk for pk, _ in released]
+
+
+def satisfy_links(connection, parents: list[int], *, returning: bool) -> list[int]:
+    """Mark the unsatisfied links of ``parents`` satisfied; the child of each (once per link)."""
+    qn = connection.ops.quote_name
+    table = qn(JobDependency._meta.db_table)
+    child, parent, satisfied = (qn(JobDependency._meta.get_field(name).column)
+                                for name in ("child", "parent", "satisfied"))
+    marks = ", ".join(["%s"] * len(parents))
+    where = f"{parent} IN ({marks}) AND NOT {satisfied}"
+    with connection.cursor() as cursor:
+        if returning:
+            cursor.execute(f"UPDATE {table} SET {satisfied} = TRUE WHERE {where} RETURNING {child}", parents)
+            return [row[0] for row in cursor.fetchall()]
+        cursor.execute(f"SELECT {child} FROM {table} WHERE {where} FOR UPDATE", parents)
+        found = [row[0] for row in cursor.fetchall()]
+        if found:
+            cursor.execute(f"UPDATE {table} SET {satisfied} = TRUE WHERE {where}", parents)
+        return found
+
+
+def count_down(connection, children: list[int], count: int, *, returning: bool) -> list[tuple[int, str]]:
+    """``count`` more parents of each WAITING child succeeded: lower its count, never below 0 (an
+    unsigned column on MySQL refuses the subtraction itself), and make it READY when that was the
+    last. ``status`` is set first: MySQL evaluates the assignments in order, the others on the row
+    as it was. Returns (id, queue) of the children released."""
+    qn = connection.ops.quote_name
+    col = {name: qn(Job._meta.get_field(name).column) for name in ("id", "status", "waiting_for", "queue_name")}
+    table = qn(Job._meta.db_table)
+    marks = ", ".join(["%s"] * len(children))
+    ready, waiting = JobStatus.READY.value, JobStatus.WAITING.value
+    update = (f"UPDATE {table} SET {col['status']} = CASE WHEN {col['waiting_for']} <= %s THEN '{ready}' "
+              f"ELSE {col['status']} END, {col['waiting_for']} = CASE WHEN {col['waiting_for']} > %s "
+              f"THEN {col['waiting_for']} - %s ELSE 0 END "
+              f"WHERE {col['id']} IN ({marks}) AND {col['status']} = '{waiting}'")
+    params = [count, count, count, *children]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":  # the wake-up in the same statement, delivered on commit
+            from .wakeup import CHANNEL
+
+            cursor.execute(f"WITH r AS ({update} RETURNING {col['id']} AS id, {col['queue_name']} AS queue, "
+                           f"{col['status']} AS status) SELECT id, queue, status, CASE WHEN status = '{ready}' "
+                           f"THEN pg_notify('{CHANNEL}', queue) END FROM r", params)
+            return [(pk, queue) for pk, queue, status, _ in cursor.fetchall() if status == ready]
+        if returning:
+            cursor.execute(f"{update} RETURNING {col['id']}, {col['queue_name']}, {col['status']}", params)
+            return [(pk, queue) for pk, queue, status in cursor.fetchall() if status == ready]
+        cursor.execute(update, params)
+        cursor.execute(f"SELECT {col['id']}, {col['queue_name']} FROM {table} WHERE {col['id']} IN ({marks}) "
+                       f"AND {col['status']} = '{ready}' AND {col['waiting_for']} = 0", children)
+        return [tuple(row) for row in cursor.fetchall()]
 
 
 def cancel_children(using: str, parents: list[tuple[int, str, str]], *, now: datetime) -> dict[int, str]:
