@@ -556,7 +556,7 @@ def _check_chains(ev: Evidence, enqueued: dict[str, int], fail) -> dict:
             fail("wrong callbacks", child, f"job {child} ran (attempt {first['attempt']} on {first['worker_id']} at "
                  f"{first['started_at'].isoformat()}) though its parents ended {ends}")
         if broken:
-            outcomes["cancelled by a parent"] += 1
+            outcomes["after a failed or cancelled parent"] += 1
             if job["status"] != "CANCELLED" or job["attempts"] or job["worker_ids"] or not _cancelled_by_parent(job):
                 fail("wrong callbacks", child, f"job {child}'s parents ended {ends}, but it ended {job['status']} "
                      f"after {job['attempts']} attempts (errors {[e['exception_class_path'] for e in job['errors']]})")
