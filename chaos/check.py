@@ -27,6 +27,21 @@ and a key whose count of RUNNING jobs is not 0 after the drain is stuck (its job
 be held back for ever). A job cancelled READY must end CANCELLED, one cancelled RUNNING
 CANCELLED or (when it was finishing just then) SUCCESSFUL; CANCELLED with no cancel
 asked is lost, unless a hand-back met a READY job of its unique key.
+
+Batches and chains of dependencies add a fifth, wrong callbacks (what a job's end sets
+off: a batch's callbacks, a waiting child's release or cancel):
+
+- every batch the producer made holds exactly the jobs its call enqueued, its counts
+  agree with its members' ends, and once every member has ended it is finished, with
+  exactly one job of each callback it calls for (on_success when every member ended
+  SUCCESSFUL, on_failure when any ended FAILED or CANCELLED, on_finish always), none
+  of the others, each listed on the batch, and each starting only after every member
+  had ended (its first effect after each member's finish and counted attempt);
+- every child waits for exactly the parents the producer gave it; one whose parents all
+  ended SUCCESSFUL ran, its first effect after each parent's finish and counted
+  attempt; one with a parent that ended FAILED or CANCELLED never ran and ended
+  CANCELLED with no attempt, its error naming such a parent. A job still WAITING after
+  the drain is stuck.
 """
 
 from __future__ import annotations
@@ -40,9 +55,12 @@ from pathlib import Path
 
 from jobs.limits import unique_key
 
-from .mix import BY_NAME, BY_TASK_PATH, FAULT_ERRORS, LOST
+from .mix import BY_NAME, BY_TASK_PATH, CALLBACK_BY_TASK_PATH, FAULT_ERRORS, LOST, PLANNED
 
-INVARIANTS = ("lost", "stuck", "duplicated", "wrong attempts")
+INVARIANTS = ("lost", "stuck", "duplicated", "wrong attempts", "wrong callbacks")
+ENDED = ("SUCCESSFUL", "FAILED", "CANCELLED")
+# The error of a child cancelled because a parent did not succeed (jobs.settle).
+PARENT_ENDED = "jobs.exceptions.ParentDidNotSucceed"
 # After a partition heals, TCP may take a while to deliver again (retransmission backoff,
 # then the keepalive or user timeout and a reconnect with the worker's backoff).
 AFTER_PARTITION = 60.0
@@ -115,6 +133,8 @@ class Evidence:
     unique_doubled: dict[str, int] = field(default_factory=dict)  # unique key -> most READY seen at once
     limit_samples: int = 0
     keys_left_running: dict[str, int] = field(default_factory=dict)  # JobLimit rows not at 0 after the drain
+    batches: dict[str, dict] = field(default_factory=dict)  # id -> row (counts, sealed_at, finished_at, callbacks)
+    parents: dict[int, list[int]] = field(default_factory=dict)  # child id -> its parents' ids, in order
 
 
 @dataclass
@@ -125,6 +145,8 @@ class Verdict:
     taken_back_by_cause: Counter
     collapsed: dict[str, int] = field(default_factory=dict)  # token -> the READY job of its unique key it got
     most_running: dict[str, int] = field(default_factory=dict)  # concurrency key -> most attempts at once (effects)
+    batches: dict = field(default_factory=dict)  # figures of the batches checked (see _check_batches)
+    chains: dict = field(default_factory=dict)  # figures of the chains checked (see _check_chains)
 
     def count(self, invariant: str) -> int:
         return len(self.failures[invariant])
@@ -137,19 +159,23 @@ def check(ev: Evidence) -> Verdict:
         failures[invariant].setdefault(str(culprit), f"{invariant}: {message}")
 
     enqueued, reconciled, collapsed = _reconcile(ev, fail)
-    by_id_kind = {job_id: BY_TASK_PATH.get(ev.jobs[job_id]["task_path"]) for job_id in enqueued.values()}
+    callbacks = [job_id for job_id, job in ev.jobs.items() if job["task_path"] in CALLBACK_BY_TASK_PATH]
+    by_id_kind = {job_id: BY_TASK_PATH.get(ev.jobs[job_id]["task_path"]) for job_id in [*enqueued.values(), *callbacks]}
     handed_back = {(j, a, log.worker_id) for log in ev.logs for j, a in log.handed_back}
     for job_id, kind in by_id_kind.items():
         job = ev.jobs[job_id]
         _check_final_state(job_id, job, kind, ev.effects.get(job_id, []), fail)
         _check_effects(job_id, job, ev.effects.get(job_id, []), handed_back, fail)
-        _check_attempts(job_id, job, fail)
+        if not _cancelled_by_parent(job):  # no attempt: the chain's check holds it
+            _check_attempts(job_id, job, fail)
     _check_cancels(ev, enqueued, fail)
+    batches = _check_batches(ev, enqueued, fail)
+    chains = _check_chains(ev, enqueued, fail)
     most_running = _check_limits(ev, enqueued, handed_back, fail)
     for label in ev.bad_workers:
         fail("stuck", label, f"worker {label}")
     causes = _check_take_backs(ev, fail)
-    return Verdict(failures, enqueued, reconciled, causes, collapsed, most_running)
+    return Verdict(failures, enqueued, reconciled, causes, collapsed, most_running, batches, chains)
 
 
 def _reconcile(ev: Evidence, fail) -> tuple[dict[str, int], Counter, dict[str, int]]:
@@ -157,7 +183,8 @@ def _reconcile(ev: Evidence, fail) -> tuple[dict[str, int], Counter, dict[str, i
     of its key it was given); flags lost, doubled and stray jobs."""
     rows_by_token = defaultdict(list)
     for job_id, job in ev.jobs.items():
-        rows_by_token[job["kwargs"].get("token")].append(job_id)
+        if job["task_path"] not in CALLBACK_BY_TASK_PATH:  # the queue enqueues those: no token
+            rows_by_token[job["kwargs"].get("token")].append(job_id)
     enqueued: dict[str, int] = {}
     collapsed: dict[str, int] = {}
     reconciled = Counter()
@@ -198,7 +225,7 @@ def _reconcile(ev: Evidence, fail) -> tuple[dict[str, int], Counter, dict[str, i
 
 def _check_final_state(job_id: int, job: dict, kind, effects: list[dict], fail) -> None:
     status, errors = job["status"], job["errors"]
-    if status in ("READY", "RUNNING"):
+    if status in ("READY", "RUNNING", "WAITING"):
         fail("stuck", job_id, f"job {job_id} ({kind.name if kind else job['task_path']}) is still {status} "
              f"after the drain (attempt {job['attempts']}, worker {job['worker_id'] or '-'})")
         return
@@ -221,6 +248,8 @@ def _check_final_state(job_id: int, job: dict, kind, effects: list[dict], fail) 
         elif unexpected:
             fail("lost", job_id, f"job {job_id} ({kind.name}) ended FAILED with unexpected errors {unexpected}")
     elif status == "CANCELLED":
+        if _cancelled_by_parent(job):
+            return  # a parent did not succeed: the chain's check holds it
         if not kind.cancels and not (kind.unique and SAME_KEY_QUEUED in _cancel_reason(job)):
             fail("lost", job_id, f"job {job_id} ({kind.name}) ended CANCELLED, which nobody asked for "
                  f"({_cancel_reason(job) or 'no reason'})")
@@ -237,6 +266,10 @@ SAME_KEY_QUEUED = "same unique key"
 def _superseded(job: dict) -> bool:
     """A retry that a READY job of the same unique key stands for: FAILED early, saying so."""
     return bool(job["errors"]) and SAME_KEY_QUEUED in job["errors"][-1]["message"]
+
+
+def _cancelled_by_parent(job: dict) -> bool:
+    return job["status"] == "CANCELLED" and any(e["exception_class_path"] == PARENT_ENDED for e in job["errors"])
 
 
 def _cancel_reason(job: dict) -> str:
@@ -382,3 +415,171 @@ def _cause(pid: int | None, at: float, ev: Evidence) -> str | None:
         if restart["began"] <= at <= restart["up"] + AFTER_RESTART:
             return "database restart"
     return None
+
+
+def _ended_at(job: dict, effects: list[dict]) -> float:
+    """When the job's end was counted, as late as the evidence shows it: its finish, and the end
+    of the attempt that counted, when its task reached its end before the outcome was written (a
+    success, or a planned failure; a take-back's or a timeout's thread may run on after it)."""
+    moments = [job["finished_at"].timestamp()] if job.get("finished_at") else []
+    if job["status"] == "SUCCESSFUL":
+        counted = (job["attempts"], job["worker_id"])
+    elif job["status"] == "FAILED" and job["errors"] and job["errors"][-1]["exception_class_path"] == PLANNED:
+        counted = (job["errors"][-1]["attempt"], job["errors"][-1]["worker_id"])
+    else:
+        counted = None
+    moments += [e["ended_at"].timestamp() for e in effects if (e["attempt"], e["worker_id"]) == counted]
+    return max(moments, default=float("-inf"))
+
+
+def _first_start(effects: list[dict]) -> dict | None:
+    return min(effects, key=lambda e: e["started_at"], default=None)
+
+
+def _spread(values: list[float]) -> dict:
+    values = sorted(values)
+    return {"n": len(values), "median": round(values[len(values) // 2], 3), "max": round(values[-1], 3)} \
+        if values else {"n": 0}
+
+
+def _check_batches(ev: Evidence, enqueued: dict[str, int], fail) -> dict:
+    """Each batch the producer made against its members and its callbacks' jobs and effects."""
+    members_of: dict[str, list[int]] = defaultdict(list)
+    callbacks_of: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for job_id, job in ev.jobs.items():
+        if job.get("batch_id"):
+            members_of[job["batch_id"]].append(job_id)
+        if kind := CALLBACK_BY_TASK_PATH.get(job["task_path"]):
+            callbacks_of[str(job["kwargs"].get("batch_id"))].append((kind.name, job_id))
+    made: dict[str, int] = {}
+    for number, call in sorted(ev.calls.items()):
+        ids = [enqueued[token] for token, _, _ in call["jobs"] if token in enqueued]
+        if call["mode"] != "batch" or not ids:
+            continue  # a call not committed (or lost: said elsewhere)
+        in_batches = sorted({str(ev.jobs[job_id].get("batch_id")) for job_id in ids})
+        if len(in_batches) != 1 or in_batches[0] == "None" or in_batches[0] in made:
+            fail("wrong callbacks", f"call {number}", f"the members of batch call {number} are in batches "
+                 f"{in_batches}, not in one batch of their own")
+            continue
+        batch_id = in_batches[0]
+        made[batch_id] = number
+        if call.get("batch_id", batch_id) != batch_id:
+            fail("wrong callbacks", f"batch {batch_id}", f"call {number} made batch {call['batch_id']}, but its "
+                 f"members are in batch {batch_id}")
+        if sorted(members_of[batch_id]) != sorted(ids):
+            fail("wrong callbacks", f"batch {batch_id}", f"batch {batch_id} (call {number}) holds jobs "
+                 f"{sorted(members_of[batch_id])}, but the call enqueued {sorted(ids)}")
+    for batch_id in sorted(set(members_of) | set(callbacks_of) | set(ev.batches)):
+        if batch_id not in made:
+            fail("wrong callbacks", f"batch {batch_id}", f"batch {batch_id} (members {sorted(members_of[batch_id])[:10]}, "
+                 f"callbacks {callbacks_of[batch_id]}) is no batch the producer made")
+    outcomes, delays = Counter(), []
+    for batch_id, number in made.items():
+        row, members = ev.batches.get(batch_id), [ev.jobs[job_id] for job_id in members_of[batch_id]]
+        name = f"batch {batch_id}"
+        if row is None:
+            fail("lost", name, f"batch {batch_id} (call {number}) has members but no row")
+            continue
+        ends = Counter(m["status"] for m in members)
+        counts = {"total": len(members), "successful": ends["SUCCESSFUL"], "failed": ends["FAILED"],
+                  "cancelled": ends["CANCELLED"]}
+        stored = {field: row[field] for field in counts}
+        if row["finished_at"] is None:
+            if all(m["status"] in ENDED for m in members):
+                fail("wrong callbacks", name, f"every member of batch {batch_id} (call {number}) has ended {dict(ends)}, "
+                     f"but the batch has not finished (counted {stored}): its callbacks are lost")
+            else:
+                outcomes["unfinished"] += 1  # its members are stuck: said per job
+            continue
+        if stored != counts:
+            fail("wrong callbacks", name, f"batch {batch_id} (call {number}) counted {stored}, but its members ended "
+                 f"{counts}")
+        succeeded = ends["SUCCESSFUL"] == len(members)
+        outcomes["successful" if succeeded else "failed"] += 1
+        wanted = {"on_success" if succeeded else "on_failure", "on_finish"}
+        fired = Counter(kind for kind, _ in callbacks_of[batch_id])
+        for kind in ("on_success", "on_failure", "on_finish"):
+            jobs = [job_id for k, job_id in callbacks_of[batch_id] if k == kind]
+            if fired[kind] > 1:
+                fail("wrong callbacks", f"{name} {kind}", f"batch {batch_id}: {kind} fired {fired[kind]} times "
+                     f"(jobs {jobs})")
+            elif fired[kind] and kind not in wanted:
+                fail("wrong callbacks", f"{name} {kind}", f"batch {batch_id}: {kind} fired (job {jobs[0]}), but its "
+                     f"members ended {dict(ends)}")
+            elif not fired[kind] and kind in wanted:
+                fail("wrong callbacks", f"{name} {kind}", f"batch {batch_id}: {kind} never fired (members ended "
+                     f"{dict(ends)}, the batch finished at {row['finished_at']})")
+        listed = sorted(c.get("job") or 0 for c in row["callbacks"] or [])
+        if listed != sorted(job_id for _, job_id in callbacks_of[batch_id]):
+            fail("wrong callbacks", f"{name} list", f"batch {batch_id} lists callback jobs {listed}, but the jobs of "
+                 f"its callbacks are {sorted(callbacks_of[batch_id])}")
+        last = max((_ended_at(m, ev.effects.get(job_id, [])), job_id)
+                   for job_id, m in zip(members_of[batch_id], members))
+        for kind, job_id in callbacks_of[batch_id]:
+            first = _first_start(ev.effects.get(job_id, []))
+            if first is None:
+                continue  # never reached its end: said by its own final state
+            start = first["started_at"].timestamp()
+            if start <= last[0]:
+                fail("wrong callbacks", f"{name} {kind} early", f"batch {batch_id}: {kind} (job {job_id}) started "
+                     f"at {first['started_at'].isoformat()}, {last[0] - start:.3f}s before its member {last[1]} "
+                     "ended")
+            else:
+                delays.append(start - last[0])
+    return {"made": len(made), "by_outcome": dict(outcomes), "members": sum(len(members_of[b]) for b in made),
+            "callbacks_fired": dict(Counter(k for b in made for k, _ in callbacks_of[b])),
+            "callback_start_after_last_member_s": _spread(delays)}
+
+
+def _check_chains(ev: Evidence, enqueued: dict[str, int], fail) -> dict:
+    """Each child against the parents the producer gave it and how they ended."""
+    chains = 0
+    for number, call in sorted(ev.calls.items()):
+        if call["mode"] != "chain" or not any(token in enqueued for token, _, _ in call["jobs"]):
+            continue
+        chains += 1
+        for token, parent_tokens in call.get("parents", {}).items():
+            child = enqueued.get(token)
+            expected = [enqueued.get(t) for t in parent_tokens]
+            if child is not None and ev.parents.get(child) != expected:
+                fail("wrong callbacks", child, f"job {child} ({token}, call {number}) waits for "
+                     f"{ev.parents.get(child)}, but was enqueued after {expected}")
+    outcomes, delays = Counter(), []
+    for child, parents in sorted(ev.parents.items()):
+        job, effects = ev.jobs[child], ev.effects.get(child, [])
+        ends = {parent: ev.jobs[parent]["status"] for parent in parents if parent in ev.jobs}
+        first = _first_start(effects)
+        broken = [parent for parent, status in ends.items() if status in ("FAILED", "CANCELLED")]
+        if len(parents) > 1:
+            outcomes["fan-in"] += 1
+        if first is not None and any(status != "SUCCESSFUL" for status in ends.values()):
+            fail("wrong callbacks", child, f"job {child} ran (attempt {first['attempt']} on {first['worker_id']} at "
+                 f"{first['started_at'].isoformat()}) though its parents ended {ends}")
+        if broken:
+            outcomes["after a failed or cancelled parent"] += 1
+            if job["status"] != "CANCELLED" or job["attempts"] or job["worker_ids"] or not _cancelled_by_parent(job):
+                fail("wrong callbacks", child, f"job {child}'s parents ended {ends}, but it ended {job['status']} "
+                     f"after {job['attempts']} attempts (errors {[e['exception_class_path'] for e in job['errors']]})")
+            elif not any(f"#{parent} (" in e["message"] for e in job["errors"] for parent in broken):
+                fail("wrong callbacks", child, f"job {child} ended CANCELLED, but its error "
+                     f"{job['errors'][-1]['message']!r} names none of its parents that ended {broken}")
+            continue
+        if len(ends) < len(parents) or any(status != "SUCCESSFUL" for status in ends.values()):
+            continue  # a parent lost or not ended: said per job
+        outcomes["released"] += 1
+        if _cancelled_by_parent(job):
+            fail("wrong callbacks", child, f"job {child} ended CANCELLED as if a parent had not succeeded, but its "
+                 f"parents ended {ends}")
+        if first is None:
+            continue  # never reached its end: said by its own final state
+        start = first["started_at"].timestamp()
+        for parent in parents:
+            ended = _ended_at(ev.jobs[parent], ev.effects.get(parent, []))
+            if start <= ended:
+                fail("wrong callbacks", child, f"job {child} started (attempt {first['attempt']} on "
+                     f"{first['worker_id']}) {ended - start:.3f}s before its parent {parent} ended SUCCESSFUL")
+                break
+        else:
+            delays.append(start - max(_ended_at(ev.jobs[p], ev.effects.get(p, [])) for p in parents))
+    return {"made": chains, "children": len(ev.parents), **dict(outcomes),
+            "child_start_after_last_parent_s": _spread(delays)}

@@ -59,4 +59,25 @@ KINDS = (
          cancels=0.7, due_in=2.0, planned=frozenset({CANCELLED})),
 )
 BY_NAME = {kind.name: kind for kind in KINDS}
-BY_TASK_PATH = {kind.task.module_path: kind for kind in KINDS}
+
+# A batch's callbacks: enqueued by the queue (so without a token) when the batch's last member
+# ends, each once, with the one keyword argument batch_id; never drawn by the producer.
+CALLBACKS = (
+    Kind("on_success", tasks.batch_succeeded, 0),
+    Kind("on_failure", tasks.batch_failed, 0),
+    Kind("on_finish", tasks.batch_finished, 0),
+)
+CALLBACK_BY_TASK_PATH = {kind.task.module_path: kind for kind in CALLBACKS}
+BY_TASK_PATH = {kind.task.module_path: kind for kind in KINDS + CALLBACKS}
+
+# The kinds batches and chains are made of, with their weights. No unique kind: a unique member
+# could collapse into a READY job outside its batch, and a unique task cannot be a child.
+BATCH_MEMBERS = {"quick": 6, "flaky": 3, "doomed": 1, "slow": 1, "limited": 1, "overrun": 1, "cancelled": 1}
+BATCH_FINE = {"quick": 6, "flaky": 2, "slow": 1, "limited": 1}  # a batch meant to succeed (faults permitting)
+BATCH_SIZE = (2, 20)
+CHAIN_LINKS = {"quick": 6, "flaky": 2, "slow": 1, "overrun": 1, "limited": 1}
+CHAIN_LENGTH = (2, 6)
+# A link that fails for good (anywhere but last) or a root the producer may cancel: what
+# follows it must end CANCELLED without running.
+BROKEN_CHAINS = 0.3
+FAN_IN = 0.3  # chains with a link that also waits for 1-2 jobs of their own (2-3 parents in all)

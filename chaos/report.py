@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .check import INVARIANTS, Evidence, Verdict
-from .mix import BY_TASK_PATH
+from .mix import BY_TASK_PATH, CALLBACK_BY_TASK_PATH
 
 HARMFUL = ("kill", "term", "stop", "partition", "restart-fast", "restart-immediate")  # what the line counts
 MESSAGES_KEPT = 50  # per invariant, in the JSON; the count is always complete
@@ -19,7 +19,8 @@ def closing_line(jobs: int, faults: list[dict], verdict: Verdict) -> str:
     harmful = [f for f in faults if f["kind"] in HARMFUL]
     partitions = sum(f["kind"] == "partition" for f in faults)
     counts = ", ".join(f"{verdict.count(name)} {name}" for name in INVARIANTS)
-    return f"chaos: {jobs} jobs, {len(harmful)} faults ({partitions} partitions), {counts}"
+    made = f"{verdict.batches.get('made', 0)} batches, {verdict.chains.get('made', 0)} chains"
+    return f"chaos: {jobs} jobs ({made}), {len(harmful)} faults ({partitions} partitions), {counts}"
 
 
 def _timestamp(value) -> float | None:
@@ -42,8 +43,9 @@ def _spread(values: list[float]) -> dict:
 def build(*, ev: Evidence, verdict: Verdict, run: dict, phases: dict, line: str) -> dict:
     """``run``: the options and the machine; ``phases``: wall-clock times of the run's phases."""
     enqueued = [ev.jobs[job_id] for job_id in verdict.enqueued.values()]
+    callbacks = [job for job in ev.jobs.values() if job["task_path"] in CALLBACK_BY_TASK_PATH]
     by_kind: dict[str, Counter] = {}
-    for job in enqueued:
+    for job in enqueued + callbacks:
         kind = BY_TASK_PATH.get(job["task_path"])
         by_kind.setdefault(kind.name if kind else job["task_path"], Counter())[job["status"]] += 1
     finishes = sorted(t for job in enqueued if (t := _timestamp(job["finished_at"])) is not None)
@@ -101,6 +103,8 @@ def build(*, ev: Evidence, verdict: Verdict, run: dict, phases: dict, line: str)
             "cancels": dict(Counter(c.get("said", "raised" if "error" in c else "unfinished")
                                     for c in ev.cancels.values())),
         },
+        "batches": verdict.batches,
+        "chains": verdict.chains,
         "workers": {"processes": len(ev.logs), "bad": ev.bad_workers},
     }
 

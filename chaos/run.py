@@ -234,7 +234,8 @@ def _drain(timeout: float) -> bool:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not retrying(lambda: Job.objects.filter(status__in=[JobStatus.READY, JobStatus.RUNNING]).exists()):
+        if not retrying(lambda: Job.objects.filter(status__in=[JobStatus.READY, JobStatus.RUNNING,
+                                                                JobStatus.WAITING]).exists()):
             return True
         time.sleep(0.5)
     return False
@@ -245,11 +246,11 @@ def _gather(cluster, injector, database, bad_workers, limit_samples):
     from chaos.models import Effect
     from jobs.execution import attempt_limit
     from jobs.framework import task_backends
-    from jobs.models import Job, JobLimit
+    from jobs.models import Job, JobBatch, JobDependency, JobLimit
 
     jobs = {row["id"]: row for row in Job.objects.values(
         "id", "task_path", "status", "attempts", "max_attempts", "worker_id", "worker_ids", "errors", "kwargs",
-        "finished_at", "backend", "meta", "limit_key", "unique_key")}
+        "finished_at", "backend", "meta", "limit_key", "unique_key", "batch_id")}
     for row in jobs.values():
         # A row keeps no limit of its own unless its task sets one: the one in force applies.
         row["max_attempts"] = attempt_limit(Job(**row), task_backends[row.pop("backend")])
@@ -257,8 +258,14 @@ def _gather(cluster, injector, database, bad_workers, limit_samples):
     for effect in Effect.objects.values("job_id", "attempt", "worker_id", "raised", "started_at", "ended_at"):
         effects.setdefault(effect["job_id"], []).append(effect)
     logs = [read_worker_log(r.log, r.label, r.process.pid) for r in cluster.runs]
+    batches = {row["id"]: row for row in JobBatch.objects.values(
+        "id", "total", "successful", "failed", "cancelled", "sealed_at", "finished_at", "callbacks")}
+    parents: dict[int, list[int]] = {}
+    for child, parent in JobDependency.objects.order_by("child_id", "position").values_list("child_id", "parent_id"):
+        parents.setdefault(child, []).append(parent)
     return Evidence(calls=read_record(OUT / "enqueued.jsonl"), jobs=jobs, effects=effects, logs=logs,
                     faults=injector.faults, restarts=database.restarts, bad_workers=bad_workers,
                     cancels=read_cancels(OUT / "enqueued.jsonl"), limit_peaks=limit_samples.peaks,
                     unique_doubled=limit_samples.doubled, limit_samples=limit_samples.samples,
-                    keys_left_running=dict(JobLimit.objects.filter(running__gt=0).values_list("key", "running")))
+                    keys_left_running=dict(JobLimit.objects.filter(running__gt=0).values_list("key", "running")),
+                    batches=batches, parents=parents)

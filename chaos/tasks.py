@@ -1,5 +1,7 @@
 """The fault test's tasks. Each records its effect (``Effect``) when it reaches its end,
 then returns or raises; ``token`` is the producer's name for the call (see chaos.load).
+A batch's callbacks (``batch_succeeded``, ``batch_failed``, ``batch_finished``) take only
+``batch_id``, as every callback does: the queue enqueues them, not the producer.
 """
 
 import time
@@ -102,3 +104,21 @@ def cancellable(context, token, seconds):
             return
         time.sleep(0.05)
     _effect(context, started)
+
+
+@task(takes_context=True)
+def batch_succeeded(context, batch_id):
+    """A batch's on_success callback."""
+    _effect(context, timezone.now())
+
+
+@task(takes_context=True)
+def batch_failed(context, batch_id):
+    """A batch's on_failure callback."""
+    _effect(context, timezone.now())
+
+
+@task(takes_context=True)
+def batch_finished(context, batch_id):
+    """A batch's on_finish callback."""
+    _effect(context, timezone.now())

@@ -124,9 +124,10 @@ def hand_back(jobs: Sequence[ClaimedJob], *, using: str | None = None) -> int:
                                        "reason": "handed back while a job with the same unique key was queued"}}))
                 if back:
                     cancelled[job.id] = JobStatus.CANCELLED
-            # Someone asked to cancel it while this worker held it: it does not go back, it is cancelled.
+            # Someone asked to cancel it while this worker held it: it does not go back, it is cancelled
+            # (and the attempt handed back does not count, as in every hand-back).
             if not back and held.filter(cancel_requested_at__isnull=False).update(
-                    status=JobStatus.CANCELLED, heartbeat_at=None, cancel_requested_at=None,
+                    status=JobStatus.CANCELLED, attempts=attempts, heartbeat_at=None, cancel_requested_at=None,
                     finished_at=timezone.now()):
                 back = cancelled[job.id] = JobStatus.CANCELLED
             if back:

@@ -187,6 +187,26 @@ def test_a_late_cancel_leaves_no_flag_for_a_later_hand_back_or_take_back(transac
     assert taken.cancel_requested_at is None
 
 
+def test_a_job_handed_back_while_a_cancel_was_pending_ends_cancelled_and_the_attempt_does_not_count(
+        transactional_db):
+    """Found by make chaos (seed 101): the hand-back ended it CANCELLED but kept the attempt, which
+    no error entry or worker id stood for."""
+    from jobs.store import hand_back
+
+    try:
+        from jobs.sql import claim
+    except ImportError:  # before the claim moved from the model's manager to jobs.sql (main has moved it)
+        claim = Job.objects.claim
+
+    result = tasks.add.enqueue(1, 2)
+    (claimed,) = claim(worker_id="w1", limit=1, now=timezone.now())
+    assert jobs.cancel(result.id, "not needed") == control.REQUESTED
+    assert hand_back([claimed]) == 1
+    cancelled = job(result)
+    assert cancelled.status == JobStatus.CANCELLED and cancelled.cancel_requested_at is None
+    assert (cancelled.attempts, cancelled.errors, cancelled.worker_ids) == (0, [], [])
+
+
 def test_a_cancel_flag_left_on_a_ready_row_is_cleared_by_the_claim(transactional_db):
     result = tasks.add.enqueue(1, 2)
     Job.objects.filter(pk=int(result.id)).update(cancel_requested_at=timezone.now())  # left by an older version

@@ -1,10 +1,11 @@
 """The fault test's checker (chaos/check.py) on made-up evidence: it must see a broken
-promise of job control, and must not blame the queue for what the faults explain."""
+promise of job control, of a batch's callbacks or of a chain, and must not blame the queue
+for what the faults explain."""
 
 from datetime import UTC, datetime
 
-from chaos.check import Evidence, check
-from chaos.mix import BY_NAME, LOST
+from chaos.check import PARENT_ENDED, Evidence, check
+from chaos.mix import BY_NAME, CALLBACKS, LOST, PLANNED
 from jobs.limits import unique_key
 
 T0 = 1_800_000_000.0
@@ -14,23 +15,25 @@ def _at(seconds: float) -> datetime:
     return datetime.fromtimestamp(T0 + seconds, UTC)
 
 
-def _job(kind: str, token: str, *, status="SUCCESSFUL", attempts=1, worker="w1", errors=(), **kwargs):
+def _job(kind: str, token: str, *, status="SUCCESSFUL", attempts=1, worker="w1", errors=(), finished=60.0,
+         **kwargs):
     errors = list(errors)
     return {"task_path": BY_NAME[kind].task.module_path, "status": status, "attempts": attempts, "max_attempts": 5,
             "worker_id": worker, "worker_ids": [e["worker_id"] for e in errors] + ([worker] if status == "SUCCESSFUL"
                                                                                    else []),
-            "errors": errors, "kwargs": {"token": token, **kwargs}, "finished_at": _at(60), "meta": {},
+            "errors": errors, "kwargs": {"token": token, **kwargs}, "finished_at": _at(finished), "meta": {},
             "limit_key": f"account-{kwargs['account']}" if "account" in kwargs else None,
             "unique_key": unique_key(BY_NAME[kind].task, [], {"token": token, **kwargs})}
 
 
-def _effect(attempt: int, worker: str, start: float, end: float) -> dict:
-    return {"attempt": attempt, "worker_id": worker, "raised": False, "started_at": _at(start), "ended_at": _at(end)}
+def _effect(attempt: int, worker: str, start: float, end: float, raised=False) -> dict:
+    return {"attempt": attempt, "worker_id": worker, "raised": raised, "started_at": _at(start), "ended_at": _at(end)}
 
 
 def _evidence(jobs: dict, effects: dict, calls: list, **extra) -> Evidence:
-    record = {n: {"mode": "one", "jobs": [[t, k, kw] for t, k, kw in sent], "ids": [str(i) for i in ids]}
-              for n, (sent, ids) in enumerate(calls)}
+    record = {n: {"mode": "one", "jobs": [[t, k, kw] for t, k, kw in call[0]], "ids": [str(i) for i in call[1]],
+                  **(call[2] if len(call) > 2 else {})}
+              for n, call in enumerate(calls)}
     return Evidence(calls=record, jobs=jobs, effects=effects, logs=[], faults=[], restarts=[], **extra)
 
 
@@ -104,3 +107,112 @@ def test_a_cancelled_job_nobody_cancelled_is_lost():
     jobs = {1: _job("quick", "a", status="CANCELLED", attempts=0, worker="")}
     verdict = check(_evidence(jobs, {}, [([("a", "quick", {})], [1])]))
     assert "which nobody asked for" in verdict.failures["lost"]["1"]
+
+
+CALLBACK = {kind.name: kind.task.module_path for kind in CALLBACKS}
+
+
+def _batch(member_ends: list[tuple[str, float]], callbacks: list[tuple[str, float]]) -> Evidence:
+    """A batch of quick or doomed members ending at the given moments, and callback jobs (kind,
+    start of their one attempt), each SUCCESSFUL; what the batch row lists is what was fired."""
+    jobs, effects, sent = {}, {}, []
+    for i, (kind, end) in enumerate(member_ends, start=1):
+        if kind == "doomed":
+            errors = [{"attempt": a, "worker_id": "w1", "exception_class_path": PLANNED, "message": "planned",
+                       "at": _at(end).isoformat()} for a in range(1, 6)]
+            jobs[i] = _job("doomed", f"m{i}", status="FAILED", attempts=5, errors=errors, finished=end)
+            effects[i] = [_effect(a, "w1", end - 0.5, end - 0.1, raised=True) for a in range(1, 6)]
+        else:
+            jobs[i] = _job("quick", f"m{i}", finished=end)
+            effects[i] = [_effect(1, "w1", end - 0.5, end - 0.1)]
+        jobs[i]["batch_id"] = "b1"
+        sent.append((f"m{i}", kind, {}))
+    for i, (kind, start) in enumerate(callbacks, start=100):
+        jobs[i] = {**_job("quick", "", finished=start + 1), "task_path": CALLBACK[kind], "kwargs": {"batch_id": "b1"}}
+        effects[i] = [_effect(1, "w1", start, start + 0.1)]
+    ends = [status for status in (job["status"] for job in jobs.values() if job.get("batch_id"))]
+    row = {"total": len(ends), "successful": ends.count("SUCCESSFUL"), "failed": ends.count("FAILED"),
+           "cancelled": 0, "sealed_at": _at(0), "finished_at": _at(max(end for _, end in member_ends)),
+           "callbacks": [{"task": CALLBACK[kind], "job": i} for i, (kind, _) in enumerate(callbacks, start=100)]}
+    call = ([(t, k, kw) for t, k, kw in sent], list(range(1, len(sent) + 1)), {"mode": "batch", "batch_id": "b1"})
+    return _evidence(jobs, effects, [call], batches={"b1": row})
+
+
+def test_a_batch_whose_callbacks_fired_once_each_after_its_members_passes():
+    verdict = check(_batch([("quick", 10), ("quick", 12)], [("on_success", 12.5), ("on_finish", 12.6)]))
+    assert all(verdict.count(name) == 0 for name in verdict.failures), verdict.failures
+    assert verdict.batches["made"] == 1 and verdict.batches["by_outcome"] == {"successful": 1}
+    verdict = check(_batch([("quick", 10), ("doomed", 12)], [("on_failure", 12.5), ("on_finish", 12.6)]))
+    assert all(verdict.count(name) == 0 for name in verdict.failures), verdict.failures
+
+
+def test_a_doubled_callback_is_a_wrong_callback():
+    verdict = check(_batch([("quick", 10), ("quick", 12)],
+                           [("on_success", 12.5), ("on_finish", 12.6), ("on_finish", 13)]))
+    assert list(verdict.failures["wrong callbacks"]) == ["batch b1 on_finish"], verdict.failures
+    assert "on_finish fired 2 times (jobs [101, 102])" in verdict.failures["wrong callbacks"]["batch b1 on_finish"]
+
+
+def test_a_callback_that_started_before_the_last_member_ended_is_a_wrong_callback():
+    verdict = check(_batch([("quick", 10), ("quick", 12)], [("on_success", 11), ("on_finish", 12.6)]))
+    assert list(verdict.failures["wrong callbacks"]) == ["batch b1 on_success early"], verdict.failures
+    assert "before its member 2 ended" in verdict.failures["wrong callbacks"]["batch b1 on_success early"]
+
+
+def test_the_wrong_callback_and_a_lost_one_are_wrong_callbacks():
+    verdict = check(_batch([("quick", 10), ("doomed", 12)], [("on_success", 12.5)]))
+    assert sorted(verdict.failures["wrong callbacks"]) == ["batch b1 on_failure", "batch b1 on_finish",
+                                                           "batch b1 on_success"], verdict.failures
+    evidence = _batch([("quick", 10), ("quick", 12)], [])
+    evidence.batches["b1"]["finished_at"] = None  # every member ended, the batch never finished
+    verdict = check(evidence)
+    assert "its callbacks are lost" in verdict.failures["wrong callbacks"]["batch b1"]
+
+
+def _chain(child_status: str, child_effects: list, *, parent="doomed", parent_end=20.0) -> Evidence:
+    """Job 1 (the parent, doomed: FAILED, or quick: SUCCESSFUL), then job 2 (quick) after it."""
+    if parent == "doomed":
+        errors = [{"attempt": a, "worker_id": "w1", "exception_class_path": PLANNED, "message": "planned",
+                   "at": _at(parent_end).isoformat()} for a in range(1, 6)]
+        jobs = {1: _job("doomed", "p", status="FAILED", attempts=5, errors=errors, finished=parent_end)}
+        effects = {1: [_effect(a, "w1", parent_end - 1, parent_end - 0.5, raised=True) for a in range(1, 6)]}
+    else:
+        jobs = {1: _job("quick", "p", finished=parent_end)}
+        effects = {1: [_effect(1, "w1", parent_end - 1, parent_end - 0.5)]}
+    if child_status == "CANCELLED":
+        error = {"attempt": 0, "worker_id": "", "exception_class_path": PARENT_ENDED, "at": _at(parent_end).isoformat(),
+                 "message": "not run: its parent job #1 (chaos.tasks.doomed) ended FAILED"}
+        jobs[2] = {**_job("quick", "c", status="CANCELLED", attempts=0, worker="", errors=[error],
+                          finished=parent_end), "worker_ids": []}
+    else:
+        jobs[2] = _job("quick", "c", finished=parent_end + 5)
+    effects[2] = child_effects
+    call = ([("p", parent, {}), ("c", "quick", {})], [1, 2], {"mode": "chain", "parents": {"c": ["p"]}})
+    return _evidence(jobs, effects, [call], parents={2: [1]})
+
+
+def test_a_child_cancelled_unrun_after_its_parent_failed_passes():
+    verdict = check(_chain("CANCELLED", []))
+    assert all(verdict.count(name) == 0 for name in verdict.failures), verdict.failures
+    assert verdict.chains["made"] == 1 and verdict.chains["after a failed or cancelled parent"] == 1
+    verdict = check(_chain("SUCCESSFUL", [_effect(1, "w1", 21, 22)], parent="quick"))
+    assert all(verdict.count(name) == 0 for name in verdict.failures), verdict.failures
+
+
+def test_a_child_that_ran_after_its_parent_failed_is_a_wrong_callback():
+    verdict = check(_chain("SUCCESSFUL", [_effect(1, "w1", 21, 22)]))
+    assert list(verdict.failures["wrong callbacks"]) == ["2"], verdict.failures
+    assert "job 2 ran (attempt 1 on w1" in verdict.failures["wrong callbacks"]["2"]
+
+
+def test_a_child_that_ran_before_its_parent_ended_is_a_wrong_callback():
+    verdict = check(_chain("SUCCESSFUL", [_effect(1, "w1", 19, 22)], parent="quick"))
+    assert list(verdict.failures["wrong callbacks"]) == ["2"], verdict.failures
+    assert "before its parent 1 ended SUCCESSFUL" in verdict.failures["wrong callbacks"]["2"]
+
+
+def test_a_child_left_waiting_is_stuck():
+    evidence = _chain("CANCELLED", [], parent="quick")
+    evidence.jobs[2].update(status="WAITING", errors=[], finished_at=None)
+    verdict = check(evidence)
+    assert "is still WAITING after the drain" in verdict.failures["stuck"]["2"], verdict.failures
