@@ -20,7 +20,8 @@ def closing_line(jobs: int, faults: list[dict], verdict: Verdict) -> str:
     partitions = sum(f["kind"] == "partition" for f in faults)
     counts = ", ".join(f"{verdict.count(name)} {name}" for name in INVARIANTS)
     made = f"{verdict.batches.get('made', 0)} batches, {verdict.chains.get('made', 0)} chains"
-    return f"chaos: {jobs} jobs ({made}), {len(harmful)} faults ({partitions} partitions), {counts}"
+    # The contract's line first, as it is; what batches added after it.
+    return f"chaos: {jobs} jobs, {len(harmful)} faults ({partitions} partitions), {counts} ({made})"
 
 
 def _timestamp(value) -> float | None:
