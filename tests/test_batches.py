@@ -441,3 +441,16 @@ def test_a_waiting_child_counts_as_enqueued_for_the_testing_helpers(db):
     assert len(enqueued(tasks.link)) == 2
     with pytest.raises(AssertionError, match=rf"id={child.id} \(waiting for its parents\)"):
         assert_enqueued(tasks.link, args=["/dev/null", 3])
+
+
+def test_a_burst_worker_runs_a_chain_to_its_end_before_it_quits(workers, record_dir):
+    """A link's outcome releases the next: a burst worker that saw its pool idle while that outcome
+    was on its way in used to quit with the next link READY (2 runs in 3 of the docs' chain)."""
+    path = record_dir / "runs"
+    previous = tasks.link.enqueue(str(path), 0)
+    for n in range(1, 8):
+        previous = enqueue_after([previous], tasks.link, str(path), n)
+    proc = workers.start("--burst", "--concurrency", "4")
+    assert proc.wait(60) == 0, workers.output(proc)
+    assert list(Job.objects.order_by("id").values_list("status", flat=True)) == [JobStatus.SUCCESSFUL] * 8
+    assert lines(path) == [f"link {n} after {[n - 1] if n else []}" for n in range(8)]

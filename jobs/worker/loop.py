@@ -176,6 +176,10 @@ class Worker:
                 return  # database trouble: _db backed off already
             self._written(written)
             if self.burst and want and not written.claimed and self.pool.idle():
+                late = self.pool.collect()
+                if late:  # an outcome that came in meanwhile may release work (a child, a callback)
+                    self._take(late)
+                    return
                 self.request_stop(reason="burst: no due jobs left")
                 return
             if want and len(written.claimed) == want:

@@ -186,7 +186,9 @@ class SlotPool:
             if slot.abandoned or slot.job is not outcome.job:
                 return False
             slot.job, slot.deadline, slot.cancel_deadline, slot.attempt = None, None, None, None
-        self.inbox.put(outcome)
+            # Under the lock: once the slot is seen idle, its outcome is in the inbox (a burst
+            # worker that finds the pool idle must not quit with an outcome still on its way).
+            self.inbox.put(outcome)
         return True
 
     # -- the main loop's side -------------------------------------------------------------------
