@@ -33,7 +33,7 @@ def chunks(ids: list) -> list[list]:
     return [ids[start:start + CHUNK] for start in range(0, len(ids), CHUNK)] if ids else []
 
 
-def settle_guarded(using: str, ends: dict[int, str], *, now: datetime) -> None:
+def settle_guarded(using: str, ends: dict[int, str], *, now: datetime, known: dict[int, tuple] | None = None) -> None:
     """``settle`` in a savepoint, for a worker recording outcomes: a row that what it sets off
     cannot write (a child or batch row damaged past the queue's code) is logged, naming the jobs,
     and the outcomes stand; a lost connection still raises."""
@@ -41,7 +41,7 @@ def settle_guarded(using: str, ends: dict[int, str], *, now: datetime) -> None:
 
     try:
         with transaction.atomic(using=using):
-            settle(using, ends, now=now)
+            settle(using, ends, now=now, known=known)
     except (OperationalError, InterfaceError):
         raise
     except Exception:  # noqa: BLE001 - logged; the outcome must not be lost for it
@@ -49,16 +49,21 @@ def settle_guarded(using: str, ends: dict[int, str], *, now: datetime) -> None:
                          "outcomes stand", sorted(ends)[:20])
 
 
-def settle(using: str, ends: dict[int, str], *, now: datetime) -> None:
+def settle(using: str, ends: dict[int, str], *, now: datetime, known: dict[int, tuple] | None = None) -> None:
     """``ends``: job id -> the final status just written for it (or, for a job about to be
     deleted unfinished, CANCELLED). Children of a job that ended SUCCESSFUL count it (and
     become READY when it was the last); children of one that failed or was cancelled end
     CANCELLED, and so do theirs; each member's end is counted on its batch, which finishes
-    when the last is."""
+    when the last is. ``known``: id -> (batch id, task path) of jobs known to be parents (the
+    mark never goes away), whose row need not be read again."""
+    known = known or {}
     while ends:
-        rows = [row for ids in chunks(list(ends)) for row in Job.objects.using(using).filter(pk__in=ids).filter(
+        unknown = [pk for pk in ends if pk not in known]
+        rows = [(pk, batch, True, task_path) for pk, (batch, task_path) in known.items() if pk in ends]
+        rows += [row for ids in chunks(unknown) for row in Job.objects.using(using).filter(pk__in=ids).filter(
             Q(batch_id__isnull=False) | Q(has_dependents=True)).values_list("pk", "batch_id", "has_dependents",
                                                                             "task_path")]
+        known = {}
         if not rows:
             return
         count_members(using, [(batch, ends[pk]) for pk, batch, _, _ in rows if batch], now=now)

@@ -251,9 +251,10 @@ class WorkerStore:
         return Written(done + (failed if failures else []), claimed)
 
     def finish_settled(self, outcomes: Sequence, *, now: datetime) -> set[int]:
-        """Record successes one by one (fenced), with what each sets off, in one transaction."""
+        """Record successes one by one (fenced), with what each sets off, in one transaction (the
+        caller's, when it has one: no savepoint of its own)."""
         written: set[int] = set()
-        with transaction.atomic(using=self.alias):
+        with transaction.atomic(using=self.alias, savepoint=False):
             for outcome in outcomes:
                 job = outcome.job
                 workers = job.worker_ids if isinstance(job.worker_ids, list) else []
@@ -263,7 +264,11 @@ class WorkerStore:
                     written.add(job.id)
             sql = statements(self.connection)
             sql.release([o.job for o in outcomes if o.job.id in written])
-            settle_guarded(self.alias, dict.fromkeys(written, JobStatus.SUCCESSFUL), now=now)
+            # A parent's mark, read at its claim, never goes away: its row need not be read again.
+            parents = {o.job.id: (o.job.batch_id, o.job.task_path) for o in outcomes
+                       if o.job.id in written and o.job.has_dependents in (True, 1)
+                       and isinstance(o.job.batch_id, (str, type(None)))}
+            settle_guarded(self.alias, dict.fromkeys(written, JobStatus.SUCCESSFUL), now=now, known=parents)
         return written
 
     def _isolated(self, outcome, now: datetime) -> str | None:
