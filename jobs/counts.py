@@ -23,8 +23,16 @@ def capped_count(queryset, cap: int = EXACT_UP_TO) -> int:
 
 
 def estimated_count(queryset) -> int:
-    """PostgreSQL's row estimate: ``pg_class.reltuples`` unfiltered, ``EXPLAIN`` filtered."""
+    """PostgreSQL's row estimate: ``pg_class.reltuples`` unfiltered, ``EXPLAIN`` filtered; MySQL's
+    and MariaDB's: the ``rows`` of its ``EXPLAIN`` (InnoDB's dives into the index)."""
     connection = connections[queryset.db]
+    if connection.vendor == "mysql":
+        sql, params = queryset.order_by().values("pk").query.get_compiler(using=queryset.db).as_sql()
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN " + sql, params)
+            names = [column[0].lower() for column in cursor.description]
+            plan = cursor.fetchall()
+        return max((int(row[names.index("rows")] or 0) for row in plan), default=0)
     with connection.cursor() as cursor:
         if not queryset.query.where:
             cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
@@ -41,8 +49,9 @@ def estimated_count(queryset) -> int:
 
 
 def count(queryset, cap: int = EXACT_UP_TO) -> tuple[int, bool]:
-    """(number, is_estimate): exact up to ``cap`` everywhere; above it, an estimate on PostgreSQL."""
-    if connections[queryset.db].vendor != "postgresql":
+    """(number, is_estimate): exact up to ``cap`` everywhere; above it, an estimate on PostgreSQL,
+    MySQL and MariaDB."""
+    if connections[queryset.db].vendor not in ("postgresql", "mysql"):
         return queryset.count(), False
     capped = capped_count(queryset, cap)
     if capped <= cap:

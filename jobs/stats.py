@@ -183,8 +183,11 @@ def queue_rows(now: datetime, alias: str | None = None) -> list[QueueRow]:
         state = states.get(queue)
         if state is not None:
             row.paused, row.changed_at, row.changed_by = state.paused, state.changed_at, state.changed_by
-    if connections[router.db_for_read(Job)].vendor == "postgresql":
+    vendor = connections[router.db_for_read(Job)].vendor
+    if vendor == "postgresql":
         _capped_counts(rows, now)
+    elif vendor == "mysql":
+        _capped_counts_by_group(rows, now)
     else:
         _exact_counts(rows, now)
     kept = [row for (name_of, queue), row in rows.items()
@@ -206,6 +209,53 @@ def _exact_counts(rows: dict[tuple[str, str], QueueRow], now: datetime) -> None:
         row.counts[item["status"]] = item["n"]
         if item["status"] == JobStatus.READY:
             row.due, row.oldest_due = item["due"], stored_time(item["oldest_due"])
+
+
+def _capped_counts_by_group(rows: dict[tuple[str, str], QueueRow], now: datetime) -> None:
+    """MySQL and MariaDB: every (alias, queue, status) count read up to EXACT_UP_TO entries of the
+    queue index, in one statement (a UNION ALL of capped counts; InnoDB has no per-group
+    estimate to read instead); over the cap, the group's EXPLAIN estimate, marked as such. The
+    exact count over the whole index took 290 ms at a million jobs."""
+    if not rows:
+        return
+    connection = connections[router.db_for_read(Job)]
+    qn = connection.ops.quote_name
+    meta = Job._meta
+    table = qn(meta.db_table)
+    queue, status, backend, run_after = (qn(meta.get_field(f).column)
+                                         for f in ("queue_name", "status", "backend", "run_after"))
+    cap = EXACT_UP_TO + 1
+    match = f"j.{queue} = %s AND j.{status} = %s AND j.{backend} = %s"
+    parts, params = [], []
+    for name_of, name in sorted(rows):
+        for state in JobStatus.values:
+            group = [name, state, name_of]
+            if state == JobStatus.READY:
+                parts.append(f"SELECT %s, %s, %s, (SELECT COUNT(*) FROM (SELECT 1 FROM {table} j WHERE {match} "
+                             f"LIMIT {cap}) c), (SELECT COUNT(*) FROM (SELECT 1 FROM {table} j WHERE {match} "
+                             f"AND j.{run_after} <= %s LIMIT {cap}) c), (SELECT CAST(MIN(j.{run_after}) AS CHAR) "
+                             f"FROM {table} j WHERE {match} AND j.{run_after} <= %s)")
+                params += [name_of, name, state, *group, *group, now, *group, now]
+            else:
+                parts.append(f"SELECT %s, %s, %s, (SELECT COUNT(*) FROM (SELECT 1 FROM {table} j WHERE {match} "
+                             f"LIMIT {cap}) c), NULL, NULL")
+                params += [name_of, name, state, *group]
+    with connection.cursor() as cursor:
+        cursor.execute(" UNION ALL ".join(parts), params)
+        found = cursor.fetchall()
+    for name_of, name, state, number, due, oldest_due in found:
+        row = rows[(name_of, name)]
+        same = Job.objects.filter(queue_name=name, status=state, backend=name_of)
+        if number >= cap:
+            number = max(estimated_count(same), number)
+            row.estimated.add(state)
+        if number:
+            row.counts[state] = number
+        if state == JobStatus.READY:
+            if due >= cap:
+                due = max(estimated_count(same.filter(run_after__lte=now)), due)
+                row.estimated.add("due")
+            row.due, row.oldest_due = due, stored_time(oldest_due)
 
 
 def _capped_counts(rows: dict[tuple[str, str], QueueRow], now: datetime) -> None:

@@ -132,7 +132,7 @@ def as_text(snap: Snapshot, limits: Thresholds, found: list[str]) -> str:
                      "lag"],
                     rows, numeric_from=2)
     if any("~" in cell for row in rows for cell in row):
-        lines.append(f"~ PostgreSQL's estimate: counts over {EXACT_UP_TO:,} are not read row by row")
+        lines.append(f"~ the database's estimate: counts over {EXACT_UP_TO:,} are not read row by row")
     lines += ["", f"workers alive (heartbeat within {snap.stale_after:g} s): {len(snap.workers)}"]
     if snap.workers:
         parents = any(w["worker"].parent for w in snap.workers)  # a column only when --processes is in use

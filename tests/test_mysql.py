@@ -251,3 +251,24 @@ def test_keys_that_differ_only_in_case_are_different_keys(transactional_db):
                                            backend="default")
     assert sorted(job.limit_key for job in claimed if job.limit_key) == ["K", "k"]  # one each: two keys
     assert dict(JobLimit.objects.values_list("key", "running")) == {"K": 1, "k": 1}
+
+
+@pytest.mark.mysql_only
+def test_queue_counts_over_the_cap_are_estimates_and_the_rest_exact(transactional_db):
+    """The overview, jobs_status and metrics read each (queue, status) count up to EXACT_UP_TO
+    index entries (the exact count of a million rows took 290 ms); over it, EXPLAIN's estimate."""
+    from jobs import stats
+    from jobs.counts import EXACT_UP_TO
+
+    jobs.enqueue_many(tasks.add, [((i, i), {}) for i in range(EXACT_UP_TO + 50)])
+    tasks.add.using(queue_name="emails").enqueue(1, 2)
+    Job.objects.filter(pk__in=list(Job.objects.order_by("id").values_list("id", flat=True)[:3])).update(
+        status=JobStatus.FAILED)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE TABLE jobs_job")
+        cursor.fetchall()
+    rows = {row.name: row for row in stats.queue_rows(timezone.now())}
+    default, emails = rows["default"], rows["emails"]
+    assert default.estimated >= {"READY", "due"} and default.counts["READY"] > EXACT_UP_TO
+    assert default.counts["FAILED"] == 3 and "FAILED" not in default.estimated
+    assert emails.counts == {"READY": 1} and emails.due == 1 and not emails.estimated

@@ -235,7 +235,7 @@ def test_big_counts_are_marked_as_estimates(db, monkeypatch):
     assert reports["counts"]["SUCCESSFUL"] >= 21 and reports["counts"]["FAILED"] == 5
     text = status()[1]
     assert "~" in next(line for line in text.splitlines() if line.startswith("reports"))
-    assert "~ PostgreSQL's estimate: counts over" in text
+    assert "~ the database's estimate: counts over" in text
 
 
 @pytest.mark.postgres_only
