@@ -211,6 +211,24 @@ def _exact_counts(rows: dict[tuple[str, str], QueueRow], now: datetime) -> None:
             row.due, row.oldest_due = item["due"], stored_time(item["oldest_due"])
 
 
+def _take_capped(rows: dict[tuple[str, str], QueueRow], found, cap: int, now: datetime) -> None:
+    """Each (alias, queue, status, count, due, oldest due) read with counts capped at ``cap``:
+    a count that reached the cap becomes the database's estimate, marked as such."""
+    for name_of, name, state, number, due, oldest_due in found:
+        row = rows[(name_of, name)]
+        same = Job.objects.filter(queue_name=name, status=state, backend=name_of)
+        if number >= cap:
+            number = max(estimated_count(same), number)
+            row.estimated.add(state)
+        if number:
+            row.counts[state] = number
+        if state == JobStatus.READY:
+            if due >= cap:
+                due = max(estimated_count(same.filter(run_after__lte=now)), due)
+                row.estimated.add("due")
+            row.due, row.oldest_due = due, stored_time(oldest_due)
+
+
 def _capped_counts_by_group(rows: dict[tuple[str, str], QueueRow], now: datetime) -> None:
     """MySQL and MariaDB: every (alias, queue, status) count read up to EXACT_UP_TO entries of the
     queue index, in one statement (a UNION ALL of capped counts; InnoDB has no per-group
@@ -243,19 +261,7 @@ def _capped_counts_by_group(rows: dict[tuple[str, str], QueueRow], now: datetime
     with connection.cursor() as cursor:
         cursor.execute(" UNION ALL ".join(parts), params)
         found = cursor.fetchall()
-    for name_of, name, state, number, due, oldest_due in found:
-        row = rows[(name_of, name)]
-        same = Job.objects.filter(queue_name=name, status=state, backend=name_of)
-        if number >= cap:
-            number = max(estimated_count(same), number)
-            row.estimated.add(state)
-        if number:
-            row.counts[state] = number
-        if state == JobStatus.READY:
-            if due >= cap:
-                due = max(estimated_count(same.filter(run_after__lte=now)), due)
-                row.estimated.add("due")
-            row.due, row.oldest_due = due, stored_time(oldest_due)
+    _take_capped(rows, found, cap, now)
 
 
 def _capped_counts(rows: dict[tuple[str, str], QueueRow], now: datetime) -> None:
@@ -296,19 +302,7 @@ def _capped_counts(rows: dict[tuple[str, str], QueueRow], now: datetime) -> None
                              "backends": [name_of for name_of, _ in pairs], "queues": [name for _, name in pairs],
                              "statuses": list(JobStatus.values)})
         found = cursor.fetchall()
-    for name_of, name, state, number, due, oldest_due in found:
-        row = rows[(name_of, name)]
-        same = Job.objects.filter(queue_name=name, status=state, backend=name_of)
-        if number >= cap:
-            number = max(estimated_count(same), number)
-            row.estimated.add(state)
-        if number:
-            row.counts[state] = number
-        if state == JobStatus.READY:
-            if due >= cap:
-                due = max(estimated_count(same.filter(run_after__lte=now)), due)
-                row.estimated.add("due")
-            row.due, row.oldest_due = due, stored_time(oldest_due)
+    _take_capped(rows, found, cap, now)
 
 
 def throughput(now: datetime, minutes: int = THROUGHPUT_MINUTES) -> list[tuple[datetime, int, int]]:
