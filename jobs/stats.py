@@ -211,6 +211,14 @@ def _exact_counts(rows: dict[tuple[str, str], QueueRow], now: datetime) -> None:
             row.due, row.oldest_due = item["due"], stored_time(item["oldest_due"])
 
 
+def _queue_index_names():
+    """The read connection, the job table's name and its queue index's columns, quoted."""
+    connection = connections[router.db_for_read(Job)]
+    qn = connection.ops.quote_name
+    columns = tuple(qn(Job._meta.get_field(f).column) for f in ("queue_name", "status", "backend", "run_after"))
+    return connection, qn(Job._meta.db_table), columns
+
+
 def _take_capped(rows: dict[tuple[str, str], QueueRow], found, cap: int, now: datetime) -> None:
     """Each (alias, queue, status, count, due, oldest due) read with counts capped at ``cap``:
     a count that reached the cap becomes the database's estimate, marked as such."""
@@ -236,12 +244,7 @@ def _capped_counts_by_group(rows: dict[tuple[str, str], QueueRow], now: datetime
     exact count over the whole index took 290 ms at a million jobs."""
     if not rows:
         return
-    connection = connections[router.db_for_read(Job)]
-    qn = connection.ops.quote_name
-    meta = Job._meta
-    table = qn(meta.db_table)
-    queue, status, backend, run_after = (qn(meta.get_field(f).column)
-                                         for f in ("queue_name", "status", "backend", "run_after"))
+    connection, table, (queue, status, backend, run_after) = _queue_index_names()
     cap = EXACT_UP_TO + 1
     match = f"j.{queue} = %s AND j.{status} = %s AND j.{backend} = %s"
     parts, params = [], []
@@ -274,12 +277,7 @@ def _capped_counts(rows: dict[tuple[str, str], QueueRow], now: datetime) -> None
     """
     if not rows:
         return
-    connection = connections[router.db_for_read(Job)]
-    qn = connection.ops.quote_name
-    meta = Job._meta
-    table = qn(meta.db_table)
-    queue, status, backend, run_after = (qn(meta.get_field(f).column)
-                                         for f in ("queue_name", "status", "backend", "run_after"))
+    connection, table, (queue, status, backend, run_after) = _queue_index_names()
     cap = EXACT_UP_TO + 1
     match = f"j.{queue} = q.name AND j.{status} = s.status AND j.{backend} = q.backend"
     # In the index's order: with a LIMIT alone, the planner takes a sequential scan whenever
