@@ -41,6 +41,11 @@ class JobCancelled(JobError):
     """The job was cancelled (``jobs.cancel``) while it ran, or before its claimed attempt began."""
 
 
+class ParentDidNotSucceed(JobError):
+    """A child of ``jobs.enqueue_after`` was cancelled without running: a parent failed, was
+    cancelled or was deleted (the error's message names it)."""
+
+
 class WorkerLost(JobError):
     """The worker running the attempt stopped heartbeating (killed, host lost)."""
 

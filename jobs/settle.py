@@ -19,11 +19,12 @@ from django.db import connections, transaction
 from django.db.models import F, Q
 
 from .batch_scope import outside_batch
+from .exceptions import ParentDidNotSucceed
 from .models import BATCH_COUNTS, FINISHED_STATUSES, Job, JobBatch, JobDependency, JobStatus, JSONMerge
 
 logger = logging.getLogger("jobs.worker")
 
-PARENT_ENDED = "jobs.exceptions.ParentDidNotSucceed"  # the error class a cancelled child shows
+PARENT_ENDED = f"{ParentDidNotSucceed.__module__}.{ParentDidNotSucceed.__qualname__}"  # a cancelled child's error
 
 
 CHUNK = 500  # ids per IN list (SQLite's parameter limit; a parent may have 100,000 children)

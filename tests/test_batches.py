@@ -206,6 +206,9 @@ def test_a_failed_parent_cancels_its_child_and_the_childs_dependents_without_run
         assert result.status == TaskResultStatus.FAILED
     assert f"parent job #{parent.id} (tests.tasks.member) ended FAILED" in Job.objects.get(
         pk=int(child.id)).errors[0]["message"]
+    from jobs.exceptions import ParentDidNotSucceed
+
+    assert child.errors[0].exception_class is ParentDidNotSucceed  # Django's TaskError imports the path
     assert f"parent job #{child.id}" in Job.objects.get(pk=int(grandchild.id)).errors[0]["message"]
     assert not [line for line in lines(path) if line.startswith("link")]
 
