@@ -123,15 +123,16 @@ bench:
 	rc=$$?; echo "make bench: $$(( $$(date +%s) - start ))s including the venvs, exit $$rc"; exit $$rc
 
 # CHAOS_SECONDS of faults (then the drain), CHAOS_SEED (default: a random one, printed),
-# CHAOS_WORKERS hosts with one worker each. Needs root for the network namespaces (else
+# CHAOS_WORKERS hosts with one worker each, CHAOS_DB postgres (default) or mariadb. Needs root for the network namespaces (else
 # loopback, without partitions, and it says so). Exit 0 only when no invariant broke.
 CHAOS_SECONDS ?= 120
 CHAOS_WORKERS ?= 6
 CHAOS_SEED ?=
+CHAOS_DB ?= postgres
 chaos:
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory venv && $(PY) -m chaos --seconds $(CHAOS_SECONDS) --workers $(CHAOS_WORKERS) \
-		$(if $(CHAOS_SEED),--seed $(CHAOS_SEED)); \
+		--db $(CHAOS_DB) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED)); \
 	rc=$$?; echo "make chaos: $$(( $$(date +%s) - start ))s, exit $$rc" >&2; exit $$rc
 
 clean:

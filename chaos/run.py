@@ -26,7 +26,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import hosts as hosts_module
-from .database import Database, PostgresUnavailable, holds_locks, pids_running_jobs, retrying, status_counts, stop_leftover
+from .database import (
+    KINDS,
+    MariadbUnavailable,
+    PostgresUnavailable,
+    pids_running_jobs,
+    retrying,
+    start_database,
+    status_counts,
+    stop_leftover,
+)
 from .faults import Injector
 from .heartbeats import RECOVERY_TIMEOUT, Heartbeats
 from .limits import LimitSamples
@@ -64,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=120.0, help="how long faults are injected (default 120)")
     parser.add_argument("--seed", type=int, default=None, help="the run's seed (default: a random one, printed)")
     parser.add_argument("--workers", type=int, default=6, help="hosts, one worker process each (default 6)")
+    parser.add_argument("--db", choices=KINDS, default="postgres", help="the database server (default postgres)")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1, 1_000_000)
     if args.seconds < 10:
@@ -76,16 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, interrupt)  # also when started with SIGINT ignored (a background job)
     with exclusive():
         try:
-            return run(seconds=args.seconds, seed=seed, workers=args.workers)
+            return run(seconds=args.seconds, seed=seed, workers=args.workers, db=args.db)
         except KeyboardInterrupt:
             say(f"interrupted (seed {seed}); everything it started is gone")
             return 130
-        except (PostgresUnavailable, RuntimeError, ValueError) as exc:
+        except (PostgresUnavailable, MariadbUnavailable, RuntimeError, ValueError) as exc:
             say(f"ERROR: {exc}")
             return 2
 
 
-def run(*, seconds: float, seed: int, workers: int) -> int:
+def run(*, seconds: float, seed: int, workers: int, db: str = "postgres") -> int:
     phases = {"started": time.time()}
     shutil.rmtree(OUT, ignore_errors=True)
     (OUT / "logs").mkdir(parents=True)
@@ -94,14 +104,14 @@ def run(*, seconds: float, seed: int, workers: int) -> int:
         leftovers.append(old)
     if leftovers:
         say(f"removed what a killed run left: {', '.join(leftovers)}")
-    say(f"seed {seed}, {seconds:g}s of faults, {workers} workers (replay: make chaos CHAOS_SEED={seed} "
-        f"CHAOS_SECONDS={seconds:g} CHAOS_WORKERS={workers})")
+    say(f"seed {seed}, {seconds:g}s of faults, {workers} workers, {db} (replay: make chaos CHAOS_SEED={seed} "
+        f"CHAOS_SECONDS={seconds:g} CHAOS_WORKERS={workers}{' CHAOS_DB=' + db if db != 'postgres' else ''})")
     hosts, no_namespaces = hosts_module.make_hosts(workers)
     if no_namespaces:
         say(f"WARNING: no network namespaces ({no_namespaces}): workers run on loopback and NO PARTITIONS are tested")
     database = cluster = producer = None
     try:
-        database = Database(hosts)
+        database = start_database(db, hosts)
         os.environ.update(DJANGO_SETTINGS_MODULE="chaos.settings", DATABASE_URL=database.url(), PYTHONUNBUFFERED="1")
         import django
         from django.core.management import call_command
@@ -130,7 +140,8 @@ def run(*, seconds: float, seed: int, workers: int) -> int:
         limit_samples.start()
         injector = Injector(cluster, database, seed=seed, stale_after=stale_after, partitions=not no_namespaces,
                             running_jobs=lambda: retrying(pids_running_jobs, attempts=1, default=set()),
-                            holds_locks=lambda label: retrying(lambda: holds_locks(label), attempts=1, default=False),
+                            holds_locks=lambda label: retrying(lambda: database.holds_locks(label), attempts=1,
+                                                              default=False),
                             beat_since=lambda pid, moment: heartbeats.first_after(pid, moment) is not None)
         injector.run(seconds, tick=_progress(seconds, injector))
         phases["faults_ended"] = time.time()
@@ -159,7 +170,7 @@ def run(*, seconds: float, seed: int, workers: int) -> int:
         network = {"mode": "loopback" if no_namespaces else "namespaces", "why_not_namespaces": no_namespaces,
                    "hosts": [{"name": h.name, "namespace": h.namespace, "address": h.address} for h in hosts]}
         return _conclude(evidence, injector.faults, phases, run={
-            "seed": seed, "seconds": seconds, "workers": workers, "concurrency": CONCURRENCY, "rate": RATE,
+            "seed": seed, "seconds": seconds, "workers": workers, "database": db, "concurrency": CONCURRENCY, "rate": RATE,
             "stale_after": stale_after, "network": network, "python": sys.version.split()[0],
             "django": django.__version__})
     finally:
@@ -169,7 +180,7 @@ def run(*, seconds: float, seed: int, workers: int) -> int:
             cluster.kill_all()
         if database:
             if database.log.exists():
-                shutil.copy(database.log, OUT / "logs" / "postgresql.log")
+                shutil.copy(database.log, OUT / "logs" / database.log_name)
             database.destroy()
         hosts_module.remove_hosts()
         hosts_module.PIDS.unlink(missing_ok=True)
