@@ -5,6 +5,7 @@ The rest of the suite runs there too (``make test-mariadb``); these are about In
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pytest
@@ -272,3 +273,58 @@ def test_queue_counts_over_the_cap_are_estimates_and_the_rest_exact(transactiona
     assert default.estimated >= {"READY", "due"} and default.counts["READY"] > EXACT_UP_TO
     assert default.counts["FAILED"] == 3 and "FAILED" not in default.estimated
     assert emails.counts == {"READY": 1} and emails.due == 1 and not emails.estimated
+
+
+@pytest.mark.mysql_only
+def test_a_workers_connections_notice_a_silent_server_as_libpq_does(transactional_db):
+    """The MySQL drivers have no keepalive or user-timeout options (PostgreSQL's are in OPTIONS):
+    a worker sets them on each new connection's socket, so that a partition is noticed in ~25 s,
+    not after TCP's retransmissions. Only a connection opened after notice_silence() gets them."""
+    import socket
+
+    from django.db.backends.signals import connection_created
+
+    from jobs.worker.connections import SILENCE_OPTIONS, notice_silence
+
+    def options(conn) -> dict:
+        sock = socket.socket(fileno=os.dup(conn.connection.fileno()))
+        try:
+            found = {name: sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, name)) for name in SILENCE_OPTIONS}
+            return {"SO_KEEPALIVE": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0, **found}
+        finally:
+            sock.close()
+
+    before = connections.create_connection("default")
+    after = connections.create_connection("default")
+    try:
+        before.ensure_connection()
+        assert options(before)["TCP_USER_TIMEOUT"] == 0
+        notice_silence()
+        after.ensure_connection()
+        assert options(after) == {"SO_KEEPALIVE": True, **SILENCE_OPTIONS}
+    finally:
+        connection_created.disconnect(dispatch_uid="jobs.worker.notice_silence")
+        before.close()
+        after.close()
+
+
+@pytest.mark.mysql_only
+def test_a_worker_started_while_its_database_is_down_waits_for_it_and_stops_on_sigterm(workers):
+    """Django's model checks connect on MySQL/MariaDB (the server's version): a worker started
+    while the server restarted exited 1 at once (``make chaos CHAOS_DB=mariadb`` saw it). It now
+    skips the checks that need the database, waits for it as its loop does, and a SIGTERM
+    meanwhile stops it at once: it has no row and no job to hand back."""
+    import signal
+
+    from tests.conftest import subprocess_env, wait_for
+    from tests.ports import free_port
+
+    nothing_there = f"mysql://jobs@127.0.0.1:{free_port()}/jobs"
+    worker = workers.start(env=subprocess_env(DJANGO_SETTINGS_MODULE="queue_project.settings",
+                                              DATABASE_URL=nothing_there))
+    workers.wait_for_output(worker, "the database cannot be reached at start")
+    wait_for(lambda: workers.output(worker).count("database error") >= 2, message="the loop retrying")
+    assert worker.poll() is None, workers.output(worker)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(10) == 0, workers.output(worker)
+    assert "Traceback" not in workers.output(worker)

@@ -96,6 +96,7 @@ class Worker:
         self.processed = 0
         self._backoff = Backoff()
         self._started = 0.0
+        self._registered = False  # its WorkerProcess row written (a worker stopped before then leaves nothing)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -129,8 +130,8 @@ class Worker:
 
     def _run(self) -> int:
         self._started = self.clock.monotonic()
-        while self._db(self._register) is None and not self.stopping.is_set():
-            pass
+        while not self._registered and not self.stopping.is_set():
+            self._registered = self._db(self._register) is not None
         with self.pool, self.liveness:
             start_waker(connections[self.store.alias], wake=self.wake, stop=self.stopping, queues=self.queues,
                         on_cancel=self.liveness.hint)
@@ -354,7 +355,7 @@ class Worker:
             self.store.unregister()
             return with_transaction
 
-        for _ in range(5):
+        for _ in range(5 if unfinished or self._registered else 0):  # stopped before its row was written: no trace
             if self._db(hand_back_and_leave) is not None:
                 for job in unfinished:
                     logger.warning("job handed back id=%s task=%s attempt=%s (shutdown before it finished)",

@@ -10,6 +10,7 @@ import sys
 import threading
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
 
 from jobs.conf import MIN_POLL_INTERVAL
 from jobs.framework import DEFAULT_TASK_BACKEND_ALIAS, FRAMEWORK, task_backends
@@ -24,7 +25,7 @@ from jobs.management.options import (
     seconds,
 )
 from jobs.worker import Worker, supervisor
-from jobs.worker.connections import budget_warning
+from jobs.worker.connections import budget_warning, notice_silence
 from jobs.worker.limits import MEBIBYTE, rss_bytes
 from jobs.worker.systemd import Notifier
 
@@ -124,6 +125,19 @@ class Command(BaseCommand):
         parser.add_argument("--log-std", action="store_true",
                             help="Send what jobs print to stdout/stderr to the logger 'jobs.output' (INFO/ERROR).")
 
+    def check(self, *args, **kwargs):
+        # On MySQL/MariaDB Django's model checks connect (to learn the server's version). A worker
+        # started while its database is down (a restart, a boot order, a partition) waits for it, as
+        # its loop does on any database: the checks that need no database still stop a bad setting.
+        notice_silence()  # before the checks open the main thread's connection, which the loop keeps
+        try:
+            return super().check(*args, **kwargs)
+        except DatabaseError as exc:
+            logging.getLogger("jobs.worker").warning(
+                "the database cannot be reached at start (%s: %s): the system checks that need it are skipped; "
+                "the worker waits for it", type(exc).__name__, exc)
+            return super().check(*args, **{**kwargs, "databases": []})
+
     def handle(self, *args, **options):
         self._configure_logging(options["verbosity"])
         alias = options["backend"]
@@ -140,6 +154,7 @@ class Command(BaseCommand):
             if resident >= options["max_memory"] * MEBIBYTE:  # it would stop before its first job, for ever
                 raise CommandError(f"--max-memory {options['max_memory']} MiB is below this worker's own resident "
                                    f"size at start, {resident / MEBIBYTE:.0f} MiB: give more", returncode=2)
+        notice_silence()  # MySQL/MariaDB: a silent server is noticed in ~25 s (PostgreSQL: libpq's OPTIONS)
         self._warn_about_connections(options)
         if options["processes"] is not None:
             if options["reload"]:
