@@ -283,8 +283,6 @@ class Bench:
                                   lambda a=adapter, d=db, s=samples: self.w3(a, d, s)))
         if "w5" in work and self.ours:
             for db in self.providers:
-                if db == "mariadb":  # fill_finished is written for PostgreSQL and SQLite only
-                    continue
                 rows = self.profile.w5_rows
                 steps.append(Step(f"W5 ours {db}: {rows:,} finished rows", 6 + rows / 50_000,
                                   lambda d=db: self.w5_fill(d)))
