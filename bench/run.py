@@ -71,15 +71,16 @@ BENCH_DIR = REPO_ROOT / ".bench"
 CHART_DIR = Path(__file__).resolve().parent / "chart"
 WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9")
 # What the default run (no --db) measures on MariaDB: issue 20's figures, beside django-tasks-db.
-# W6-W9 there take `--db mariadb` (about 6 more minutes).
+# W6-W9 there, and django-q2 and django-background-tasks there, take `--db ...,mariadb`.
 DEFAULT_MARIADB_WORKLOADS = ("w1", "w2", "w3", "w4", "w5")
+DEFAULT_MARIADB_PEERS = ("django-tasks-db",)
 
 # Rough rates (jobs/s) on a 2-core machine; only for the progress bar's estimate.
 RATE_HINTS = {
     "ours": {"sqlite": 2500, "postgres": 1100, "mariadb": 1000},
-    "django-background-tasks": {"sqlite": 14, "postgres": 14},
+    "django-background-tasks": {"sqlite": 14, "postgres": 14, "mariadb": 11},
     "django-tasks-db": {"sqlite": 150, "postgres": 55, "mariadb": 55},
-    "django-q2": {"sqlite": 50, "postgres": 22},
+    "django-q2": {"sqlite": 50, "postgres": 22, "mariadb": 45},
     "procrastinate": {"postgres": 110},
 }
 
@@ -118,27 +119,27 @@ PROFILES = {
         "quick", ours_n=2000, reps=1, latency_ours=10, w4_n=2000, w5_rows=100_000, w5_claims=200, w5_drain_n=1000,
         w6_keys=(100,), w6_claims=100, w8_processes=(1, 4), w8_noop_n=1000, w8_io_n=100,
         w9_enqueue_n=20_000, w9_drain_n=2000, w9_large_batch=20_000, w9_callbacks=5, w9_chain=200,
-        peer_n={"django-background-tasks": {"sqlite": 60, "postgres": 60},
+        peer_n={"django-background-tasks": {"sqlite": 60, "postgres": 60, "mariadb": 60},
                 "django-tasks-db": {"sqlite": 400, "postgres": 200, "mariadb": 200},
-                "django-q2": {"sqlite": 200, "postgres": 100},
+                "django-q2": {"sqlite": 200, "postgres": 100, "mariadb": 100},
                 "procrastinate": {"postgres": 400}},
         latency_peers={"django-background-tasks": 3, "django-tasks-db": 5, "django-q2": 5, "procrastinate": 5},
     ),
     "default": Profile(
         "default", ours_n=10000, reps=3, latency_ours=50, w4_n=10000, w5_rows=1_000_000, w5_claims=1000,
         w5_drain_n=5000,
-        peer_n={"django-background-tasks": {"sqlite": 250, "postgres": 250},
+        peer_n={"django-background-tasks": {"sqlite": 250, "postgres": 250, "mariadb": 250},
                 "django-tasks-db": {"sqlite": 2000, "postgres": 1000, "mariadb": 1000},
-                "django-q2": {"sqlite": 800, "postgres": 400},
+                "django-q2": {"sqlite": 800, "postgres": 400, "mariadb": 400},
                 "procrastinate": {"postgres": 2000}},
         latency_peers={"django-background-tasks": 10, "django-tasks-db": 20, "django-q2": 30, "procrastinate": 30},
     ),
     "full": Profile(
         "full", ours_n=10000, reps=3, latency_ours=50, w4_n=10000, w5_rows=1_000_000, w5_claims=2000,
         w5_drain_n=10000, w9_drain_n=10_000, w9_callbacks=20,
-        peer_n={"django-background-tasks": {"sqlite": 1000, "postgres": 1000},
+        peer_n={"django-background-tasks": {"sqlite": 1000, "postgres": 1000, "mariadb": 1000},
                 "django-tasks-db": {"sqlite": 10000, "postgres": 10000, "mariadb": 10000},
-                "django-q2": {"sqlite": 10000, "postgres": 10000},
+                "django-q2": {"sqlite": 10000, "postgres": 10000, "mariadb": 10000},
                 "procrastinate": {"postgres": 10000}},
         latency_peers={"django-background-tasks": 30, "django-tasks-db": 50, "django-q2": 50, "procrastinate": 50},
     ),
@@ -208,9 +209,12 @@ class Results:
 
 class Bench:
     def __init__(self, args: argparse.Namespace, profile: Profile, providers: dict, ours: DriverAdapter | None,
-                 peers: list[DriverAdapter], only: dict[str, tuple[str, ...]] | None = None):
+                 peers: list[DriverAdapter], only: dict[str, tuple[str, ...]] | None = None,
+                 only_peers: dict[str, tuple[str, ...]] | None = None):
         self.args = args
-        self.only = only or {}  # database -> the only workloads run on it (MariaDB in the default run)
+        # database -> the only workloads run on it, and the only peers (MariaDB in the default run)
+        self.only = only or {}
+        self.only_peers = only_peers or {}
         self.profile = profile
         self.providers = providers
         self.ours = ours
@@ -257,7 +261,8 @@ class Bench:
         steps: list[Step] = []
         work = self.args.workloads
         systems = ([self.ours] if self.ours else []) + self.peers
-        pairs = [(a, db) for a in systems for db in a.databases if db in self.providers]
+        pairs = [(a, db) for a in systems for db in a.databases if db in self.providers
+                 and (a is self.ours or a.name in self.only_peers.get(db, (a.name,)))]
         reps = self.args.reps or self.profile.reps
         if "w1" in work or "w2" in work:
             for rep in range(1, reps + 1):
@@ -588,17 +593,18 @@ def open_databases(kinds: set[str], sqlite_dir: Path) -> dict:
     return providers
 
 
-def choose_databases(option: str | None) -> tuple[set[str], dict[str, tuple[str, ...]], list[str]]:
-    """The databases asked for (``--db``), or the default's: SQLite, PostgreSQL, and MariaDB for
-    W1-W5 when its server binaries are here (said when they are not). Also: per database the only
-    workloads run there, and notes for the report."""
+def choose_databases(option: str | None):
+    """The databases asked for (``--db``), or the default's: SQLite, PostgreSQL, and MariaDB (W1-W5,
+    ours and django-tasks-db) when its server binaries are here (said when they are not). Returns
+    the databases; per database the only workloads and the only peers run there; notes for the report."""
     if option is not None:
-        return {d.strip() for d in option.split(",") if d.strip()}, {}, []
+        return {d.strip() for d in option.split(",") if d.strip()}, {}, {}, []
     if mariadb_binaries() is None:
-        return {"sqlite", "postgres"}, {}, [
+        return {"sqlite", "postgres"}, {}, {}, [
             "MariaDB skipped: no server binaries (mariadbd and mariadb-install-db, e.g. Debian's mariadb-server) "
             "on this machine"]
-    return {"sqlite", "postgres", "mariadb"}, {"mariadb": DEFAULT_MARIADB_WORKLOADS}, []
+    return ({"sqlite", "postgres", "mariadb"}, {"mariadb": DEFAULT_MARIADB_WORKLOADS},
+            {"mariadb": DEFAULT_MARIADB_PEERS}, [])
 
 
 def machine_facts() -> dict:
@@ -676,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     wall_started = time.perf_counter()
     profile = PROFILES["quick" if args.quick else "full" if args.full else "default"]
-    wanted_dbs, only, notes = choose_databases(args.db)
+    wanted_dbs, only, only_peers, notes = choose_databases(args.db)
     for note in notes:
         log(note)
     started_at = datetime.datetime.now(datetime.UTC)
@@ -707,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     notes += [f"{db} could not be started and was skipped (the reason is in the output above)"
               for db in sorted(({db for a in ready for db in a.databases} & wanted_dbs) - providers.keys())]
     try:
-        bench = Bench(args, profile, providers, ours, ready_peers, only)
+        bench = Bench(args, profile, providers, ours, ready_peers, only, only_peers)
         results = bench.run()
         databases = {kind: provider.describe() for kind, provider in providers.items()}
     finally:
@@ -734,8 +740,9 @@ def main(argv: list[str] | None = None) -> int:
         "queues": queues,
         "summary": summary,
         "errors": results.errors,
-        "notes": notes + [f"{db}: {', '.join(w.upper() for w in workloads)} only" for db, workloads in only.items()
-                          if db in providers],
+        "notes": notes + [f"{report.DB_LABEL.get(db, db)}: {', '.join(w.upper() for w in only[db])} only, "
+                          f"ours and {', '.join(only_peers.get(db, ()))} (`--db` naming it runs the rest there too)"
+                          for db in only if db in providers],
         "runs": {"w1": results.w1, "w2": results.w2, "w3": results.w3, "w4": results.w4, "w5": results.w5,
                  "w5_fill": results.w5_fill, "w6": results.w6, "w7": results.w7, "w8": results.w8,
                  "w9": results.w9},
