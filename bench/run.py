@@ -1,7 +1,7 @@
 """``make bench``: our queue against the peers, side by side, on SQLite, PostgreSQL and MariaDB.
 
 Usage (from the repository root; ``make bench BENCH_ARGS=...`` passes the options):
-    python -m bench                 # the default run (~13 min on 2 cores, venvs included)
+    python -m bench                 # the default run (~13 min on 2 cores, venvs included; ~5 more with MariaDB)
     python -m bench --quick         # a smoke run: small N, one repetition (~4 min)
     python -m bench --full          # N=10000 for every peer too (about an hour)
     python -m bench --workloads w2,w3 --peers procrastinate --db postgres
