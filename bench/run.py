@@ -24,10 +24,10 @@ Workloads (bench/README.md says how each is measured):
         batch, and the last N members of a batch 10x larger; (c) the last member's end to the
         callback's start, idle worker; (d) a chain of 1,000 enqueue_after links, one worker
 
-MariaDB: a throwaway server (tests/mariadbserver.py, default durability) for ours and
-django-tasks-db (the other peers are not set up for MySQL). The default run (no --db) takes it
-for W1-W5 when its server binaries are on the machine, and says so when they are not;
---db ...,mariadb runs every workload asked for there.
+MariaDB: a throwaway server (tests/mariadbserver.py, default durability) for ours and every
+peer but procrastinate (PostgreSQL only). The default run (no --db) takes it for W1-W5, ours
+and django-tasks-db, when its server binaries are on the machine, and says so when they are
+not; --db ...,mariadb runs every workload and peer asked for there.
 
 Every queue runs in its own interpreter (ours: the project's venv; the peers:
 venvs under .bench/venvs built on first use). PostgreSQL is a throwaway server
