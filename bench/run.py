@@ -1,7 +1,7 @@
-"""``make bench``: our queue against the peers, side by side, on SQLite and PostgreSQL (and ours on MariaDB).
+"""``make bench``: our queue against the peers, side by side, on SQLite, PostgreSQL and MariaDB.
 
 Usage (from the repository root; ``make bench BENCH_ARGS=...`` passes the options):
-    python -m bench                 # the default run (~13 min on 2 cores, venvs included)
+    python -m bench                 # the default run (~13 min on 2 cores, venvs included; ~5 more with MariaDB)
     python -m bench --quick         # a smoke run: small N, one repetition (~4 min)
     python -m bench --full          # N=10000 for every peer too (about an hour)
     python -m bench --workloads w2,w3 --peers procrastinate --db postgres
@@ -24,8 +24,10 @@ Workloads (bench/README.md says how each is measured):
         batch, and the last N members of a batch 10x larger; (c) the last member's end to the
         callback's start, idle worker; (d) a chain of 1,000 enqueue_after links, one worker
 
---db mariadb starts a throwaway MariaDB server (tests/mariadbserver.py, default durability) for
-OUR queue only (the peers' bench projects have no MySQL set-up); W5's fill is not written for it.
+MariaDB: a throwaway server (tests/mariadbserver.py, default durability) for ours and every
+peer but procrastinate (PostgreSQL only). The default run (no --db) takes it for W1-W5, ours
+and django-tasks-db, when its server binaries are on the machine, and says so when they are
+not; --db ...,mariadb runs every workload and peer asked for there.
 
 Every queue runs in its own interpreter (ours: the project's venv; the peers:
 venvs under .bench/venvs built on first use). PostgreSQL is a throwaway server
@@ -58,7 +60,7 @@ if __package__ in (None, ""):  # run as a script: make "bench" importable
 
 from bench.harness import report
 from bench.harness.adapter import AdapterError, DriverAdapter
-from bench.harness.databases import MariadbDatabases, PostgresDatabases, SqliteDatabases
+from bench.harness.databases import MariadbDatabases, PostgresDatabases, SqliteDatabases, mariadb_binaries
 from bench.harness.ours import make_ours
 from bench.harness.peers import PEERS, make_adapters
 from bench.harness.progress import Progress
@@ -68,13 +70,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO_ROOT / ".bench"
 CHART_DIR = Path(__file__).resolve().parent / "chart"
 WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9")
+# What the default run (no --db) measures on MariaDB: issue 20's figures, beside django-tasks-db.
+# W6-W9 there, and django-q2 and django-background-tasks there, take `--db ...,mariadb`.
+DEFAULT_MARIADB_WORKLOADS = ("w1", "w2", "w3", "w4", "w5")
+DEFAULT_MARIADB_PEERS = ("django-tasks-db",)
 
 # Rough rates (jobs/s) on a 2-core machine; only for the progress bar's estimate.
 RATE_HINTS = {
     "ours": {"sqlite": 2500, "postgres": 1100, "mariadb": 1000},
-    "django-background-tasks": {"sqlite": 14, "postgres": 14},
-    "django-tasks-db": {"sqlite": 150, "postgres": 55},
-    "django-q2": {"sqlite": 50, "postgres": 22},
+    "django-background-tasks": {"sqlite": 14, "postgres": 14, "mariadb": 11},
+    "django-tasks-db": {"sqlite": 150, "postgres": 55, "mariadb": 55},
+    "django-q2": {"sqlite": 50, "postgres": 22, "mariadb": 45},
     "procrastinate": {"postgres": 110},
 }
 
@@ -113,27 +119,27 @@ PROFILES = {
         "quick", ours_n=2000, reps=1, latency_ours=10, w4_n=2000, w5_rows=100_000, w5_claims=200, w5_drain_n=1000,
         w6_keys=(100,), w6_claims=100, w8_processes=(1, 4), w8_noop_n=1000, w8_io_n=100,
         w9_enqueue_n=20_000, w9_drain_n=2000, w9_large_batch=20_000, w9_callbacks=5, w9_chain=200,
-        peer_n={"django-background-tasks": {"sqlite": 60, "postgres": 60},
-                "django-tasks-db": {"sqlite": 400, "postgres": 200},
-                "django-q2": {"sqlite": 200, "postgres": 100},
+        peer_n={"django-background-tasks": {"sqlite": 60, "postgres": 60, "mariadb": 60},
+                "django-tasks-db": {"sqlite": 400, "postgres": 200, "mariadb": 200},
+                "django-q2": {"sqlite": 200, "postgres": 100, "mariadb": 100},
                 "procrastinate": {"postgres": 400}},
         latency_peers={"django-background-tasks": 3, "django-tasks-db": 5, "django-q2": 5, "procrastinate": 5},
     ),
     "default": Profile(
         "default", ours_n=10000, reps=3, latency_ours=50, w4_n=10000, w5_rows=1_000_000, w5_claims=1000,
         w5_drain_n=5000,
-        peer_n={"django-background-tasks": {"sqlite": 250, "postgres": 250},
-                "django-tasks-db": {"sqlite": 2000, "postgres": 1000},
-                "django-q2": {"sqlite": 800, "postgres": 400},
+        peer_n={"django-background-tasks": {"sqlite": 250, "postgres": 250, "mariadb": 250},
+                "django-tasks-db": {"sqlite": 2000, "postgres": 1000, "mariadb": 1000},
+                "django-q2": {"sqlite": 800, "postgres": 400, "mariadb": 400},
                 "procrastinate": {"postgres": 2000}},
         latency_peers={"django-background-tasks": 10, "django-tasks-db": 20, "django-q2": 30, "procrastinate": 30},
     ),
     "full": Profile(
         "full", ours_n=10000, reps=3, latency_ours=50, w4_n=10000, w5_rows=1_000_000, w5_claims=2000,
         w5_drain_n=10000, w9_drain_n=10_000, w9_callbacks=20,
-        peer_n={"django-background-tasks": {"sqlite": 1000, "postgres": 1000},
-                "django-tasks-db": {"sqlite": 10000, "postgres": 10000},
-                "django-q2": {"sqlite": 10000, "postgres": 10000},
+        peer_n={"django-background-tasks": {"sqlite": 1000, "postgres": 1000, "mariadb": 1000},
+                "django-tasks-db": {"sqlite": 10000, "postgres": 10000, "mariadb": 10000},
+                "django-q2": {"sqlite": 10000, "postgres": 10000, "mariadb": 10000},
                 "procrastinate": {"postgres": 10000}},
         latency_peers={"django-background-tasks": 30, "django-tasks-db": 50, "django-q2": 50, "procrastinate": 50},
     ),
@@ -155,8 +161,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of w1..w8")
     parser.add_argument("--peers", help="comma-separated subset of: " + ", ".join(p.name for p in PEERS)
                         + " ('none' for ours alone)")
-    parser.add_argument("--db", default="sqlite,postgres",
-                        help="comma-separated: sqlite, postgres, mariadb (ours only; a throwaway server)")
+    parser.add_argument("--db", help="comma-separated: sqlite, postgres, mariadb (each a throwaway server but "
+                        "SQLite). Default: sqlite,postgres, and mariadb for W1-W5 when its server binaries are on "
+                        "this machine")
     parser.add_argument("--no-cap", action="store_true", help="give the peers the same N as ours (slow)")
     parser.add_argument("--sqlite-dir", type=Path, default=BENCH_DIR / "tmp",
                         help="where the SQLite files go (default .bench/tmp: the checkout's disk, not tmpfs)")
@@ -202,8 +209,12 @@ class Results:
 
 class Bench:
     def __init__(self, args: argparse.Namespace, profile: Profile, providers: dict, ours: DriverAdapter | None,
-                 peers: list[DriverAdapter]):
+                 peers: list[DriverAdapter], only: dict[str, tuple[str, ...]] | None = None,
+                 only_peers: dict[str, tuple[str, ...]] | None = None):
         self.args = args
+        # database -> the only workloads run on it, and the only peers (MariaDB in the default run)
+        self.only = only or {}
+        self.only_peers = only_peers or {}
         self.profile = profile
         self.providers = providers
         self.ours = ours
@@ -241,13 +252,17 @@ class Bench:
         rate = RATE_HINTS.get(adapter.name, {}).get(db, 100)
         return 4 + n / rate
 
+    def databases_for(self, workload: str) -> list[str]:
+        return [db for db in self.providers if workload in self.only.get(db, WORKLOADS)]
+
     # -- steps ---------------------------------------------------------------------------------
 
     def plan(self) -> list[Step]:
         steps: list[Step] = []
         work = self.args.workloads
         systems = ([self.ours] if self.ours else []) + self.peers
-        pairs = [(a, db) for a in systems for db in a.databases if db in self.providers]
+        pairs = [(a, db) for a in systems for db in a.databases if db in self.providers
+                 and (a is self.ours or a.name in self.only_peers.get(db, (a.name,)))]
         reps = self.args.reps or self.profile.reps
         if "w1" in work or "w2" in work:
             for rep in range(1, reps + 1):
@@ -283,8 +298,6 @@ class Bench:
                                   lambda a=adapter, d=db, s=samples: self.w3(a, d, s)))
         if "w5" in work and self.ours:
             for db in self.providers:
-                if db == "mariadb":  # fill_finished is written for PostgreSQL and SQLite only
-                    continue
                 rows = self.profile.w5_rows
                 steps.append(Step(f"W5 ours {db}: {rows:,} finished rows", 6 + rows / 50_000,
                                   lambda d=db: self.w5_fill(d)))
@@ -295,19 +308,19 @@ class Bench:
                                           3 + self.profile.w5_claims * 0.002 + self.cost(self.ours, db, n),
                                           lambda d=db, s=state, r=rep: self.w5(d, s, r)))
         if "w6" in work and self.ours:
-            for db in self.providers:
+            for db in self.databases_for("w6"):
                 for keys in self.profile.w6_keys:
                     steps.append(Step(f"W6 ours {db}: {self.profile.w6_jobs:,} READY, {keys:,} keys at their limit",
                                       10 + self.profile.w6_jobs / 20_000 + reps * self.profile.w6_claims * 0.01,
                                       lambda d=db, k=keys: self.w6(d, k, reps)))
         if "w7" in work and self.ours:
             for rep in range(1, reps + 1):
-                for db in self.providers:
+                for db in self.databases_for("w7"):
                     n = self.profile.ours_n
                     steps.append(Step(f"W7 ours {db}: a worker's costs, rep {rep}/{reps}",
                                       4 + self.cost(self.ours, db, n), lambda d=db, r=rep, n=n: self.w7(d, r, n)))
         if "w8" in work and self.ours:
-            for db in self.providers:
+            for db in self.databases_for("w8"):
                 if db == "sqlite":  # one writer at a time: scaling out is the server databases' question
                     continue
                 for kind, n in (("noop", self.profile.w8_noop_n), ("io", self.profile.w8_io_n)):
@@ -324,7 +337,7 @@ class Bench:
         """W9, per database: (a) and (b) per repetition, the order of their runs reversed every other
         repetition; then (c) once, and (d) per repetition."""
         p, steps = self.profile, []
-        for db in self.providers:
+        for db in self.databases_for("w9"):
             rate = RATE_HINTS["ours"].get(db, 1000)
             for rep in range(1, reps + 1):
                 modes = (False, True) if rep % 2 else (True, False)
@@ -580,6 +593,20 @@ def open_databases(kinds: set[str], sqlite_dir: Path) -> dict:
     return providers
 
 
+def choose_databases(option: str | None):
+    """The databases asked for (``--db``), or the default's: SQLite, PostgreSQL, and MariaDB (W1-W5,
+    ours and django-tasks-db) when its server binaries are here (said when they are not). Returns
+    the databases; per database the only workloads and the only peers run there; notes for the report."""
+    if option is not None:
+        return {d.strip() for d in option.split(",") if d.strip()}, {}, {}, []
+    if mariadb_binaries() is None:
+        return {"sqlite", "postgres"}, {}, {}, [
+            "MariaDB skipped: no server binaries (mariadbd and mariadb-install-db, e.g. Debian's mariadb-server) "
+            "on this machine"]
+    return ({"sqlite", "postgres", "mariadb"}, {"mariadb": DEFAULT_MARIADB_WORKLOADS},
+            {"mariadb": DEFAULT_MARIADB_PEERS}, [])
+
+
 def machine_facts() -> dict:
     facts = {"platform": platform.platform(), "cpus": os.cpu_count(), "harness_python": sys.version.split()[0]}
     with contextlib.suppress(OSError):
@@ -655,7 +682,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     wall_started = time.perf_counter()
     profile = PROFILES["quick" if args.quick else "full" if args.full else "default"]
-    wanted_dbs = {d.strip() for d in args.db.split(",") if d.strip()}
+    wanted_dbs, only, only_peers, notes = choose_databases(args.db)
+    for note in notes:
+        log(note)
     started_at = datetime.datetime.now(datetime.UTC)
     load_before = os.getloadavg()
     log(f"bench profile={profile.name}  workloads={','.join(args.workloads)}  load average "
@@ -681,8 +710,10 @@ def main(argv: list[str] | None = None) -> int:
     ready_peers = [a for a in ready if a is not ours]
 
     providers = open_databases({db for a in ready for db in a.databases} & wanted_dbs, args.sqlite_dir)
+    notes += [f"{db} could not be started and was skipped (the reason is in the output above)"
+              for db in sorted(({db for a in ready for db in a.databases} & wanted_dbs) - providers.keys())]
     try:
-        bench = Bench(args, profile, providers, ours, ready_peers)
+        bench = Bench(args, profile, providers, ours, ready_peers, only, only_peers)
         results = bench.run()
         databases = {kind: provider.describe() for kind, provider in providers.items()}
     finally:
@@ -709,6 +740,9 @@ def main(argv: list[str] | None = None) -> int:
         "queues": queues,
         "summary": summary,
         "errors": results.errors,
+        "notes": notes + [f"{report.DB_LABEL.get(db, db)}: {', '.join(w.upper() for w in only[db])} only, "
+                          f"ours and {', '.join(only_peers.get(db, ()))} (`--db` naming it runs the rest there too)"
+                          for db in only if db in providers],
         "runs": {"w1": results.w1, "w2": results.w2, "w3": results.w3, "w4": results.w4, "w5": results.w5,
                  "w5_fill": results.w5_fill, "w6": results.w6, "w7": results.w7, "w8": results.w8,
                  "w9": results.w9},

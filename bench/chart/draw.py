@@ -25,7 +25,7 @@ COLORS = {
     "django-q2": "#d08a2e",
     "procrastinate": "#8e44ad",
 }
-DBS = (("sqlite", "SQLite"), ("postgres", "PostgreSQL"))
+DBS = (("sqlite", "SQLite"), ("postgres", "PostgreSQL"), ("mariadb", "MariaDB"))
 MODES = (("each", "one by one"), ("tx", "one transaction"), ("bulk", "bulk"))
 
 
@@ -78,7 +78,9 @@ def grouped_bars(ax, groups, systems, value_of, *, annotate=True, err_of=None):
 def main(source: str, target: str) -> int:
     data = json.load(open(source))
     s = data["summary"]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
+    measured = {r["db"] for part in ("w1", "w2", "w3", "w5") for r in s.get(part) or []}
+    dbs = [(db, name) for db, name in DBS if db in measured]  # the databases this run measured
+    fig, axes = plt.subplots(2, 2, figsize=(13 if len(dbs) < 3 else 15, 9.5))
     m = data["machine"]
     fig.suptitle(f"make bench ({data['profile']}, medians of {data['sizes']['reps']}): "
                  f"{m.get('cpus')} cores, {m.get('platform', '').split('-with')[0]}, "
@@ -89,8 +91,8 @@ def main(source: str, target: str) -> int:
     rows = s["w2"]
     systems = systems_in(rows)
     by = {(label(r["queue"], r["variant"]), r["db"]): r for r in rows}
-    grouped_bars(ax, [d for d, _ in DBS], systems, lambda sy, db: (by.get((sy, db)) or {}).get("median_jobs_per_s"))
-    ax.set_xticks(range(len(DBS)), [name for _, name in DBS])
+    grouped_bars(ax, [d for d, _ in dbs], systems, lambda sy, db: (by.get((sy, db)) or {}).get("median_jobs_per_s"))
+    ax.set_xticks(range(len(dbs)), [name for _, name in dbs])
     ax.set_ylabel("jobs/s (log)")
     ax.set_title("W2: drain no-op jobs, one worker process (higher is better)", fontsize=10)
 
@@ -99,10 +101,10 @@ def main(source: str, target: str) -> int:
     rows = [r for r in s["w3"] if r.get("p50_s")]
     systems = systems_in(rows)
     by = {(r["queue"], r["db"]): r for r in rows}
-    grouped_bars(ax, [d for d, _ in DBS], systems,
+    grouped_bars(ax, [d for d, _ in dbs], systems,
                  lambda sy, db: (by[(sy, db)]["p50_s"] * 1000) if (sy, db) in by else None,
                  err_of=lambda sy, db: (by[(sy, db)]["p95_s"] * 1000) if (sy, db) in by else None)
-    ax.set_xticks(range(len(DBS)), [name for _, name in DBS])
+    ax.set_xticks(range(len(dbs)), [name for _, name in dbs])
     ax.set_ylabel("ms (log)")
     ax.set_title("W3: enqueue-to-start latency, idle worker (p50 bar, p95 whisker; lower is better)", fontsize=10)
 
@@ -111,12 +113,13 @@ def main(source: str, target: str) -> int:
     rows = s["w1"]
     systems = systems_in(rows, key=lambda r: r["queue"])
     by = {(r["queue"], r["db"], r["mode"]): r for r in rows}
-    groups = [(db, mode) for db, _ in DBS for mode, _ in MODES if any(k[1:] == (db, mode) for k in by)]
+    groups = [(db, mode) for db, _ in dbs for mode, _ in MODES if any(k[1:] == (db, mode) for k in by)]
     grouped_bars(ax, groups, systems, lambda sy, g: (by.get((sy, *g)) or {}).get("median_jobs_per_s"),
                  annotate=False)
-    names = dict(DBS)
-    modes = dict(MODES)
-    ax.set_xticks(range(len(groups)), [f"{modes[mode]}\n{names[db]}" for db, mode in groups], fontsize=8)
+    names = dict(dbs)
+    modes = dict(MODES) if len(groups) <= 6 else {"each": "one by one", "tx": "one tx", "bulk": "bulk"}
+    ax.set_xticks(range(len(groups)), [f"{modes[mode]}\n{names[db]}" for db, mode in groups],
+                  fontsize=8 if len(groups) <= 6 else 7)
     ax.set_ylabel("jobs/s (log)")
     ax.set_title("W1: enqueue throughput (higher is better)", fontsize=10)
 
@@ -131,8 +134,8 @@ def main(source: str, target: str) -> int:
         for x, y in zip(xs, ys):
             ax.annotate(f"{y:.0f} µs", (x, y), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
                         textcoords="offset points")
-    ax.set_xticks(range(len(rows)), [f"{dict(DBS)[r['db']]}\n{r['rows']:,} rows: {r['claim_ratio']:.2f}x"
-                                     if r["claim_ratio"] else dict(DBS)[r["db"]] for r in rows])
+    ax.set_xticks(range(len(rows)), [f"{dict(dbs)[r['db']]}\n{r['rows']:,} rows: {r['claim_ratio']:.2f}x"
+                                     if r["claim_ratio"] else dict(dbs)[r["db"]] for r in rows])
     ax.set_ylabel("µs per claim statement")
     ax.set_title("W5: our claim statement, empty vs. filled table (target <= 1.5x)", fontsize=10)
     ax.legend(fontsize=8)

@@ -1,4 +1,4 @@
-"""The databases a benchmark run can use: a temporary SQLite file, or a fresh PostgreSQL database.
+"""The databases a benchmark run can use: a temporary SQLite file, or a fresh PostgreSQL or MariaDB database.
 
 Every run gets an empty database of its own, so no run sees another's rows,
 indexes bloated by them, or a warm cache of them. PostgreSQL is one
@@ -131,9 +131,18 @@ class PostgresDatabases:
         self.server.destroy()
 
 
+def mariadb_binaries() -> tuple[str, str] | None:
+    """MariaDB's server and install binaries when they are on this machine (``tests/mariadbserver.py``)."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from tests.mariadbserver import find_binaries
+
+    return find_binaries()
+
+
 class MariadbDatabases:
     """One throwaway MariaDB server (``tests/mariadbserver.py``) at default durability; a new
-    database per run. Our queue only: the peers' bench projects speak SQLite and PostgreSQL."""
+    database per run, for ours and for the peers that support MySQL (django-tasks-db)."""
 
     kind = "mariadb"
 

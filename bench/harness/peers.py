@@ -33,12 +33,13 @@ PEERS: tuple[PeerSpec, ...] = (
         "django-background-tasks",
         "background_tasks",
         "3.11",
-        ("sqlite", "postgres"),
+        ("sqlite", "postgres", "mariadb"),
         max_jobs=1000,
         note="worker sleeps 0-0.1 s after every task (library default)",
     ),
-    PeerSpec("django-tasks-db", "tasks_db", "3.13", ("sqlite", "postgres")),
-    PeerSpec("django-q2", "django_q2", "3.11", ("sqlite", "postgres")),
+    # django-tasks-db tests MySQL in its own CI; it gets a fresh database on the bench's MariaDB.
+    PeerSpec("django-tasks-db", "tasks_db", "3.13", ("sqlite", "postgres", "mariadb")),
+    PeerSpec("django-q2", "django_q2", "3.11", ("sqlite", "postgres", "mariadb")),
     PeerSpec("procrastinate", "procrastinate", "3.11", ("postgres",)),
 )
 

@@ -279,13 +279,13 @@ def targets(w1, w2, w3, w4, w5, ours: str, w6=()) -> list[dict]:
         add(f"W5 claim cost with {row['rows']:,} finished rows <= 1.5x empty on {DB_LABEL[row['db']]}", ratio,
             None if ratio is None else ratio <= 1.5, "-" if ratio is None else f"{ratio:.2f}x")
     w1_by = {r["db"]: r for r in w1 if r["queue"] == ours and r["mode"] == "bulk"}
-    for db, minimum in (("sqlite", 20000), ("postgres", 25000)):
+    for db, minimum in (("sqlite", 20000), ("postgres", 25000), ("mariadb", 20000)):  # issues 6 and 20
         rate = (w1_by.get(db) or {}).get("median_jobs_per_s")
         add(f"W1 bulk >= {minimum:,} jobs/s on {DB_LABEL[db]}", rate, None if rate is None else rate >= minimum,
             "-" if rate is None else f"{rate:,.0f} jobs/s")
     # Issue 14: the redesigned worker.
     ours_w2 = {r["db"]: r["median_jobs_per_s"] for r in w2 if r["queue"] == ours and not r["variant"]}
-    for db, minimum in (("postgres", 2000), ("sqlite", 2500)):
+    for db, minimum in (("postgres", 2000), ("sqlite", 2500), ("mariadb", 2000)):  # issues 14 and 20
         rate = ours_w2.get(db)
         add(f"W2 one worker >= {minimum:,} jobs/s on {DB_LABEL[db]}", rate, None if rate is None else rate >= minimum,
             "-" if rate is None else f"{rate:,.0f} jobs/s")
@@ -351,8 +351,7 @@ def _system(queue: str, variant: str = "") -> str:
 
 
 def _order(rows: list[dict], ours: str = "ours") -> list[dict]:
-    dbs = {"sqlite": 0, "postgres": 1}
-    return sorted(rows, key=lambda r: (dbs.get(r["db"], 9), r.get("queue") != ours, r.get("variant") or ""))
+    return sorted(rows, key=lambda r: (DB_ORDER.get(r["db"], 9), r.get("queue") != ours, r.get("variant") or ""))
 
 
 def machine_line(payload: dict) -> str:
@@ -365,6 +364,9 @@ def machine_line(payload: dict) -> str:
     pg = dbs.get("postgres")
     if pg:
         parts.append(f"PostgreSQL {pg.get('server_version')} ({pg.get('settings')})")
+    maria = dbs.get("mariadb")
+    if maria:
+        parts.append(f"MariaDB {maria.get('server_version')} ({maria.get('settings')})")
     lite = dbs.get("sqlite")
     sqlite_version = (payload.get("queues", {}).get("ours") or {}).get("sqlite")
     if lite:
@@ -497,10 +499,12 @@ def markdown(payload: dict) -> str:
         out += _w9_markdown(s["w9"])
 
     if s["targets"]:
-        out += ["", "**Targets** (issues 6, 12, 14 and 22)", ""]
+        out += ["", "**Targets** (issues 6, 12, 14, 20 and 22)", ""]
         rows = [[t["target"], t["shown"], {True: "met", False: "**missed**", None: "not measured"}[t["met"]]]
                 for t in s["targets"]]
         out.append(_table(["target", "measured", ""], rows, "lrl"))
+    if payload.get("notes"):
+        out += ["", "Notes:", *(f"- {n}" for n in payload["notes"])]
     if payload.get("errors"):
         out += ["", "Errors:", *(f"- {e.splitlines()[0]}" for e in payload["errors"])]
     return "\n".join(out)

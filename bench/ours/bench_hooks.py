@@ -26,6 +26,7 @@ from django.utils import timezone
 
 import jobs
 from jobs.models import Job, JobStatus
+from jobs.rows import CLAIMED, read_rows
 from jobs.sql import claim_sql, statements
 
 # One thread, as in every earlier run of W2 (the command's default is 4 since issue 19).
@@ -82,18 +83,17 @@ def recorded_statuses() -> dict[str, int]:
 # -- W5: claim cost with many finished rows -------------------------------------------------
 
 def fill_finished(n: int) -> dict:
-    """Insert ``n`` SUCCESSFUL rows (finished over the last week) in one server-side statement."""
+    """Insert ``n`` SUCCESSFUL rows (finished over the last week) server-side: one statement on
+    PostgreSQL and SQLite, statements of 100,000 rows each in their own transaction on MySQL/MariaDB."""
     meta = Job._meta
     qn = connection.ops.quote_name
     fields = [f for f in meta.concrete_fields if not f.primary_key]
     if connection.vendor == "postgresql":
         ago = "(now() - (i %% 604800) * interval '1 second')"
-        source = "FROM generate_series(1, %s) AS s(i)"
-        prefix = ""
+    elif connection.vendor == "mysql":
+        ago = "(UTC_TIMESTAMP(6) - INTERVAL (i %% 604800) SECOND)"
     else:
         ago = "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', '-' || (i %% 604800) || ' seconds')"
-        source = "FROM s"
-        prefix = "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < %s) "
     varying = {"run_after": ago, "enqueued_at": ago, "started_at": ago, "last_attempted_at": ago, "finished_at": ago}
     values = {"task_path": noop.module_path, "status": JobStatus.SUCCESSFUL.value, "attempts": 1,
               "worker_id": "bench:filler", "worker_ids": ["bench:filler"], "heartbeat_at": None}
@@ -105,22 +105,35 @@ def fill_finished(n: int) -> dict:
             exprs.append("%s")
             value = values[field.name] if field.name in values else field.get_default()
             params.append(field.get_db_prep_save(value, connection))
-    columns = ", ".join(qn(f.column) for f in fields)
+    insert = f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) SELECT {', '.join(exprs)}"
     if connection.vendor == "postgresql":
-        sql = f"INSERT INTO {qn(meta.db_table)} ({columns}) SELECT {', '.join(exprs)} {source}"
-        params = [*params, n]
+        statements_ = [(f"{insert} FROM generate_series(1, %s) AS s(i)", [*params, n])]
+    elif connection.vendor == "mysql":
+        # No generate_series, and MySQL stops recursive CTEs at 1,000 levels by default: the numbers
+        # come from a cross join of digits, 100,000 per statement (InnoDB's undo log stays small).
+        chunk = 100_000
+        digits = "(SELECT 0 AS d UNION ALL " + " UNION ALL ".join(f"SELECT {d}" for d in range(1, 10)) + ")"
+        places = [f"{digits} AS d{p}" for p in range(5)]
+        number = " + ".join(f"d{p}.d * {10 ** p}" for p in range(5))
+        statements_ = [(f"{insert} FROM (SELECT %s + {number} AS i FROM {', '.join(places)}) AS s "
+                        f"WHERE i <= %s", [*params, start + 1, n]) for start in range(0, n, chunk)]
     else:
-        sql = f"{prefix}INSERT INTO {qn(meta.db_table)} ({columns}) SELECT {', '.join(exprs)} {source}"
-        params = [n, *params]
+        statements_ = [(f"WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < %s) "
+                        f"{insert} FROM s", [n, *params])]
     started = time.perf_counter()
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    for sql, args in statements_:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(sql, args)
     inserted = time.perf_counter() - started
     analyzed = time.perf_counter()
-    if connection.vendor == "postgresql":
-        # What autovacuum does shortly after a bulk load; the claim does not depend on it.
-        with connection.cursor() as cursor:
+    with connection.cursor() as cursor:
+        # What autovacuum (PostgreSQL) and InnoDB's background statistics do shortly after a bulk
+        # load; the claim does not depend on it.
+        if connection.vendor == "postgresql":
             cursor.execute(f"VACUUM ANALYZE {qn(meta.db_table)}")
+        elif connection.vendor == "mysql":
+            cursor.execute(f"ANALYZE TABLE {qn(meta.db_table)}")
+            cursor.fetchall()
     return {"insert_s": inserted, "vacuum_s": time.perf_counter() - analyzed,
             "rows": Job.objects.filter(status=JobStatus.SUCCESSFUL).count()}
 
@@ -130,9 +143,12 @@ def claim_cost(samples: int) -> dict:
 
     Each claim commits on its own, as the worker's would; the claimed jobs are then
     marked SUCCESSFUL so the table keeps only finished rows besides the ready ones.
+    On MySQL/MariaDB (no UPDATE ... RETURNING) the claim is two statements, the locking
+    read and the worker's UPDATE of the rows it took, by id: both are timed.
     """
     enqueue_bulk(samples)
     worker_id = "bench:claimer"
+    mysql = connection.vendor == "mysql"
     times = []
     for _ in range(samples):
         sql, params = claim_sql(connection, worker_id=worker_id, limit=1, now=timezone.now(), queues=None)
@@ -140,6 +156,10 @@ def claim_cost(samples: int) -> dict:
             started = time.perf_counter()
             cursor.execute(sql, params)
             rows = cursor.fetchall()
+            if mysql and rows:
+                # The worker's own UPDATE (jobs/sql/mysql.py), of the job the read locked.
+                taken = read_rows(connection, CLAIMED, rows)
+                cursor.execute(*statements(connection)._claim_update(taken, worker_id=worker_id, now=timezone.now()))
             times.append(time.perf_counter() - started)
         if len(rows) != 1:
             raise RuntimeError(f"claim returned {len(rows)} rows, expected 1")
@@ -156,6 +176,10 @@ def claim_plan() -> list[str]:
         if connection.vendor == "postgresql":
             cursor.execute("EXPLAIN " + sql, params)
             lines = [row[0] for row in cursor.fetchall()]
+        elif connection.vendor == "mysql":
+            cursor.execute("EXPLAIN " + sql, params)
+            names = [c[0] for c in cursor.description]
+            lines = [", ".join(f"{k}={v}" for k, v in zip(names, row) if v is not None) for row in cursor.fetchall()]
         else:
             cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
             lines = [row[-1] for row in cursor.fetchall()]

@@ -17,7 +17,8 @@ STAMP_DIR_ENV = "BENCH_STAMP_DIR"
 
 
 def database_from_url(url: str) -> dict:
-    """Turn ``sqlite:////abs/path`` or ``postgres://user@host:port/name`` into a DATABASES entry.
+    """Turn ``sqlite:////abs/path``, ``postgres://user@host:port/name`` or ``mysql://user@host:port/name``
+    (MySQL or MariaDB, through Django's mysqlclient backend) into a DATABASES entry.
 
     Only Django's defaults are used beyond the connection parameters: the
     benchmark compares the queues as their users would run them, so no
@@ -26,9 +27,10 @@ def database_from_url(url: str) -> dict:
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": unquote(parts.path)}
-    if parts.scheme in ("postgres", "postgresql"):
+    engines = {"postgres": "postgresql", "postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
+    if parts.scheme in engines:
         return {
-            "ENGINE": "django.db.backends.postgresql",
+            "ENGINE": f"django.db.backends.{engines[parts.scheme]}",
             "NAME": unquote(parts.path.lstrip("/")),
             "USER": unquote(parts.username or ""),
             "PASSWORD": unquote(parts.password or ""),
