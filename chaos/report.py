@@ -11,7 +11,7 @@ from pathlib import Path
 from .check import INVARIANTS, Evidence, Verdict
 from .mix import BY_TASK_PATH, CALLBACK_BY_TASK_PATH
 
-HARMFUL = ("kill", "term", "stop", "partition", "restart-fast", "restart-immediate")  # what the line counts
+HARMFUL = ("kill", "term", "stop", "partition", "restart-fast", "restart-immediate", "kill-child")  # what the line counts
 MESSAGES_KEPT = 50  # per invariant, in the JSON; the count is always complete
 
 

@@ -97,6 +97,9 @@ def run(*, seconds: float, seed: int, workers: int) -> int:
     say(f"seed {seed}, {seconds:g}s of faults, {workers} workers (replay: make chaos CHAOS_SEED={seed} "
         f"CHAOS_SECONDS={seconds:g} CHAOS_WORKERS={workers})")
     hosts, no_namespaces = hosts_module.make_hosts(workers)
+    supervised = [h.name for h in hosts if hosts_module.supervised(h)]
+    say(f"--processes {hosts_module.PROCESSES} on {', '.join(supervised) or 'no host'} (they alone serve the "
+        "hard queue)")
     if no_namespaces:
         say(f"WARNING: no network namespaces ({no_namespaces}): workers run on loopback and NO PARTITIONS are tested")
     database = cluster = producer = None
@@ -112,7 +115,7 @@ def run(*, seconds: float, seed: int, workers: int) -> int:
 
         stale_after = settings.TASKS["default"]["OPTIONS"]["stale_after"]
         cluster = hosts_module.Cluster(
-            hosts, log_dir=OUT / "logs", worker_args=["--no-scheduler", "--concurrency", str(CONCURRENCY)],
+            hosts, log_dir=OUT / "logs", worker_args=lambda host: hosts_module.worker_args(host, CONCURRENCY),
             env_for=lambda host, label: {**os.environ, "DATABASE_URL": database.url(host.server_address, label)})
         for host in hosts:
             cluster.start(host)
@@ -160,7 +163,9 @@ def run(*, seconds: float, seed: int, workers: int) -> int:
                    "hosts": [{"name": h.name, "namespace": h.namespace, "address": h.address} for h in hosts]}
         return _conclude(evidence, injector.faults, phases, run={
             "seed": seed, "seconds": seconds, "workers": workers, "concurrency": CONCURRENCY, "rate": RATE,
-            "stale_after": stale_after, "network": network, "python": sys.version.split()[0],
+            "stale_after": stale_after, "network": network, "supervised": {
+                "hosts": supervised, "processes": hosts_module.PROCESSES,
+                "concurrency": hosts_module.PROCESS_CONCURRENCY}, "python": sys.version.split()[0],
             "django": django.__version__})
     finally:
         if producer and producer.poll() is None:
@@ -198,7 +203,7 @@ def _dump_stacks(cluster, bad: list[str]) -> None:
     """Ask each live worker that something is wrong with for its threads' stacks (in its log)."""
     blamed = [r for r in cluster.runs if r.alive and any(r.label in message.split() for message in bad)]
     for r in blamed:
-        os.kill(r.process.pid, signal.SIGUSR1)
+        r.signal(signal.SIGUSR1)  # a --processes parent's children too (they write in its log)
     if blamed:
         time.sleep(1.0)  # faulthandler writes at once; give the logs a moment
         say(f"stacks of {', '.join(r.label for r in blamed)} are in their logs")
@@ -206,7 +211,7 @@ def _dump_stacks(cluster, bad: list[str]) -> None:
 
 def _wait_for_workers(cluster, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
-    while not all("worker started" in r.log.read_text() for r in cluster.runs):
+    while not all(r.log.read_text().count("worker started") >= max(r.processes, 1) for r in cluster.runs):
         if time.monotonic() > deadline:
             raise RuntimeError(f"workers did not start within {timeout:g}s; see {cluster.log_dir}")
         if any(not r.alive for r in cluster.runs):
@@ -243,7 +248,7 @@ def _drain(timeout: float) -> bool:
 
 def _gather(cluster, injector, database, bad_workers, limit_samples):
     from chaos.check import Evidence, read_cancels, read_record, read_worker_log
-    from chaos.models import Effect
+    from chaos.models import Begun, Effect
     from jobs.execution import attempt_limit
     from jobs.framework import task_backends
     from jobs.models import Job, JobBatch, JobDependency, JobLimit
@@ -258,6 +263,9 @@ def _gather(cluster, injector, database, bad_workers, limit_samples):
     for effect in Effect.objects.values("job_id", "attempt", "worker_id", "raised", "started_at", "ended_at"):
         effects.setdefault(effect["job_id"], []).append(effect)
     logs = [read_worker_log(r.log, r.label, r.process.pid) for r in cluster.runs]
+    begun: dict[int, list[dict]] = {}
+    for row in Begun.objects.values("job_id", "attempt", "worker_id", "started_at"):
+        begun.setdefault(row["job_id"], []).append(row)
     batches = {row["id"]: row for row in JobBatch.objects.values(
         "id", "total", "successful", "failed", "cancelled", "sealed_at", "finished_at", "callbacks")}
     parents: dict[int, list[int]] = {}
@@ -268,4 +276,4 @@ def _gather(cluster, injector, database, bad_workers, limit_samples):
                     cancels=read_cancels(OUT / "enqueued.jsonl"), limit_peaks=limit_samples.peaks,
                     unique_doubled=limit_samples.doubled, limit_samples=limit_samples.samples,
                     keys_left_running=dict(JobLimit.objects.filter(running__gt=0).values_list("key", "running")),
-                    batches=batches, parents=parents)
+                    batches=batches, parents=parents, begun=begun)
