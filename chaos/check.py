@@ -28,6 +28,15 @@ be held back for ever). A job cancelled READY must end CANCELLED, one cancelled 
 CANCELLED or (when it was finishing just then) SUCCESSFUL; CANCELLED with no cancel
 asked is lost, unless a hand-back met a READY job of its unique key.
 
+The ``--processes`` hosts (chaos.hosts) add: a worker id is a child's, attributed to its
+host's worker through the parent's log; a take-back from a child its parent ended (a job
+past its timeout) or that a ``kill-child`` fault killed is explained, a child that died
+otherwise is stuck (a crash); an attempt of the hard kinds that overran its timeout in C
+(``gil_timeout``, ``blocked``, attempt 1) must end as a timeout of that attempt, with its
+parent's log saying it ended the process and no effect of it (wrong attempts otherwise);
+and an attempt whose process was ended, which began (``Begun``) but wrote no effect, holds
+its concurrency key's place from its start until its timeout was recorded.
+
 Batches and chains of dependencies add a fifth, wrong callbacks (what a job's end sets
 off: a batch's callbacks, a waiting child's release or cancel):
 
@@ -423,7 +432,7 @@ def _check_hard(ev: Evidence, enqueued: dict[str, int], handed_back: set, fail) 
             if any(e["exception_class_path"] == TIMEOUT for e in job["errors"]):
                 fail("wrong attempts", job_id, f"job {job_id} (gil) has no timeout but an attempt timed out")
             continue
-        if not errors or errors[0]["exception_class_path"] == LOST or (job_id, 1, errors[0]["worker_id"]) in \
+        if not errors or errors[0]["exception_class_path"] in FAULT_ERRORS or (job_id, 1, errors[0]["worker_id"]) in \
                 handed_back:
             continue  # a fault took attempt 1 (or it never ran): said elsewhere if wrong
         worker = errors[0]["worker_id"]
