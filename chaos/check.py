@@ -452,17 +452,27 @@ def _check_take_backs(ev: Evidence, fail) -> Counter:
     label_of = {w: log.label for log in ev.logs for w in log.worker_ids}
     # A --processes parent that ended a child for a job that would not stop logs that job's end as a
     # take-back too, recorded as what ended it (a timeout): (job, attempt, child's id) -> that error.
+    # Unless a fault on the parent's host (or the database's) kept the parent from recording it before
+    # another worker took the attempt back as lost (frozen inside its take-back, say).
     stopped = {(job, attempt, log.children.get(pid)) for log in ev.logs for pid, (job, attempt) in log.ended.items()}
+    pid_of = {w: log.pid for log in ev.logs for w in log.worker_ids}  # a child's: its parent's
+
+    def recorded(error, attempt, lost, wanted) -> bool:
+        if error["attempt"] != attempt or error["worker_id"] != lost:
+            return False
+        if error["exception_class_path"] in wanted:
+            return True
+        return LOST not in wanted and error["exception_class_path"] == LOST and _cause(
+            pid_of.get(lost), datetime.fromisoformat(error["at"]).timestamp(), ev) is not None
+
     for log in ev.logs:
         for job_id, attempt, lost in log.taken_back:
             errors = ev.jobs.get(job_id, {}).get("errors", [])
             wanted = (TIMEOUT, CANCELLED) if (job_id, attempt, lost) in stopped else (LOST,)
-            if not any(e["attempt"] == attempt and e["worker_id"] == lost and e["exception_class_path"] in wanted
-                       for e in errors):
+            if not any(recorded(e, attempt, lost, wanted) for e in errors):
                 fail("wrong attempts", job_id, f"job {job_id}: {log.label} took attempt {attempt} back from "
                      f"{label_of.get(lost, '?')} ({lost}), but no {' or '.join(wanted)} error of that attempt is "
                      "recorded")
-    pid_of = {w: log.pid for log in ev.logs for w in log.worker_ids}  # a child's: its parent's
     ended = {log.children.get(pid) for log in ev.logs for pid in log.ended}
     for log in ev.logs:
         killed = {f["child_pid"] for f in ev.faults if f["kind"] == "kill-child" and f["pid"] == log.pid}

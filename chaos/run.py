@@ -189,6 +189,7 @@ def _conclude(evidence, faults: list[dict], phases: dict, *, run: dict) -> int:
     line = closing_line(len(verdict.enqueued), faults, verdict)
     write(build(ev=evidence, verdict=verdict, line=line, phases=phases, run={**run, "machine": machine()}),
           OUT / "report.json")
+    write(evidence.jobs, OUT / "jobs.json")  # every job row as checked, to read a failure after the run
     for name, failures in verdict.failures.items():
         for message in list(failures.values())[:10]:
             say(message)
