@@ -423,6 +423,7 @@ def _check_hard(ev: Evidence, enqueued: dict[str, int], handed_back: set, fail) 
     (its first query slowed by a fault), the interrupt stopped it. Unless a fault took that
     attempt first (taken back, handed back on SIGTERM, its query cut off). ``gil`` has no
     timeout: never one."""
+    ended_for = {job_attempt for log in ev.logs for job_attempt in log.ended.values()}
     for job_id in set(enqueued.values()):
         job = ev.jobs[job_id]
         kind = BY_TASK_PATH.get(job["task_path"])
@@ -432,6 +433,9 @@ def _check_hard(ev: Evidence, enqueued: dict[str, int], handed_back: set, fail) 
         if kind.name == "gil":
             if any(e["exception_class_path"] == TIMEOUT for e in job["errors"]):
                 fail("wrong attempts", job_id, f"job {job_id} (gil) has no timeout but an attempt timed out")
+            if any(ended_job == job_id for ended_job, _ in ended_for):
+                fail("wrong attempts", job_id, f"job {job_id} (gil) has no timeout but a parent ended its process "
+                     "for it")
             continue
         if not errors or errors[0]["exception_class_path"] in FAULT_ERRORS or (job_id, 1, errors[0]["worker_id"]) in \
                 handed_back:
