@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chaos", description="The fault test (see chaos/__init__.py).")
     parser.add_argument("--seconds", type=float, default=120.0, help="how long faults are injected (default 120)")
     parser.add_argument("--seed", type=int, default=None, help="the run's seed (default: a random one, printed)")
-    parser.add_argument("--workers", type=int, default=6, help="hosts, one worker each (--processes 2 on even ones)")
+    parser.add_argument("--workers", type=int, default=6, help="hosts, one worker each (default 6; even: --processes 2)")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1, 1_000_000)
     if args.seconds < 10:
