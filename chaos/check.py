@@ -28,6 +28,15 @@ be held back for ever). A job cancelled READY must end CANCELLED, one cancelled 
 CANCELLED or (when it was finishing just then) SUCCESSFUL; CANCELLED with no cancel
 asked is lost, unless a hand-back met a READY job of its unique key.
 
+The ``--processes`` hosts (chaos.hosts) add: a worker id is a child's, attributed to its
+host's worker through the parent's log; a take-back from a child its parent ended (a job
+past its timeout) or that a ``kill-child`` fault killed is explained, a child that died
+otherwise is stuck (a crash); an attempt of the hard kinds that overran its timeout in C
+(``gil_timeout``, ``blocked``, attempt 1) must end as a timeout of that attempt, with its
+parent's log saying it ended the process and no effect of it (wrong attempts otherwise);
+and an attempt whose process was ended, which began (``Begun``) but wrote no effect, holds
+its concurrency key's place from its start until its timeout was recorded.
+
 Batches and chains of dependencies add a fifth, wrong callbacks (what a job's end sets
 off: a batch's callbacks, a waiting child's release or cancel):
 
@@ -55,7 +64,7 @@ from pathlib import Path
 
 from jobs.limits import unique_key
 
-from .mix import BY_NAME, BY_TASK_PATH, CALLBACK_BY_TASK_PATH, FAULT_ERRORS, LOST, PLANNED
+from .mix import BY_NAME, BY_TASK_PATH, CALLBACK_BY_TASK_PATH, CANCELLED, FAULT_ERRORS, LOST, PLANNED, TIMEOUT
 
 INVARIANTS = ("lost", "stuck", "duplicated", "wrong attempts", "wrong callbacks")
 ENDED = ("SUCCESSFUL", "FAILED", "CANCELLED")
@@ -69,7 +78,11 @@ AFTER_RESTART = 15.0
 # After SIGCONT, the worker's next heartbeat is at most a heartbeat interval away.
 AFTER_STOP = 5.0
 
-_STARTED = re.compile(r"worker started worker=(\S+)")
+_STARTED = re.compile(r"(?:worker|supervisor) started worker=(\S+)")
+# A --processes parent's lines (its children write in its log too).
+_CHILD_STARTED = re.compile(r"worker process started slot=\d+ pid=(\d+) worker=(\S+)")
+_CHILD_ENDED = re.compile(r"worker process ended slot=\d+ pid=(\d+): job id=(\d+) attempt=(\d+)")
+_CHILD_DIED = re.compile(r"worker process died slot=\d+ pid=(\d+) (.*)")
 _TAKEN = re.compile(r"job taken back id=(\d+) task=\S+ attempt=(\d+)/\d+ lost_worker=(\S+)")
 _HANDED = re.compile(r"job handed back id=(\d+) task=\S+ attempt=(\d+)")
 _DISCARDED = re.compile(r"job outcome discarded id=(\d+) task=\S+ attempt=(\d+)")
@@ -83,13 +96,27 @@ class WorkerLog:
     taken_back: list[tuple[int, int, str]] = field(default_factory=list)  # (job, attempt, lost worker)
     handed_back: list[tuple[int, int]] = field(default_factory=list)  # (job, attempt)
     discarded: list[tuple[int, int]] = field(default_factory=list)  # zombie outcomes dropped by fencing
+    # A --processes host: every worker id in the log (the parent's and each child's), each child's
+    # by its PID, the children the parent ended for a job that would not stop (PID -> (job,
+    # attempt)), and the children it saw die (PID, how).
+    worker_ids: list[str] = field(default_factory=list)
+    children: dict[int, str] = field(default_factory=dict)
+    ended: dict[int, tuple[int, int]] = field(default_factory=dict)
+    died: list[tuple[int, str]] = field(default_factory=list)
 
 
 def read_worker_log(path: Path, label: str, pid: int) -> WorkerLog:
     log = WorkerLog(label, pid)
     for line in path.read_text(errors="replace").splitlines():
         if m := _STARTED.search(line):
-            log.worker_id = m[1]
+            log.worker_id = log.worker_id or m[1]
+            log.worker_ids.append(m[1])
+        elif m := _CHILD_STARTED.search(line):
+            log.children[int(m[1])] = m[2]
+        elif m := _CHILD_ENDED.search(line):
+            log.ended[int(m[1])] = (int(m[2]), int(m[3]))
+        elif m := _CHILD_DIED.search(line):
+            log.died.append((int(m[1]), m[2]))
         elif m := _TAKEN.search(line):
             log.taken_back.append((int(m[1]), int(m[2]), m[3]))
         elif m := _HANDED.search(line):
@@ -135,6 +162,7 @@ class Evidence:
     keys_left_running: dict[str, int] = field(default_factory=dict)  # JobLimit rows not at 0 after the drain
     batches: dict[str, dict] = field(default_factory=dict)  # id -> row (counts, sealed_at, finished_at, callbacks)
     parents: dict[int, list[int]] = field(default_factory=dict)  # child id -> its parents' ids, in order
+    begun: dict[int, list[dict]] = field(default_factory=dict)  # job id -> [{attempt, worker_id, started_at}]
 
 
 @dataclass
@@ -161,7 +189,7 @@ def check(ev: Evidence) -> Verdict:
     enqueued, reconciled, collapsed = _reconcile(ev, fail)
     callbacks = [job_id for job_id, job in ev.jobs.items() if job["task_path"] in CALLBACK_BY_TASK_PATH]
     by_id_kind = {job_id: BY_TASK_PATH.get(ev.jobs[job_id]["task_path"]) for job_id in [*enqueued.values(), *callbacks]}
-    handed_back = {(j, a, log.worker_id) for log in ev.logs for j, a in log.handed_back}
+    handed_back = {(j, a, w) for log in ev.logs for j, a in log.handed_back for w in log.worker_ids}
     for job_id, kind in by_id_kind.items():
         job = ev.jobs[job_id]
         _check_final_state(job_id, job, kind, ev.effects.get(job_id, []), fail)
@@ -172,6 +200,7 @@ def check(ev: Evidence) -> Verdict:
     batches = _check_batches(ev, enqueued, fail)
     chains = _check_chains(ev, enqueued, fail)
     most_running = _check_limits(ev, enqueued, handed_back, fail)
+    _check_hard(ev, enqueued, handed_back, fail)
     for label in ev.bad_workers:
         fail("stuck", label, f"worker {label}")
     causes = _check_take_backs(ev, fail)
@@ -351,11 +380,23 @@ def _check_limits(ev: Evidence, enqueued: dict[str, int], handed_back: set, fail
         if not job["limit_key"]:
             continue
         gave_back = {(e["attempt"], e["worker_id"]) for e in job["errors"] if e["exception_class_path"] == LOST}
+        ended = {}
         for effect in ev.effects.get(job_id, []):
             attempt = (effect["attempt"], effect["worker_id"])
+            ended[attempt] = True
             if attempt in gave_back or (job_id, *attempt) in handed_back:
                 continue
             spans[job["limit_key"]].append((effect["started_at"].timestamp(), effect["ended_at"].timestamp(), job_id))
+        # An attempt that began and never reached its end, its process ended (by its parent, past
+        # its timeout): it held its place until its failure was recorded, and no later.
+        timed_out = {(e["attempt"], e["worker_id"]): e["at"] for e in job["errors"]
+                     if e["exception_class_path"] != LOST}
+        for row in ev.begun.get(job_id, []):
+            attempt = (row["attempt"], row["worker_id"])
+            if attempt in ended or attempt not in timed_out or (job_id, *attempt) in handed_back:
+                continue
+            spans[job["limit_key"]].append((row["started_at"].timestamp(),
+                                            datetime.fromisoformat(timed_out[attempt]).timestamp(), job_id))
         limits[job["limit_key"]] = BY_TASK_PATH[job["task_path"]].task.concurrency_limit
     most: dict[str, int] = {}
     for key, attempts in spans.items():
@@ -375,24 +416,82 @@ def _check_limits(ev: Evidence, enqueued: dict[str, int], handed_back: set, fail
     return most
 
 
+def _check_hard(ev: Evidence, enqueued: dict[str, int], handed_back: set, fail) -> None:
+    """The hard kinds' first attempts: one that overran its timeout (``gil_timeout``, ``blocked``)
+    must end as a JobTimeout of that attempt and worker, with no effect of it: its process was
+    ended (its parent's log says so), or, when the task was still in Python code at its deadline
+    (its first query slowed by a fault), the interrupt stopped it. Unless a fault took that
+    attempt first (taken back, handed back on SIGTERM, its query cut off). ``gil`` has no
+    timeout: never one."""
+    ended_for = {job_attempt for log in ev.logs for job_attempt in log.ended.values()}
+    for job_id in set(enqueued.values()):
+        job = ev.jobs[job_id]
+        kind = BY_TASK_PATH.get(job["task_path"])
+        if kind is None or kind.name not in ("gil", "gil_timeout", "blocked"):
+            continue
+        errors = [e for e in job["errors"] if e["attempt"] == 1]
+        if kind.name == "gil":
+            if any(e["exception_class_path"] == TIMEOUT for e in job["errors"]):
+                fail("wrong attempts", job_id, f"job {job_id} (gil) has no timeout but an attempt timed out")
+            if any(ended_job == job_id for ended_job, _ in ended_for):
+                fail("wrong attempts", job_id, f"job {job_id} (gil) has no timeout but a parent ended its process "
+                     "for it")
+            continue
+        if not errors or errors[0]["exception_class_path"] in FAULT_ERRORS or (job_id, 1, errors[0]["worker_id"]) in \
+                handed_back:
+            continue  # a fault took attempt 1 (or it never ran): said elsewhere if wrong
+        worker = errors[0]["worker_id"]
+        problems = []
+        if errors[0]["exception_class_path"] != TIMEOUT:
+            problems.append(f"it failed with {errors[0]['exception_class_path']}, not a timeout")
+        if any(e["attempt"] == 1 and e["worker_id"] == worker for e in ev.effects.get(job_id, [])):
+            problems.append("its task reached its end (the process was not ended in time)")
+        if problems:
+            fail("wrong attempts", job_id, f"job {job_id} ({kind.name}) attempt 1 on {worker} overran its timeout "
+                 f"in C: " + "; ".join(problems))
+
+
 def _check_take_backs(ev: Evidence, fail) -> Counter:
     """Every logged take-back is recorded as a lost worker; none took a live worker's job."""
-    label_of = {log.worker_id: log.label for log in ev.logs if log.worker_id}
+    label_of = {w: log.label for log in ev.logs for w in log.worker_ids}
+    # A --processes parent that ended a child for a job that would not stop logs that job's end as a
+    # take-back too, recorded as what ended it (a timeout): (job, attempt, child's id) -> that error.
+    # Unless a fault on the parent's host (or the database's) kept the parent from recording it before
+    # another worker took the attempt back as lost (frozen inside its take-back, say).
+    stopped = {(job, attempt, log.children.get(pid)) for log in ev.logs for pid, (job, attempt) in log.ended.items()}
+    pid_of = {w: log.pid for log in ev.logs for w in log.worker_ids}  # a child's: its parent's
+
+    def recorded(error, attempt, lost, wanted) -> bool:
+        if error["attempt"] != attempt or error["worker_id"] != lost:
+            return False
+        if error["exception_class_path"] in wanted:
+            return True
+        return LOST not in wanted and error["exception_class_path"] == LOST and _cause(
+            pid_of.get(lost), datetime.fromisoformat(error["at"]).timestamp(), ev) is not None
+
     for log in ev.logs:
         for job_id, attempt, lost in log.taken_back:
             errors = ev.jobs.get(job_id, {}).get("errors", [])
-            if not any(e["attempt"] == attempt and e["worker_id"] == lost and e["exception_class_path"] == LOST
-                       for e in errors):
+            wanted = (TIMEOUT, CANCELLED) if (job_id, attempt, lost) in stopped else (LOST,)
+            if not any(recorded(e, attempt, lost, wanted) for e in errors):
                 fail("wrong attempts", job_id, f"job {job_id}: {log.label} took attempt {attempt} back from "
-                     f"{label_of.get(lost, '?')} ({lost}), but no WorkerLost error of that attempt is recorded")
-    pid_of = {log.worker_id: log.pid for log in ev.logs if log.worker_id}
+                     f"{label_of.get(lost, '?')} ({lost}), but no {' or '.join(wanted)} error of that attempt is "
+                     "recorded")
+    ended = {log.children.get(pid) for log in ev.logs for pid in log.ended}
+    for log in ev.logs:
+        killed = {f["child_pid"] for f in ev.faults if f["kind"] == "kill-child" and f["pid"] == log.pid}
+        for pid, how in log.died:
+            if pid not in killed:
+                fail("stuck", f"{log.label} child {pid}", f"worker {log.label}: its child process {pid} "
+                     f"({log.children.get(pid)}) died by itself ({how})")
     causes = Counter()
     for job_id, job in ev.jobs.items():
         for error in job["errors"]:
             if error["exception_class_path"] != LOST:
                 continue
             at = datetime.fromisoformat(error["at"]).timestamp()
-            cause = _cause(pid_of.get(error["worker_id"]), at, ev)
+            cause = ("ended by its parent" if error["worker_id"] in ended
+                     else _cause(pid_of.get(error["worker_id"]), at, ev, child=_pid(error["worker_id"])))
             causes[cause or "none"] += 1
             if cause is None:
                 fail("wrong attempts", job_id, f"job {job_id}: attempt {error['attempt']} was taken back from "
@@ -401,11 +500,22 @@ def _check_take_backs(ev: Evidence, fail) -> Counter:
     return causes
 
 
-def _cause(pid: int | None, at: float, ev: Evidence) -> str | None:
-    """The fault that explains a take-back at ``at`` from the worker with ``pid``, if any."""
+def _pid(worker_id: str) -> int | None:
+    """The PID in a worker id (``host:pid:tag``)."""
+    try:
+        return int(worker_id.split(":")[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _cause(pid: int | None, at: float, ev: Evidence, *, child: int | None = None) -> str | None:
+    """The fault that explains a take-back at ``at`` from the worker with ``pid`` (the parent's,
+    for a --processes child, whose own is ``child``), if any."""
     for fault in ev.faults:
-        if fault["pid"] != pid or fault["start"] > at or fault["kind"] == "start":
-            continue  # a worker's start explains nothing
+        if fault["kind"] == "kill-child" and fault["child_pid"] == child and fault["start"] <= at:
+            return "kill-child"
+        if fault["pid"] != pid or fault["start"] > at or fault["kind"] in ("start", "kill-child"):
+            continue  # a worker's start explains nothing; a child's kill only that child's jobs
         if fault["kind"] in ("kill", "term", "crash"):
             return fault["kind"]
         grace = AFTER_PARTITION if fault["kind"] == "partition" else AFTER_STOP

@@ -237,9 +237,12 @@ def retrying(fn, attempts: int = 60, default=None):
 
 
 def pids_running_jobs() -> set[int]:
-    from jobs.models import Job
+    """The PIDs of the workers holding a RUNNING job: a --processes child's is its parent's."""
+    from jobs.models import Job, WorkerProcess
 
-    return {int(w.split(":")[1]) for w in Job.objects.running().values_list("worker_id", flat=True).distinct()}
+    running = set(Job.objects.running().values_list("worker_id", flat=True).distinct())
+    parents = dict(WorkerProcess.objects.filter(pk__in=running).exclude(parent="").values_list("pk", "parent"))
+    return {int(parents.get(w, w).split(":")[1]) for w in running}
 
 
 def status_counts() -> dict[str, int]:

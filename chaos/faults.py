@@ -11,6 +11,12 @@ several are under way at once, and database restarts run beside the others:
   TCP keepalive timeouts), its worker running on, then heal it.
 - ``restart-fast`` / ``restart-immediate``: restart PostgreSQL in that shutdown mode.
 - ``start``: a new worker joins (on a host whose worker died), while others die.
+- ``kill-child``: SIGKILL one child process of a ``--processes`` host: its parent takes
+  its jobs back at once and starts another; the host's worker is not down.
+
+On a ``--processes`` host the other faults hit the whole worker: SIGKILL, SIGSTOP and
+SIGCONT go to its process group (the parent and its children), SIGTERM to the parent,
+which passes it on.
 
 A fault targets only a healthy worker (alive, running, reachable, and heartbeating again
 since its last stop or partition ended, so that a worker slow to recover is seen, not
@@ -23,6 +29,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import random
 import signal
 import threading
@@ -33,7 +40,8 @@ from .hosts import Cluster, WorkerRun
 
 logger = logging.getLogger("chaos")
 
-WEIGHTS = {"kill": 3, "term": 3, "stop": 2, "partition": 3, "restart-fast": 1, "restart-immediate": 1}
+WEIGHTS = {"kill": 3, "term": 3, "stop": 2, "partition": 3, "restart-fast": 1, "restart-immediate": 1,
+           "kill-child": 2}
 BETWEEN_FAULTS = (1.0, 4.0)  # seconds from one fault's start to the next
 STOP_BEYOND_STALE = (1.0, 6.0)  # a stopped worker sleeps stale_after + this
 PARTITION_BEYOND_STALE = (1.0, 10.0)
@@ -54,7 +62,7 @@ class Injector:
         self.rng = random.Random(f"faults-{seed}")
         self.stale_after = stale_after
         self.weights = {k: w for k, w in WEIGHTS.items() if partitions or k != "partition"}
-        self.running_jobs = running_jobs  # () -> set of PIDs of workers holding a RUNNING job
+        self.running_jobs = running_jobs  # () -> PIDs of workers holding a RUNNING job (a child's: its parent's)
         self.holds_locks = holds_locks  # label -> whether that worker is inside a transaction holding job rows
         self.beat_since = beat_since  # (pid, time) -> whether that worker heartbeated since
         self.faults: list[dict] = []
@@ -129,11 +137,15 @@ class Injector:
         healthy = self.healthy()
         if len(healthy) <= MIN_HEALTHY:
             return
+        if kind == "kill-child":
+            healthy = [r for r in healthy if r.supervised and r.children()]
+            if not healthy:
+                return
         if kind == "term":  # mid-job: a worker holding a job, when there is one
             busy = self.running_jobs()
             healthy = [r for r in healthy if r.process.pid in busy] or healthy
         run = self.rng.choice(healthy)
-        getattr(self, "_" + kind)(run)
+        getattr(self, "_" + kind.replace("-", "_"))(run)
 
     def _record(self, kind: str, run: WorkerRun | None, *, start: float | None = None, end: float | None = None,
                 **details) -> dict:
@@ -146,6 +158,15 @@ class Injector:
         run.terminated = True
         run.signal(signal.SIGKILL)
         self._record("kill", run)
+
+    def _kill_child(self, run: WorkerRun) -> None:
+        """Not a crash of the host: its parent must replace the child and take its jobs back."""
+        child = self.rng.choice(sorted(run.children()))
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        self._record("kill-child", run, end=time.time(), child_pid=child)
 
     def _term(self, run: WorkerRun) -> None:
         run.terminated = True

@@ -5,6 +5,11 @@ samples: how long each worker took to heartbeat again once an outage of its own 
 (a partition healed, a SIGCONT, the database back), and whether a worker that nothing
 excused ever went silent, which is what would let its jobs be taken back while it is
 alive.
+
+A ``--processes`` host's worker is its parent and children: the parent has no row, each
+child has one naming the parent, and the parent beats for every running child. Their
+beats count as the host's worker's, under the parent's PID (the PID the harness started);
+a child the parent replaced is no silence of the host's.
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ class Heartbeats(threading.Thread):
         from jobs.models import WorkerProcess
 
         while not self.done.wait(1.0):
-            for pid, beat in retrying(lambda: list(WorkerProcess.objects.values_list("pid", "heartbeat_at")),
-                                      attempts=1, default=[]):
-                beats = self.by_pid.setdefault(pid, [])
+            rows = retrying(lambda: list(WorkerProcess.objects.values_list("pid", "parent", "heartbeat_at")),
+                            attempts=1, default=[])
+            for pid, parent, beat in rows:
+                beats = self.by_pid.setdefault(int(parent.split(":")[1]) if parent else pid, [])
                 if not beats or beat.timestamp() > beats[-1]:
                     beats.append(beat.timestamp())
         connection.close()
@@ -80,7 +86,7 @@ class Heartbeats(threading.Thread):
         shutting down, the database up. Such a worker could lose its jobs while alive."""
         excused: dict[int, list[tuple[float, float]]] = {}
         for fault in faults:
-            if fault["pid"] is None:
+            if fault["pid"] is None or fault["kind"] == "kill-child":  # the parent and the other child beat on
                 continue
             start, end = fault["start"], fault["end"]
             if fault["kind"] in ("kill", "term", "crash") or end is None:

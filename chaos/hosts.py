@@ -97,7 +97,7 @@ def kill_leftover_processes() -> list[str]:
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
             if b"process_tasks" in cmdline or b"chaos.load" in cmdline:
-                os.kill(int(pid), signal.SIGKILL)
+                os.killpg(int(pid), signal.SIGKILL)  # each in a session of its own: a parent's children too
                 killed.append(f"process {pid}")
         except (OSError, ValueError):
             pass
@@ -199,10 +199,25 @@ class WorkerRun:
     stopped: bool = False  # SIGSTOPped and not yet continued
     terminated: bool = False  # sent SIGTERM (or SIGKILL): its exit is expected
     outage_ended: float | None = None  # when its last stop or partition ended
+    processes: int = 0  # a --processes parent with that many children; 0: one plain worker process
 
     @property
     def label(self) -> str:
         return worker_label(self.host, self.seq)
+
+    @property
+    def supervised(self) -> bool:
+        return self.processes > 0
+
+    def children(self) -> list[int]:
+        """The PIDs of a --processes parent's live children (none for a plain worker)."""
+        if not self.supervised or not self.alive:
+            return []
+        pid = self.process.pid
+        try:
+            return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            return []
 
     @property
     def alive(self) -> bool:
@@ -211,7 +226,17 @@ class WorkerRun:
         return self.ended is None
 
     def signal(self, signum: int) -> None:
-        if self.alive:
+        """To the worker; on a --processes host, to the parent and its children (its process group,
+        ``start_new_session``), but SIGTERM to the parent only, which passes it on (a second
+        SIGTERM would end the children at once)."""
+        if not self.alive:
+            return
+        if self.supervised and signum != signal.SIGTERM:
+            try:
+                os.killpg(self.process.pid, signum)
+            except ProcessLookupError:
+                pass
+        else:
             self.process.send_signal(signum)
 
 
@@ -220,30 +245,48 @@ def worker_label(host: Host, seq: int) -> str:
     return f"{host.name}-w{seq}"
 
 
-def start_worker(seq: int, host: Host, *, log_dir: Path, env: dict, args: list[str]) -> WorkerRun:
+def start_worker(seq: int, host: Host, *, log_dir: Path, env: dict, args: list[str], processes: int = 0) -> WorkerRun:
     log = log_dir / f"worker-{worker_label(host, seq)}.log"
     with open(log, "w") as out:
         # A session of its own: Ctrl-C reaches the harness only, which stops the workers itself.
         process = subprocess.Popen(host.command([sys.executable, "manage.py", "process_tasks", *args]),
                                    cwd=Path(__file__).resolve().parent.parent, env=env, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
-    return WorkerRun(seq, host, process, log)
+    return WorkerRun(seq, host, process, log, processes=processes)
+
+
+# The even-numbered hosts run ``process_tasks --processes PROCESSES``: a parent that beats for its
+# children and ends a process whose job overran its timeout. Only they serve the ``hard`` queue
+# (chaos.tasks: jobs that hold the GIL, or block in C, past stale_after or their timeout).
+PROCESSES = 2
+PROCESS_CONCURRENCY = 4  # job threads per child
+
+
+def supervised(host: Host) -> bool:
+    return host.index % 2 == 0
+
+
+def worker_args(host: Host, concurrency: int) -> list[str]:
+    if supervised(host):
+        return ["--no-scheduler", "--processes", str(PROCESSES), "--concurrency", str(PROCESS_CONCURRENCY),
+                "--queue", "default", "--queue", "hard"]
+    return ["--no-scheduler", "--concurrency", str(concurrency), "--queue", "default"]
 
 
 class Cluster:
     """The hosts and the worker processes on them: at most one live worker per host."""
 
-    def __init__(self, hosts: list[Host], *, log_dir: Path, env_for, worker_args: list[str]):
+    def __init__(self, hosts: list[Host], *, log_dir: Path, env_for, worker_args):
         self.hosts = hosts
         self.log_dir = log_dir
         self.env_for = env_for  # (host, label) -> the worker's environment (its DATABASE_URL)
-        self.worker_args = worker_args
+        self.worker_args = worker_args  # host -> the worker's options
         self.runs: list[WorkerRun] = []
 
     def start(self, host: Host) -> WorkerRun:
         seq = len(self.runs) + 1
         run = start_worker(seq, host, log_dir=self.log_dir, env=self.env_for(host, worker_label(host, seq)),
-                           args=self.worker_args)
+                           args=self.worker_args(host), processes=PROCESSES if supervised(host) else 0)
         remember_process(run.process.pid)
         self.runs.append(run)
         return run

@@ -57,6 +57,12 @@ KINDS = (
     Kind("unique", tasks.once, 5, lambda rng: {"slot": rng.randint(1, tasks.SLOTS)}, bulk=20),
     Kind("cancelled", tasks.cancellable, 4, lambda rng: {"seconds": round(rng.uniform(1, 4), 2)}, bulk=10,
          cancels=0.7, due_in=2.0, planned=frozenset({CANCELLED})),
+    # The hard queue (only the --processes hosts serve it): past stale_after holding the GIL,
+    # past a timeout holding the GIL, past a timeout blocked in C under a key of limit 1.
+    Kind("gil", tasks.gil, 2, lambda rng: {"seconds": round(rng.uniform(4, 5), 2)}, bulk=3),
+    Kind("gil_timeout", tasks.gil_timeout, 1, lambda rng: {"seconds": 6}, planned=frozenset({TIMEOUT}), bulk=2),
+    Kind("blocked", tasks.blocked, 2, lambda rng: {"slot": rng.randint(1, tasks.BLOCKED_KEYS), "seconds": 6},
+         planned=frozenset({TIMEOUT}), bulk=3),
 )
 BY_NAME = {kind.name: kind for kind in KINDS}
 

@@ -19,3 +19,20 @@ class Effect(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.job_id} attempt {self.attempt} by {self.worker_id}"
+
+
+class Begun(models.Model):
+    """Written by a task that its worker process may be ended in the middle of (the ``hard``
+    kinds, ``stuck``), in its own autocommit, as it starts: an attempt whose process was ended
+    never writes its ``Effect``, and the checker still needs to know that it ran, and from when."""
+
+    job_id = models.BigIntegerField()
+    attempt = models.PositiveIntegerField()
+    worker_id = models.CharField(max_length=128)
+    started_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["job_id"], name="chaos_begun_job_idx")]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} attempt {self.attempt} began on {self.worker_id}"

@@ -11,7 +11,7 @@ from pathlib import Path
 from .check import INVARIANTS, Evidence, Verdict
 from .mix import BY_TASK_PATH, CALLBACK_BY_TASK_PATH
 
-HARMFUL = ("kill", "term", "stop", "partition", "restart-fast", "restart-immediate")  # what the line counts
+HARMFUL = ("kill", "term", "stop", "partition", "restart-fast", "restart-immediate", "kill-child")  # what the line counts
 MESSAGES_KEPT = 50  # per invariant, in the JSON; the count is always complete
 
 
@@ -106,7 +106,13 @@ def build(*, ev: Evidence, verdict: Verdict, run: dict, phases: dict, line: str)
         },
         "batches": verdict.batches,
         "chains": verdict.chains,
-        "workers": {"processes": len(ev.logs), "bad": ev.bad_workers},
+        "workers": {"processes": len(ev.logs), "bad": ev.bad_workers,
+                    # --processes hosts: children started (replacements included), ended by their
+                    # parent for a job that would not stop, and seen dying (kill-child faults)
+                    "supervised": {"runs": sum(bool(log.children) for log in ev.logs),
+                                   "children_started": sum(len(log.children) for log in ev.logs),
+                                   "children_ended_by_parent": sum(len(log.ended) for log in ev.logs),
+                                   "children_died": sum(len(log.died) for log in ev.logs)}},
     }
 
 

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chaos", description="The fault test (see chaos/__init__.py).")
     parser.add_argument("--seconds", type=float, default=120.0, help="how long faults are injected (default 120)")
     parser.add_argument("--seed", type=int, default=None, help="the run's seed (default: a random one, printed)")
-    parser.add_argument("--workers", type=int, default=6, help="hosts, one worker process each (default 6)")
+    parser.add_argument("--workers", type=int, default=6, help="hosts, one worker each (default 6; even: --processes 2)")
     parser.add_argument("--db", choices=KINDS, default="postgres", help="the database server (default postgres)")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1, 1_000_000)
@@ -107,6 +107,9 @@ def run(*, seconds: float, seed: int, workers: int, db: str = "postgres") -> int
     say(f"seed {seed}, {seconds:g}s of faults, {workers} workers, {db} (replay: make chaos CHAOS_SEED={seed} "
         f"CHAOS_SECONDS={seconds:g} CHAOS_WORKERS={workers}{' CHAOS_DB=' + db if db != 'postgres' else ''})")
     hosts, no_namespaces = hosts_module.make_hosts(workers)
+    supervised = [h.name for h in hosts if hosts_module.supervised(h)]
+    say(f"--processes {hosts_module.PROCESSES} on {', '.join(supervised) or 'no host'} (they alone serve the "
+        "hard queue)")
     if no_namespaces:
         say(f"WARNING: no network namespaces ({no_namespaces}): workers run on loopback and NO PARTITIONS are tested")
     database = cluster = producer = None
@@ -122,7 +125,7 @@ def run(*, seconds: float, seed: int, workers: int, db: str = "postgres") -> int
 
         stale_after = settings.TASKS["default"]["OPTIONS"]["stale_after"]
         cluster = hosts_module.Cluster(
-            hosts, log_dir=OUT / "logs", worker_args=["--no-scheduler", "--concurrency", str(CONCURRENCY)],
+            hosts, log_dir=OUT / "logs", worker_args=lambda host: hosts_module.worker_args(host, CONCURRENCY),
             env_for=lambda host, label: {**os.environ, "DATABASE_URL": database.url(host.server_address, label)})
         for host in hosts:
             cluster.start(host)
@@ -170,8 +173,10 @@ def run(*, seconds: float, seed: int, workers: int, db: str = "postgres") -> int
         network = {"mode": "loopback" if no_namespaces else "namespaces", "why_not_namespaces": no_namespaces,
                    "hosts": [{"name": h.name, "namespace": h.namespace, "address": h.address} for h in hosts]}
         return _conclude(evidence, injector.faults, phases, run={
-            "seed": seed, "seconds": seconds, "workers": workers, "database": db, "concurrency": CONCURRENCY, "rate": RATE,
-            "stale_after": stale_after, "network": network, "python": sys.version.split()[0],
+            "seed": seed, "seconds": seconds, "workers": workers, "database": db, "concurrency": CONCURRENCY,
+            "rate": RATE, "stale_after": stale_after, "network": network, "supervised": {
+                "hosts": supervised, "processes": hosts_module.PROCESSES,
+                "concurrency": hosts_module.PROCESS_CONCURRENCY}, "python": sys.version.split()[0],
             "django": django.__version__})
     finally:
         if producer and producer.poll() is None:
@@ -195,6 +200,7 @@ def _conclude(evidence, faults: list[dict], phases: dict, *, run: dict) -> int:
     line = closing_line(len(verdict.enqueued), faults, verdict)
     write(build(ev=evidence, verdict=verdict, line=line, phases=phases, run={**run, "machine": machine()}),
           OUT / "report.json")
+    write(evidence.jobs, OUT / "jobs.json")  # every job row as checked, to read a failure after the run
     for name, failures in verdict.failures.items():
         for message in list(failures.values())[:10]:
             say(message)
@@ -209,7 +215,7 @@ def _dump_stacks(cluster, bad: list[str]) -> None:
     """Ask each live worker that something is wrong with for its threads' stacks (in its log)."""
     blamed = [r for r in cluster.runs if r.alive and any(r.label in message.split() for message in bad)]
     for r in blamed:
-        os.kill(r.process.pid, signal.SIGUSR1)
+        r.signal(signal.SIGUSR1)  # a --processes parent's children too (they write in its log)
     if blamed:
         time.sleep(1.0)  # faulthandler writes at once; give the logs a moment
         say(f"stacks of {', '.join(r.label for r in blamed)} are in their logs")
@@ -217,7 +223,7 @@ def _dump_stacks(cluster, bad: list[str]) -> None:
 
 def _wait_for_workers(cluster, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
-    while not all("worker started" in r.log.read_text() for r in cluster.runs):
+    while not all(r.log.read_text().count("worker started") >= max(r.processes, 1) for r in cluster.runs):
         if time.monotonic() > deadline:
             raise RuntimeError(f"workers did not start within {timeout:g}s; see {cluster.log_dir}")
         if any(not r.alive for r in cluster.runs):
@@ -254,7 +260,7 @@ def _drain(timeout: float) -> bool:
 
 def _gather(cluster, injector, database, bad_workers, limit_samples):
     from chaos.check import Evidence, read_cancels, read_record, read_worker_log
-    from chaos.models import Effect
+    from chaos.models import Begun, Effect
     from jobs.execution import attempt_limit
     from jobs.framework import task_backends
     from jobs.models import Job, JobBatch, JobDependency, JobLimit
@@ -269,6 +275,9 @@ def _gather(cluster, injector, database, bad_workers, limit_samples):
     for effect in Effect.objects.values("job_id", "attempt", "worker_id", "raised", "started_at", "ended_at"):
         effects.setdefault(effect["job_id"], []).append(effect)
     logs = [read_worker_log(r.log, r.label, r.process.pid) for r in cluster.runs]
+    begun: dict[int, list[dict]] = {}
+    for row in Begun.objects.values("job_id", "attempt", "worker_id", "started_at"):
+        begun.setdefault(row["job_id"], []).append(row)
     batches = {row["id"]: row for row in JobBatch.objects.values(
         "id", "total", "successful", "failed", "cancelled", "sealed_at", "finished_at", "callbacks")}
     parents: dict[int, list[int]] = {}
@@ -279,4 +288,4 @@ def _gather(cluster, injector, database, bad_workers, limit_samples):
                     cancels=read_cancels(OUT / "enqueued.jsonl"), limit_peaks=limit_samples.peaks,
                     unique_doubled=limit_samples.doubled, limit_samples=limit_samples.samples,
                     keys_left_running=dict(JobLimit.objects.filter(running__gt=0).values_list("key", "running")),
-                    batches=batches, parents=parents)
+                    batches=batches, parents=parents, begun=begun)

@@ -23,7 +23,7 @@ STALE_AFTER = 3.0  # seconds; the smallest the queue allows, so that a 5 s fault
 TASKS = {
     "default": {
         "BACKEND": "jobs.backends.DatabaseBackend",
-        "QUEUES": ["default"],
+        "QUEUES": ["default", "hard"],  # hard: only the --processes hosts serve it (chaos.hosts)
         "OPTIONS": {
             "max_attempts": 5,
             "retry_backoff": 0.2,

@@ -10,11 +10,19 @@ from django.utils import timezone
 
 from jobs import cancel_requested, task
 
-from .models import Effect
+from .models import Begun, Effect
 
 
 class PlannedFailure(Exception):
     """Raised on purpose; the checker expects it from ``flaky`` and ``doomed``."""
+
+
+def _begun(context):
+    """Record that this attempt began (see ``Begun``); returns its start, for ``_effect``."""
+    result, started = context.task_result, timezone.now()
+    Begun.objects.create(job_id=int(result.id), attempt=context.attempt, worker_id=result.worker_ids[-1],
+                         started_at=started)
+    return started
 
 
 def _effect(context, started, *, raised: bool = False) -> None:
@@ -80,11 +88,54 @@ def stuck(context, token, slot, seconds):
     """Blocks in one C call (time.sleep) past its 1 s timeout on its first attempt: the worker gives
     up on it while its code runs on, and must keep its key's place, and hold its retry, until the
     call returns. Records its effect however it ends, so the checker sees the whole run."""
-    started = timezone.now()
+    started = _begun(context)  # on a --processes host, its process may be ended before the finally
     try:
         time.sleep(seconds if context.attempt == 1 else 0.1)
     finally:  # the interrupt lands as the call returns: this still runs
         _effect(context, started)
+
+
+# The ``hard`` kinds: only the hosts that run ``process_tasks --processes`` serve their queue
+# (chaos.hosts), whose parent process heartbeats for its children and ends a process whose job
+# ran past its timeout. Each records that it began: its process may be ended before its end.
+HARD = "hard"
+BLOCKED_KEYS = 2  # concurrency keys of ``blocked``, each with limit 1
+
+
+def _hold_gil(seconds: float) -> None:
+    """One C call that keeps the GIL for ``seconds`` (libc's usleep through ``ctypes.PyDLL``, which
+    does not release it): no other thread of the process runs meanwhile, its heartbeat's included."""
+    import ctypes
+
+    ctypes.PyDLL(None).usleep(int(seconds * 1_000_000))
+
+
+@task(takes_context=True, queue_name=HARD)
+def gil(context, token, seconds):
+    """Holds the GIL past stale_after: while its process lives (the parent beats for it) it must
+    not be taken back, and it runs once per attempt."""
+    started = _begun(context)
+    _hold_gil(seconds)
+    _effect(context, started)
+
+
+@task(takes_context=True, queue_name=HARD, timeout=2)
+def gil_timeout(context, token, seconds):
+    """Holds the GIL past its 2 s timeout on its first attempt: no interrupt reaches it, so its
+    parent ends its process (the attempt timed out); the retry is quick."""
+    started = _begun(context)
+    _hold_gil(seconds if context.attempt == 1 else 0.1)
+    _effect(context, started)
+
+
+@task(takes_context=True, queue_name=HARD, timeout=1, concurrency_key=lambda token, slot, seconds: f"blocked-{slot}",
+      concurrency_limit=1)
+def blocked(context, token, slot, seconds):
+    """Blocked in one C call (time.sleep) well past its 1 s timeout, on its first attempt: its
+    parent ends its process; the key is freed only then, so the retry never runs beside it."""
+    started = _begun(context)
+    time.sleep(seconds if context.attempt == 1 else 0.1)
+    _effect(context, started)
 
 
 @task(takes_context=True, unique=lambda token, slot: f"slot-{slot}")

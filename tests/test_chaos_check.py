@@ -216,3 +216,55 @@ def test_a_child_left_waiting_is_stuck():
     evidence.jobs[2].update(status="WAITING", errors=[], finished_at=None)
     verdict = check(evidence)
     assert "is still WAITING after the drain" in verdict.failures["stuck"]["2"], verdict.failures
+
+
+def _blocked(*, retry_start: float) -> Evidence:
+    """A ``blocked`` job on a --processes host: attempt 1 began at 0 on child 11, which its parent
+    ended; the timeout was recorded at 3; attempt 2 ran on child 12 from ``retry_start``."""
+    from chaos.check import WorkerLog
+    from chaos.mix import TIMEOUT
+
+    timeout = {"attempt": 1, "worker_id": "h:11:a", "exception_class_path": TIMEOUT, "message": "ended",
+               "at": _at(3).isoformat()}
+    jobs = {1: _job("blocked", "a", attempts=2, worker="h:12:b", errors=[timeout], slot=1, seconds=6)}
+    jobs[1]["limit_key"] = "blocked-1"
+    log = WorkerLog("h2-w2", 10, "h:10:p", worker_ids=["h:10:p", "h:11:a", "h:12:b"],
+                    children={11: "h:11:a", 12: "h:12:b"}, ended={11: (1, 1)})
+    evidence = _evidence(jobs, {1: [_effect(2, "h:12:b", retry_start, retry_start + 0.1)]},
+                         [([("a", "blocked", {"slot": 1, "seconds": 6})], [1])],
+                         begun={1: [{"attempt": 1, "worker_id": "h:11:a", "started_at": _at(0)},
+                                    {"attempt": 2, "worker_id": "h:12:b", "started_at": _at(retry_start)}]})
+    evidence.logs = [log]
+    return evidence
+
+
+def test_a_blocked_attempt_its_parent_ended_holds_its_key_until_its_timeout_is_recorded():
+    verdict = check(_blocked(retry_start=3.5))
+    assert all(verdict.count(name) == 0 for name in verdict.failures), verdict.failures
+    verdict = check(_blocked(retry_start=2.0))  # the retry began while the first attempt's process could run
+    assert "2 attempts of concurrency key blocked-1 ran at once (limit 1)" in str(verdict.failures["wrong attempts"])
+
+
+def test_a_blocked_attempt_that_timed_out_but_ran_to_its_end_is_wrong_attempts():
+    evidence = _blocked(retry_start=3.5)
+    evidence.effects[1].append(_effect(1, "h:11:a", 0, 6))  # its process was not ended: it slept on
+    verdict = check(evidence)
+    assert "its task reached its end" in verdict.failures["wrong attempts"]["1"]
+
+
+def test_a_child_that_died_is_a_crash_unless_a_kill_child_fault_killed_it():
+    from chaos.check import WorkerLog
+
+    lost = {"attempt": 1, "worker_id": "h:11:a", "exception_class_path": LOST, "message": "lost",
+            "at": _at(1).isoformat()}
+    jobs = {1: _job("quick", "a", attempts=2, worker="h:12:b", errors=[lost])}
+    evidence = _evidence(jobs, {1: [_effect(2, "h:12:b", 2, 2.1)]}, [([("a", "quick", {})], [1])])
+    evidence.logs = [WorkerLog("h2-w2", 10, "h:10:p", worker_ids=["h:10:p", "h:11:a", "h:12:b"],
+                               children={11: "h:11:a", 12: "h:12:b"}, died=[(11, "signal SIGKILL after 9.0s")])]
+    verdict = check(evidence)
+    assert list(verdict.failures["stuck"]) == ["h2-w2 child 11"]
+    assert "taken back from h2-w2 (h:11:a)" in verdict.failures["wrong attempts"]["1"]
+    evidence.faults = [{"kind": "kill-child", "pid": 10, "child_pid": 11, "start": T0 + 0.5, "end": T0 + 0.5}]
+    verdict = check(evidence)
+    assert all(verdict.count(name) == 0 for name in verdict.failures), verdict.failures
+    assert verdict.taken_back_by_cause == {"kill-child": 1}

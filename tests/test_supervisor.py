@@ -256,3 +256,48 @@ def test_a_job_its_parent_ended_follows_the_tasks_retry_on(workers, record_dir):
     assert "worker process ended" in workers.output(parent)
     parent.send_signal(signal.SIGTERM)
     assert parent.wait(30) == 0, workers.output(parent)
+
+
+def test_an_attempt_its_parent_ended_is_recorded_as_timed_out_though_another_worker_sweeps_at_that_moment(
+        transactional_db):
+    """The parent sets the ended child's jobs' heartbeat back, then takes them back with the reason it
+    knows (a timeout). Every other worker sweeps for stale jobs all the time: one that swept between
+    the two must not find them, or it takes the timed-out attempt back as a lost worker (seen in
+    ``make chaos``), and the task's ``retry_on`` no longer sees a timeout."""
+    import threading
+
+    from django.db import connection
+    from django.utils import timezone
+
+    from jobs.exceptions import JobTimeout
+    from jobs.sql import claim
+    from jobs.worker.supervisor import Supervisor
+    from tests.conftest import sweep
+
+    result = tasks.add.enqueue(1, 2)
+    (claimed,) = claim(worker_id="host:1:child", limit=1, now=timezone.now())
+    parent = Supervisor(processes=1, child_args=lambda slot: [])
+    take_back = parent.liveness.take_back_stale
+    swept = []
+
+    def another_worker_sweeps_first(now, because=None):
+        def other():  # a thread: another worker's own connection
+            try:
+                swept.append(sweep())
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join(2)  # on SQLite it may wait for the parent's write: it then sweeps after it
+        return take_back(now, because=because)
+
+    parent.liveness.take_back_stale = another_worker_sweeps_first
+    try:
+        parent._take_back("host:1:child", because={(claimed.id, claimed.attempts): JobTimeout("ended")})
+    finally:
+        os.close(parent._parent_end)
+        os.close(parent._child_end)
+    wait_for(lambda: swept, message="the other worker's sweep to end")
+    job = Job.objects.get(pk=result.id)
+    assert [e["exception_class_path"] for e in job.errors] == ["jobs.exceptions.JobTimeout"], job.errors

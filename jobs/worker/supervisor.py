@@ -52,7 +52,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.db import connections
+from django.db import connections, transaction
 
 from ..backoff import first_line
 from ..clock import REAL, Clock
@@ -364,9 +364,13 @@ class Supervisor:
             if bystander is not None:
                 for key in held.values_list("pk", "attempts"):
                     reasons.setdefault(key, bystander)
-            held.update(heartbeat_at=past)
-            WorkerProcess.objects.using(alias).filter(pk=worker_id).delete()
-            self.liveness.take_back_stale(now, because=reasons)
+            # One transaction: every other worker sweeps for stale jobs all the time, and one that saw
+            # these rows set back before they are taken back here would take them as a lost worker's,
+            # not for the reason known here (a timeout, a cancel not heeded).
+            with transaction.atomic(using=alias):
+                held.update(heartbeat_at=past)
+                WorkerProcess.objects.using(alias).filter(pk=worker_id).delete()
+                self.liveness.take_back_stale(now, because=reasons)
         except Exception as exc:  # noqa: BLE001 - the children's own sweeps take them back later
             logger.warning("supervisor could not take back a dead worker's jobs worker=%s error=%s: %s",
                            worker_id, type(exc).__name__, first_line(exc))
