@@ -102,6 +102,7 @@ class WorkerLog:
     worker_ids: list[str] = field(default_factory=list)
     children: dict[int, str] = field(default_factory=dict)
     ended: dict[int, tuple[int, int]] = field(default_factory=dict)
+    ended_at: dict[int, float] = field(default_factory=dict)  # PID -> when the parent said it ended it
     died: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -115,6 +116,7 @@ def read_worker_log(path: Path, label: str, pid: int) -> WorkerLog:
             log.children[int(m[1])] = m[2]
         elif m := _CHILD_ENDED.search(line):
             log.ended[int(m[1])] = (int(m[2]), int(m[3]))
+            log.ended_at[int(m[1])] = _line_time(line)
         elif m := _CHILD_DIED.search(line):
             log.died.append((int(m[1]), m[2]))
         elif m := _TAKEN.search(line):
@@ -124,6 +126,14 @@ def read_worker_log(path: Path, label: str, pid: int) -> WorkerLog:
         elif m := _DISCARDED.search(line):
             log.discarded.append((int(m[1]), int(m[2])))
     return log
+
+
+def _line_time(line: str) -> float:
+    """When a worker's log line was written (its asctime, this machine's local time); 0 when unreadable."""
+    try:
+        return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    except ValueError:
+        return 0.0
 
 
 def _read_entries(path: Path, key: str) -> dict:
@@ -477,7 +487,8 @@ def _check_take_backs(ev: Evidence, fail) -> Counter:
                 fail("wrong attempts", job_id, f"job {job_id}: {log.label} took attempt {attempt} back from "
                      f"{label_of.get(lost, '?')} ({lost}), but no {' or '.join(wanted)} error of that attempt is "
                      "recorded")
-    ended = {log.children.get(pid) for log in ev.logs for pid in log.ended}
+    # A child its parent ended: the attempts taken back from it then (not before) are explained.
+    ended = {log.children.get(pid): log.ended_at.get(pid, 0.0) for log in ev.logs for pid in log.ended}
     for log in ev.logs:
         killed = {f["child_pid"] for f in ev.faults if f["kind"] == "kill-child" and f["pid"] == log.pid}
         for pid, how in log.died:
@@ -490,7 +501,7 @@ def _check_take_backs(ev: Evidence, fail) -> Counter:
             if error["exception_class_path"] != LOST:
                 continue
             at = datetime.fromisoformat(error["at"]).timestamp()
-            cause = ("ended by its parent" if error["worker_id"] in ended
+            cause = ("ended by its parent" if error["worker_id"] in ended and at >= ended[error["worker_id"]] - 1.0
                      else _cause(pid_of.get(error["worker_id"]), at, ev, child=_pid(error["worker_id"])))
             causes[cause or "none"] += 1
             if cause is None:

@@ -151,7 +151,7 @@ class MariadbDatabase(Database):
         super().__init__(hosts)
         self.server: MariadbServer = start_mariadb(
             settings=(*MARIADB_SETTINGS, f"--bind-address={','.join(self._listen())}"))
-        self._remember(datadir=str(self.server.datadir), group=self.server.process.pid)
+        self._remember(datadir=str(self.server.datadir))
         self.server.sql(f"CREATE DATABASE {self.DATABASE}; CREATE USER 'jobs'@'{NETWORK.network_address}/"
                         f"{NETWORK.netmask}'; GRANT ALL PRIVILEGES ON *.* TO 'jobs'@'{NETWORK.network_address}/"
                         f"{NETWORK.netmask}';")
@@ -168,7 +168,6 @@ class MariadbDatabase(Database):
 
     def _start(self) -> None:
         self.server.start()
-        self._remember(datadir=str(self.server.datadir), group=self.server.process.pid)
 
     def _destroy(self) -> None:
         self.server.destroy()
@@ -194,7 +193,7 @@ def stop_leftover() -> str | None:
     except (OSError, ValueError):
         return None
     if state.get("kind") == "mariadb":
-        _kill_group(state.get("group"))
+        _kill_server_of(Path(state["datadir"]) / "data")
     else:
         bindir = Path(state["bindir"]) if Path(state["bindir"]).exists() else find_bindir()
         data = Path(state["datadir"]) / "data"
@@ -206,15 +205,16 @@ def stop_leftover() -> str | None:
     return state["datadir"]
 
 
-def _kill_group(group) -> None:
-    """SIGKILL a killed run's MariaDB (its session: runuser and mariadbd), if the PID still is one."""
-    try:
-        cmdline = Path(f"/proc/{int(group)}/cmdline").read_bytes()
-    except (OSError, TypeError, ValueError):
-        return
-    if b"mariadbd" in cmdline or b"runuser" in cmdline:
+def _kill_server_of(data: Path) -> None:
+    """SIGKILL a killed run's MariaDB: every process started on its data directory (runuser and
+    mariadbd say it on their command line), whatever its PID or process group is now."""
+    needle = f"--datadir={data}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
         try:
-            os.killpg(int(group), signal.SIGKILL)
+            if needle in (proc / "cmdline").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
         except OSError:
             pass
 

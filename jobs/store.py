@@ -310,8 +310,8 @@ class WorkerStore:
         """The held jobs whose rows say a cancel was asked (whatever else said so, this is read)."""
         return list(self._mine(held).filter(cancel_requested_at__isnull=False).values_list("pk", flat=True))
 
-    def stale(self, *, cutoff: datetime, limit: int = 100) -> list[ClaimedJob]:
-        return statements(self.connection).stale(cutoff=cutoff, backend=self.backend, limit=limit)
+    def stale(self, *, cutoff: datetime, limit: int = 100, worker_id: str | None = None) -> list[ClaimedJob]:
+        return statements(self.connection).stale(cutoff=cutoff, backend=self.backend, limit=limit, worker_id=worker_id)
 
     def mend_counts(self) -> list[tuple[str, object, int]]:
         """Set each limit key's running count to its RUNNING jobs where they differ (see jobs.sql)."""

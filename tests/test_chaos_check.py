@@ -268,3 +268,24 @@ def test_a_child_that_died_is_a_crash_unless_a_kill_child_fault_killed_it():
     verdict = check(evidence)
     assert all(verdict.count(name) == 0 for name in verdict.failures), verdict.failures
     assert verdict.taken_back_by_cause == {"kill-child": 1}
+
+
+def test_a_child_its_parent_ended_explains_only_the_attempts_taken_back_from_it_then():
+    """A parent that ended a child for one job explains that child's attempts taken back at that
+    moment, not one taken back from it earlier, while it was alive and reachable."""
+    from chaos.check import WorkerLog
+
+    def evidence(lost_at: float) -> Evidence:
+        lost = {"attempt": 1, "worker_id": "h:11:a", "exception_class_path": LOST, "message": "lost",
+                "at": _at(lost_at).isoformat()}
+        jobs = {1: _job("quick", "a", attempts=2, worker="h:12:b", errors=[lost])}
+        made = _evidence(jobs, {1: [_effect(2, "h:12:b", lost_at + 1, lost_at + 1.1)]}, [([("a", "quick", {})], [1])])
+        made.logs = [WorkerLog("h2-w2", 10, "h:10:p", worker_ids=["h:10:p", "h:11:a", "h:12:b"],
+                               children={11: "h:11:a", 12: "h:12:b"}, ended={11: (9, 1)}, ended_at={11: T0 + 50})]
+        return made
+
+    verdict = check(evidence(lost_at=50.2))
+    assert all(verdict.count(name) == 0 for name in verdict.failures), verdict.failures
+    assert verdict.taken_back_by_cause == {"ended by its parent": 1}
+    verdict = check(evidence(lost_at=20))  # 30 s before its parent ended it: nothing explains it
+    assert "a worker that was alive and reachable then" in verdict.failures["wrong attempts"]["1"]

@@ -328,3 +328,19 @@ def test_a_worker_started_while_its_database_is_down_waits_for_it_and_stops_on_s
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(10) == 0, workers.output(worker)
     assert "Traceback" not in workers.output(worker)
+
+
+@pytest.mark.mysql_only
+def test_a_server_that_refuses_the_worker_at_start_stops_it_naming_why(workers):
+    """Waiting is for a server that cannot be reached; one that answers "access denied" or "unknown
+    database" is a setting to fix, and the worker exits 1 at once saying so, as a failed check."""
+    from tests.conftest import subprocess_env
+
+    settings = connection.settings_dict
+    wrong_user = f"mysql://nobody@{settings['HOST'] or '127.0.0.1'}:{settings['PORT']}/jobs"
+    worker = workers.start(env=subprocess_env(DJANGO_SETTINGS_MODULE="queue_project.settings",
+                                              DATABASE_URL=wrong_user))
+    assert worker.wait(30) == 1, workers.output(worker)
+    output = workers.output(worker)
+    assert "the database refused the worker at start" in output and "1045" in output, output
+    assert "Traceback" not in output

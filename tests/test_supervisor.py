@@ -260,10 +260,10 @@ def test_a_job_its_parent_ended_follows_the_tasks_retry_on(workers, record_dir):
 
 def test_an_attempt_its_parent_ended_is_recorded_as_timed_out_though_another_worker_sweeps_at_that_moment(
         transactional_db):
-    """The parent sets the ended child's jobs' heartbeat back, then takes them back with the reason it
-    knows (a timeout). Every other worker sweeps for stale jobs all the time: one that swept between
-    the two must not find them, or it takes the timed-out attempt back as a lost worker (seen in
-    ``make chaos``), and the task's ``retry_on`` no longer sees a timeout."""
+    """The parent takes the ended child's jobs back with the reason it knows (a timeout). Every other
+    worker sweeps for stale jobs all the time: one that sweeps right then must not find them, or it
+    takes the timed-out attempt back as a lost worker (seen in ``make chaos`` when the parent set
+    their heartbeat back first), and the task's ``retry_on`` no longer sees a timeout."""
     import threading
 
     from django.db import connection
@@ -277,10 +277,10 @@ def test_an_attempt_its_parent_ended_is_recorded_as_timed_out_though_another_wor
     result = tasks.add.enqueue(1, 2)
     (claimed,) = claim(worker_id="host:1:child", limit=1, now=timezone.now())
     parent = Supervisor(processes=1, child_args=lambda slot: [])
-    take_back = parent.liveness.take_back_stale
+    take_back = parent.liveness.take_back_held
     swept = []
 
-    def another_worker_sweeps_first(now, because=None):
+    def another_worker_sweeps_first(worker_id, now, because):
         def other():  # a thread: another worker's own connection
             try:
                 swept.append(sweep())
@@ -290,9 +290,9 @@ def test_an_attempt_its_parent_ended_is_recorded_as_timed_out_though_another_wor
         thread = threading.Thread(target=other)
         thread.start()
         thread.join(2)  # on SQLite it may wait for the parent's write: it then sweeps after it
-        return take_back(now, because=because)
+        return take_back(worker_id, now, because=because)
 
-    parent.liveness.take_back_stale = another_worker_sweeps_first
+    parent.liveness.take_back_held = another_worker_sweeps_first
     try:
         parent._take_back("host:1:child", because={(claimed.id, claimed.attempts): JobTimeout("ended")})
     finally:

@@ -343,7 +343,10 @@ class Statements:
         jobs, in one transaction; returns the ids recorded and the jobs claimed."""
         raise NotImplementedError
 
-    def stale(self, *, cutoff: datetime, backend: str, limit: int) -> list[ClaimedJob]:
+    def stale(self, *, cutoff: datetime, backend: str, limit: int,
+              worker_id: str | None = None) -> list[ClaimedJob]:
+        """RUNNING rows whose heartbeat is older than ``cutoff``, the oldest first (only
+        ``worker_id``'s, when given)."""
         raise NotImplementedError
 
     # -- helpers for the vendors ---------------------------------------------------------

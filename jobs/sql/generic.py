@@ -100,7 +100,10 @@ class GenericStatements(Statements):
     def mend_counts(self, *, limit: int = 1000) -> list:
         return []  # this claim keeps no counts (it does not enforce limits)
 
-    def stale(self, *, cutoff: datetime, backend: str, limit: int) -> list[ClaimedJob]:
-        rows = (self._jobs().filter(status=JobStatus.RUNNING, backend=backend, heartbeat_at__lt=cutoff)
-                .order_by("heartbeat_at").values(*STALE)[:limit])
+    def stale(self, *, cutoff: datetime, backend: str, limit: int,
+              worker_id: str | None = None) -> list[ClaimedJob]:
+        rows = self._jobs().filter(status=JobStatus.RUNNING, backend=backend, heartbeat_at__lt=cutoff)
+        if worker_id is not None:
+            rows = rows.filter(worker_id=worker_id)
+        rows = rows.order_by("heartbeat_at").values(*STALE)[:limit]
         return [_as_claimed(values) for values in rows]

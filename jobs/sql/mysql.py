@@ -464,12 +464,15 @@ class MysqlStatements(Statements):
                            f"AND {col['worker_id']} = %s", [*ids, worker_id])
         return {pk for pk, attempts in mine if (pk, attempts) in held}
 
-    def stale(self, *, cutoff: datetime, backend: str, limit: int) -> list[ClaimedJob]:
+    def stale(self, *, cutoff: datetime, backend: str, limit: int,
+              worker_id: str | None = None) -> list[ClaimedJob]:
         col = self.col
+        mine = [] if worker_id is None else [worker_id]
+        worker_sql = f" AND {col['worker_id']} = %s" if mine else ""
         sql = (f"SELECT {columns_sql(self.connection, STALE)} FROM {self.table} FORCE INDEX ({RUNNING_INDEX}) "
                f"WHERE {col['status']} = '{JobStatus.RUNNING.value}' AND {col['backend']} = %s "
-               f"AND {col['heartbeat_at']} < %s ORDER BY {col['heartbeat_at']} LIMIT %s")
-        return read_rows(self.connection, STALE, self._fetch(sql, [backend, self.time(cutoff), limit]))
+               f"AND {col['heartbeat_at']} < %s{worker_sql} ORDER BY {col['heartbeat_at']} LIMIT %s")
+        return read_rows(self.connection, STALE, self._fetch(sql, [backend, self.time(cutoff), *mine, limit]))
 
 
 def _as_texts(text: str) -> str:

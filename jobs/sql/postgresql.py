@@ -286,10 +286,13 @@ class PostgresStatements(Statements):
                          self._done_params(successes, worker_id, now))
         return {row[0] for row in rows}
 
-    def stale(self, *, cutoff: datetime, backend: str, limit: int) -> list[ClaimedJob]:
+    def stale(self, *, cutoff: datetime, backend: str, limit: int,
+              worker_id: str | None = None) -> list[ClaimedJob]:
         col = self.col
+        mine = [] if worker_id is None else [worker_id]
+        worker_sql = f" AND {col['worker_id']} = %s" if mine else ""
         sql = (f"SELECT {columns_sql(self.connection, STALE)} FROM {self.table} "
                f"WHERE {col['status']} = '{JobStatus.RUNNING.value}' AND {col['backend']} = %s "
-               f"AND {col['heartbeat_at']} < %s ORDER BY {col['heartbeat_at']} LIMIT %s")
-        return read_rows(self.connection, STALE, self._run(sql, [backend, cutoff, limit]))
+               f"AND {col['heartbeat_at']} < %s{worker_sql} ORDER BY {col['heartbeat_at']} LIMIT %s")
+        return read_rows(self.connection, STALE, self._run(sql, [backend, cutoff, *mine, limit]))
 

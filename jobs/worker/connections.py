@@ -86,13 +86,27 @@ def notice_silence() -> None:
 
 
 def _on_connect(sender, connection, **kwargs) -> None:
-    if connection.vendor == "mysql":
-        set_silence_options(connection.connection.fileno())
+    if connection.vendor != "mysql":
+        return
+    fileno = getattr(connection.connection, "fileno", None)  # mysqlclient's; PyMySQL shows no socket
+    if fileno is None:
+        return
+    try:
+        set_silence_options(fileno())
+    except (OSError, ValueError) as exc:  # a kernel without one of the options: TCP's defaults, as before
+        logger.debug("silence options not set on a database connection: %s", exc)
 
 
 def set_silence_options(fd: int) -> bool:
-    """Set SO_KEEPALIVE and SILENCE_OPTIONS on the TCP socket ``fd``; False when it is not one."""
-    sock = socket.socket(fileno=os.dup(fd))  # our own descriptor of the driver's socket, closed below
+    """Set SO_KEEPALIVE and SILENCE_OPTIONS on the TCP socket ``fd``; False when it is not one.
+    The driver's descriptor is left as it was (blocking or not), whatever socket's defaults are."""
+    blocking = os.get_blocking(fd)
+    duplicate = os.dup(fd)
+    try:
+        sock = socket.socket(fileno=duplicate)  # our own descriptor of the driver's socket
+    except OSError:
+        os.close(duplicate)
+        raise
     try:
         if sock.family not in (socket.AF_INET, socket.AF_INET6):
             return False
@@ -104,3 +118,21 @@ def set_silence_options(fd: int) -> bool:
         return True
     finally:
         sock.close()
+        os.set_blocking(fd, blocking)  # socket.setdefaulttimeout() would have made it non-blocking
+
+
+# The MySQL client's errors for a server it cannot reach or lost (CR_CONNECTION_ERROR,
+# CR_CONN_HOST_ERROR, CR_SERVER_GONE_ERROR, CR_SERVER_LOST), as against one that refused it
+# (1045 access denied, 1049 unknown database, ...).
+MYSQL_UNREACHABLE = frozenset({2002, 2003, 2006, 2013})
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether a database error says the server cannot be reached now (down, restarting, cut
+    off), which a worker waits out, rather than that it refused us, which is a setting to fix."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, BaseException) else exc
+    args = getattr(cause, "args", ())
+    if args and isinstance(args[0], int):  # MySQLdb: (code, message)
+        return args[0] in MYSQL_UNREACHABLE
+    # psycopg: a failure to connect carries no SQLSTATE; a refusal does (28P01 password, 3D000 database).
+    return type(cause).__module__.startswith("psycopg") and getattr(cause, "sqlstate", "") is None

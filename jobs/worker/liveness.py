@@ -134,13 +134,32 @@ class Liveness:
             self.cancel(job_id)
         return len(asked)
 
-    def take_back_stale(self, now: datetime, because: dict[tuple[int, int], Exception] | None = None) -> int:
-        """Fail the attempts of workers that stopped heartbeating, and retry them (or not).
-        ``because`` names a better reason than a lost worker for some attempts, by (id, attempt)."""
+    def take_back_stale(self, now: datetime) -> int:
+        """Fail the attempts of workers that stopped heartbeating, and retry them (or not)."""
         stale_after = self.options.stale_after
         cutoff = now - timedelta(seconds=stale_after)
+        taken = self._take_back(self.store.stale(cutoff=cutoff, limit=SWEEP_LIMIT), now=now, lost_before=cutoff)
+        # Kept a day: the overview lists them as lost meanwhile (jobs/admin/live.py).
+        self.store.forget_dead_processes(now - timedelta(seconds=max(stale_after * 10, LOST_WORKERS_KEPT)))
+        for key, was, count in self.store.mend_counts():
+            logger.warning("limit key count mended key=%r running=%s -> %d: no live attempt explained it", key,
+                           str(was)[:40], count)
+        return taken
+
+    def take_back_held(self, worker_id: str, now: datetime, because: dict[tuple[int, int], Exception]) -> int:
+        """Fail the attempts of ``worker_id``, known to be gone (its ``--processes`` parent ended it or
+        saw it die), at once and each for the reason ``because`` gives by (id, attempt), else as a
+        lost worker's. Their heartbeats are recent (the parent beat for them), so no other worker's
+        sweep can take them first, for a worse reason, while this runs."""
+        lost_before = now + timedelta(seconds=1)  # after the parent's last beat of them
+        return self._take_back(self.store.stale(cutoff=lost_before, limit=SWEEP_LIMIT, worker_id=worker_id), now=now,
+                               lost_before=lost_before, because=because)
+
+    def _take_back(self, jobs: list, *, now: datetime, lost_before: datetime,
+                   because: dict[tuple[int, int], Exception] | None = None) -> int:
+        stale_after = self.options.stale_after
         taken = 0
-        for job in self.store.stale(cutoff=cutoff, limit=SWEEP_LIMIT):
+        for job in jobs:
             last = job.heartbeat_at.isoformat() if isinstance(job.heartbeat_at, datetime) else "unknown"
             exc = (because or {}).get((job.id, job.attempts)) or WorkerLost(
                 f"worker {job.worker_id} was lost: no heartbeat for over {stale_after:g}s "
@@ -160,7 +179,7 @@ class Liveness:
                     if reason:
                         decision = retry.RetryDecision(False, reason=reason)
             error = error_entry(exc, attempt=job.attempts, worker_id=job.worker_id, when=now, traceback=f"{exc}\n")
-            written = fail_attempt(job, error, decision, now=now, final=final, lost_before=cutoff,
+            written = fail_attempt(job, error, decision, now=now, final=final, lost_before=lost_before,
                                    using=self.store.alias)
             if written is None:
                 continue  # it beat again since we looked: alive after all
@@ -177,11 +196,6 @@ class Liveness:
             if failed:
                 result = None if job.damage else self._send_finished(job)
                 announce_failure(self.backend, job, error=error, exception=exc, task_result=result)
-        # Kept a day: the overview lists them as lost meanwhile (jobs/admin/live.py).
-        self.store.forget_dead_processes(now - timedelta(seconds=max(stale_after * 10, LOST_WORKERS_KEPT)))
-        for key, was, count in self.store.mend_counts():
-            logger.warning("limit key count mended key=%r running=%s -> %d: no live attempt explained it", key,
-                           str(was)[:40], count)
         return taken
 
     def _send_finished(self, job: ClaimedJob):

@@ -355,12 +355,18 @@ class Worker:
             self.store.unregister()
             return with_transaction
 
-        for _ in range(5 if unfinished or self._registered else 0):  # stopped before its row was written: no trace
-            if self._db(hand_back_and_leave) is not None:
-                for job in unfinished:
-                    logger.warning("job handed back id=%s task=%s attempt=%s (shutdown before it finished)",
-                                   job.id, job.task_path, job.attempts)
-                break
+        if unfinished or self._registered:
+            for _ in range(5):
+                if self._db(hand_back_and_leave) is not None:
+                    for job in unfinished:
+                        logger.warning("job handed back id=%s task=%s attempt=%s (shutdown before it finished)",
+                                       job.id, job.task_path, job.attempts)
+                    break
+        else:  # stopped before its row was known written (the server down): one try, no back-off
+            try:
+                self.store.unregister()
+            except Exception:  # noqa: BLE001 - a row left behind is shown as a lost worker, then forgotten
+                self.store.close()
         for thread in loops:
             thread.join(timeout=5)
         logger.info("worker stopped worker=%s processed=%d handed_back=%d", self.id, self.processed,

@@ -50,9 +50,8 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 
-from django.db import connections, transaction
+from django.db import connections
 
 from ..backoff import first_line
 from ..clock import REAL, Clock
@@ -350,27 +349,23 @@ class Supervisor:
             f"ran past {why}; this attempt was running beside it"))
 
     def _take_back(self, worker_id: str | None, because: dict | None = None, bystander: Exception | None = None):
-        """A child that died holds jobs nobody runs: take them back now, not after ``stale_after``.
-        Their heartbeat is set back past the cutoff, then the one take-back path runs."""
+        """A child that died holds jobs nobody runs: take them back now, not after ``stale_after``,
+        each for the reason known here (a timeout, a cancel not heeded; ``bystander`` for the others),
+        through the one take-back path. Their rows are not stale yet, so another worker's sweep cannot
+        take them meanwhile as a lost worker's (``make chaos`` saw it when they were set back first)."""
         if worker_id is None:
             return
         try:
             now = self.clock.now()
             alias = self.liveness.store.alias
-            past = now - timedelta(seconds=self.options.stale_after * 2)
-            held = Job.objects.using(alias).filter(worker_id=worker_id, status=JobStatus.RUNNING,
-                                                   backend=self.backend.alias)
             reasons = dict(because or {})
             if bystander is not None:
+                held = Job.objects.using(alias).filter(worker_id=worker_id, status=JobStatus.RUNNING,
+                                                       backend=self.backend.alias)
                 for key in held.values_list("pk", "attempts"):
                     reasons.setdefault(key, bystander)
-            # One transaction: every other worker sweeps for stale jobs all the time, and one that saw
-            # these rows set back before they are taken back here would take them as a lost worker's,
-            # not for the reason known here (a timeout, a cancel not heeded).
-            with transaction.atomic(using=alias):
-                held.update(heartbeat_at=past)
-                WorkerProcess.objects.using(alias).filter(pk=worker_id).delete()
-                self.liveness.take_back_stale(now, because=reasons)
+            WorkerProcess.objects.using(alias).filter(pk=worker_id).delete()
+            self.liveness.take_back_held(worker_id, now, because=reasons)
         except Exception as exc:  # noqa: BLE001 - the children's own sweeps take them back later
             logger.warning("supervisor could not take back a dead worker's jobs worker=%s error=%s: %s",
                            worker_id, type(exc).__name__, first_line(exc))

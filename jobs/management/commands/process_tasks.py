@@ -25,7 +25,7 @@ from jobs.management.options import (
     seconds,
 )
 from jobs.worker import Worker, supervisor
-from jobs.worker.connections import budget_warning, notice_silence
+from jobs.worker.connections import budget_warning, notice_silence, unreachable
 from jobs.worker.limits import MEBIBYTE, rss_bytes
 from jobs.worker.systemd import Notifier
 
@@ -129,10 +129,14 @@ class Command(BaseCommand):
         # On MySQL/MariaDB Django's model checks connect (to learn the server's version). A worker
         # started while its database is down (a restart, a boot order, a partition) waits for it, as
         # its loop does on any database: the checks that need no database still stop a bad setting.
+        # A server that answers but refuses (a wrong password, an unknown database) is a setting to
+        # fix: that stops the command, as a failed check does.
         notice_silence()  # before the checks open the main thread's connection, which the loop keeps
         try:
             return super().check(*args, **kwargs)
         except DatabaseError as exc:
+            if not unreachable(exc):
+                raise CommandError(f"the database refused the worker at start: {type(exc).__name__}: {exc}") from exc
             logging.getLogger("jobs.worker").warning(
                 "the database cannot be reached at start (%s: %s): the system checks that need it are skipped; "
                 "the worker waits for it", type(exc).__name__, exc)
