@@ -252,7 +252,8 @@ class Supervisor:
             gone = child.worker_id
             self._close_reports(child)
             if code != 0 and not child.ended_by_parent:
-                self._take_back(gone)
+                self._take_back(gone, bystander=WorkerLost(
+                    f"worker {gone} died (exit {code}); its --processes parent took this attempt back at once"))
             if self.stopping.is_set() or (code == 0 and self.final_exit):
                 child.done = True
                 logger.info("worker process ended slot=%d pid=%d exit=%d", child.slot, child.proc.pid, code)
