@@ -161,7 +161,7 @@ def run_claimed(job, slot, *, backend, worker_id: str, reset=None) -> Outcome:
     return outcome
 
 
-def reset_connections() -> list[str]:
+def reset_connections(*, interrupted: bool = False) -> list[str]:
     """Give the next job clean connection state, without paying for a new connection.
 
     Returns the aliases of the connections on which a transaction was left open.
@@ -173,10 +173,20 @@ def reset_connections() -> list[str]:
     next query reopens it). A healthy one stays open whatever CONN_MAX_AGE says:
     that setting is about web requests, and Django's default of 0 would cost a new
     connection per job.
+
+    After an ``interrupted`` attempt (a timeout's or a cancel's exception raised in its thread,
+    which lands wherever the thread is, inside the database driver's own code too, with a reply
+    half read) every connection of the thread is closed: one left mid-reply fails the next job's
+    first query (MySQL: "Commands out of sync").
     """
     left_open = []
     for conn in connections.all(initialized_only=True):
         if conn.connection is None:
+            continue
+        if interrupted:
+            if conn.in_atomic_block:
+                left_open.append(conn.alias)
+            discard_connection(conn)
             continue
         if transaction_open(conn):
             left_open.append(conn.alias)
@@ -325,7 +335,7 @@ def run_attempt(job: Job, task: Task, *, backend, worker_id: str, attempt: contr
     try:
         raw_value = _call(task, result, job, attempt)
     except BaseException as exc:  # a job's SystemExit must not stop the worker either
-        left_open = reset()
+        left_open = reset(interrupted=isinstance(exc, JobTimeout))
         if attempt is not None and attempt.cancel.is_set():
             return _cancelled(job, attempt, result, backend=backend, worker_id=worker_id, started=started)
         # Still inside the handler: receivers of task_finished see the exception (Django's log one does).

@@ -130,10 +130,11 @@ class _Connections:
         self.baseline = {conn.alias: len(conn.atomic_blocks) for conn in connections.all(initialized_only=True)
                          if conn.connection is not None and conn.in_atomic_block}
 
-    def reset(self) -> list[str]:
+    def reset(self, *, interrupted: bool = False) -> list[str]:
         """``execution.reset_connections`` for a test: what a task left open beyond the test's own
         transaction is rolled back; a connection outside any test transaction is treated as the
-        worker treats it."""
+        worker treats it. An interrupted attempt (drain's SIGALRM) keeps the test's connection:
+        closing it would end the test's transaction."""
         left_open = []
         for conn in connections.all(initialized_only=True):
             if conn.connection is None:

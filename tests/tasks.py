@@ -532,3 +532,14 @@ def swallows_timeout(path):
         _record(path, "interrupted")
     _record(path, "returned")
     return "late"
+
+
+@task(timeout=0.5, max_attempts=1)
+def sleeps_in_a_query(seconds):
+    """A query that outlasts the timeout: the interrupt lands once the driver's C call returns,
+    inside its Python code, with the server's reply not yet read."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT SLEEP(%s)" if connection.vendor == "mysql" else "SELECT pg_sleep(%s)", [seconds])
+        cursor.fetchall()

@@ -344,3 +344,23 @@ def test_a_server_that_refuses_the_worker_at_start_stops_it_naming_why(workers):
     output = workers.output(worker)
     assert "the database refused the worker at start" in output and "1045" in output, output
     assert "Traceback" not in output
+
+
+@pytest.mark.vendors("mysql", "postgresql")
+def test_an_attempt_interrupted_inside_a_query_leaves_its_thread_a_usable_connection(workers):
+    """Under --processes a timeout interrupts the job in its own thread, which then runs the next
+    job. The interrupt lands as soon as the driver's C call returns: with the server's reply not
+    yet read. The next job on that thread then failed its first query with (2014, "Commands out of
+    sync") on MariaDB (``make chaos CHAOS_DB=mariadb``, where a job holding the GIL made its
+    neighbours overrun inside their queries). The interrupted thread's connections are now closed;
+    the next job opens a fresh one."""
+    interrupted = tasks.sleeps_in_a_query.enqueue(1.0)
+    following = tasks.uses_database.enqueue(False)
+    worker = workers.start("--processes", "1", "--burst")
+    assert worker.wait(60) == 0, workers.output(worker)
+    interrupted.refresh()
+    following.refresh()
+    assert interrupted.status == "FAILED", workers.output(worker)
+    assert interrupted.errors[0].exception_class_path == "jobs.exceptions.JobTimeout", interrupted.errors
+    assert following.status == "SUCCESSFUL", (following.errors[0].traceback if following.errors
+                                              else workers.output(worker))
