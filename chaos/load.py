@@ -30,12 +30,13 @@ BULK_SIZE = (10, 100)  # capped by each kind's ``bulk``
 
 
 def _task(kind):
-    """The kind's task, due ``kind.due_in`` seconds from now."""
+    """The kind's task on its queue, due ``kind.due_in`` seconds from now."""
     from datetime import timedelta
 
     from django.utils import timezone
 
-    return kind.task.using(run_after=timezone.now() + timedelta(seconds=kind.due_in)) if kind.due_in else kind.task
+    task = kind.task if kind.queue == "default" else kind.task.using(queue_name=kind.queue)
+    return task.using(run_after=timezone.now() + timedelta(seconds=kind.due_in)) if kind.due_in else task
 
 
 def enqueue_call(mode: str, calls: list, *, parents: dict | None = None, batch: dict | None = None) -> list[str]:

@@ -36,6 +36,7 @@ class Kind:
     bulk: int = 100  # the most jobs of this kind in one enqueue_many call
     cancels: float = 0.0  # the share of its jobs the producer cancels, 0.1-3 s after enqueueing them
     due_in: float = 0.0  # seconds after enqueueing that its jobs are due (so that some cancels find them READY)
+    queue: str = "default"  # the queue its jobs go to (the task itself is declared on the default one)
 
     @property
     def unique(self) -> bool:
@@ -59,10 +60,11 @@ KINDS = (
          cancels=0.7, due_in=2.0, planned=frozenset({CANCELLED})),
     # The hard queue (only the --processes hosts serve it): past stale_after holding the GIL,
     # past a timeout holding the GIL, past a timeout blocked in C under a key of limit 1.
-    Kind("gil", tasks.gil, 2, lambda rng: {"seconds": round(rng.uniform(4, 5), 2)}, bulk=3),
-    Kind("gil_timeout", tasks.gil_timeout, 1, lambda rng: {"seconds": 6}, planned=frozenset({TIMEOUT}), bulk=2),
+    Kind("gil", tasks.gil, 2, lambda rng: {"seconds": round(rng.uniform(4, 5), 2)}, bulk=3, queue=tasks.HARD),
+    Kind("gil_timeout", tasks.gil_timeout, 1, lambda rng: {"seconds": 6}, planned=frozenset({TIMEOUT}), bulk=2,
+         queue=tasks.HARD),
     Kind("blocked", tasks.blocked, 2, lambda rng: {"slot": rng.randint(1, tasks.BLOCKED_KEYS), "seconds": 6},
-         planned=frozenset({TIMEOUT}), bulk=3),
+         planned=frozenset({TIMEOUT}), bulk=3, queue=tasks.HARD),
 )
 BY_NAME = {kind.name: kind for kind in KINDS}
 

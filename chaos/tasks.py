@@ -98,6 +98,8 @@ def stuck(context, token, slot, seconds):
 # The ``hard`` kinds: only the hosts that run ``process_tasks --processes`` serve their queue
 # (chaos.hosts), whose parent process heartbeats for its children and ends a process whose job
 # ran past its timeout. Each records that it began: its process may be ended before its end.
+# They are declared on the default queue, so that this module imports under any settings (the
+# suite's, for tests/test_chaos_check.py); the producer enqueues them on HARD (chaos.mix).
 HARD = "hard"
 BLOCKED_KEYS = 2  # concurrency keys of ``blocked``, each with limit 1
 
@@ -110,7 +112,7 @@ def _hold_gil(seconds: float) -> None:
     ctypes.PyDLL(None).usleep(int(seconds * 1_000_000))
 
 
-@task(takes_context=True, queue_name=HARD)
+@task(takes_context=True)
 def gil(context, token, seconds):
     """Holds the GIL past stale_after: while its process lives (the parent beats for it) it must
     not be taken back, and it runs once per attempt."""
@@ -119,7 +121,7 @@ def gil(context, token, seconds):
     _effect(context, started)
 
 
-@task(takes_context=True, queue_name=HARD, timeout=2)
+@task(takes_context=True, timeout=2)
 def gil_timeout(context, token, seconds):
     """Holds the GIL past its 2 s timeout on its first attempt: no interrupt reaches it, so its
     parent ends its process (the attempt timed out); the retry is quick."""
@@ -128,7 +130,7 @@ def gil_timeout(context, token, seconds):
     _effect(context, started)
 
 
-@task(takes_context=True, queue_name=HARD, timeout=1, concurrency_key=lambda token, slot, seconds: f"blocked-{slot}",
+@task(takes_context=True, timeout=1, concurrency_key=lambda token, slot, seconds: f"blocked-{slot}",
       concurrency_limit=1)
 def blocked(context, token, slot, seconds):
     """Blocked in one C call (time.sleep) well past its 1 s timeout, on its first attempt: its

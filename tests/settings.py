@@ -25,7 +25,7 @@ JOBS_TASK_MODULES = ["tests.tasks", "tests.kit_tasks", "tests.bgtasks_tasks", "t
 TASKS = {
     "default": {
         "BACKEND": "jobs.backends.DatabaseBackend",
-        "QUEUES": ["default", "emails", "reports", "other", "hard"],  # hard: chaos.tasks (tests/test_chaos_check.py)
+        "QUEUES": ["default", "emails", "reports", "other"],
         "OPTIONS": {
             "max_attempts": 3,
             "retry_backoff": 0.05,
